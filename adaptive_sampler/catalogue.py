@@ -1,0 +1,60 @@
+"""The schedule catalogue: the top-level `policies/` folder, installed as `adaptive_sampler.policy_files`.
+
+Entries are `policies/<model>/<name>.json` (ScheduleArtifact files), named `<model>/<name>` where `<name>` is
+`<family>-<N>` (e.g. `sd15/ays-10`, `fashion-mnist/ddim-10`). A request for another step count of a family is
+answered by log-linear interpolation of the nearest entry, marked `interpolated`.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_sampler.timesteps import discretize
+from adaptive_sampler.schedule_artifact import ScheduleArtifact
+
+_KEY = re.compile(r"^(?P<family>[A-Za-z0-9_.-]+/[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?)-(?P<steps>\d+)$")
+
+
+def catalogue_dir() -> Path:
+    return Path(str(files("adaptive_sampler.policy_files")))
+
+
+def list_entries(root: Path | None = None) -> list[str]:
+    """All entry names, sorted."""
+    root = root or catalogue_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.json"))
+
+
+def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
+    """Resample a schedule to `num_steps` by linear interpolation of log(t + 1) over the normalised step index
+    (the log-linear rule of Align Your Steps, Sabour et al. 2024; +1 keeps t = 0 finite)."""
+    if num_steps < 1 or num_steps > artifact.num_train_timesteps:
+        raise ValueError(f"num_steps: {num_steps} is outside [1, {artifact.num_train_timesteps}]")
+    old = np.log(np.asarray(artifact.timesteps, dtype=np.float64)[::-1] + 1)
+    new = np.interp(np.linspace(0, 1, num_steps), np.linspace(0, 1, len(old)), old)
+    timesteps = discretize(np.exp(new[::-1]) - 1, artifact.num_train_timesteps).tolist()
+    return artifact.model_copy(update={"timesteps": timesteps, "interpolated": True, "metrics": {},
+                                       "method": f"{artifact.method}; log-linear interpolation to {num_steps} steps"})
+
+
+def load_entry(name: str, num_steps: int | None = None, root: Path | None = None) -> ScheduleArtifact:
+    """Load catalogue entry `name` (e.g. `sd15/ays-10`). With `num_steps` different from the entry's, return the
+    family's entry of that length if there is one, else the named entry interpolated to it."""
+    root = root or catalogue_dir()
+    match = _KEY.match(name)
+    if match is None:
+        raise ValueError(f"policy: catalogue name {name!r} is not of the form <model>/<family>-<N>")
+    path = root / f"{name}.json"
+    if not path.exists():
+        known = ", ".join(list_entries(root)) or "none"
+        raise ValueError(f"policy: catalogue entry {name!r} does not exist; known entries: {known}")
+    if num_steps is not None and num_steps != int(match["steps"]):
+        sibling = root / f"{match['family']}-{num_steps}.json"
+        if sibling.exists():
+            return ScheduleArtifact.load(sibling)
+        return interpolate(ScheduleArtifact.load(path), num_steps)
+    return ScheduleArtifact.load(path)

@@ -1,0 +1,199 @@
+"""Distances between the generated and the reference feature distributions: FID, KID, precision and recall."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import piq
+import scipy.linalg
+import torch
+from piq.kid import _polynomial_kernel
+
+from adaptive_sampler.metrics.statistics import FeatureStatistics
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A two-sided percentile-bootstrap interval."""
+
+    low: float
+    high: float
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    precision: float
+    recall: float
+
+
+@dataclass(frozen=True)
+class DistributionMetrics:
+    """FID, KID and precision/recall of n generated samples against a reference, with optional bootstrap CIs."""
+
+    fid: float
+    kid: float
+    precision: float
+    recall: float
+    n: int
+    fid_ci: ConfidenceInterval | None = None
+    kid_ci: ConfidenceInterval | None = None
+
+
+def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-6) -> float:
+    """Fréchet distance ||μa - μb||² + Tr(Σa + Σb - 2 (Σa Σb)^½) between two Gaussian feature fits.
+
+    Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"
+    (arXiv:1706.08500). Numerics follow pytorch-fid: scipy's sqrtm; if the product is too near singular for a
+    finite root, `eps` is added to both diagonals; a negligible imaginary part from round-off is dropped.
+    """
+    if stats_a.dim != stats_b.dim:
+        raise ValueError(f"stats_b: feature dimension {stats_b.dim} differs from stats_a's {stats_a.dim}")
+    mu_a, mu_b = stats_a.mean.numpy(), stats_b.mean.numpy()
+    cov_a, cov_b = stats_a.cov.numpy(), stats_b.cov.numpy()
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(stats_a.dim) * eps
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(covmean):
+        imaginary = np.abs(np.diagonal(covmean).imag).max()
+        if imaginary > 1e-3:
+            raise ValueError(
+                f"stats_a, stats_b: sqrtm(cov_a @ cov_b) has an imaginary diagonal part of {imaginary:.3g} "
+                "(above 1e-3); the covariances are too ill-conditioned for FID, use more samples"
+            )
+        covmean = covmean.real
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def _check_features(name: str, features: torch.Tensor, dim: int | None = None, min_n: int = 2) -> None:
+    if features.ndim != 2:
+        raise ValueError(f"{name}: shape {tuple(features.shape)} is not [n, d]")
+    if dim is not None and features.shape[1] != dim:
+        raise ValueError(f"{name}: feature dimension {features.shape[1]} differs from the generated features' {dim}")
+    if features.shape[0] < min_n:
+        raise ValueError(f"{name}: {features.shape[0]} samples is fewer than the {min_n} needed")
+
+
+class _KidTerms:
+    """The kernel sums of the unbiased MMD² estimate, kept so the generated set can be reweighted cheaply.
+
+    With counts c (how often each generated sample is drawn), MMD² = Σ_{i≠j} c_i c_j k(g_i, g_j) / (N² - Σ c_i²)
+    + mean_{i≠j} k(r_i, r_j) - 2 Σ_i c_i Σ_j k(g_i, r_j) / (N m), N = Σ c. Pairs of copies of one sample are left
+    out: a bootstrap duplicate is not an independent draw, and counting k(g, g) would bias KID upward. With all
+    c_i = 1 this is the usual estimate, and equal to piq's KID when the two sets have the same size.
+    """
+
+    def __init__(self, gen: torch.Tensor, ref: torch.Tensor, chunk: int = 1024) -> None:
+        gen, ref = gen.double(), ref.to(gen.device, torch.float64)
+        m = ref.shape[0]
+        self.k_gen = _polynomial_kernel(gen, gen)  # degree 3, gamma 1/d, coef0 1 as in Bińkowski et al. 2018
+        self.gen_ref_sums = torch.zeros(gen.shape[0], dtype=torch.float64, device=gen.device)
+        ref_sum = torch.zeros((), dtype=torch.float64, device=gen.device)
+        # In chunks: the reference Gram matrix (10,000² in float64) would take 800 MB at once.
+        for i in range(0, m, chunk):
+            block = ref[i : i + chunk]
+            self.gen_ref_sums += _polynomial_kernel(gen, block).sum(1)
+            k_ref = _polynomial_kernel(block, ref)
+            ref_sum += k_ref.sum() - k_ref.diagonal(offset=i).sum()
+        self.ref_term = ref_sum / (m * (m - 1))
+        self.m = m
+
+    def mmd2(self, counts: torch.Tensor) -> float:
+        c = counts.to(self.k_gen)
+        n = c.sum()
+        gen_term = (c @ self.k_gen @ c - (c * c * self.k_gen.diagonal()).sum()) / (n * n - (c * c).sum())
+        return float(gen_term + self.ref_term - 2 * (c @ self.gen_ref_sums) / (n * self.m))
+
+
+def kid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Kernel Inception Distance: unbiased MMD² with the cubic kernel (x·y / d + 1)³, over the full sets.
+
+    Bińkowski et al. 2018, "Demystifying MMD GANs" (arXiv:1801.01401). piq's KID has the same kernel and
+    estimator but, for sets of different size, silently draws a subset of the larger one (from the global RNG);
+    here every sample is used, so the value is deterministic and the sizes may differ.
+    """
+    _check_features("features_a", features_a)
+    _check_features("features_b", features_b, dim=features_a.shape[1])
+    return _KidTerms(features_a, features_b).mmd2(torch.ones(features_a.shape[0]))
+
+
+def _subset(features: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    if features.shape[0] == size:
+        return features
+    return features[torch.randperm(features.shape[0], generator=generator)[:size].to(features.device)]
+
+
+def precision_recall(
+    gen_features: torch.Tensor, ref_features: torch.Tensor, nearest_k: int = 3, seed: int = 0
+) -> PrecisionRecall:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991) via piq's PR.
+
+    k-NN radii shrink as a set grows, so the larger set is cut to the smaller one's size (a seeded random subset),
+    as the paper compares equal-sized sets. `nearest_k` = 3 is the paper's choice.
+    """
+    _check_features("gen_features", gen_features, min_n=nearest_k + 2)
+    _check_features("ref_features", ref_features, dim=gen_features.shape[1], min_n=nearest_k + 2)
+    size = min(gen_features.shape[0], ref_features.shape[0])
+    generator = torch.Generator().manual_seed(seed)
+    ref = _subset(ref_features, size, generator).float()
+    gen = _subset(gen_features, size, generator).float().to(ref.device)
+    precision, recall = piq.PR(nearest_k=nearest_k).compute_metric(ref, gen)
+    return PrecisionRecall(precision=float(precision), recall=float(recall))
+
+
+def _percentile_interval(values: list[float], level: float = 0.95) -> ConfidenceInterval:
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return ConfidenceInterval(low=float(low), high=float(high), level=level)
+
+
+def distribution_metrics(
+    gen_features: torch.Tensor,
+    ref_features: torch.Tensor,
+    ref_stats: FeatureStatistics,
+    bootstrap: int = 0,
+    seed: int = 0,
+    nearest_k: int = 3,
+) -> DistributionMetrics:
+    """FID (against `ref_stats`), KID and precision/recall (against `ref_features`) of generated features [n, d].
+
+    With `bootstrap` > 0, 95 % percentile intervals for FID and KID come from that many resamplings of the
+    generated features with replacement (Efron & Tibshirani 1993); the reference is held fixed. `seed` drives
+    the resampling and the precision/recall subset.
+    """
+    if gen_features.ndim != 2:
+        raise ValueError(f"gen_features: shape {tuple(gen_features.shape)} is not [n, d]")
+    n, d = gen_features.shape
+    if n <= d:
+        raise ValueError(
+            f"n: {n} generated samples is not more than the feature dimension {d}; FID needs n > d for a "
+            f"full-rank covariance (use more than {d} samples, ideally thousands)"
+        )
+    _check_features("ref_features", ref_features, dim=d)
+    if ref_stats.dim != d:
+        raise ValueError(f"ref_stats: feature dimension {ref_stats.dim} differs from the generated features' {d}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap: {bootstrap} is negative; pass 0 for no intervals or a number of resamplings")
+
+    kid_terms = _KidTerms(gen_features, ref_features)
+    pr = precision_recall(gen_features, ref_features, nearest_k=nearest_k, seed=seed)
+    fid_ci = kid_ci = None
+    if bootstrap:
+        generator = torch.Generator().manual_seed(seed)
+        fids, kids = [], []
+        for _ in range(bootstrap):
+            idx = torch.randint(n, (n,), generator=generator)
+            fids.append(fid(FeatureStatistics.from_features(gen_features[idx.to(gen_features.device)]), ref_stats))
+            kids.append(kid_terms.mmd2(torch.bincount(idx, minlength=n)))
+        fid_ci, kid_ci = _percentile_interval(fids), _percentile_interval(kids)
+    return DistributionMetrics(
+        fid=fid(FeatureStatistics.from_features(gen_features), ref_stats),
+        kid=kid_terms.mmd2(torch.ones(n)),
+        precision=pr.precision,
+        recall=pr.recall,
+        n=n,
+        fid_ci=fid_ci,
+        kid_ci=kid_ci,
+    )

@@ -1,0 +1,167 @@
+"""Feature extractors: images in [-1, 1] -> feature vectors [n, dim], the space FID/KID/precision-recall live in.
+
+Two are provided. `EmbeddedFeatureExtractor` runs the Fashion-MNIST classifier shipped in the package (offline,
+128-d). `InceptionFeatureExtractor` runs the InceptionV3 of the FID paper (Heusel et al. 2017, arXiv:1706.08500)
+as ported by pytorch-fid, from a weights file the user supplies: nothing here downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from adaptive_sampler.metrics.feature_net import FEATURE_DIM, FashionFeatureNet
+
+EMBEDDED_FEATURE_NET = Path(__file__).resolve().parent.parent / "embedded" / "feature_net.safetensors"
+FID_INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_INCEPTION_FILENAME}"
+INCEPTION_FEATURE_DIM = 2048
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Maps images [n, C, H, W] in [-1, 1] to features [n, dim]."""
+
+    dim: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def _batched_features(
+    net: nn.Module, images: torch.Tensor, device: torch.device | None, batch_size: int
+) -> torch.Tensor:
+    device = device if device is not None else images.device
+    net.to(device)
+    with torch.inference_mode():
+        return torch.cat(
+            [net(images[i : i + batch_size].to(device, torch.float32)) for i in range(0, len(images), batch_size)]
+        )
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+
+
+def load_embedded_feature_net() -> FashionFeatureNet:
+    """The shipped Fashion-MNIST classifier (94.05 % test accuracy), in eval mode on the CPU."""
+    net = FashionFeatureNet()
+    net.load_state_dict(load_file(EMBEDDED_FEATURE_NET))
+    return net.eval()
+
+
+class _PenultimateFeatures(nn.Module):
+    def __init__(self, net: FashionFeatureNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+class EmbeddedFeatureExtractor:
+    """Penultimate features (FEATURE_DIM = 128) of the shipped classifier for images [n, 1, 32, 32] in [-1, 1].
+
+    Features are computed on `device` if given, else on the images' device, and returned there as float32.
+    """
+
+    def __init__(self, device: torch.device | str | None = None, batch_size: int = 1000) -> None:
+        _check_batch_size(batch_size)
+        self.dim = FEATURE_DIM
+        self.device = torch.device(device) if device is not None else None
+        self.batch_size = batch_size
+        self._net = _PenultimateFeatures(load_embedded_feature_net())
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
+            raise ValueError(
+                f"images: shape {tuple(images.shape)} is not [n, 1, 32, 32]; the embedded feature net takes "
+                "Fashion-MNIST-sized images in [-1, 1] (pad 28x28 with datasets.to_model_range)"
+            )
+        return _batched_features(self._net, images, self.device, self.batch_size)
+
+
+def build_fid_inception_v3() -> nn.Module:
+    """The FID InceptionV3 architecture of pytorch-fid, randomly initialised (no weights are fetched).
+
+    This is piq's `InceptionV3.fid_inception_v3` (which copies pytorch-fid) without its download: torchvision's
+    InceptionV3 with 1008 classes, no aux head, and piq's TensorFlow-compatible mixed blocks. Its state dict has
+    the keys of `pt_inception-2015-12-05-6726825d.pth`.
+    """
+    # piq's InceptionV3 class cannot be used directly: its constructor always downloads the weights.
+    from piq.feature_extractors.fid_inception import FIDInceptionA, FIDInceptionC, FIDInceptionE1, FIDInceptionE2
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = FIDInceptionE1(1280)
+    net.Mixed_7c = FIDInceptionE2(2048)
+    return net
+
+
+class _InceptionPool(nn.Module):
+    """Grayscale -> RGB, bilinear resize to 299 (as pytorch-fid), then the 2048-d final average-pool features."""
+
+    def __init__(self, inception: nn.Module) -> None:
+        super().__init__()
+        inception.fc = nn.Identity()  # the pool features are the FID space; the 1008-way logits are not used
+        self.inception = inception.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        # pytorch-fid resizes in [0, 1] and then maps to [-1, 1]; bilinear resizing is affine-equivariant, so
+        # resizing in [-1, 1] directly gives the same input.
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.inception(x)
+
+
+class InceptionFeatureExtractor:
+    """FID Inception pool features [n, 2048] for images [n, 1 or 3, H, W] in [-1, 1], from a local weights file.
+
+    `weights_path` is pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a state dict; loaded with
+    `weights_only=True`). Features are computed on `device` if given, else on the images' device.
+    """
+
+    def __init__(
+        self, weights_path: Path | str, device: torch.device | str | None = None, batch_size: int = 50
+    ) -> None:
+        _check_batch_size(batch_size)
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"weights_path: {path} does not exist. The FID Inception weights are pytorch-fid's "
+                f"{FID_INCEPTION_FILENAME} from {FID_INCEPTION_URL}; download it on a machine with internet and "
+                f"copy it to {path} (nothing is downloaded here)"
+            )
+        inception = build_fid_inception_v3()
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            inception.load_state_dict(state_dict)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"weights_path: {path} is not a state dict of the FID InceptionV3 ({FID_INCEPTION_FILENAME}): {e}"
+            ) from e
+        self.dim = INCEPTION_FEATURE_DIM
+        self.device = torch.device(device) if device is not None else None
+        self.batch_size = batch_size
+        self._net = _InceptionPool(inception)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images: shape {tuple(images.shape)} is not [n, 1 or 3, H, W]; pass grayscale or RGB images "
+                "in [-1, 1]"
+            )
+        return _batched_features(self._net, images, self.device, self.batch_size)

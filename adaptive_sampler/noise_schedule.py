@@ -1,0 +1,52 @@
+"""ᾱ_t of a diffusion model, taken from any diffusers scheduler config through diffusers' own beta code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Cumulative signal levels ᾱ_t for the training timesteps t = 0 … T-1 (float32, as diffusers keeps them).
+
+    Timestep -1 stands for the clean end of the chain, ᾱ = 1 (diffusers' `set_alpha_to_one=True`).
+    """
+
+    alphas_cumprod: torch.Tensor
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
+        """Build from a diffusers scheduler config (`linear`, `scaled_linear`, `squaredcos_cap_v2`, trained betas,
+        `rescale_betas_zero_snr`). diffusers computes the betas, so the table matches its schedulers exactly."""
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "rescale_betas_zero_snr")
+        ddpm = DDPMScheduler(**{k: config[k] for k in keys if k in config})
+        alphas_cumprod = ddpm.alphas_cumprod.clone()
+        if config.get("rescale_betas_zero_snr", False):
+            # ᾱ_{T-1} is exactly 0 under zero-terminal-SNR; diffusers' DDIM uses 2**-24 there to keep ε-models finite
+            alphas_cumprod[-1] = 2**-24
+        return cls(alphas_cumprod)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """ᾱ at integer timesteps (any shape); -1 maps to 1."""
+        table = self.alphas_cumprod.to(timesteps.device)
+        return torch.where(timesteps >= 0, table[timesteps.clamp(min=0)], torch.ones((), device=timesteps.device))
+
+    def sigmas(self) -> torch.Tensor:
+        """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) in float64, the noise level of σ-parameterised samplers (Karras et al. 2022)."""
+        a = self.alphas_cumprod.double()
+        return ((1 - a) / a).sqrt()
+
+    def log_snr(self) -> torch.Tensor:
+        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64."""
+        a = self.alphas_cumprod.double()
+        return (a / (1 - a)).log()

@@ -1,0 +1,55 @@
+"""Step-allocation policies: objects whose `timesteps(num_steps, schedule)` plans a sampling run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from adaptive_sampler.policies.base import Policy
+from adaptive_sampler.policies.builtin import (
+    Explicit,
+    FrontLoaded,
+    Karras,
+    Leading,
+    LogSNR,
+    Quadratic,
+    Trailing,
+    Uniform,
+)
+from adaptive_sampler.policies.learned import FromFile, Learned
+from adaptive_sampler.timesteps import discretize, validate_timesteps
+
+STATIC_POLICIES: dict[str, type] = {
+    "uniform": Uniform,
+    "leading": Leading,
+    "trailing": Trailing,
+    "quadratic": Quadratic,
+    "karras": Karras,
+    "logsnr": LogSNR,
+    "front-loaded": FrontLoaded,
+}
+POLICY_NAMES = (*STATIC_POLICIES, "explicit", "learned:<model>/<family>-<N>", "file:<path>")
+
+
+def make_policy(name: str, timesteps: Sequence[int] | None = None) -> Policy:
+    """Build a policy from its name: a built-in (`uniform`, `karras`, …), `explicit` (needs `timesteps`),
+    `learned:<catalogue entry>` or `file:<schedule.json>`."""
+    if name == "explicit":
+        if timesteps is None:
+            raise ValueError("timesteps: policy 'explicit' needs a timestep list")
+        return Explicit(tuple(timesteps))
+    if timesteps is not None:
+        raise ValueError(f"timesteps: a timestep list is only used with policy 'explicit', not {name!r}")
+    if name.startswith("learned:"):
+        return Learned(name.removeprefix("learned:"))
+    if name.startswith("file:"):
+        return FromFile(Path(name.removeprefix("file:")))
+    if name not in STATIC_POLICIES:
+        raise ValueError(f"policy: {name!r} is not one of {', '.join(POLICY_NAMES)}")
+    return STATIC_POLICIES[name]()
+
+
+__all__ = [
+    "POLICY_NAMES", "STATIC_POLICIES", "Explicit", "FromFile", "FrontLoaded", "Karras", "Leading", "Learned",
+    "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "discretize", "make_policy", "validate_timesteps",
+]

@@ -1,0 +1,54 @@
+"""Timestep lists: the one rule every list obeys (policy, user, file, search), and rounding curves onto it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def validate_timesteps(
+    values: Sequence[int | float] | torch.Tensor, num_train_timesteps: int, field: str = "timesteps"
+) -> torch.Tensor:
+    """Return `values` as a 1-D int64 tensor, or raise ValueError naming the field, the value and the rule.
+
+    Rules: non-empty, integers, unique, strictly descending, inside [0, num_train_timesteps - 1].
+    """
+    items = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+    if isinstance(values, torch.Tensor) and values.ndim != 1:
+        raise ValueError(f"{field}: a tensor of shape {tuple(values.shape)} is not 1-D; timesteps must be a flat list")
+    if not items:
+        raise ValueError(f"{field}: [] is empty; at least one timestep is required")
+    last = num_train_timesteps - 1
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+            raise ValueError(f"{field}[{i}]: {v!r} is not an integer; timesteps are integer training steps")
+        if not 0 <= v <= last:
+            raise ValueError(
+                f"{field}[{i}]: {int(v)} is outside [0, {last}] (num_train_timesteps={num_train_timesteps})"
+            )
+        if i > 0:
+            if v == items[i - 1]:
+                raise ValueError(f"{field}[{i}]: {int(v)} repeats {field}[{i - 1}]; timesteps must be unique")
+            if v > items[i - 1]:
+                raise ValueError(
+                    f"{field}[{i}]: {int(v)} is above {field}[{i - 1}]={int(items[i - 1])}; "
+                    "timesteps must be strictly descending"
+                )
+    return torch.tensor([int(v) for v in items], dtype=torch.int64)
+
+
+def discretize(points: np.ndarray, num_train_timesteps: int) -> torch.Tensor:
+    """Round a descending curve of real timesteps to integers, keeping it strictly descending inside [0, T-1].
+
+    Where rounding makes neighbours collide (dense ends of a curve), the lower ones are pushed up by one and,
+    at the top, the upper ones down, so the list keeps its length. Needs len(points) <= T.
+    """
+    t = np.clip(np.round(points), 0, num_train_timesteps - 1).astype(np.int64)
+    for i in range(len(t) - 2, -1, -1):
+        t[i] = max(t[i], t[i + 1] + 1)
+    t[0] = min(t[0], num_train_timesteps - 1)
+    for i in range(1, len(t)):
+        t[i] = min(t[i], t[i - 1] - 1)
+    return torch.from_numpy(t)
