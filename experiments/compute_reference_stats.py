@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -27,7 +28,7 @@ N_REFERENCE = 10_000
 N_TEST_IMAGES = 20
 
 
-def features_of(images, extractor: EmbeddedFeatureExtractor, desc: str, chunk: int = 1000) -> torch.Tensor:
+def features_of(images: np.ndarray, extractor: EmbeddedFeatureExtractor, desc: str, chunk: int = 1000) -> torch.Tensor:
     return torch.cat(
         [extractor(to_model_range(images[i : i + chunk])) for i in tqdm(range(0, len(images), chunk), desc=desc)]
     )
@@ -57,7 +58,8 @@ def main() -> None:
                 },
                 str(args.out / "real_test_images.safetensors"),
             )
-    print(f"real-vs-real FID floor (train {N_REFERENCE} vs test {N_REFERENCE}): {fid(stats['train'], stats['test']):.4f}")
+    floor = fid(stats["train"], stats["test"])
+    print(f"real-vs-real FID floor (first {N_REFERENCE} train vs {N_REFERENCE} test): {floor:.4f}")
 
 
 if __name__ == "__main__":

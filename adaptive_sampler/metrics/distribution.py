@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +53,14 @@ def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-
         raise ValueError(f"stats_b: feature dimension {stats_b.dim} differs from stats_a's {stats_a.dim}")
     mu_a, mu_b = stats_a.mean.numpy(), stats_b.mean.numpy()
     cov_a, cov_b = stats_a.cov.numpy(), stats_b.cov.numpy()
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(stats_a.dim) * eps
-        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    with warnings.catch_warnings():
+        # Singular covariances are routine (a ReLU unit that never fires has zero variance; the embedded net has
+        # ~18 such units) and scipy warns on each; the result is checked for finiteness below instead.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(stats_a.dim) * eps
+            covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     if np.iscomplexobj(covmean):
         imaginary = np.abs(np.diagonal(covmean).imag).max()
         if imaginary > 1e-3:
@@ -161,7 +166,9 @@ def distribution_metrics(
 
     With `bootstrap` > 0, 95 % percentile intervals for FID and KID come from that many resamplings of the
     generated features with replacement (Efron & Tibshirani 1993); the reference is held fixed. `seed` drives
-    the resampling and the precision/recall subset.
+    the resampling and the precision/recall subset. FID is biased upward at finite n (Chong & Forsyth 2020,
+    arXiv:1911.07023) and a resample holds only ~63 % distinct samples, so near the real-vs-real floor the FID
+    interval can sit above the point estimate; compare intervals of runs with the same n.
     """
     if gen_features.ndim != 2:
         raise ValueError(f"gen_features: shape {tuple(gen_features.shape)} is not [n, d]")

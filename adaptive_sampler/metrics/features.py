@@ -12,8 +12,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from piq.feature_extractors.fid_inception import FIDInceptionA, FIDInceptionC, FIDInceptionE1, FIDInceptionE2
 from safetensors.torch import load_file
 from torch import nn
+from torchvision.models import inception_v3
 
 from adaptive_sampler.metrics.feature_net import FEATURE_DIM, FashionFeatureNet
 
@@ -94,9 +96,6 @@ def build_fid_inception_v3() -> nn.Module:
     the keys of `pt_inception-2015-12-05-6726825d.pth`.
     """
     # piq's InceptionV3 class cannot be used directly: its constructor always downloads the weights.
-    from piq.feature_extractors.fid_inception import FIDInceptionA, FIDInceptionC, FIDInceptionE1, FIDInceptionE2
-    from torchvision.models import inception_v3
-
     net = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
     net.Mixed_5b = FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = FIDInceptionA(256, pool_features=64)

@@ -1,0 +1,174 @@
+"""The `adaptive-sampler` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from pydantic import ValidationError
+
+from adaptive_sampler.catalogue import list_entries, load_entry
+from adaptive_sampler.models import LoadedModel, load_model
+from adaptive_sampler.policies import POLICY_NAMES, make_policy
+from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Fewer network passes per diffusion sample.")
+policies_app = typer.Typer(no_args_is_help=True, help="The schedule catalogue.")
+app.add_typer(policies_app, name="policies")
+
+# Field names used in our errors -> the flag a user typed.
+_FLAGS = {"model": "--model", "policy": "--policy", "num_steps": "--steps", "timesteps": "--timesteps",
+          "n": "--n", "batch_size": "--batch-size", "seed": "--seed", "eta": "--eta",
+          "network_rows": "--network-rows", "device": "--device", "format": "--format"}
+
+
+class CliError(Exception):
+    """An error already phrased for the user; printed as one line."""
+
+
+def _flag_error(exc: ValueError) -> CliError:
+    """Rephrase a field-named error ("num_steps: 0 is …" or a pydantic error) with the flag's name."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        return CliError(f"{_FLAGS.get(field, field)}: {err.get('input')!r} — {err['msg']}")
+    message = str(exc)
+    field = message.split(":", 1)[0].split("[", 1)[0]
+    if field in _FLAGS:
+        return CliError(_FLAGS[field] + message[len(field):])
+    return CliError(message)
+
+
+def _parse_timesteps(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--timesteps: {text!r} is not a comma-separated list of integers") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
+
+
+def _save_grid(samples: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    save_image(samples[:, :3] * 0.5 + 0.5, path, nrow=max(1, math.ceil(math.sqrt(len(samples)))))
+
+
+def _result_json(result: SampleResult, model: LoadedModel, **extra: Any) -> dict[str, Any]:
+    return {
+        "timesteps": result.timesteps.tolist(),
+        "nfe_per_sample": result.nfe.tolist(),
+        "nfe_mean": result.nfe_mean,
+        "wall_s": result.wall_s,
+        "samples_per_s": len(result.samples) / result.wall_s if result.wall_s > 0 else None,
+        "model": {"name": model.name, "weights_sha256": model.weights_sha256},
+        **extra,
+    }
+
+
+@app.command("sample")
+def sample_command(
+    model: Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")] = "embedded",
+    policy: Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}")] = "uniform",
+    steps: Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")] = None,
+    timesteps: Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")] = None,
+    eta: Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")] = 0.0,
+    n: Annotated[int, typer.Option(help="number of samples")] = 16,
+    batch_size: Annotated[int, typer.Option(help="samples per batch")] = 64,
+    seed: Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")] = 0,
+    network_rows: Annotated[int, typer.Option(help="rows per network call (fixed, for batch-size invariance); 0 = no bucketing")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, …")] = "auto",
+    allow_pickle: Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")] = False,
+    out: Annotated[Path | None, typer.Option(help="PNG grid of the samples")] = None,
+    save: Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H, W) in the model's range")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write timesteps, NFE, wall time as JSON")] = None,
+) -> None:
+    """Draw samples with DDIM over a policy's timesteps."""
+    if timesteps is not None and policy not in ("uniform", "explicit"):
+        raise CliError(f"--timesteps: given together with --policy {policy!r}; an explicit list is its own policy")
+    try:
+        loaded = load_model(model, allow_pickle=allow_pickle, device=_device(device))
+        adapter = loaded.adapter(network_rows=network_rows or None)
+        chosen = make_policy("explicit" if timesteps is not None else policy, _parse_timesteps(timesteps))
+        planned = chosen.timesteps(steps, adapter.schedule)
+        result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
+                        progress=True)
+    except NonFiniteOutputError as exc:
+        if save is not None and len(exc.partial.samples):
+            partial = save.with_suffix(".partial.npy")
+            np.save(partial, exc.partial.samples.numpy())
+            raise CliError(f"{exc}; saved them to {partial}") from None
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise _flag_error(exc) from None
+    if save is not None:
+        np.save(save, result.samples.numpy().astype(np.float32))
+    if out is not None:
+        _save_grid(result.samples, out)
+    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, policy=policy if timesteps is None else "explicit",
+                          steps=len(planned), batch_size=batch_size, network_rows=network_rows or None)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(f"{n} samples, {len(planned)} steps ({report['policy']}), NFE mean {result.nfe_mean:.1f}, "
+               f"{result.wall_s:.1f} s ({report['samples_per_s']:.1f} samples/s)")
+
+
+@policies_app.command("list")
+def policies_list() -> None:
+    """List the catalogue's schedules."""
+    for name in list_entries():
+        artifact = load_entry(name)
+        typer.echo(f"{name:28s} {len(artifact.timesteps):3d} steps  {artifact.solver:9s} {artifact.model.name}")
+
+
+@policies_app.command("show")
+def policies_show(
+    name: Annotated[str, typer.Argument(help="catalogue entry, e.g. sd15/ays-10")],
+    steps: Annotated[int | None, typer.Option(help="another step count (log-linear interpolation)")] = None,
+    format: Annotated[str, typer.Option(help="json, diffusers, sigmas or comfyui")] = "json",
+) -> None:
+    """Print a catalogue schedule, as its JSON or as an export."""
+    if format not in ("json", "diffusers", "sigmas", "comfyui"):
+        raise CliError(f"--format: {format!r} is not one of json, diffusers, sigmas, comfyui")
+    try:
+        artifact = load_entry(name, steps)
+        text = {
+            "json": lambda: artifact.model_dump_json(indent=2),
+            "diffusers": lambda: json.dumps(artifact.to_diffusers_timesteps()),
+            "sigmas": lambda: json.dumps(artifact.to_sigmas()),
+            "comfyui": artifact.to_comfyui_sigmas,
+        }[format]()
+    except ValueError as exc:
+        raise _flag_error(exc) from None
+    typer.echo(text)
+
+
+def main() -> None:
+    """Entry point: one-line errors naming the flag, no tracebacks, non-zero exit."""
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # typer's parse errors (its vendored click), made one line
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
