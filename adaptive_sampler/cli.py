@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,7 +27,8 @@ app.add_typer(policies_app, name="policies")
 # Field names used in our errors -> the flag a user typed.
 _FLAGS = {"model": "--model", "policy": "--policy", "num_steps": "--steps", "timesteps": "--timesteps",
           "n": "--n", "batch_size": "--batch-size", "seed": "--seed", "eta": "--eta",
-          "network_rows": "--network-rows", "device": "--device", "format": "--format"}
+          "network_rows": "--network-rows", "device": "--device", "format": "--format",
+          "bootstrap": "--bootstrap"}
 
 
 class CliError(Exception):
@@ -82,31 +84,35 @@ def _result_json(result: SampleResult, model: LoadedModel, **extra: Any) -> dict
     }
 
 
-@app.command("sample")
-def sample_command(
-    model: Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")] = "embedded",
-    policy: Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}")] = "uniform",
-    steps: Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")] = None,
-    timesteps: Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")] = None,
-    eta: Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")] = 0.0,
-    n: Annotated[int, typer.Option(help="number of samples")] = 16,
-    batch_size: Annotated[int, typer.Option(help="samples per batch")] = 64,
-    seed: Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")] = 0,
-    network_rows: Annotated[int, typer.Option(help="rows per network call (fixed, for batch-size invariance); 0 = no bucketing")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, …")] = "auto",
-    allow_pickle: Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")] = False,
-    out: Annotated[Path | None, typer.Option(help="PNG grid of the samples")] = None,
-    save: Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H, W) in the model's range")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write timesteps, NFE, wall time as JSON")] = None,
-) -> None:
-    """Draw samples with DDIM over a policy's timesteps."""
+# Options shared by the commands that draw samples.
+ModelOpt = Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")]
+PolicyOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}")]
+StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
+TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
+EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
+BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
+SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")]
+RowsOpt = Annotated[int, typer.Option(help="rows per network call, fixed for batch-size invariance; 0 = unbucketed")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, …")]
+PickleOpt = Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")]
+SaveOpt = Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H, W) in the model's range")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's report as JSON")]
+
+
+def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, n: int, batch_size: int,
+          seed: int, network_rows: int, device: str, allow_pickle: bool, save: Path | None,
+          check: Callable[[LoadedModel], None] | None = None) -> tuple[LoadedModel, str, SampleResult]:
+    """Load, plan and sample, turning every input error into a one-line flag error. If the model produces NaN or
+    Inf, the batches finished before it are saved next to --save."""
     if timesteps is not None and policy not in ("uniform", "explicit"):
         raise CliError(f"--timesteps: given together with --policy {policy!r}; an explicit list is its own policy")
+    policy_name = "explicit" if timesteps is not None else policy
     try:
         loaded = load_model(model, allow_pickle=allow_pickle, device=_device(device))
+        if check is not None:
+            check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
-        chosen = make_policy("explicit" if timesteps is not None else policy, _parse_timesteps(timesteps))
-        planned = chosen.timesteps(steps, adapter.schedule)
+        planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
         result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
                         progress=True)
     except NonFiniteOutputError as exc:
@@ -119,14 +125,67 @@ def sample_command(
         raise _flag_error(exc) from None
     if save is not None:
         np.save(save, result.samples.numpy().astype(np.float32))
+    return loaded, policy_name, result
+
+
+@app.command("sample")
+def sample_command(
+    model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0,
+    n: Annotated[int, typer.Option(help="number of samples")] = 16,
+    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    out: Annotated[Path | None, typer.Option(help="PNG grid of the samples")] = None,
+    save: SaveOpt = None, json_path: JsonOpt = None,
+) -> None:
+    """Draw samples with DDIM over a policy's timesteps."""
+    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, n, batch_size, seed, network_rows,
+                                        device, allow_pickle, save)
     if out is not None:
         _save_grid(result.samples, out)
-    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, policy=policy if timesteps is None else "explicit",
-                          steps=len(planned), batch_size=batch_size, network_rows=network_rows or None)
+    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, policy=policy_name, steps=len(result.timesteps),
+                          batch_size=batch_size, network_rows=network_rows or None)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(f"{n} samples, {len(planned)} steps ({report['policy']}), NFE mean {result.nfe_mean:.1f}, "
+    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({policy_name}), NFE mean {result.nfe_mean:.1f}, "
                f"{result.wall_s:.1f} s ({report['samples_per_s']:.1f} samples/s)")
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0,
+    n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
+    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamplings for 95% intervals of FID and KID")] = 0,
+    save: SaveOpt = None, json_path: JsonOpt = None,
+) -> None:
+    """Sample, then score FID/KID/precision/recall in the embedded Fashion-MNIST feature space."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from adaptive_sampler.evaluation import EvaluationReport, check_embedded_space, score_samples
+
+    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, n, batch_size, seed, network_rows,
+                                        device, allow_pickle, save,
+                                        check=lambda m: check_embedded_space(m.sample_shape, n))
+    try:
+        metrics = score_samples(result.samples, bootstrap=bootstrap, seed=seed)
+    except ValueError as exc:
+        raise _flag_error(exc) from None
+    report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
+    table = Table(title=f"{loaded.name}: {policy_name}, {len(result.timesteps)} steps, η={eta}")
+    for column in ("FID", "KID", "precision", "recall", "NFE", "n", "wall s"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
+                  f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
+    Console().print(table)
+    if json_path is not None:
+        payload = report.to_json(policy=policy_name, steps=len(result.timesteps), eta=eta,
+                                 timesteps=result.timesteps.tolist(),
+                                 model={"name": loaded.name, "weights_sha256": loaded.weights_sha256})
+        json_path.write_text(json.dumps(payload, indent=2, default=vars) + "\n")
 
 
 @policies_app.command("list")

@@ -141,7 +141,8 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             planned = torch.tensor(custom, dtype=torch.int64)
         elif num_inference_steps is None:
             raise ValueError(
-                "num_inference_steps: None needs timesteps=[...] or config.custom_timesteps; give a step count or a list"
+                "num_inference_steps: None needs timesteps=[...] or config.custom_timesteps; give a step count or a "
+                "list"
             )
         else:
             if not 1 <= num_inference_steps <= T:
@@ -243,7 +244,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
     ) -> torch.Tensor:
-        """The forward process q(x_t | x_0): sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·noise, one t per sample (or one for all)."""
+        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·noise, one t per sample or one for all."""
         a = self.alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)
         a = a[timesteps.to(original_samples.device)].flatten()
         a = a.view(-1, *([1] * (original_samples.ndim - 1)))

@@ -1,0 +1,54 @@
+"""Score samples in the embedded Fashion-MNIST feature space: FID, KID, precision/recall."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from adaptive_sampler.metrics import (
+    FEATURE_DIM,
+    DistributionMetrics,
+    EmbeddedFeatureExtractor,
+    distribution_metrics,
+    embedded_reference_features,
+    embedded_reference_statistics,
+)
+
+EMBEDDED_SAMPLE_SHAPE = (1, 32, 32)
+
+
+@dataclass
+class EvaluationReport:
+    """Quality of n samples against the 10,000 Fashion-MNIST test images, with how they were made."""
+
+    metrics: DistributionMetrics
+    nfe_mean: float
+    n: int
+    seed: int
+    wall_s: float
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        fields = {k: v for k, v in asdict(self.metrics).items() if v is not None}
+        return {**fields, "nfe_mean": self.nfe_mean, "n": self.n, "seed": self.seed, "wall_s": self.wall_s, **extra}
+
+
+def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
+    """Refuse models whose samples the embedded feature space cannot score, and n too small for FID."""
+    if tuple(sample_shape) != EMBEDDED_SAMPLE_SHAPE:
+        raise ValueError(
+            f"model: samples of shape {tuple(sample_shape)} cannot be scored in the embedded Fashion-MNIST feature "
+            f"space, which takes {EMBEDDED_SAMPLE_SHAPE}; reference statistics for other data are not supported yet"
+        )
+    if n <= FEATURE_DIM:
+        raise ValueError(
+            f"n: {n} samples is not more than the feature dimension {FEATURE_DIM}; FID needs n > {FEATURE_DIM}"
+        )
+
+
+def score_samples(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> DistributionMetrics:
+    """FID/KID/precision/recall of samples [n, 1, 32, 32] in [-1, 1] against the Fashion-MNIST test set."""
+    features = EmbeddedFeatureExtractor()(samples)
+    return distribution_metrics(features, embedded_reference_features(), embedded_reference_statistics("test"),
+                                bootstrap=bootstrap, seed=seed)
