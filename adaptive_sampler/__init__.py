@@ -5,7 +5,8 @@ tool-neutral exports, and a diffusers drop-in scheduler.
 """
 
 from adaptive_sampler.catalogue import interpolate, list_entries, load_entry
-from adaptive_sampler.ddim import ddim_sigma, ddim_step
+from adaptive_sampler.solvers import DDIM, Solver, make_solver
+from adaptive_sampler.solvers.ddim import ddim_sigma, ddim_step
 from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
 from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
@@ -17,7 +18,7 @@ from adaptive_sampler.step_info import StepInfo
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
 __all__ = [
-    "AdaptiveDDIMScheduler", "Conditioning", "LoadedModel", "ModelAdapter", "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec",
+    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "Solver", "make_solver", "LoadedModel", "ModelAdapter", "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec",
     "NonFiniteOutputError", "Policy", "Prediction", "SampleResult", "SamplingOptions", "ScheduleArtifact",
     "StepInfo", "X0Processing", "ddim_sigma", "ddim_step", "discretize", "embedded_model_dir", "interpolate",
     "list_entries", "load_entry", "load_model", "make_policy", "sample", "validate_timesteps",

@@ -13,7 +13,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from adaptive_sampler.ddim import ddim_step
+from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.model_adapter import X0Processing
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies.builtin import Leading, Trailing, Uniform

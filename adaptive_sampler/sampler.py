@@ -1,4 +1,4 @@
-"""The DDIM core loop: explicit (t, t_prev) pairs, per-sample randomness, batching, callbacks."""
+"""The core loop: explicit (t, t_prev) pairs, a pluggable solver, per-sample randomness, batching, callbacks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from adaptive_sampler.ddim import ddim_step
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.timesteps import validate_timesteps
 from adaptive_sampler.seeding import draw_noise, sample_generator
+from adaptive_sampler.solvers import DDIM, Solver, SolverState, StepSchedule
 from adaptive_sampler.step_info import StepInfo
 
 # A callback sees every step. It returns None/False to go on, True to stop every active sample now, or a bool
@@ -61,7 +61,8 @@ class NonFiniteOutputError(RuntimeError):
 
 def _run_batch(
     model: ModelAdapter,
-    timesteps: torch.Tensor,
+    solver: Solver,
+    schedule: StepSchedule,
     indices: torch.Tensor,
     shape: Sequence[int],
     options: SamplingOptions,
@@ -78,11 +79,10 @@ def _run_batch(
     nfe = torch.zeros(rows, dtype=torch.int64, device=device)
     first_bad = torch.full((rows,), -1, dtype=torch.int64, device=device)
     active = torch.arange(rows, device=device)
-    ts = timesteps.to(device)
-    t_prevs = torch.cat([ts[1:], ts.new_full((1,), -1)])
-    alpha_bars, alpha_bars_prev = model.schedule.alpha_bar(ts).to(dtype), model.schedule.alpha_bar(t_prevs).to(dtype)
-    for k in range(len(ts)):
-        t_rows, t_prev_rows = ts[k].expand(len(active)), t_prevs[k].expand(len(active))
+    state = SolverState()
+    for k in range(len(schedule.timesteps)):
+        t_rows = schedule.timesteps[k].expand(len(active))
+        t_prev_rows = schedule.t_prevs[k].expand(len(active))
         cond = conditioning.select(indices[active.cpu()]) if conditioning is not None else None
         pred = model(x, t_rows, cond)
         nfe[active] += 1
@@ -91,7 +91,7 @@ def _run_batch(
         noise = None
         if options.eta > 0:
             noise = draw_noise([generators[i] for i in active.tolist()], shape).to(device=device, dtype=dtype)
-        x_next = ddim_step(pred.x0, pred.eps, alpha_bars[k], alpha_bars_prev[k], options.eta, noise)
+        x_next = solver.step(k, x, pred, schedule, state, noise)
         if callback is not None or trace is not None:
             info = StepInfo(k, t_rows, t_prev_rows, x, pred.x0, pred.eps, indices[active.cpu()])
             if trace is not None:
@@ -103,6 +103,7 @@ def _run_batch(
                         else decision.to(device=device, dtype=torch.bool))
                 out[active[done]] = pred.x0[done]
                 active, x_next = active[~done], x_next[~done]
+                state.keep(~done)
                 if len(active) == 0:
                     break
         x = x_next
@@ -125,8 +126,9 @@ def sample(
     callback: StepCallback | None = None,
     trace: bool = False,
     progress: bool = False,
+    solver: Solver | None = None,
 ) -> SampleResult:
-    """Draw n samples of `shape` (C, H, W) with DDIM over the explicit timestep list (Song et al. 2021).
+    """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021) over the explicit list.
 
     Each consecutive pair (t, t_prev) is one step; the last step goes to t_prev = -1 (ᾱ = 1) and returns x̂0.
     Sample i draws its initial noise, then one η-noise per step, from its own generator seeded by (seed, i), so
@@ -135,13 +137,18 @@ def sample(
     """
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, eta=eta, trace=trace)
     ts = validate_timesteps(timesteps, model.schedule.num_train_timesteps)
+    solver = solver or DDIM()
+    if options.eta > 0 and not solver.supports_eta:
+        raise ValueError(f"eta: {options.eta} needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
+    schedule = _step_schedule(model, ts, options.eta)
     steps_trace: list[StepInfo] | None = [] if options.trace else None
     samples, nfes = [], []
     start_time = time.perf_counter()
     starts = range(0, options.n, options.batch_size)
     for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
         indices = torch.arange(start, min(start + options.batch_size, options.n))
-        out, nfe, first_bad = _run_batch(model, ts, indices, shape, options, conditioning, callback, steps_trace)
+        out, nfe, first_bad = _run_batch(model, solver, schedule, indices, shape, options, conditioning, callback,
+                                         steps_trace)
         bad_rows = (first_bad >= 0).nonzero().flatten()  # one host sync per batch, not per step
         if len(bad_rows):
             step = int(first_bad[bad_rows].min())
@@ -150,6 +157,13 @@ def sample(
         samples.append(out.float().cpu())
         nfes.append(nfe.cpu())
     return _result(samples, nfes, ts, start_time, steps_trace)
+
+
+def _step_schedule(model: ModelAdapter, ts: torch.Tensor, eta: float) -> StepSchedule:
+    ts = ts.to(model.device)
+    t_prevs = torch.cat([ts[1:], ts.new_full((1,), -1)])
+    return StepSchedule(ts, t_prevs, model.schedule.alpha_bar(ts).to(model.dtype),
+                        model.schedule.alpha_bar(t_prevs).to(model.dtype), eta)
 
 
 def _result(samples: list[torch.Tensor], nfes: list[torch.Tensor], ts: torch.Tensor, start_time: float,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from adaptive_sampler.model_adapter import Prediction
+from adaptive_sampler.solvers.base import SolverState, StepSchedule
+
 
 def ddim_sigma(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """σ_t(η) = η · sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) · sqrt(1 - ᾱ_t / ᾱ_prev); η = 1 is the DDPM posterior std."""
@@ -29,3 +32,14 @@ def ddim_step(
             raise ValueError(f"noise: None is not allowed when eta={eta} > 0; DDIM with η > 0 needs fresh noise")
         x_prev = x_prev + sigma * noise
     return x_prev
+
+
+class DDIM:
+    """DDIM with η ∈ [0, 1] over explicit (t, t_prev) pairs; single-step, so it keeps no history."""
+
+    name = "ddim"
+    supports_eta = True
+
+    def step(self, k: int, x: torch.Tensor, pred: Prediction, schedule: StepSchedule, state: SolverState,
+             noise: torch.Tensor | None) -> torch.Tensor:
+        return ddim_step(pred.x0, pred.eps, schedule.alpha_bars[k], schedule.alpha_bars_prev[k], schedule.eta, noise)
