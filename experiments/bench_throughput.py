@@ -1,0 +1,359 @@
+"""Throughput of the DDIM core against diffusers' DDIMPipeline and a bare DDIM loop, measured side by side.
+
+One run, one UNet (the embedded Fashion-MNIST UNet2DModel), one step count and batch size. The contenders are
+interleaved per repeat (A, B, C, D, A, B, C, D, ...) so that the noise of a shared machine hits all of them, and
+every ratio is taken per repeat (paired) before the median (DESIGN.md rule 7):
+
+  (a) diffusers `DDIMPipeline` (DDIMScheduler from the embedded scheduler config, timestep_spacing="leading",
+      eta=0, output_type="pt", seeded CPU generator per batch);
+  (b) a bare hand-written DDIM loop (eq. 12 of Song et al. 2021 over explicit (t, t_prev) pairs, the UNet on the
+      whole batch, torch.inference_mode, no callbacks, no checks): the floor;
+  (c) `adaptive_sampler.sampler.sample` with network_rows=None (unbucketed);
+  (d) `adaptive_sampler.sampler.sample` with the default network_rows=8 (bitwise batch-size invariance).
+
+All four walk the same timesteps (the "leading" spacing of the embedded config, which our `Leading` policy
+reproduces; the script checks that the lists are equal) and clip x̂0 to [-1, 1] as the config asks.
+Peak memory: torch.cuda.max_memory_allocated on GPU; on CPU the peak RSS of one run of each contender in its own
+subprocess (ru_maxrss from os.wait4 of that child), with the RSS after model load reported alongside.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_throughput.py --json experiments/results/bench_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adaptive_sampler.models import LoadedModel, load_model
+from adaptive_sampler.policies.builtin import Leading
+from adaptive_sampler.sampler import sample
+from adaptive_sampler.seeding import draw_noise, sample_generator
+
+NAMES = {
+    "a": "diffusers DDIMPipeline",
+    "b": "bare DDIM loop",
+    "c": "ours, network_rows=None",
+    "d": "ours, network_rows=8",
+}
+SEED = 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _exe() -> str:
+    rel = os.path.relpath(sys.executable)
+    return sys.executable if rel.startswith("..") else rel
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------- contenders
+def make_pipeline(model: LoadedModel, device: torch.device) -> Callable[[int, int, int], torch.Tensor]:
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler_config, timestep_spacing="leading")
+    pipe = DDIMPipeline(unet=model.network, scheduler=scheduler).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(n: int, batch_size: int, steps: int) -> torch.Tensor:
+        out = []
+        for b, (lo, hi) in enumerate(_batches(n, batch_size)):
+            generator = torch.Generator("cpu").manual_seed(SEED + b)
+            (images,) = pipe(batch_size=hi - lo, generator=generator, eta=0.0, num_inference_steps=steps,
+                             output_type="pt", return_dict=False)
+            out.append(images)
+        return torch.cat(out)
+
+    return run
+
+
+def make_bare(model: LoadedModel, device: torch.device,
+              noise: Callable[[int, int, int], torch.Tensor] | None = None) -> Callable[[int, int, int], torch.Tensor]:
+    """DDIM eq. 12 with η = 0: x_prev = sqrt(ᾱ_prev)·clip(x̂0) + sqrt(1 - ᾱ_prev)·ε̂, x̂0 = (x - sqrt(1-ᾱ_t)·ε̂)/sqrt(ᾱ_t).
+
+    Noise as DDIMPipeline draws it (one CPU generator per batch, seeded SEED + batch index) unless `noise`
+    (batch index, lo, hi) -> x_T is given.
+    """
+    net, shape = model.network, model.sample_shape
+    alphas_cumprod = model.adapter().schedule.alphas_cumprod
+    clip = bool(model.scheduler_config.get("clip_sample", False))
+    clip_range = float(model.scheduler_config.get("clip_sample_range", 1.0))
+    plans: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def plan(steps: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if steps not in plans:
+            ts = bench_timesteps(model, steps).tolist()
+            pairs = []
+            for t, t_prev in zip(ts, ts[1:] + [-1]):
+                a = alphas_cumprod[t]
+                a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+                pairs.append(tuple(v.to(device) for v in (torch.tensor(t), (1 - a).sqrt(), a.sqrt(), a_prev.sqrt(),
+                                                            (1 - a_prev).sqrt())))
+            plans[steps] = pairs
+        return plans[steps]
+
+    @torch.inference_mode()
+    def run(n: int, batch_size: int, steps: int) -> torch.Tensor:
+        pairs, out = plan(steps), []
+        for b, (lo, hi) in enumerate(_batches(n, batch_size)):
+            if noise is None:
+                x = torch.randn((hi - lo, *shape), generator=torch.Generator("cpu").manual_seed(SEED + b))
+            else:
+                x = noise(b, lo, hi)
+            x = x.to(device)
+            for t, sqrt_1ma, sqrt_a, sqrt_a_prev, sqrt_1ma_prev in pairs:
+                eps = net(x, t).sample
+                x0 = (x - sqrt_1ma * eps) / sqrt_a
+                if clip:
+                    x0 = x0.clamp(-clip_range, clip_range)
+                x = sqrt_a_prev * x0 + sqrt_1ma_prev * eps
+            out.append(x)
+        return torch.cat(out)
+
+    return run
+
+
+def make_ours(model: LoadedModel, network_rows: int | None) -> Callable[[int, int, int], torch.Tensor]:
+    adapter = model.adapter(network_rows=network_rows)
+
+    def run(n: int, batch_size: int, steps: int) -> torch.Tensor:
+        ts = bench_timesteps(model, steps)
+        return sample(adapter, ts, model.sample_shape, n, batch_size=batch_size, seed=SEED, eta=0.0).samples
+
+    return run
+
+
+def bench_timesteps(model: LoadedModel, steps: int) -> torch.Tensor:
+    offset = int(model.scheduler_config.get("steps_offset", 0))
+    return Leading(steps_offset=offset).timesteps(steps, model.adapter().schedule)
+
+
+def make_contenders(model: LoadedModel, device: torch.device) -> dict[str, Callable[[int, int, int], torch.Tensor]]:
+    return {"a": make_pipeline(model, device), "b": make_bare(model, device),
+            "c": make_ours(model, None), "d": make_ours(model, 8)}
+
+
+# -------------------------------------------------------------------------------------------------------------- checks
+def check_equivalence(model: LoadedModel, device: torch.device, steps: int) -> dict[str, float]:
+    """Untimed sanity check on 8 samples: same timesteps, same results (max |Δ| in the [-1, 1] output range)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler_config, timestep_spacing="leading")
+    scheduler.set_timesteps(steps)
+    ours_ts = bench_timesteps(model, steps)
+    if scheduler.timesteps.tolist() != ours_ts.tolist():
+        raise RuntimeError(f"timesteps differ: diffusers {scheduler.timesteps.tolist()} vs ours {ours_ts.tolist()}")
+    n = 8
+    pipe = make_pipeline(model, device)(n, n, steps).float().cpu() * 2 - 1  # back from [0, 1]
+    bare = make_bare(model, device)(n, n, steps).float().cpu()
+
+    def our_noise(b: int, lo: int, hi: int) -> torch.Tensor:
+        return draw_noise([sample_generator(SEED, i) for i in range(lo, hi)], model.sample_shape)
+
+    bare_our_noise = make_bare(model, device, our_noise)(n, n, steps).float().cpu()
+    ours_c = make_ours(model, None)(n, n, steps)
+    ours_d = make_ours(model, 8)(n, n, steps)
+    return {
+        "timesteps": ours_ts.tolist(),
+        "pipeline_vs_bare_max_abs": float((pipe - bare.clamp(-1, 1)).abs().max()),
+        "bare_vs_ours_rows_none_max_abs": float((bare_our_noise - ours_c).abs().max()),
+        "bare_vs_ours_rows_8_max_abs": float((bare_our_noise - ours_d).abs().max()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(contenders: dict[str, Callable[[int, int, int], torch.Tensor]], device: torch.device,
+                     n: int, batch_size: int, steps: int, repeats: int) -> dict[str, list[float]]:
+    # warm-up: one full-size batch, 2 steps, each contender (kernel selection, allocator, lazy init)
+    for run in contenders.values():
+        run(min(n, batch_size), batch_size, min(steps, 2))
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for r in range(repeats):
+        for key, run in contenders.items():
+            _sync(device)
+            start = time.perf_counter()
+            run(n, batch_size, steps)
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+        print(f"  repeat {r + 1}/{repeats}: " + "  ".join(f"({k}) {times[k][-1]:.2f}s" for k in times), flush=True)
+    return times
+
+
+def gpu_peak_memory(contenders: dict[str, Callable[[int, int, int], torch.Tensor]], device: torch.device,
+                    n: int, batch_size: int, steps: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for key, run in contenders.items():
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = run(n, batch_size, steps)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del result
+        out[key] = {"peak_mib": peak / 2**20, "peak_over_base_mib": (peak - base) / 2**20, "base_mib": base / 2**20}
+    return out
+
+
+def cpu_peak_rss(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """One run of each contender in its own subprocess; ru_maxrss (KiB on Linux) from os.wait4 of that child."""
+    out = {}
+    for key in NAMES:
+        cmd = [sys.executable, __file__, "--child", key, "--steps", str(args.steps), "--batch-size",
+               str(args.batch_size), "--n", str(args.n), "--device", "cpu"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        stdout = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child for ({key}) exited with {proc.returncode}")
+        child = json.loads(stdout.strip().splitlines()[-1])
+        out[key] = {"peak_rss_mib": usage.ru_maxrss / 1024, "rss_after_load_mib": child["maxrss_after_load_kib"] / 1024,
+                    "peak_over_load_mib": (usage.ru_maxrss - child["maxrss_after_load_kib"]) / 1024}
+    return out
+
+
+def child_main(args: argparse.Namespace) -> None:
+    model = load_model("embedded", device="cpu")
+    run = make_contenders(model, torch.device("cpu"))[args.child]
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run(args.n, args.batch_size, args.steps)
+    print(json.dumps({"maxrss_after_load_kib": after_load,
+                      "maxrss_after_run_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+# --------------------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="write all numbers and the environment here")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--quick", action="store_true", help="smoke run: n=16, steps=3, repeats=1")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--child", choices=list(NAMES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.steps, args.repeats = 16, 3, 1
+    if args.child:
+        child_main(args)
+        return
+    for name in ("steps", "batch_size", "n", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} must be a positive integer")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: cuda was asked for but torch.cuda.is_available() is False")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+
+    import diffusers
+
+    env = {
+        "command": " ".join([f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ
+                            else []) + " " + " ".join([_exe(), *sys.argv]),
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "loadavg_start": os.getloadavg(),
+    }
+    env["command"] = env["command"].strip()
+    print(f"device={device}  torch={torch.__version__}  diffusers={diffusers.__version__}  "
+          f"torch threads={torch.get_num_threads()}  OMP_NUM_THREADS={env['OMP_NUM_THREADS']}  cpu={env['cpu_model']}")
+    print(f"n={args.n}  batch_size={args.batch_size}  steps={args.steps}  repeats={args.repeats}  eta=0  "
+          "timestep_spacing=leading  pipeline output_type=pt")
+
+    model = load_model("embedded", device=device)
+    checks = check_equivalence(model, device, args.steps)
+    print(f"timesteps {checks['timesteps']}; max |Δ| pipeline vs bare {checks['pipeline_vs_bare_max_abs']:.2e}, "
+          f"bare vs ours(None) {checks['bare_vs_ours_rows_none_max_abs']:.2e}, "
+          f"bare vs ours(8) {checks['bare_vs_ours_rows_8_max_abs']:.2e}")
+
+    contenders = make_contenders(model, device)
+    times = time_interleaved(contenders, device, args.n, args.batch_size, args.steps, args.repeats)
+
+    memory: dict[str, dict[str, float]] | None = None
+    if not args.no_memory:
+        memory = gpu_peak_memory(contenders, device, args.n, args.batch_size, args.steps) if device.type == "cuda" \
+            else cpu_peak_rss(args)
+    env["loadavg_end"] = os.getloadavg()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_s = {k: args.n / med[k] for k in times}
+
+    def paired(num: str, den: str) -> float:  # median over repeats of time[num] / time[den]
+        return statistics.median(times[num][r] / times[den][r] for r in range(args.repeats))
+
+    ratios = {
+        "ours_rows_none_over_pipeline_throughput": paired("a", "c"),
+        "ours_rows_8_over_pipeline_throughput": paired("a", "d"),
+        "ours_rows_none_overhead_over_bare_pct": (paired("c", "b") - 1) * 100,
+        "ours_rows_8_overhead_over_bare_pct": (paired("d", "b") - 1) * 100,
+        "determinism_cost_rows_8_over_rows_none_pct": (paired("d", "c") - 1) * 100,
+        "pipeline_overhead_over_bare_pct": (paired("a", "b") - 1) * 100,
+    }
+
+    mem_label = "peak MiB (alloc over base)" if device.type == "cuda" else "peak RSS MiB (over load)"
+    print(f"\n{'contender':<28}{'samples/s':>10}{'median s':>10}{'min s':>8}{'max s':>8}   {mem_label}")
+    for k, name in NAMES.items():
+        mem = ""
+        if memory is not None:
+            m = memory[k]
+            mem = (f"{m['peak_mib']:.0f} ({m['peak_over_base_mib']:+.0f})" if device.type == "cuda"
+                   else f"{m['peak_rss_mib']:.0f} ({m['peak_over_load_mib']:+.0f})")
+        print(f"({k}) {name:<24}{per_s[k]:>10.2f}{med[k]:>10.2f}{min(times[k]):>8.2f}{max(times[k]):>8.2f}   {mem}")
+    print("\nratios (median over repeats of paired, side-by-side ratios):")
+    print(f"  ours/DDIMPipeline throughput   (c) {ratios['ours_rows_none_over_pipeline_throughput']:.3f}"
+          f"   (d) {ratios['ours_rows_8_over_pipeline_throughput']:.3f}   goal >= 1.0")
+    print(f"  ours overhead over bare loop   (c) {ratios['ours_rows_none_overhead_over_bare_pct']:+.1f} %"
+          f"   (d) {ratios['ours_rows_8_overhead_over_bare_pct']:+.1f} %   goal <= 2 %")
+    print(f"  price of determinism (d) over (c): {ratios['determinism_cost_rows_8_over_rows_none_pct']:+.1f} %")
+    print(f"  DDIMPipeline overhead over bare loop: {ratios['pipeline_overhead_over_bare_pct']:+.1f} %")
+    print(f"\ncommand: {env['command']}")
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "settings": {"n": args.n, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+                         "eta": 0.0, "seed": SEED, "timestep_spacing": "leading", "pipeline_output_type": "pt",
+                         "order": "interleaved a,b,c,d per repeat after one warm-up pass (2 steps) each"},
+            "contenders": NAMES,
+            "times_s": times, "median_s": med, "samples_per_s": per_s, "ratios": ratios,
+            "memory": memory, "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                                                "ru_maxrss of one run per contender in its own subprocess (os.wait4)"),
+            "checks": checks, "environment": env,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
