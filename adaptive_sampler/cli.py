@@ -18,6 +18,7 @@ from adaptive_sampler.catalogue import list_entries, load_entry
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.policies import POLICY_NAMES, make_policy
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
+from adaptive_sampler.solvers import SOLVERS, make_solver
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fewer network passes per diffusion sample.")
@@ -28,23 +29,23 @@ app.add_typer(policies_app, name="policies")
 _FLAGS = {"model": "--model", "policy": "--policy", "num_steps": "--steps", "timesteps": "--timesteps",
           "n": "--n", "batch_size": "--batch-size", "seed": "--seed", "eta": "--eta",
           "network_rows": "--network-rows", "device": "--device", "format": "--format",
-          "bootstrap": "--bootstrap"}
+          "bootstrap": "--bootstrap", "solver": "--solver"}
 
 
 class CliError(Exception):
     """An error already phrased for the user; printed as one line."""
 
 
-def _flag_error(exc: ValueError) -> CliError:
+def _flag_error(exc: ValueError, flags: dict[str, str] = _FLAGS) -> CliError:
     """Rephrase a field-named error ("num_steps: 0 is …" or a pydantic error) with the flag's name."""
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
-        return CliError(f"{_FLAGS.get(field, field)}: {err.get('input')!r} — {err['msg']}")
+        return CliError(f"{flags.get(field, field)}: {err.get('input')!r} — {err['msg']}")
     message = str(exc)
     field = message.split(":", 1)[0].split("[", 1)[0]
-    if field in _FLAGS:
-        return CliError(_FLAGS[field] + message[len(field):])
+    if field in flags:
+        return CliError(flags[field] + message[len(field):])
     return CliError(message)
 
 
@@ -90,6 +91,7 @@ PolicyOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
 TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
 EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
+SolverOpt = Annotated[str, typer.Option(help=f"update rule, one of: {', '.join(SOLVERS)} (only ddim takes η > 0)")]
 BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
 SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")]
 RowsOpt = Annotated[int, typer.Option(help="rows per network call, fixed for batch-size invariance; 0 = unbucketed")]
@@ -99,8 +101,8 @@ SaveOpt = Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H,
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's report as JSON")]
 
 
-def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, n: int, batch_size: int,
-          seed: int, network_rows: int, device: str, allow_pickle: bool, save: Path | None,
+def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str, n: int,
+          batch_size: int, seed: int, network_rows: int, device: str, allow_pickle: bool, save: Path | None,
           check: Callable[[LoadedModel], None] | None = None) -> tuple[LoadedModel, str, SampleResult]:
     """Load, plan and sample, turning every input error into a one-line flag error. If the model produces NaN or
     Inf, the batches finished before it are saved next to --save."""
@@ -108,13 +110,14 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
         raise CliError(f"--timesteps: given together with --policy {policy!r}; an explicit list is its own policy")
     policy_name = "explicit" if timesteps is not None else policy
     try:
+        update_rule = make_solver(solver)
         loaded = load_model(model, allow_pickle=allow_pickle, device=_device(device))
         if check is not None:
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
         planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
         result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
-                        progress=True)
+                        progress=True, solver=update_rule)
     except NonFiniteOutputError as exc:
         if save is not None and len(exc.partial.samples):
             partial = save.with_suffix(".partial.npy")
@@ -131,30 +134,30 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
 @app.command("sample")
 def sample_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
-    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0,
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim",
     n: Annotated[int, typer.Option(help="number of samples")] = 16,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
     out: Annotated[Path | None, typer.Option(help="PNG grid of the samples")] = None,
     save: SaveOpt = None, json_path: JsonOpt = None,
 ) -> None:
-    """Draw samples with DDIM over a policy's timesteps."""
-    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, n, batch_size, seed, network_rows,
-                                        device, allow_pickle, save)
+    """Draw samples with a solver (DDIM by default) over a policy's timesteps."""
+    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, solver, n, batch_size, seed,
+                                        network_rows, device, allow_pickle, save)
     if out is not None:
         _save_grid(result.samples, out)
-    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, policy=policy_name, steps=len(result.timesteps),
-                          batch_size=batch_size, network_rows=network_rows or None)
+    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, solver=solver, policy=policy_name,
+                          steps=len(result.timesteps), batch_size=batch_size, network_rows=network_rows or None)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({policy_name}), NFE mean {result.nfe_mean:.1f}, "
-               f"{result.wall_s:.1f} s ({report['samples_per_s']:.1f} samples/s)")
+    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({policy_name}, {solver}), "
+               f"NFE mean {result.nfe_mean:.1f}, {result.wall_s:.1f} s ({report['samples_per_s']:.1f} samples/s)")
 
 
 @app.command("eval")
 def eval_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
-    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0,
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim",
     n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
@@ -167,22 +170,22 @@ def eval_command(
 
     from adaptive_sampler.evaluation import EvaluationReport, check_embedded_space, score_samples
 
-    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, n, batch_size, seed, network_rows,
-                                        device, allow_pickle, save,
+    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, solver, n, batch_size, seed,
+                                        network_rows, device, allow_pickle, save,
                                         check=lambda m: check_embedded_space(m.sample_shape, n))
     try:
         metrics = score_samples(result.samples, bootstrap=bootstrap, seed=seed)
     except ValueError as exc:
         raise _flag_error(exc) from None
     report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
-    table = Table(title=f"{loaded.name}: {policy_name}, {len(result.timesteps)} steps, η={eta}")
+    table = Table(title=f"{loaded.name}: {solver}, {policy_name}, {len(result.timesteps)} steps, η={eta}")
     for column in ("FID", "KID", "precision", "recall", "NFE", "n", "wall s"):
         table.add_column(column, justify="right")
     table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
     Console().print(table)
     if json_path is not None:
-        payload = report.to_json(policy=policy_name, steps=len(result.timesteps), eta=eta,
+        payload = report.to_json(solver=solver, policy=policy_name, steps=len(result.timesteps), eta=eta,
                                  timesteps=result.timesteps.tolist(),
                                  model={"name": loaded.name, "weights_sha256": loaded.weights_sha256})
         json_path.write_text(json.dumps(payload, indent=2, default=vars) + "\n")
@@ -214,7 +217,7 @@ def policies_show(
             "comfyui": artifact.to_comfyui_sigmas,
         }[format]()
     except ValueError as exc:
-        raise _flag_error(exc) from None
+        raise _flag_error(exc, {**_FLAGS, "policy": "NAME"}) from None
     typer.echo(text)
 
 
@@ -229,5 +232,7 @@ def main() -> None:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except typer.TyperException as exc:  # typer's parse errors (its vendored click), made one line
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        message = exc.format_message()
+        if message:  # empty when a bare group printed its help (no_args_is_help)
+            typer.echo(f"error: {message}", err=True)
         sys.exit(exc.exit_code)

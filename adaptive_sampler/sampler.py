@@ -104,9 +104,9 @@ def _run_batch(
                 out[active[done]] = pred.x0[done]
                 active, x_next = active[~done], x_next[~done]
                 state.keep(~done)
-                if len(active) == 0:
-                    break
         x = x_next
+        if len(active) == 0:
+            break
     # after the last pair (t_prev = -1, ᾱ = 1) x equals x̂0 of the last step
     out[active] = x
     return out, nfe, first_bad
@@ -152,11 +152,11 @@ def sample(
         bad_rows = (first_bad >= 0).nonzero().flatten()  # one host sync per batch, not per step
         if len(bad_rows):
             step = int(first_bad[bad_rows].min())
-            partial = _result(samples, nfes, ts, start_time, steps_trace)
+            partial = _result(samples, nfes, ts, start_time, steps_trace, shape)
             raise NonFiniteOutputError(step, int(ts[step]), [int(indices[i]) for i in bad_rows.cpu()], partial)
         samples.append(out.float().cpu())
         nfes.append(nfe.cpu())
-    return _result(samples, nfes, ts, start_time, steps_trace)
+    return _result(samples, nfes, ts, start_time, steps_trace, shape)
 
 
 def _step_schedule(model: ModelAdapter, ts: torch.Tensor, eta: float) -> StepSchedule:
@@ -167,10 +167,9 @@ def _step_schedule(model: ModelAdapter, ts: torch.Tensor, eta: float) -> StepSch
 
 
 def _result(samples: list[torch.Tensor], nfes: list[torch.Tensor], ts: torch.Tensor, start_time: float,
-            trace: list[StepInfo] | None) -> SampleResult:
-    stacked = torch.cat(samples) if samples else torch.zeros(0)
+            trace: list[StepInfo] | None, shape: Sequence[int]) -> SampleResult:
     return SampleResult(
-        samples=stacked,
+        samples=torch.cat(samples) if samples else torch.zeros((0, *shape)),
         timesteps=ts,
         nfe=torch.cat(nfes) if nfes else torch.zeros(0, dtype=torch.int64),
         wall_s=time.perf_counter() - start_time,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ def validate_timesteps(
         raise ValueError(f"{field}: [] is empty; at least one timestep is required")
     last = num_train_timesteps - 1
     for i, v in enumerate(items):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != int(v):
             raise ValueError(f"{field}[{i}]: {v!r} is not an integer; timesteps are integer training steps")
         if not 0 <= v <= last:
             raise ValueError(

@@ -32,9 +32,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
+from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.policies.builtin import Leading
 from adaptive_sampler.sampler import sample
@@ -88,14 +91,14 @@ def make_pipeline(model: LoadedModel, device: torch.device) -> Callable[[int, in
     return run
 
 
-def make_bare(model: LoadedModel, device: torch.device,
-              noise: Callable[[int, int, int], torch.Tensor] | None = None) -> Callable[[int, int, int], torch.Tensor]:
+def make_bare(model: LoadedModel, device: torch.device, noise: Callable[[int, int, int], torch.Tensor] | None = None,
+              network: Callable[..., Any] | None = None) -> Callable[[int, int, int], torch.Tensor]:
     """DDIM eq. 12 with η = 0: x_prev = sqrt(ᾱ_prev)·clip(x̂0) + sqrt(1 - ᾱ_prev)·ε̂, x̂0 = (x - sqrt(1-ᾱ_t)·ε̂)/sqrt(ᾱ_t).
 
     Noise as DDIMPipeline draws it (one CPU generator per batch, seeded SEED + batch index) unless `noise`
-    (batch index, lo, hi) -> x_T is given.
+    (batch index, lo, hi) -> x_T is given. `network` replaces the model's UNet (the stub of the overhead run).
     """
-    net, shape = model.network, model.sample_shape
+    net, shape = network if network is not None else model.network, model.sample_shape
     alphas_cumprod = model.adapter().schedule.alphas_cumprod
     clip = bool(model.scheduler_config.get("clip_sample", False))
     clip_range = float(model.scheduler_config.get("clip_sample_range", 1.0))
@@ -134,8 +137,10 @@ def make_bare(model: LoadedModel, device: torch.device,
     return run
 
 
-def make_ours(model: LoadedModel, network_rows: int | None) -> Callable[[int, int, int], torch.Tensor]:
-    adapter = model.adapter(network_rows=network_rows)
+def make_ours(model: LoadedModel, network_rows: int | None,
+              network: torch.nn.Module | None = None) -> Callable[[int, int, int], torch.Tensor]:
+    adapter = (model.adapter(network_rows=network_rows) if network is None else
+               ModelAdapter.from_diffusers(network, model.scheduler_config, network_rows=network_rows))
 
     def run(n: int, batch_size: int, steps: int) -> torch.Tensor:
         ts = bench_timesteps(model, steps)
@@ -189,20 +194,58 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(contenders: dict[str, Callable[[int, int, int], torch.Tensor]], device: torch.device,
-                     n: int, batch_size: int, steps: int, repeats: int) -> dict[str, list[float]]:
+                     n: int, batch_size: int, steps: int, repeats: int
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds and process CPU seconds of each run. With one thread and a busy machine, CPU time leaves out
+    the time the process waited for a core, so it is far steadier than wall time (on GPU it means little)."""
     # warm-up: one full-size batch, 2 steps, each contender (kernel selection, allocator, lazy init)
     for run in contenders.values():
         run(min(n, batch_size), batch_size, min(steps, 2))
     _sync(device)
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    cpu: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(repeats):
         for key, run in contenders.items():
+            _sync(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run(n, batch_size, steps)
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+        print(f"  repeat {r + 1}/{repeats}: " + "  ".join(f"({k}) {times[k][-1]:.2f}s wall {cpu[k][-1]:.2f}s cpu"
+                                                        for k in times), flush=True)
+    return times, cpu
+
+
+class StubNetwork(torch.nn.Module):
+    """Same inputs and outputs as the UNet at almost no cost: isolates the per-step cost of the loop itself."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> SimpleNamespace:
+        return SimpleNamespace(sample=x * self.scale)
+
+
+def loop_overhead(model: LoadedModel, device: torch.device, n: int, batch_size: int, steps: int,
+                  repeats: int) -> dict[str, list[float]]:
+    """(b), (c), (d) with the UNet replaced by StubNetwork, interleaved, `repeats` times: the seconds per run
+    that are not the network's. Far above the contention noise of a shared machine in relative terms, so its
+    difference over the UNet's run time estimates the overhead that the UNet run cannot resolve."""
+    stub = StubNetwork(device)
+    runs = {"b": make_bare(model, device, network=stub), "c": make_ours(model, None, stub),
+            "d": make_ours(model, 8, stub)}
+    for run in runs.values():
+        run(n, batch_size, steps)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
             _sync(device)
             start = time.perf_counter()
             run(n, batch_size, steps)
             _sync(device)
             times[key].append(time.perf_counter() - start)
-        print(f"  repeat {r + 1}/{repeats}: " + "  ".join(f"({k}) {times[k][-1]:.2f}s" for k in times), flush=True)
     return times
 
 
@@ -222,12 +265,15 @@ def gpu_peak_memory(contenders: dict[str, Callable[[int, int, int], torch.Tensor
     return out
 
 
-def cpu_peak_rss(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """One run of each contender in its own subprocess; ru_maxrss (KiB on Linux) from os.wait4 of that child."""
+def cpu_peak_rss(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
+    """One run of each contender over one batch (the peak depends on the batch, not on n) in its own
+    subprocess. Whole-process peak: ru_maxrss (KiB on Linux) from os.wait4
+    of that child (dominated by loading torch and the model). Sampling peak: the child resets its RSS high-water
+    mark after loading (`5` into /proc/self/clear_refs) and reports VmHWM after the run minus VmRSS before it."""
     out = {}
     for key in NAMES:
         cmd = [sys.executable, __file__, "--child", key, "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--n", str(args.n), "--device", "cpu"]
+               str(args.batch_size), "--n", str(min(args.n, args.batch_size)), "--device", "cpu"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         stdout = proc.stdout.read() if proc.stdout else ""
         _, status, usage = os.wait4(proc.pid, 0)
@@ -235,18 +281,31 @@ def cpu_peak_rss(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         if proc.returncode != 0:
             raise RuntimeError(f"memory child for ({key}) exited with {proc.returncode}")
         child = json.loads(stdout.strip().splitlines()[-1])
-        out[key] = {"peak_rss_mib": usage.ru_maxrss / 1024, "rss_after_load_mib": child["maxrss_after_load_kib"] / 1024,
-                    "peak_over_load_mib": (usage.ru_maxrss - child["maxrss_after_load_kib"]) / 1024}
+        out[key] = {"peak_rss_mib": usage.ru_maxrss / 1024, "rss_before_run_mib": child["rss_before_kib"] / 1024,
+                    "sampling_peak_over_start_mib": (None if child["hwm_after_kib"] is None else
+                                                     (child["hwm_after_kib"] - child["rss_before_kib"]) / 1024)}
     return out
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def child_main(args: argparse.Namespace) -> None:
     model = load_model("embedded", device="cpu")
     run = make_contenders(model, torch.device("cpu"))[args.child]
-    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark (Linux >= 4.0)
+        reset = True
+    except OSError:
+        reset = False
+    before = _proc_status_kib("VmRSS")
     run(args.n, args.batch_size, args.steps)
-    print(json.dumps({"maxrss_after_load_kib": after_load,
-                      "maxrss_after_run_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"rss_before_kib": before, "hwm_after_kib": _proc_status_kib("VmHWM") if reset else None,
+                      "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 # --------------------------------------------------------------------------------------------------------------- main
@@ -254,7 +313,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--n", type=int, default=128)
+    # 64 (one batch) rather than 128: the 128-sample default took ~10 min wall on the shared 2-core machine
+    parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write all numbers and the environment here")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -298,9 +358,12 @@ def main() -> None:
           f"bare vs ours(8) {checks['bare_vs_ours_rows_8_max_abs']:.2e}")
 
     contenders = make_contenders(model, device)
-    times = time_interleaved(contenders, device, args.n, args.batch_size, args.steps, args.repeats)
+    times, cpu_times = time_interleaved(contenders, device, args.n, args.batch_size, args.steps, args.repeats)
 
-    memory: dict[str, dict[str, float]] | None = None
+    overhead_repeats = max(5, 5 * args.repeats)
+    stub_times = loop_overhead(model, device, args.n, args.batch_size, args.steps, overhead_repeats)
+
+    memory: dict[str, dict[str, float | None]] | None = None
     if not args.no_memory:
         memory = gpu_peak_memory(contenders, device, args.n, args.batch_size, args.steps) if device.type == "cuda" \
             else cpu_peak_rss(args)
@@ -312,6 +375,12 @@ def main() -> None:
     def paired(num: str, den: str) -> float:  # median over repeats of time[num] / time[den]
         return statistics.median(times[num][r] / times[den][r] for r in range(args.repeats))
 
+    def of_min(num: str, den: str) -> float:  # min over repeats: the least contended run of each
+        return min(times[num]) / min(times[den])
+
+    def cpu_paired(num: str, den: str) -> float:  # as paired(), on process CPU time
+        return statistics.median(cpu_times[num][r] / cpu_times[den][r] for r in range(args.repeats))
+
     ratios = {
         "ours_rows_none_over_pipeline_throughput": paired("a", "c"),
         "ours_rows_8_over_pipeline_throughput": paired("a", "d"),
@@ -320,23 +389,68 @@ def main() -> None:
         "determinism_cost_rows_8_over_rows_none_pct": (paired("d", "c") - 1) * 100,
         "pipeline_overhead_over_bare_pct": (paired("a", "b") - 1) * 100,
     }
+    ratios_of_min = {
+        "ours_rows_none_over_pipeline_throughput": of_min("a", "c"),
+        "ours_rows_8_over_pipeline_throughput": of_min("a", "d"),
+        "ours_rows_none_overhead_over_bare_pct": (of_min("c", "b") - 1) * 100,
+        "ours_rows_8_overhead_over_bare_pct": (of_min("d", "b") - 1) * 100,
+        "determinism_cost_rows_8_over_rows_none_pct": (of_min("d", "c") - 1) * 100,
+        "pipeline_overhead_over_bare_pct": (of_min("a", "b") - 1) * 100,
+    }
+    ratios_cpu = {
+        "ours_rows_none_over_pipeline_throughput": cpu_paired("a", "c"),
+        "ours_rows_8_over_pipeline_throughput": cpu_paired("a", "d"),
+        "ours_rows_none_overhead_over_bare_pct": (cpu_paired("c", "b") - 1) * 100,
+        "ours_rows_8_overhead_over_bare_pct": (cpu_paired("d", "b") - 1) * 100,
+        "determinism_cost_rows_8_over_rows_none_pct": (cpu_paired("d", "c") - 1) * 100,
+        "pipeline_overhead_over_bare_pct": (cpu_paired("a", "b") - 1) * 100,
+    }
+    cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
+    stub_min = {k: min(v) for k, v in stub_times.items()}
+    unet_run_s = min(times["b"])  # the floor's run time is (almost) all UNet
+    overhead = {
+        "stub_min_s": stub_min,
+        "ours_rows_none_extra_ms_per_run": (stub_min["c"] - stub_min["b"]) * 1e3,
+        "ours_rows_8_extra_ms_per_run": (stub_min["d"] - stub_min["b"]) * 1e3,
+        "ours_rows_none_overhead_pct_of_unet_run": (stub_min["c"] - stub_min["b"]) / unet_run_s * 100,
+        "ours_rows_8_loop_overhead_pct_of_unet_run": (stub_min["d"] - stub_min["b"]) / unet_run_s * 100,
+    }
 
-    mem_label = "peak MiB (alloc over base)" if device.type == "cuda" else "peak RSS MiB (over load)"
-    print(f"\n{'contender':<28}{'samples/s':>10}{'median s':>10}{'min s':>8}{'max s':>8}   {mem_label}")
+    spread = max((max(v) - min(v)) / min(v) for v in times.values()) * 100
+    if device.type == "cuda":
+        mem_label = "peak MiB alloc (over start)"
+    else:
+        mem_label = "peak RSS MiB (sampling over start)"
+    print(f"\n{'contender':<28}{'samples/s':>10}{'median s':>10}{'min s':>8}{'max s':>8}{'cpu s':>8}   {mem_label}")
     for k, name in NAMES.items():
         mem = ""
         if memory is not None:
             m = memory[k]
-            mem = (f"{m['peak_mib']:.0f} ({m['peak_over_base_mib']:+.0f})" if device.type == "cuda"
-                   else f"{m['peak_rss_mib']:.0f} ({m['peak_over_load_mib']:+.0f})")
-        print(f"({k}) {name:<24}{per_s[k]:>10.2f}{med[k]:>10.2f}{min(times[k]):>8.2f}{max(times[k]):>8.2f}   {mem}")
-    print("\nratios (median over repeats of paired, side-by-side ratios):")
-    print(f"  ours/DDIMPipeline throughput   (c) {ratios['ours_rows_none_over_pipeline_throughput']:.3f}"
-          f"   (d) {ratios['ours_rows_8_over_pipeline_throughput']:.3f}   goal >= 1.0")
-    print(f"  ours overhead over bare loop   (c) {ratios['ours_rows_none_overhead_over_bare_pct']:+.1f} %"
-          f"   (d) {ratios['ours_rows_8_overhead_over_bare_pct']:+.1f} %   goal <= 2 %")
-    print(f"  price of determinism (d) over (c): {ratios['determinism_cost_rows_8_over_rows_none_pct']:+.1f} %")
-    print(f"  DDIMPipeline overhead over bare loop: {ratios['pipeline_overhead_over_bare_pct']:+.1f} %")
+            if device.type == "cuda":
+                mem = f"{m['peak_mib']:.1f} ({m['peak_over_base_mib']:+.1f})"
+            else:
+                extra = m["sampling_peak_over_start_mib"]
+                mem = f"{m['peak_rss_mib']:.0f} ({'n/a' if extra is None else f'{extra:+.1f}'})"
+        print(f"({k}) {name:<24}{per_s[k]:>10.2f}{med[k]:>10.2f}{min(times[k]):>8.2f}{max(times[k]):>8.2f}"
+              f"{cpu_med[k]:>8.2f}   {mem}")
+    print("\nratios (wall: median of paired per-repeat ratios | wall: ratio of minima | cpu: median of paired ratios)")
+    for label, key, fmt, goal in [
+        ("ours/DDIMPipeline throughput (c)", "ours_rows_none_over_pipeline_throughput", "{:.3f}", "goal >= 1.0"),
+        ("ours/DDIMPipeline throughput (d)", "ours_rows_8_over_pipeline_throughput", "{:.3f}", "goal >= 1.0"),
+        ("ours over bare loop (c)", "ours_rows_none_overhead_over_bare_pct", "{:+.1f} %", "goal <= 2 %"),
+        ("ours over bare loop (d)", "ours_rows_8_overhead_over_bare_pct", "{:+.1f} %", "goal <= 2 %"),
+        ("price of determinism (d)/(c)", "determinism_cost_rows_8_over_rows_none_pct", "{:+.1f} %", ""),
+        ("DDIMPipeline over bare loop", "pipeline_overhead_over_bare_pct", "{:+.1f} %", ""),
+    ]:
+        print(f"  {label:<34}{fmt.format(ratios[key]):>10} | {fmt.format(ratios_of_min[key]):>10} | "
+              f"{fmt.format(ratios_cpu[key]):>10}   {goal}")
+    print(f"  largest (max - min)/min of one contender's wall times: {spread:.0f} % (contention on a shared machine)")
+    print(f"\nloop overhead without the network (UNet -> stub, min of {overhead_repeats} interleaved runs):")
+    print(f"  bare {stub_min['b'] * 1e3:.1f} ms, ours(None) {stub_min['c'] * 1e3:.1f} ms, "
+          f"ours(8) {stub_min['d'] * 1e3:.1f} ms per run of {args.n} samples x {args.steps} steps")
+    print(f"  => ours(None) costs {overhead['ours_rows_none_overhead_pct_of_unet_run']:+.2f} % and ours(8) "
+          f"{overhead['ours_rows_8_loop_overhead_pct_of_unet_run']:+.2f} % of the bare loop's UNet run "
+          f"({unet_run_s:.2f} s) beyond the bare loop (ours(8): loop only, not the chunked UNet calls)")
     print(f"\ncommand: {env['command']}")
 
     if args.json is not None:
@@ -346,9 +460,16 @@ def main() -> None:
                          "eta": 0.0, "seed": SEED, "timestep_spacing": "leading", "pipeline_output_type": "pt",
                          "order": "interleaved a,b,c,d per repeat after one warm-up pass (2 steps) each"},
             "contenders": NAMES,
-            "times_s": times, "median_s": med, "samples_per_s": per_s, "ratios": ratios,
-            "memory": memory, "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                                                "ru_maxrss of one run per contender in its own subprocess (os.wait4)"),
+            "times_s": times, "median_s": med, "samples_per_s": per_s, "ratios_median_paired": ratios,
+            "ratios_of_min": ratios_of_min, "max_spread_pct": spread,
+            "cpu_times_s": cpu_times, "median_cpu_s": cpu_med, "ratios_median_paired_cpu_time": ratios_cpu,
+            "loop_overhead_stub": {**overhead, "repeats": overhead_repeats, "times_s": stub_times},
+            "memory": memory,
+            "memory_method": ("torch.cuda.max_memory_allocated after reset_peak_memory_stats, one run each"
+                              if device.type == "cuda" else
+                              "one run per contender in its own subprocess: peak_rss_mib = ru_maxrss (os.wait4), "
+                              "sampling_peak_over_start_mib = VmHWM after the run (reset via /proc/self/clear_refs) "
+                              "minus VmRSS before it"),
             "checks": checks, "environment": env,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")

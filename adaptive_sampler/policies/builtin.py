@@ -40,7 +40,9 @@ class Trailing:
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         n, T = require_num_steps(num_steps, schedule, "trailing"), schedule.num_train_timesteps
-        return torch.from_numpy(np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1)
+        # T - i·T/N, not np.arange(T, 0, -T/N) as diffusers: its float stop lets an (N+1)-th entry, -1, through
+        # for some N (61, 103, …); where diffusers' list is valid the two agree
+        return torch.from_numpy(np.round(T - np.arange(n) * T / n).astype(np.int64) - 1)
 
 
 @dataclass(frozen=True)

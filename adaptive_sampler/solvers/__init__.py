@@ -2,8 +2,10 @@
 
 from adaptive_sampler.solvers.base import Solver, SolverState, StepSchedule
 from adaptive_sampler.solvers.ddim import DDIM, ddim_sigma, ddim_step
+from adaptive_sampler.solvers.dpmpp_2m import DPMSolverPP2M
+from adaptive_sampler.solvers.unipc import UniPC
 
-SOLVERS: dict[str, type] = {"ddim": DDIM}
+SOLVERS: dict[str, type] = {"ddim": DDIM, "dpmpp-2m": DPMSolverPP2M, "unipc": UniPC}
 
 
 def make_solver(name: str) -> Solver:
@@ -13,4 +15,5 @@ def make_solver(name: str) -> Solver:
     return SOLVERS[name]()
 
 
-__all__ = ["DDIM", "SOLVERS", "Solver", "SolverState", "StepSchedule", "ddim_sigma", "ddim_step", "make_solver"]
+__all__ = ["DDIM", "DPMSolverPP2M", "SOLVERS", "Solver", "SolverState", "StepSchedule", "UniPC", "ddim_sigma",
+           "ddim_step", "make_solver"]

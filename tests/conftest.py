@@ -1,0 +1,41 @@
+"""Shared builders: a tiny randomly initialised UNet2DModel and the scheduler config it is sampled with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+TINY_SHAPE = (1, 8, 8)
+
+
+def build_tiny_unet(seed: int = 0) -> UNet2DModel:
+    """A 1-channel 8x8 UNet2DModel (a few thousand parameters), weights fixed by `seed`."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval().requires_grad_(False)
+
+
+def tiny_scheduler_config() -> dict[str, Any]:
+    """diffusers' default DDIM config: linear β 1e-4…0.02, ε-prediction, x̂0 clipped to [-1, 1]."""
+    return dict(DDIMScheduler().config)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet() -> UNet2DModel:
+    return build_tiny_unet()
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict[str, Any]:
+    return tiny_scheduler_config()

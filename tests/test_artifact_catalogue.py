@@ -1,0 +1,271 @@
+"""ScheduleArtifact (JSON round trip, atomic save, validation locations, σ/ComfyUI exports), the shipped catalogue
+and the policies that replay artifacts (Learned, FromFile)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from diffusers.schedulers import AysSchedules
+from pydantic import ValidationError
+
+from adaptive_sampler.catalogue import interpolate, list_entries, load_entry
+from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.policies import FromFile, Learned, make_policy
+from adaptive_sampler.schedule_artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.timesteps import validate_timesteps
+
+SD_SPEC = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+SD15_AYS = AysSchedules["StableDiffusionTimesteps"]
+SDXL_AYS = AysSchedules["StableDiffusionXLTimesteps"]
+
+
+def make_artifact(**overrides) -> ScheduleArtifact:
+    fields = dict(
+        num_train_timesteps=1000,
+        timesteps=[999, 700, 400, 100, 0],
+        model=ModelIdentity(name="tiny", weights_sha256="ab" * 32),
+        noise_schedule=NoiseScheduleSpec(**SD_SPEC),
+        objective="fid",
+        metrics={"fid": 12.5},
+        method="test",
+        created_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    )
+    return ScheduleArtifact(**{**fields, **overrides})
+
+
+# ---------------------------------------------------------------- JSON round trip
+
+
+def test_json_round_trip(tmp_path):
+    artifact = make_artifact()
+    path = tmp_path / "nested" / "schedule.json"
+    artifact.save(path)
+    loaded = ScheduleArtifact.load(path)
+    assert loaded == artifact
+    assert loaded.model_dump() == artifact.model_dump()
+    raw = json.loads(path.read_text())
+    assert raw["format_version"] == 1 and raw["timesteps"] == [999, 700, 400, 100, 0]
+    assert sorted(os.listdir(path.parent)) == ["schedule.json"]  # no temp file left behind
+
+
+def test_save_replaces_atomically_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "schedule.json"
+    make_artifact().save(path)
+    make_artifact(timesteps=[999, 0]).save(path)
+    assert ScheduleArtifact.load(path).timesteps == [999, 0]
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        make_artifact(timesteps=[500]).save(path)
+    assert ScheduleArtifact.load(path).timesteps == [999, 0]
+    assert sorted(os.listdir(tmp_path)) == ["schedule.json"]
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "message"),
+    [
+        ([], "timesteps: [] is empty"),
+        ([999, 3.5], "timesteps[1]: 3.5 is not an integer"),
+        ([999, 500, 500], "timesteps[2]: 500 repeats timesteps[1]; timesteps must be unique"),
+        ([10, 20], "timesteps[1]: 20 is above timesteps[0]=10; timesteps must be strictly descending"),
+        ([5, -1], "timesteps[1]: -1 is outside [0, 999]"),
+        ([1000], "timesteps[0]: 1000 is outside [0, 999]"),
+    ],
+)
+def test_bad_timesteps_fail_at_field_timesteps_naming_index_value_and_rule(timesteps, message):
+    with pytest.raises(ValidationError) as caught:
+        make_artifact(timesteps=timesteps)
+    errors = caught.value.errors()
+    assert len(errors) == 1
+    assert errors[0]["loc"] == ("timesteps",)
+    assert message in errors[0]["msg"]
+
+
+def test_bad_timesteps_in_a_json_file_fail_at_field_timesteps(tmp_path):
+    path = tmp_path / "bad.json"
+    raw = json.loads(make_artifact().model_dump_json())
+    raw["timesteps"] = [0, 999]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValidationError) as caught:
+        ScheduleArtifact.load(path)
+    assert caught.value.errors()[0]["loc"] == ("timesteps",)
+    assert "timesteps[1]: 999 is above timesteps[0]=0" in caught.value.errors()[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"bogus": 1}, ("bogus",)),
+        ({"model": {"name": "tiny", "extra": 1}}, ("model", "extra")),
+        ({"noise_schedule": {**SD_SPEC, "clip_sample": True}}, ("noise_schedule", "clip_sample")),
+    ],
+)
+def test_extra_fields_are_forbidden(overrides, loc):
+    with pytest.raises(ValidationError) as caught:
+        make_artifact(**overrides)
+    errors = caught.value.errors()
+    assert [e["loc"] for e in errors] == [loc]
+    assert errors[0]["type"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"eta": 1.5}, ("eta",)),
+        ({"solver": "euler"}, ("solver",)),
+        ({"format_version": 2}, ("format_version",)),
+        ({"method": ""}, ("method",)),
+        ({"model": {"name": "tiny", "weights_sha256": "xyz"}}, ("model", "weights_sha256")),
+        ({"num_train_timesteps": 0}, ("num_train_timesteps",)),  # and no second error about timesteps
+    ],
+)
+def test_other_bad_fields_fail_at_their_location(overrides, loc):
+    with pytest.raises(ValidationError) as caught:
+        make_artifact(**overrides)
+    assert [e["loc"] for e in caught.value.errors()] == [loc]
+
+
+# ---------------------------------------------------------------- exports
+
+
+def test_to_sigmas_has_n_plus_one_values_ending_in_zero():
+    artifact = make_artifact()
+    sigmas = artifact.to_sigmas()
+    assert len(sigmas) == len(artifact.timesteps) + 1
+    assert sigmas[-1] == 0.0
+    ac = DDIMScheduler(**SD_SPEC).alphas_cumprod.double()[artifact.timesteps]
+    np.testing.assert_allclose(sigmas[:-1], ((1 - ac) / ac).sqrt().numpy(), rtol=1e-12)
+    assert sigmas[:-1] == sorted(sigmas[:-1], reverse=True)
+    assert artifact.to_diffusers_timesteps() == [999, 700, 400, 100, 0]
+
+
+def test_to_sigmas_needs_a_matching_schedule():
+    artifact = make_artifact(noise_schedule=None)
+    with pytest.raises(ValueError, match=r"^schedule: the artifact has no noise_schedule"):
+        artifact.to_sigmas()
+    own = NoiseSchedule.from_config(SD_SPEC)
+    assert artifact.to_sigmas(own) == make_artifact().to_sigmas()
+    with pytest.raises(ValueError, match=r"^schedule: 500 training timesteps differ"):
+        artifact.to_sigmas(NoiseSchedule.from_config({"num_train_timesteps": 500}))
+
+
+def test_comfyui_text():
+    artifact = make_artifact()
+    text = artifact.to_comfyui_sigmas()
+    parts = text.split(", ")
+    assert len(parts) == len(artifact.timesteps) + 1
+    assert parts[-1] == "0.000000"
+    assert all(len(p.split(".")[1]) == 6 for p in parts)
+    np.testing.assert_allclose([float(p) for p in parts], artifact.to_sigmas(), atol=5e-7)
+
+
+def test_sd15_ays_sigmas_are_close_to_the_published_sigmas():
+    """AYS publishes σ lists too; our σ at the published timesteps agree to a few percent (they were optimised
+    separately, so not exactly)."""
+    sigmas = load_entry("sd15/ays-10").to_sigmas()
+    np.testing.assert_allclose(sigmas[:-1], AysSchedules["StableDiffusionSigmas"][:-1], rtol=0.1)
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def test_catalogue_ships_the_published_ays_lists():
+    entries = list_entries()
+    assert "sd15/ays-10" in entries and "sdxl/ays-10" in entries
+    assert entries == sorted(entries)
+    assert load_entry("sd15/ays-10").timesteps == SD15_AYS == [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    assert load_entry("sdxl/ays-10").timesteps == SDXL_AYS == [999, 845, 730, 587, 443, 310, 193, 116, 53, 13]
+    for name in entries:
+        artifact = load_entry(name)
+        assert not artifact.interpolated
+        validate_timesteps(artifact.timesteps, artifact.num_train_timesteps)
+
+
+@pytest.mark.parametrize("num_steps", [20, 4, 50])
+def test_load_entry_interpolates_other_step_counts(num_steps):
+    artifact = load_entry("sd15/ays-10", num_steps)
+    assert artifact.interpolated
+    assert len(artifact.timesteps) == num_steps
+    validate_timesteps(artifact.timesteps, 1000)
+    assert artifact.timesteps[0] == 999 and artifact.timesteps[-1] == 24
+    assert artifact.metrics == {}
+    assert "log-linear interpolation" in artifact.method
+    # the published entry itself is untouched and the 10-step request returns it as is
+    assert load_entry("sd15/ays-10", 10).timesteps == SD15_AYS
+
+
+def test_interpolation_is_log_linear_through_the_published_points():
+    # 19 = 2·10 - 1 steps put every other point exactly on the published list
+    assert load_entry("sd15/ays-10", 19).timesteps[::2] == SD15_AYS
+    assert load_entry("sd15/ays-10", 20).timesteps == [  # golden
+        999, 925, 857, 800, 747, 701, 659, 612, 565, 520, 477, 429, 375, 323, 269, 218, 162, 114, 53, 24]
+    # one step keeps a single valid timestep (the low end, like diffusers' linspace spacing for N=1)
+    assert len(interpolate(load_entry("sd15/ays-10"), 1).timesteps) == 1
+    with pytest.raises(ValueError, match=r"^num_steps: 0 is outside \[1, 1000\]"):
+        interpolate(load_entry("sd15/ays-10"), 0)
+
+
+def test_unknown_or_malformed_entries_are_refused_with_the_known_list():
+    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/nope-10' does not exist") as caught:
+        load_entry("sd15/nope-10")
+    assert "sd15/ays-10" in str(caught.value) and "sdxl/ays-10" in str(caught.value)
+    with pytest.raises(ValueError, match=r"^policy: catalogue name 'ays' is not of the form <model>/<family>-<N>"):
+        load_entry("ays")
+
+
+def test_load_entry_prefers_a_sibling_of_the_requested_length(tmp_path):
+    for steps, timesteps in ((10, SD15_AYS), (3, [999, 500, 7])):
+        make_artifact(timesteps=timesteps, method=f"m{steps}").save(tmp_path / "m" / f"fam-{steps}.json")
+    assert list_entries(tmp_path) == ["m/fam-10", "m/fam-3"]
+    assert load_entry("m/fam-10", 3, root=tmp_path).timesteps == [999, 500, 7]
+    assert load_entry("m/fam-10", 5, root=tmp_path).interpolated
+
+
+# ---------------------------------------------------------------- Learned / FromFile policies
+
+
+SD = NoiseSchedule.from_config(SD_SPEC)
+
+
+def test_learned_policy_resolves_catalogue_entries():
+    policy = make_policy("learned:sd15/ays-10")
+    assert policy == Learned("sd15/ays-10")
+    assert policy.timesteps(None, SD).tolist() == SD15_AYS
+    assert policy.timesteps(10, SD).tolist() == SD15_AYS
+    twenty = policy.timesteps(20, SD)
+    assert len(twenty) == 20 and twenty.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/nope-10' does not exist"):
+        make_policy("learned:sd15/nope-10").timesteps(None, SD)
+
+
+def test_learned_policy_refuses_a_model_with_other_training_timesteps():
+    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/ays-10' was made for "
+                                         r"num_train_timesteps=1000, the model has 500"):
+        Learned("sd15/ays-10").timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
+
+
+def test_from_file_policy(tmp_path):
+    path = tmp_path / "mine.json"
+    make_artifact().save(path)
+    policy = make_policy(f"file:{path}")
+    assert policy == FromFile(path)
+    assert policy.timesteps(None, SD).tolist() == [999, 700, 400, 100, 0]
+    eight = policy.timesteps(8, SD)
+    assert len(eight) == 8 and int(eight[0]) == 999 and int(eight[-1]) == 0
+    with pytest.raises(ValueError, match=r"^policy: schedule file .*mine\.json' was made for "
+                                         r"num_train_timesteps=1000, the model has 500"):
+        policy.timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
+    with pytest.raises(ValueError, match=r"^policy: schedule file .*missing\.json' does not exist"):
+        FromFile(tmp_path / "missing.json").timesteps(None, SD)
