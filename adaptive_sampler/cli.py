@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,9 +17,11 @@ from pydantic import ValidationError
 
 from adaptive_sampler.catalogue import list_entries, load_entry
 from adaptive_sampler.models import LoadedModel, load_model
+from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
 from adaptive_sampler.policies import POLICY_NAMES, make_policy
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
 from adaptive_sampler.solvers import SOLVERS, make_solver
+from adaptive_sampler.tuning.command import tune_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fewer network passes per diffusion sample.")
@@ -29,7 +32,7 @@ app.add_typer(policies_app, name="policies")
 _FLAGS = {"model": "--model", "policy": "--policy", "num_steps": "--steps", "timesteps": "--timesteps",
           "n": "--n", "batch_size": "--batch-size", "seed": "--seed", "eta": "--eta",
           "network_rows": "--network-rows", "device": "--device", "format": "--format",
-          "bootstrap": "--bootstrap", "solver": "--solver"}
+          "bootstrap": "--bootstrap", "solver": "--solver", "monitor": "--monitor"}
 
 
 class CliError(Exception):
@@ -73,24 +76,14 @@ def _save_grid(samples: torch.Tensor, path: Path) -> None:
     save_image(samples[:, :3] * 0.5 + 0.5, path, nrow=max(1, math.ceil(math.sqrt(len(samples)))))
 
 
-def _result_json(result: SampleResult, model: LoadedModel, **extra: Any) -> dict[str, Any]:
-    return {
-        "timesteps": result.timesteps.tolist(),
-        "nfe_per_sample": result.nfe.tolist(),
-        "nfe_mean": result.nfe_mean,
-        "wall_s": result.wall_s,
-        "samples_per_s": len(result.samples) / result.wall_s if result.wall_s > 0 else None,
-        "model": {"name": model.name, "weights_sha256": model.weights_sha256},
-        **extra,
-    }
-
-
 # Options shared by the commands that draw samples.
 ModelOpt = Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")]
 PolicyOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}")]
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
 TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
 EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
+MonitorOpt = Annotated[list[str] | None, typer.Option(
+    help="early-exit monitor NAME[:THRESHOLD] on x̂0, repeatable (any fires); no threshold = calibrated default")]
 SolverOpt = Annotated[str, typer.Option(help=f"update rule, one of: {', '.join(SOLVERS)} (only ddim takes η > 0)")]
 BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
 SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")]
@@ -101,9 +94,23 @@ SaveOpt = Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H,
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's report as JSON")]
 
 
-def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str, n: int,
-          batch_size: int, seed: int, network_rows: int, device: str, allow_pickle: bool, save: Path | None,
-          check: Callable[[LoadedModel], None] | None = None) -> tuple[LoadedModel, str, SampleResult]:
+@dataclass
+class _Drawn:
+    loaded: LoadedModel
+    policy: str
+    result: SampleResult
+    stopped_by: list[str | None]  # per sample: the monitor that stopped it early, None if it ran every step
+
+    def report(self, **extra: Any) -> dict[str, Any]:
+        return {"timesteps": self.result.timesteps.tolist(), "nfe_per_sample": self.result.nfe.tolist(),
+                "nfe_mean": self.result.nfe_mean, "stopped_by": self.stopped_by, "wall_s": self.result.wall_s,
+                "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
+                "policy": self.policy, **extra}
+
+
+def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
+          monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: int, device: str,
+          allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None) -> _Drawn:
     """Load, plan and sample, turning every input error into a one-line flag error. If the model produces NaN or
     Inf, the batches finished before it are saved next to --save."""
     if timesteps is not None and policy not in ("uniform", "explicit"):
@@ -116,8 +123,13 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
         planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
+        # one AnyOf over every --monitor, so it can say which of them stopped each sample
+        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned)) for spec in monitor)) \
+            if monitor else None
         result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
-                        progress=True, solver=update_rule)
+                        progress=True, solver=update_rule, callback=watch.as_callback() if watch else None)
+    except LPIPSWeightsMissingError as exc:
+        raise CliError(f"--monitor: {exc}") from None
     except NonFiniteOutputError as exc:
         if save is not None and len(exc.partial.samples):
             partial = save.with_suffix(".partial.npy")
@@ -128,13 +140,15 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
         raise _flag_error(exc) from None
     if save is not None:
         np.save(save, result.samples.numpy().astype(np.float32))
-    return loaded, policy_name, result
+    stopped = watch.stopped_by if watch else {}
+    return _Drawn(loaded, policy_name, result,
+                  [stopped.get(i) if int(nfe) < len(planned) else None for i, nfe in enumerate(result.nfe.tolist())])
 
 
 @app.command("sample")
 def sample_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
-    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim",
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
     n: Annotated[int, typer.Option(help="number of samples")] = 16,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
@@ -142,22 +156,24 @@ def sample_command(
     save: SaveOpt = None, json_path: JsonOpt = None,
 ) -> None:
     """Draw samples with a solver (DDIM by default) over a policy's timesteps."""
-    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, solver, n, batch_size, seed,
-                                        network_rows, device, allow_pickle, save)
+    drawn = _draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
+                  allow_pickle, save)
+    result = drawn.result
     if out is not None:
         _save_grid(result.samples, out)
-    report = _result_json(result, loaded, n=n, seed=seed, eta=eta, solver=solver, policy=policy_name,
-                          steps=len(result.timesteps), batch_size=batch_size, network_rows=network_rows or None)
+    samples_per_s = n / result.wall_s if result.wall_s > 0 else None
+    report = drawn.report(n=n, seed=seed, eta=eta, solver=solver, steps=len(result.timesteps), batch_size=batch_size,
+                          network_rows=network_rows or None, samples_per_s=samples_per_s)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({policy_name}, {solver}), "
-               f"NFE mean {result.nfe_mean:.1f}, {result.wall_s:.1f} s ({report['samples_per_s']:.1f} samples/s)")
+    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({drawn.policy}, {solver}), "
+               f"NFE mean {result.nfe_mean:.1f}, {result.wall_s:.1f} s ({samples_per_s:.1f} samples/s)")
 
 
 @app.command("eval")
 def eval_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
-    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim",
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
     n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
@@ -170,9 +186,9 @@ def eval_command(
 
     from adaptive_sampler.evaluation import EvaluationReport, check_embedded_space, score_samples
 
-    loaded, policy_name, result = _draw(model, policy, steps, timesteps, eta, solver, n, batch_size, seed,
-                                        network_rows, device, allow_pickle, save,
-                                        check=lambda m: check_embedded_space(m.sample_shape, n))
+    drawn = _draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
+                  allow_pickle, save, check=lambda m: check_embedded_space(m.sample_shape, n))
+    loaded, policy_name, result = drawn.loaded, drawn.policy, drawn.result
     try:
         metrics = score_samples(result.samples, bootstrap=bootstrap, seed=seed)
     except ValueError as exc:
@@ -185,10 +201,11 @@ def eval_command(
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
     Console().print(table)
     if json_path is not None:
-        payload = report.to_json(solver=solver, policy=policy_name, steps=len(result.timesteps), eta=eta,
-                                 timesteps=result.timesteps.tolist(),
-                                 model={"name": loaded.name, "weights_sha256": loaded.weights_sha256})
+        payload = {**drawn.report(solver=solver, steps=len(result.timesteps), eta=eta), **report.to_json()}
         json_path.write_text(json.dumps(payload, indent=2, default=vars) + "\n")
+
+
+app.command("tune")(tune_command)
 
 
 @policies_app.command("list")

@@ -80,6 +80,7 @@ class ScheduleArtifact(BaseModel):
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(self.model_dump_json(indent=2) + "\n")
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a catalogue file is meant to be read by others
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

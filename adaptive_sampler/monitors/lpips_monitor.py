@@ -1,0 +1,111 @@
+"""LPIPS change of x̂0 between steps (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a
+Perceptual Metric", arXiv:1801.03924), with the `lpips` package and nothing downloaded.
+
+LPIPS has two sets of weights. Its linear layers ship inside the `lpips` package (`lpips/weights/v0.1/<net>.pth`).
+Its backbone (AlexNet, VGG16 or SqueezeNet 1.1 ImageNet weights) is torchvision's, which `lpips` fetches from the
+internet into the torch hub cache (`torch.hub.get_dir()/checkpoints/`, i.e. `$TORCH_HOME/hub/checkpoints`, by
+default `~/.cache/torch/hub/checkpoints`). Here the backbone is read from that cache only; if the file is missing,
+`LPIPSWeightsMissingError` says which file to put where. `random_backbone=True` builds an untrained backbone, for
+tests that say so: its scores are not perceptual.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from adaptive_sampler.monitors.base import Guardrails
+from adaptive_sampler.monitors.change import ChangeMonitor
+
+# torchvision's ImageNet weights for the three LPIPS backbones (torchvision.models.*_Weights.IMAGENET1K_V1)
+BACKBONE_WEIGHTS = {
+    "alex": ("AlexNet", "alexnet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("VGG16", "vgg16", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "squeeze": ("SqueezeNet 1.1", "squeezenet1_1", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
+}
+
+
+class LPIPSWeightsMissingError(FileNotFoundError):
+    """A weights file LPIPS needs is not on disk; the message says which file and where to put it."""
+
+
+def backbone_weights_path(net: str) -> Path:
+    """Where torchvision (and so `lpips`) keeps the backbone weights of `net`: the torch hub checkpoints dir."""
+    _, _, url = BACKBONE_WEIGHTS[net]
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def linear_weights_path(net: str, version: str = "0.1") -> Path:
+    """The LPIPS linear-layer weights shipped inside the `lpips` package."""
+    import lpips
+
+    return Path(lpips.__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
+
+
+def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn.Module:
+    """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only; see the module docstring."""
+    if net not in BACKBONE_WEIGHTS:
+        raise ValueError(f"net: {net!r} is not one of {', '.join(map(repr, BACKBONE_WEIGHTS))}")
+    try:
+        import lpips
+    except ImportError as e:  # pragma: no cover - lpips is a dependency
+        raise ImportError("the lpips monitor needs the `lpips` package: pip install lpips") from e
+    title, builder, url = BACKBONE_WEIGHTS[net]
+    backbone_file = backbone_weights_path(net)
+    if not random_backbone and not backbone_file.is_file():
+        raise LPIPSWeightsMissingError(
+            f"lpips: the {title} backbone weights are missing: {backbone_file} does not exist. LPIPS needs "
+            f"torchvision's ImageNet {title} weights in the torch hub checkpoints dir, and nothing is downloaded "
+            f"here. On a machine with internet, download {url} (or run `python -c \"import torchvision; "
+            f"torchvision.models.{builder}(weights='IMAGENET1K_V1')\"` and take it from "
+            "~/.cache/torch/hub/checkpoints/), then copy it to that path; set TORCH_HOME to use another cache "
+            "($TORCH_HOME/hub/checkpoints/). The LPIPS linear layers ship inside the lpips package "
+            f"({linear_weights_path(net)}). For tests only, LPIPS(random_backbone=True) builds an untrained backbone."
+        )
+    lin_file = linear_weights_path(net)
+    if not lin_file.is_file():
+        raise LPIPSWeightsMissingError(
+            f"lpips: the LPIPS linear-layer weights {lin_file} are missing from the lpips package; reinstall it "
+            "(pip install --force-reinstall lpips)"
+        )
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")  # torchvision's deprecation warnings for lpips' `pretrained=` argument
+        torch.manual_seed(0)  # a random backbone is the same in every process
+        model = lpips.LPIPS(net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False)
+    if not random_backbone:
+        state = torch.load(backbone_file, map_location="cpu", weights_only=True)
+        # lpips splits torchvision's `features.<i>` into `slice<j>.<i>`: map names back to the file's keys
+        wanted = {name: re.sub(r"^slice\d+\.", "features.", name) for name in model.net.state_dict()}
+        missing = [key for key in wanted.values() if key not in state]
+        if missing:
+            raise ValueError(f"lpips: {backbone_file} is not torchvision's {title} state dict (lacks {missing[:3]})")
+        model.net.load_state_dict({name: state[key] for name, key in wanted.items()})
+    lin_state = torch.load(lin_file, map_location="cpu", weights_only=True)
+    model.lins.load_state_dict({re.sub(r"^lin(\d+)\.", r"\1.", k): v for k, v in lin_state.items()})
+    return model.eval().requires_grad_(False)
+
+
+class LPIPSChange(ChangeMonitor):
+    """LPIPS(x̂0_{k-1}, x̂0_k) on x̂0 clamped to [-1, 1] (grayscale repeated to RGB); see the module docstring."""
+
+    name = "lpips"
+
+    def __init__(self, threshold: float, *, net: str = "alex", random_backbone: bool = False,
+                 guardrails: Guardrails | None = None, **guardrail_fields: int | None):
+        super().__init__(threshold, guardrails=guardrails, **guardrail_fields)
+        self.net_name = net
+        self.random_backbone = random_backbone
+        self.model = build_lpips(net, random_backbone=random_backbone)
+
+    @staticmethod
+    def _rgb(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().clamp(-1, 1)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def distance(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        self.model.to(current.device)
+        with torch.inference_mode():
+            return self.model(self._rgb(previous), self._rgb(current)).flatten()

@@ -1,0 +1,148 @@
+"""Monitors from strings (`x0-l2:0.01`, `sharpness,patience=2`, `ssim:0.002|max-nfe:30`) and calibrated defaults.
+
+Grammar: SPEC := TERM ('|' TERM)* for AnyOf, or TERM ('&' TERM)* for AllOf (not mixed); TERM := NAME[:THRESHOLD]
+(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every). Without a threshold a
+quality monitor takes the default calibrated for the model and the step count (`calibrated_defaults.json` next to
+this file, written by `experiments/bench_early_exit.py --write-defaults` via `adaptive_sampler.calibration`), with
+the guardrails it was calibrated under; budgets (`max-nfe`, `deadline`) always need their number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from adaptive_sampler.monitors.base import Guardrails, Monitor
+from adaptive_sampler.monitors.budget import Deadline, MaxNFE
+from adaptive_sampler.monitors.change import FeatureChange, GMSDChange, HaarPSIChange, Sharpness, SSIMChange, X0L2
+from adaptive_sampler.monitors.composite import AllOf, AnyOf
+from adaptive_sampler.monitors.lpips_monitor import LPIPSChange
+
+MONITORS: dict[str, type[Monitor]] = {
+    m.name: m for m in (X0L2, LPIPSChange, SSIMChange, HaarPSIChange, GMSDChange, FeatureChange, Sharpness, MaxNFE,
+                        Deadline)
+}
+MONITOR_NAMES = tuple(MONITORS)
+BUDGET_NAMES = ("max-nfe", "deadline")
+DEFAULTS_PATH = Path(__file__).resolve().parent / "calibrated_defaults.json"
+DEFAULTS_FORMAT = "adaptive_sampler.calibrated_defaults/1"
+_RULE = ("NAME[:THRESHOLD][,KEY=VALUE...] with NAME one of " + ", ".join(MONITOR_NAMES) +
+         ", THRESHOLD a number >= 0 (max-nfe: a positive integer; deadline: seconds > 0), KEY one of "
+         + ", ".join(Guardrails.model_fields))
+
+
+def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
+    """The calibrated-defaults file as a dict ({"format", "models": {model: {"steps": {N: {...}}}}})."""
+    path = path or DEFAULTS_PATH
+    if not path.is_file():
+        return {"format": DEFAULTS_FORMAT, "models": {}}
+    data = json.loads(path.read_text())
+    if data.get("format") != DEFAULTS_FORMAT:
+        raise ValueError(f"path: {path} has format {data.get('format')!r}, not {DEFAULTS_FORMAT!r}")
+    return data
+
+
+def calibrated_default(name: str, model: str | None, num_steps: int | None,
+                       path: Path | None = None) -> dict[str, Any]:
+    """The stored {"threshold", "guardrails", ...} of monitor `name` for `model` at `num_steps` steps.
+
+    Raises ValueError (starting `monitor:`) saying what exists and how to calibrate when there is none.
+    """
+    how = ("give a threshold (e.g. {name}:0.01) or calibrate one with adaptive_sampler.calibration."
+           "calibrate_threshold (experiments/bench_early_exit.py --write-defaults for the embedded model)")
+    if model is None or num_steps is None:
+        raise ValueError(f"monitor: {name!r} has no threshold, and without a model name and a step count there is no "
+                         f"calibrated default to use; " + how.format(name=name))
+    models = load_calibrated_defaults(path)["models"]
+    if model not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ValueError(f"monitor: {name!r} has no threshold and model {model!r} has no calibrated defaults "
+                         f"(models with defaults: {known}); thresholds do not transfer between models, so "
+                         + how.format(name=name))
+    steps = models[model]["steps"]
+    entry = steps.get(str(num_steps), {}).get("monitors", {}).get(name)
+    if entry is None:
+        have = sorted(int(s) for s, e in steps.items() if name in e.get("monitors", {}))
+        raise ValueError(f"monitor: {name!r} has no threshold and no calibrated default for model {model!r} at "
+                         f"{num_steps} steps (calibrated at: {', '.join(map(str, have)) or 'no step count'}); "
+                         "thresholds do not transfer between step counts, so " + how.format(name=name))
+    return entry
+
+
+def _number(text: str, term: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"monitor: {term!r} has {what} {text!r}, which is not a finite number; write {_RULE}")
+    return value
+
+
+def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str, Any]) -> Monitor:
+    head, *options = [part.strip() for part in term.split(",")]
+    name, sep, threshold_text = head.partition(":")
+    name = name.strip()
+    if name not in MONITORS:
+        raise ValueError(f"monitor: {name!r} (in {term!r}) is not a known monitor; write {_RULE}")
+    fields: dict[str, Any] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        key = key.strip()
+        if not eq or key not in Guardrails.model_fields:
+            raise ValueError(f"monitor: {term!r} has option {option!r}, which is not KEY=VALUE with KEY one of "
+                             f"{', '.join(Guardrails.model_fields)}; write {_RULE}")
+        number = _number(value.strip(), term, f"{key} =")
+        if number != int(number):
+            raise ValueError(f"monitor: {term!r} has {key} = {value.strip()!r}, which is not an integer")
+        fields[key] = int(number)
+    try:
+        guardrails = Guardrails(**fields)
+    except ValidationError as e:
+        raise ValueError(f"monitor: {term!r} has bad guardrails: {e}") from e
+    cls = MONITORS[name]
+    if sep:
+        threshold = _number(threshold_text.strip(), term, "threshold")
+    elif name in BUDGET_NAMES:
+        example = "max-nfe:30" if name == "max-nfe" else "deadline:2.5"
+        raise ValueError(f"monitor: {term!r} is a budget and needs its number, e.g. {example}; write {_RULE}")
+    else:
+        entry = calibrated_default(name, model, num_steps)
+        calibrated = Guardrails(**entry.get("guardrails", {}))
+        if fields and Guardrails(**{**calibrated.model_dump(), **fields}) != calibrated:
+            raise ValueError(f"monitor: {term!r} changes the guardrails the default threshold was calibrated with "
+                             f"({calibrated.model_dump(exclude_defaults=True) or 'none'}); a threshold depends on "
+                             "them, so give a threshold too")
+        threshold, guardrails = float(entry["threshold"]), calibrated
+    try:
+        return cls(threshold, guardrails=guardrails, **kwargs.get(name, {}))
+    except ValueError as e:
+        raise ValueError(f"monitor: {term!r}: {e}; write {_RULE}") from e
+
+
+def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | None = None,
+                      options: dict[str, dict[str, Any]] | None = None) -> Monitor:
+    """Build a monitor from a spec string; see the module docstring for the grammar.
+
+    `model` (a `LoadedModel.name`, e.g. "fashion-mnist" for the embedded model) and `num_steps` pick calibrated
+    defaults for terms without a threshold. `options` passes constructor keywords per monitor name, e.g.
+    {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}}. Bad input raises ValueError starting
+    with "monitor:" that names the value and the rule.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"monitor: {spec!r} is empty; write {_RULE}")
+    kwargs = options or {}
+    if "|" in spec and "&" in spec:
+        raise ValueError(f"monitor: {spec!r} mixes '|' (any of) and '&' (all of); use one of them")
+    joiner = "|" if "|" in spec else "&"
+    terms = [t.strip() for t in spec.split(joiner)]
+    if any(not t for t in terms):
+        raise ValueError(f"monitor: {spec!r} has an empty term around {joiner!r}; write TERM{joiner}TERM")
+    monitors = [_term(t, model, num_steps, kwargs) for t in terms]
+    if len(monitors) == 1:
+        return monitors[0]
+    return AnyOf(*monitors) if joiner == "|" else AllOf(*monitors)

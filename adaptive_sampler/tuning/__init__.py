@@ -1,0 +1,58 @@
+"""Schedule search with Optuna: search spaces, objectives, a DP initialiser, studies, export.
+
+Flow: `search_space` turns trial parameters into valid timestep lists; `objectives` scores a list on fixed tuning
+seeds (FID/KID in the embedded feature space, or fidelity to a cached many-step reference); `dp_init` builds a
+warm start from one cost matrix; `storage` opens/resumes studies and runs workers that share one storage;
+`study` wires them into per-budget (pruned) or Pareto studies; `export` writes the best list per budget, scored
+on held-out seeds, as catalogue files with plots; `command` is the `adaptive-sampler tune` CLI command.
+"""
+
+from adaptive_sampler.tuning.command import tune_command
+from adaptive_sampler.tuning.dp_init import CostMatrix, DPPath, best_paths, build_cost_matrix
+from adaptive_sampler.tuning.export import (
+    ExportResult,
+    HeldoutScore,
+    export_best,
+    plot_pareto,
+    plot_timesteps,
+    schedule_path,
+)
+from adaptive_sampler.tuning.objectives import (
+    OBJECTIVES,
+    Evaluation,
+    ObjectiveSpec,
+    ScheduleEvaluator,
+    SeedSet,
+    tuning_seeds,
+)
+from adaptive_sampler.tuning.search_space import (
+    SPACES,
+    FreeSpace,
+    KarrasSpace,
+    LogSNRSpace,
+    PowerSpace,
+    SearchSpace,
+    make_space,
+    suggest_timesteps,
+)
+from adaptive_sampler.tuning.storage import (
+    OpenedStudy,
+    TrialsKeepFailing,
+    WarmStart,
+    WorkerSummary,
+    enqueue_warm_starts,
+    fail_running_trials,
+    open_storage,
+    open_study,
+    run_trials,
+)
+from adaptive_sampler.tuning.study import BudgetBest, TrialReport, TuneRun, TuneSettings, Tuner
+
+__all__ = [
+    "OBJECTIVES", "SPACES", "BudgetBest", "CostMatrix", "DPPath", "Evaluation", "ExportResult", "FreeSpace",
+    "HeldoutScore", "KarrasSpace", "LogSNRSpace", "ObjectiveSpec", "OpenedStudy", "PowerSpace", "ScheduleEvaluator",
+    "SearchSpace", "SeedSet", "TrialReport", "TrialsKeepFailing", "TuneRun", "TuneSettings", "Tuner", "WarmStart", "WorkerSummary",
+    "best_paths", "build_cost_matrix", "enqueue_warm_starts", "export_best", "fail_running_trials", "make_space",
+    "open_storage", "open_study", "plot_pareto", "plot_timesteps", "run_trials", "schedule_path",
+    "suggest_timesteps", "tune_command", "tuning_seeds",
+]

@@ -1,0 +1,67 @@
+"""A content-keyed tensor cache on disk (safetensors), for results that are costly and fully determined by a key:
+the high-step fidelity references and the DP initialiser's cost matrix.
+
+A key is a JSON-able dict (model hash, seeds, step counts, …); its SHA-256 names the file, and the key itself is
+stored in the file's metadata and checked on load. Writes are atomic (temporary file, then `os.replace`), so
+concurrent workers computing the same entry only waste work, never corrupt it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+DEFAULT_CACHE_DIR = Path("runs") / "cache"
+
+
+def cache_key(key: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a key (sorted, compact): what is hashed and stored."""
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def cache_path(cache_dir: Path, kind: str, key: Mapping[str, Any]) -> Path:
+    """Where the entry of `kind` for `key` lives."""
+    digest = hashlib.sha256(cache_key(key).encode()).hexdigest()[:32]
+    return Path(cache_dir) / kind / f"{digest}.safetensors"
+
+
+def cached_tensors(
+    cache_dir: Path | None, kind: str, key: Mapping[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The tensors stored for (`kind`, `key`), computing and storing them first if absent. `cache_dir=None`
+    disables the cache. A file whose stored key differs (a hash collision or a foreign file) is recomputed."""
+    if cache_dir is None:
+        return compute()
+    path = cache_path(cache_dir, kind, key)
+    text = cache_key(key)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                stored = (f.metadata() or {}).get("key")
+            if stored == text:
+                return load_file(str(path))
+        except (OSError, ValueError, RuntimeError):  # unreadable or truncated by an outside hand: recompute
+            pass
+    tensors = {name: t.detach().cpu().contiguous() for name, t in compute().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"key": text, "kind": kind})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tensors

@@ -1,0 +1,240 @@
+"""Export the best schedule per budget as catalogue files, scored on held-out seeds, with a Pareto plot.
+
+Each budget's best trial becomes `DIR/<model>/<solver>-<N>.json` (a `ScheduleArtifact`), so with DIR the
+catalogue folder (`policies/`) it is `--policy learned:<model>/<solver>-<N>`, and anywhere it is
+`--policy file:DIR/<model>/<solver>-<N>.json`. Its `metrics` hold the objective on held-out seeds (samples tuning
+never saw) next to the tuning score. The plots compare the learned lists with every built-in policy on the same
+held-out seeds. Every file is written atomically (a temporary file, then `os.replace`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from adaptive_sampler.policies import STATIC_POLICIES, make_policy
+from adaptive_sampler.schedule_artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.tuning.objectives import Evaluation, ScheduleEvaluator
+from adaptive_sampler.tuning.study import AYS_ENTRY, BudgetBest, Tuner, builtin_warm_starts
+
+
+@dataclass(frozen=True)
+class HeldoutScore:
+    """A schedule (learned, or a built-in policy) scored on the held-out seeds."""
+
+    label: str
+    steps: int
+    timesteps: list[int]
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Files written by `export_best` and the held-out scores behind them."""
+
+    schedules: dict[int, Path]
+    learned: list[HeldoutScore]
+    baselines: list[HeldoutScore]
+    pareto_png: Path | None
+    timesteps_png: Path | None
+    report_json: Path | None
+
+
+def catalogue_model_name(name: str) -> str:
+    """A model name usable as a catalogue folder (`<model>/<family>-<N>`): other characters become '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name).strip("-.") or "model"
+
+
+def schedule_path(export_dir: Path, model_name: str, solver: str, steps: int) -> Path:
+    """`DIR/<model>/<solver>-<N>.json`."""
+    return Path(export_dir) / catalogue_model_name(model_name) / f"{solver}-{steps}.json"
+
+
+def _default_mode(path: Path) -> None:
+    """Give a file made by mkstemp (mode 0600) the permissions of an ordinary new file (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _default_mode(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _noise_schedule_spec(config: dict[str, Any]) -> NoiseScheduleSpec | None:
+    if config.get("trained_betas") is not None:
+        return None
+    try:
+        return NoiseScheduleSpec(**{k: config[k] for k in NoiseScheduleSpec.model_fields if k in config})
+    except ValidationError:
+        return None
+
+
+def heldout_evaluator(tuner: Tuner) -> ScheduleEvaluator:
+    """The tuner's objective on its held-out seeds (same solver, reference steps and batch size)."""
+    s = tuner.settings
+    return ScheduleEvaluator(tuner.model, s.objective, tuner.heldout_seeds, solver=s.solver,
+                             reference_steps=s.reference_steps, batch_size=s.batch_size, cache_dir=tuner.cache_dir,
+                             adapter=tuner.adapter)
+
+
+def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleArtifact:
+    s, seeds = tuner.settings, tuner.tuning_seeds
+    metrics = {f"heldout_{k}": float(v) for k, v in heldout.metrics.items()}
+    metrics.update({"heldout_n": float(heldout.n), "heldout_seed": float(tuner.heldout_seeds.seed),
+                    f"tuning_{s.objective}": float(best.value), "nfe": float(best.steps)})
+    method = (f"optuna TPE search over the '{s.space}' space ({s.mode} study {best.study_name!r}, trial "
+              f"{best.trial_number}{', warm start ' + best.warm_start if best.warm_start else ''})")
+    objective = (f"{s.objective} on tuning seeds {seeds.seeds.start}..{seeds.seeds.stop - 1} "
+                 f"(n={seeds.n}{f', reference {s.reference_steps} steps' if s.objective == 'fidelity' else ''})")
+    return ScheduleArtifact.model_validate({
+        "num_train_timesteps": tuner.schedule.num_train_timesteps, "timesteps": best.timesteps, "solver": s.solver,
+        "model": ModelIdentity(name=tuner.model.name, weights_sha256=tuner.model.weights_sha256),
+        "noise_schedule": _noise_schedule_spec(tuner.model.scheduler_config), "objective": objective,
+        "metrics": metrics, "method": method,
+    })
+
+
+def baseline_lists(tuner: Tuner, steps: int) -> dict[str, torch.Tensor]:
+    """Every built-in policy's N-step list, and AYS interpolated to N."""
+    lists = {name: make_policy(name).timesteps(steps, tuner.schedule) for name in STATIC_POLICIES}
+    lists[f"ays ({AYS_ENTRY.split('/')[0]}, interpolated)"] = builtin_warm_starts(steps, tuner.schedule)["ays"]
+    return lists
+
+
+def export_best(
+    tuner: Tuner,
+    export_dir: Path,
+    *,
+    plots_dir: Path | None = None,
+    baselines: bool = True,
+    on_progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Score each budget's best trial (and, with `baselines`, every built-in policy) on the held-out seeds, write
+    the schedules to `export_dir`, and the Pareto and timestep plots plus `report.json` to `plots_dir`."""
+    best = tuner.best()
+    if not best:
+        raise ValueError("trials: the studies hold no complete trial to export; run some trials first")
+    evaluator = heldout_evaluator(tuner)
+    cache: dict[tuple[int, ...], Evaluation] = {}
+
+    def score(label: str, steps: int, ts: list[int]) -> HeldoutScore:
+        key = tuple(ts)
+        if key not in cache:
+            if on_progress is not None:
+                on_progress(f"held-out {label}, {steps} steps")
+            cache[key] = evaluator.evaluate(ts)
+        return HeldoutScore(label, steps, list(ts), cache[key])
+
+    schedules: dict[int, Path] = {}
+    learned = []
+    for b in best:
+        scored = score("learned", b.steps, b.timesteps)
+        learned.append(scored)
+        path = schedule_path(export_dir, tuner.model.name, tuner.settings.solver, b.steps)
+        _artifact(tuner, b, scored.evaluation).save(path)  # atomic
+        _default_mode(path)
+        schedules[b.steps] = path
+    baseline_scores = [score(name, b.steps, ts.tolist()) for b in best
+                       for name, ts in baseline_lists(tuner, b.steps).items()] if baselines else []
+    pareto_png = timesteps_png = report_json = None
+    if plots_dir is not None:
+        pareto_png, timesteps_png = Path(plots_dir) / "pareto.png", Path(plots_dir) / "timesteps.png"
+        plot_pareto(learned, baseline_scores, tuner.spec.label, pareto_png,
+                    title=f"{tuner.model.name}, {tuner.settings.solver}: held-out seed {tuner.heldout_seeds.seed}, "
+                          f"n={tuner.heldout_seeds.n}")
+        plot_timesteps(learned, tuner.schedule.num_train_timesteps, timesteps_png,
+                       title=f"learned timesteps ({tuner.model.name}, {tuner.settings.solver}, "
+                             f"{tuner.settings.objective})")
+        report_json = Path(plots_dir) / "report.json"
+        report = {
+            "model": {"name": tuner.model.name, "weights_sha256": tuner.model.weights_sha256},
+            "settings": tuner.settings.model_dump(mode="json"),
+            "heldout": {"seed": tuner.heldout_seeds.seed, "n": tuner.heldout_seeds.n},
+            "learned": [_score_json(x) | {"file": str(schedules[x.steps])} for x in learned],
+            "baselines": [_score_json(x) for x in baseline_scores],
+        }
+        atomic_write_bytes(report_json, (json.dumps(report, indent=2) + "\n").encode())
+    return ExportResult(schedules, learned, baseline_scores, pareto_png, timesteps_png, report_json)
+
+
+def _score_json(score: HeldoutScore) -> dict[str, Any]:
+    return {"label": score.label, "steps": score.steps, "timesteps": score.timesteps, **asdict(score.evaluation)}
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_pareto(learned: list[HeldoutScore], baselines: list[HeldoutScore], ylabel: str, path: Path,
+                title: str = "") -> None:
+    """Held-out quality against NFE: the learned schedules (thick line) and each built-in policy (thin lines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    by_label: dict[str, list[HeldoutScore]] = {}
+    for score in baselines:
+        by_label.setdefault(score.label, []).append(score)
+    for label, scores in by_label.items():
+        scores = sorted(scores, key=lambda s: s.steps)
+        ax.plot([s.evaluation.nfe for s in scores], [s.evaluation.value for s in scores], "o-", lw=1, ms=3,
+                alpha=0.8, label=label)
+    learned = sorted(learned, key=lambda s: s.steps)
+    ax.plot([s.evaluation.nfe for s in learned], [s.evaluation.value for s in learned], "k*-", lw=2.5, ms=10,
+            label="learned", zorder=5)
+    nfes = sorted({s.evaluation.nfe for s in [*learned, *baselines]})
+    ax.set_xticks(nfes if len(nfes) <= 12 else MaxNLocator(integer=True).tick_values(nfes[0], nfes[-1]))
+    ax.set_xlim(nfes[0] - 0.5, nfes[-1] + 0.5)
+    ax.set_xlabel("NFE (network evaluations per sample)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save_figure(fig, path)
+
+
+def plot_timesteps(learned: list[HeldoutScore], num_train_timesteps: int, path: Path, title: str = "") -> None:
+    """The learned lists: timestep against step index, one line per budget."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for score in sorted(learned, key=lambda s: s.steps):
+        ax.plot(range(score.steps), score.timesteps, "o-", label=f"N={score.steps}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step index")
+    ax.set_ylabel("timestep t")
+    ax.set_ylim(-0.02 * num_train_timesteps, 1.02 * num_train_timesteps)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)

@@ -1,0 +1,382 @@
+"""Tuning studies: per-budget single-objective studies (pruned) or one multi-objective study (quality vs NFE).
+
+`per-budget` mode opens one study per step count N, named `<study>:steps=N`, minimising or maximising the
+objective with a MedianPruner: each trial reports the objective after every chunk of tuning samples (step = the
+number of samples so far), and a trial whose running value is worse than the median of earlier trials at that
+sample count stops. `pareto` mode opens one study `<study>:pareto` with two objectives, quality and NFE, over
+N ∈ steps as a categorical parameter; Optuna cannot prune multi-objective studies, so its trials always run all
+samples. Either way the first trials are the warm starts: the DP initialiser, then the built-in policies uniform,
+quadratic, karras and logsnr, and Align Your Steps (the SD1.5 10-step table, log-linearly interpolated to N).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import torch
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adaptive_sampler.catalogue import load_entry
+from adaptive_sampler.models import LoadedModel
+from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.policies import make_policy
+from adaptive_sampler.sampler import NonFiniteOutputError
+from adaptive_sampler.solvers import make_solver
+from adaptive_sampler.timesteps import discretize
+from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
+from adaptive_sampler.tuning.dp_init import build_cost_matrix
+from adaptive_sampler.tuning.objectives import (
+    ScheduleEvaluator,
+    SeedSet,
+    check_objective,
+    model_identity,
+    tuning_seeds,
+)
+from adaptive_sampler.tuning.search_space import SearchSpace, encode_params, make_space, suggest_timesteps
+from adaptive_sampler.tuning.storage import (
+    SURPLUS,
+    WARM_START,
+    WarmStart,
+    WorkerSummary,
+    fail_running_trials,
+    open_study,
+    run_trials,
+    trial_counts,
+)
+
+DEFAULT_TUNING_N = {"fid": 512, "kid": 256, "fidelity": 64}
+DEFAULT_HELDOUT_N = {"fid": 500, "kid": 500, "fidelity": 256}
+WARM_START_POLICIES = ("uniform", "quadratic", "karras", "logsnr", "ays")
+AYS_ENTRY = "sd15/ays-10"
+
+
+class TuneSettings(BaseModel):
+    """What to tune and how (validated; errors name the field). `n`/`heldout_n` default per objective."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: tuple[int, ...] = Field(min_length=1)
+    trials: int = Field(50, ge=0)
+    objective: Literal["fid", "kid", "fidelity"] = "fid"
+    space: Literal["free", "power", "karras", "logsnr"] = "free"
+    mode: Literal["per-budget", "pareto"] = "per-budget"
+    solver: str = "ddim"
+    n: int | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    heldout_n: int | None = Field(None, gt=0)
+    heldout_seed: int = Field(1_000_000, ge=0)
+    reference_steps: int = Field(200, ge=2)
+    warm_start: bool = True
+    dp_grid: int = Field(50, ge=2)
+    dp_trajectories: int = Field(8, ge=1)
+    dp_fine_steps: int = Field(200, ge=2)
+    batch_size: int = Field(64, gt=0)
+    sampler_seed: int | None = None
+    pruner_startup_trials: int = Field(5, ge=0)
+    study_name: str | None = Field(None, min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _valid_steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [v for v in value if v < 1]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a positive step count")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} repeats a step count")
+        return tuple(sorted(value))
+
+    @field_validator("solver")
+    @classmethod
+    def _valid_solver(cls, value: str) -> str:
+        make_solver(value)
+        return value
+
+    @property
+    def tuning_n(self) -> int:
+        return self.n if self.n is not None else DEFAULT_TUNING_N[self.objective]
+
+    @property
+    def heldout_samples(self) -> int:
+        return self.heldout_n if self.heldout_n is not None else DEFAULT_HELDOUT_N[self.objective]
+
+
+@dataclass(frozen=True)
+class BudgetBest:
+    """The best finished trial for one step count: its list, tuning score and where it came from."""
+
+    steps: int
+    timesteps: list[int]
+    value: float
+    metrics: dict[str, float]
+    trial_number: int
+    warm_start: str | None
+    study_name: str
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """One trial this worker finished, for progress output."""
+
+    study_name: str
+    steps: int | None
+    number: int
+    state: str
+    value: float | None
+    wall_s: float | None
+    warm_start: str | None
+    finished: int
+    target: int
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    """What `Tuner.run` did: per study, the worker's summary; and the best trial per budget afterwards."""
+
+    workers: dict[str, WorkerSummary]
+    best: list[BudgetBest]
+    wall_s: float
+
+
+def builtin_warm_starts(steps: int, schedule: NoiseSchedule) -> dict[str, torch.Tensor]:
+    """The built-in policies' N-step lists; AYS is the SD1.5 table log-linearly interpolated to N (rescaled if the
+    model's T is not 1000)."""
+    out = {name: make_policy(name).timesteps(steps, schedule) for name in WARM_START_POLICIES if name != "ays"}
+    ays = load_entry(AYS_ENTRY, steps)
+    T = schedule.num_train_timesteps
+    points = np.asarray(ays.timesteps, dtype=np.float64) * (T - 1) / (ays.num_train_timesteps - 1)
+    out["ays"] = discretize(points, T) if steps <= T else out["uniform"]
+    return out
+
+
+class Tuner:
+    """Opens (or resumes) the studies of `settings` for `model` on `storage`, runs trials, reports the best."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: TuneSettings,
+        storage: BaseStorage,
+        *,
+        network_rows: int | None = 8,
+        cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    ) -> None:
+        self.model, self.settings, self.storage, self.cache_dir = model, settings, storage, cache_dir
+        self.adapter = model.adapter(network_rows=network_rows)
+        self.schedule = self.adapter.schedule
+        T = self.schedule.num_train_timesteps
+        too_many = [n for n in settings.steps if n > T]
+        if too_many:
+            raise ValueError(f"steps: {too_many[0]} is above the model's {T} training timesteps")
+        self.space: SearchSpace = make_space(settings.space)
+        self.spec = check_objective(settings.objective, model.sample_shape)
+        self.tuning_seeds: SeedSet = tuning_seeds(settings.objective, settings.tuning_n, settings.seed)
+        self.heldout_seeds = SeedSet(settings.heldout_seed, (settings.heldout_samples,))
+        if self.heldout_seeds.overlaps(self.tuning_seeds):
+            raise ValueError(
+                f"heldout_seed: {settings.heldout_seed} falls among the tuning seeds {self.tuning_seeds.seeds.start}…"
+                f"{self.tuning_seeds.seeds.stop - 1}; held-out samples must be ones tuning never saw"
+            )
+        self.evaluator = ScheduleEvaluator(model, settings.objective, self.tuning_seeds, solver=settings.solver,
+                                           reference_steps=settings.reference_steps, batch_size=settings.batch_size,
+                                           cache_dir=cache_dir, adapter=self.adapter)
+        self.base_name = settings.study_name or f"{model.name}-{settings.solver}-{settings.objective}-{settings.space}"
+        self._dp: dict[int, torch.Tensor] | None = None
+
+    # --- names and configuration -----------------------------------------------------------------------------
+    def study_names(self) -> dict[int | None, str]:
+        """Study name per step count (per-budget mode), or {None: name} (pareto mode)."""
+        if self.settings.mode == "pareto":
+            return {None: f"{self.base_name}:pareto"}
+        return {n: f"{self.base_name}:steps={n}" for n in self.settings.steps}
+
+    def targets(self) -> dict[str, int]:
+        return {name: self.settings.trials for name in self.study_names().values()}
+
+    def _config(self, steps: int | None) -> dict[str, Any]:
+        s = self.settings
+        config: dict[str, Any] = {
+            "objective": s.objective, "space": s.space, "solver": s.solver, "mode": s.mode,
+            "model": model_identity(self.model),
+            "tuning_seeds": {"seed": self.tuning_seeds.seed, "chunks": list(self.tuning_seeds.chunks)},
+            "steps": steps if steps is not None else list(s.steps),
+        }
+        if s.objective == "fidelity":
+            config["reference_steps"] = s.reference_steps
+        return config
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=self.settings.sampler_seed, multivariate=True, group=True,
+                                              constant_liar=True)
+
+    def _directions(self) -> list[str]:
+        return [self.spec.direction, "minimize"] if self.settings.mode == "pareto" else [self.spec.direction]
+
+    # --- warm starts -------------------------------------------------------------------------------------------
+    def dp_schedules(self) -> dict[int, torch.Tensor]:
+        """The DP initialiser's list for every budget the grid allows (cost matrix cached on disk)."""
+        if self._dp is None:
+            s = self.settings
+            matrix = build_cost_matrix(self.model, grid_size=min(s.dp_grid, self.schedule.num_train_timesteps),
+                                       fine_steps=s.dp_fine_steps, n=s.dp_trajectories, seed=s.seed,
+                                       adapter=self.adapter, cache_dir=self.cache_dir)
+            self._dp = matrix.schedules(list(s.steps))
+        return self._dp
+
+    def warm_start_lists(self, steps: int) -> dict[str, torch.Tensor]:
+        """Warm-start lists for N steps by tag, in trial order: the DP initialiser first (the likeliest good
+        start when the budget is small), then the built-ins; identical lists are merged (`uniform+karras`)."""
+        lists: dict[str, torch.Tensor] = {}
+        dp = self.dp_schedules().get(steps)
+        if dp is not None:
+            lists["dp"] = dp
+        lists.update(builtin_warm_starts(steps, self.schedule))
+        merged: dict[tuple[int, ...], list[str]] = {}
+        for tag, ts in lists.items():
+            decoded = self.space.decode(self.space.encode(ts, self.schedule), steps, self.schedule)
+            merged.setdefault(tuple(decoded.tolist()), []).append(tag)
+        return {"+".join(tags): torch.tensor(ts) for ts, tags in merged.items()}
+
+    def _warm_starts(self, steps_list: Sequence[int], pareto: bool) -> list[WarmStart]:
+        out = []
+        for n in steps_list:
+            prefix = f"n{n}." if pareto else ""
+            for tag, ts in self.warm_start_lists(n).items():
+                params: dict[str, Any] = encode_params(self.space, ts, self.schedule, prefix)
+                if pareto:
+                    params = {"steps": n, **params}
+                out.append(WarmStart(tag=f"{tag}@{n}" if pareto else tag, params=params))
+        return out
+
+    # --- objectives --------------------------------------------------------------------------------------------
+    def _per_budget_objective(self, steps: int) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            start = time.perf_counter()
+            ts = suggest_timesteps(trial, self.space, steps, self.schedule)
+            trial.set_user_attr("steps", steps)
+            trial.set_user_attr("timesteps", ts.tolist())
+
+            def on_rung(samples: int, value: float) -> None:
+                trial.report(value, samples)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"{self.settings.objective}={value:.4g} after {samples} samples")
+
+            try:
+                result = self.evaluator.evaluate(ts, on_rung)
+            finally:
+                trial.set_user_attr("wall_s", time.perf_counter() - start)
+            trial.set_user_attr("metrics", result.metrics)
+            return result.value
+
+        return objective
+
+    def _pareto_objective(self) -> Callable[[optuna.Trial], tuple[float, float]]:
+        def objective(trial: optuna.Trial) -> tuple[float, float]:
+            start = time.perf_counter()
+            steps = trial.suggest_categorical("steps", list(self.settings.steps))
+            ts = suggest_timesteps(trial, self.space, int(steps), self.schedule, prefix=f"n{steps}.")
+            trial.set_user_attr("steps", int(steps))
+            trial.set_user_attr("timesteps", ts.tolist())
+            try:
+                result = self.evaluator.evaluate(ts)  # no pruning: Optuna cannot prune multi-objective studies
+            finally:
+                trial.set_user_attr("wall_s", time.perf_counter() - start)
+            trial.set_user_attr("metrics", result.metrics)
+            return result.value, result.nfe
+
+        return objective
+
+    # --- running -----------------------------------------------------------------------------------------------
+    def open(self, steps: int | None) -> optuna.Study:
+        """Create or resume the study for `steps` (None: the pareto study), warm starts enqueued first."""
+        s = self.settings
+        pareto = steps is None
+        name = self.study_names()[steps]
+        pruner: optuna.pruners.BasePruner = (
+            optuna.pruners.NopPruner() if pareto
+            else optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=0)
+        )
+        budgets = list(s.steps) if pareto else [steps]
+        warm = functools.partial(self._warm_starts, budgets, pareto) if s.warm_start else None
+        return open_study(self.storage, name, self._directions(), config=self._config(steps),
+                          sampler=self._sampler(), pruner=pruner, warm_starts=warm).study
+
+    def studies(self) -> dict[int | None, optuna.Study]:
+        return {steps: self.open(steps) for steps in self.study_names()}
+
+    def fail_running(self) -> dict[str, list[int]]:
+        """Mark RUNNING trials of this run's studies FAIL (use only when no other worker is alive)."""
+        return {study.study_name: fail_running_trials(study) for study in self.studies().values()}
+
+    def run(self, on_trial: Callable[[TrialReport], None] | None = None,
+            on_wait: Callable[[str, int], None] | None = None) -> TuneRun:
+        """Run every study to `settings.trials` finished trials (resuming what is stored), then collect the best."""
+        start = time.perf_counter()
+        if any(done < self.settings.trials for done in self.finished_counts().values()):
+            self.evaluator.prepare()  # references / KID terms, before any trial is timed
+            if self.settings.warm_start:
+                self.dp_schedules()
+        workers: dict[str, WorkerSummary] = {}
+        for steps, name in self.study_names().items():
+            study = self.open(steps)
+            objective = self._pareto_objective() if steps is None else self._per_budget_objective(steps)
+
+            def callback(study: optuna.Study, trial: FrozenTrial, steps: int | None = steps) -> None:
+                if on_trial is None or trial.user_attrs.get(SURPLUS):
+                    return
+                value = trial.values[0] if trial.values else None
+                on_trial(TrialReport(study.study_name, trial.user_attrs.get("steps", steps), trial.number,
+                                     trial.state.name.lower(), value, trial.user_attrs.get("wall_s"),
+                                     trial.user_attrs.get(WARM_START), trial_counts(study).finished,
+                                     self.settings.trials))
+
+            # a schedule whose samples turn NaN/Inf is a failed trial, not a reason to stop the search
+            workers[name] = run_trials(study, objective, self.settings.trials, callbacks=[callback],
+                                       on_wait=(lambda k, name=name: on_wait(name, k)) if on_wait else None,
+                                       catch=(NonFiniteOutputError,))
+        return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
+
+    def finished_counts(self) -> dict[str, int]:
+        """Finished trials per study now (0 for studies that do not exist yet)."""
+        names = set(optuna.study.get_all_study_names(self.storage))
+        out = {}
+        for name in self.study_names().values():
+            out[name] = trial_counts(optuna.load_study(study_name=name, storage=self.storage)).finished \
+                if name in names else 0
+        return out
+
+    def best(self) -> list[BudgetBest]:
+        """The best complete trial per step count, from the stored studies (budgets without one are left out)."""
+        names = set(optuna.study.get_all_study_names(self.storage))
+        maximize = self.spec.direction == "maximize"
+        out = []
+        for steps, name in self.study_names().items():
+            if name not in names:
+                continue
+            study = optuna.load_study(study_name=name, storage=self.storage)
+            complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                        if "timesteps" in t.user_attrs]
+            for n in ([steps] if steps is not None else list(self.settings.steps)):
+                candidates = [t for t in complete if t.user_attrs.get("steps") == n]
+                if not candidates:
+                    continue
+                # ties go to the earlier trial (a warm start before a search trial that found the same score)
+                best = min(candidates, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
+                out.append(BudgetBest(steps=n, timesteps=list(best.user_attrs["timesteps"]), value=best.values[0],
+                                      metrics=dict(best.user_attrs.get("metrics", {})), trial_number=best.number,
+                                      warm_start=best.user_attrs.get(WARM_START), study_name=name))
+        return sorted(out, key=lambda b: b.steps)
+
+
+__all__ = ["DEFAULT_HELDOUT_N", "DEFAULT_TUNING_N", "BudgetBest", "TrialReport", "TuneRun",
+           "TuneSettings", "Tuner", "builtin_warm_starts"]

@@ -1,0 +1,365 @@
+"""Schedule search: search spaces, the DP initialiser, studies that resume and share storage, export, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import typer
+from diffusers import UNet2DModel
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
+from adaptive_sampler.policies import STATIC_POLICIES
+from adaptive_sampler.schedule_artifact import ScheduleArtifact
+from adaptive_sampler.tuning import (
+    SPACES,
+    Tuner,
+    TuneSettings,
+    WarmStart,
+    best_paths,
+    fail_running_trials,
+    make_space,
+    open_storage,
+    open_study,
+    run_trials,
+    suggest_timesteps,
+    tune_command,
+)
+from adaptive_sampler.tuning import storage as storage_module
+from adaptive_sampler.tuning.storage import TrialsKeepFailing
+from adaptive_sampler.tuning.study import builtin_warm_starts
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1x8x8 UNet2DModel in a diffusers folder (weights + scheduler config)."""
+    root = tmp_path_factory.mktemp("tiny") / "tiny-unet"
+    torch.manual_seed(0)
+    UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).save_pretrained(root)
+    (root / "scheduler_config.json").write_text(json.dumps({**LINEAR, "clip_sample": True}))
+    return root
+
+
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command("tune")(tune_command)
+    app.command("noop")(lambda: None)  # two commands, so `tune` is a subcommand as in the real CLI
+    return app
+
+
+# --- search spaces -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("space_name", list(SPACES))
+@pytest.mark.parametrize("config", [LINEAR, {**LINEAR, "num_train_timesteps": 50}], ids=["T1000", "T50"])
+def test_every_suggestion_is_a_valid_list(space_name: str, config: dict) -> None:
+    schedule = NoiseSchedule.from_config(config)
+    T = schedule.num_train_timesteps
+    space = make_space(space_name)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 20, T):
+        params = space.parameters(n)
+        corners = [dict(zip(params, c)) for c in itertools.islice(
+            itertools.product(*[(p.low, p.high) for p in params.values()]), 16)]
+        draws = [{k: float(np.exp(rng.uniform(np.log(p.low), np.log(p.high))) if p.log else rng.uniform(p.low, p.high))
+                  for k, p in params.items()} for _ in range(25)]
+        for values in corners + draws:
+            ts = space.decode(values, n, schedule)
+            assert len(ts) == n and (space_name == "free" or int(ts[0]) == T - 1)  # families start at T-1
+            validate_timesteps(ts, T)  # raises on any broken rule
+
+
+def test_optuna_suggestions_decode_to_valid_lists() -> None:
+    schedule = NoiseSchedule.from_config(LINEAR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for space_name in SPACES:
+        for _ in range(10):
+            trial = study.ask()
+            ts = suggest_timesteps(trial, make_space(space_name), 6, schedule, prefix=f"{space_name}.")
+            validate_timesteps(ts, 1000)
+            study.tell(trial, 0.0)
+
+
+def test_free_space_encodes_every_list_exactly() -> None:
+    schedule = NoiseSchedule.from_config(LINEAR)
+    space = make_space("free")
+    rng = np.random.default_rng(1)
+    lists = [make_policy(name).timesteps(n, schedule) for n in (1, 2, 5, 10, 25) for name in STATIC_POLICIES]
+    lists += [ts for n in (2, 5, 10) for ts in builtin_warm_starts(n, schedule).values()]
+    lists += [torch.tensor(sorted(rng.choice(1000, size=k, replace=False).tolist(), reverse=True))
+              for k in (1, 3, 9, 40) for _ in range(10)]
+    lists += [torch.arange(999, -1, -1)]
+    for ts in lists:
+        assert space.decode(space.encode(ts, schedule), len(ts), schedule).tolist() == ts.tolist()
+
+
+def test_families_contain_their_built_in_policy() -> None:
+    schedule = NoiseSchedule.from_config(LINEAR)
+    for space, params, policy in [("power", {"power": 1.0, "t_min": 0.0}, "uniform"),
+                                  ("karras", {"rho": 7.0, "t_min": 0.0}, "karras"),
+                                  ("logsnr", {"warp": 1.0, "t_min": 0.0}, "logsnr")]:
+        expected = make_policy(policy).timesteps(10, schedule)
+        assert make_space(space).decode(params, 10, schedule).tolist() == expected.tolist()
+        assert make_space(space).encode(expected, schedule) == params  # warm starts land on the exact member
+
+
+def test_unknown_space_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^space: 'spline' is not one of free, power, karras, logsnr"):
+        make_space("spline")
+
+
+# --- DP initialiser ------------------------------------------------------------------------------------------------
+def test_dp_finds_the_known_optimum_for_every_step_count() -> None:
+    # cost[i][j] = (j - i)² + 0.1·i: convex in the jump length, so the optimum spreads the jumps evenly, and the
+    # 0.1·i term breaks ties toward small jumps first. By hand: n=1 0→4 = 16; n=2 0→2→4 = 4 + 4.2 = 8.2 (0→1→4 is
+    # 10.1, 0→3→4 is 10.3); n=3 0→1→2→4 = 1 + 1.1 + 4.2 = 6.3 (0→1→3→4 is 6.4, 0→2→3→4 is 6.5); n=4 all = 4.6.
+    inf = np.inf
+    cost = np.array([
+        [inf, 1.0, 4.0, 9.0, 16.0],
+        [inf, inf, 1.1, 4.1, 9.1],
+        [inf, inf, inf, 1.2, 4.2],
+        [inf, inf, inf, inf, 1.3],
+        [inf, inf, inf, inf, inf],
+    ])
+    paths = best_paths(cost)
+    assert {n: p.nodes for n, p in paths.items()} == {1: (0, 4), 2: (0, 2, 4), 3: (0, 1, 2, 4), 4: (0, 1, 2, 3, 4)}
+    assert [paths[n].cost for n in (1, 2, 3, 4)] == pytest.approx([16.0, 8.2, 6.3, 4.6])
+    assert set(best_paths(cost, max_steps=2)) == {1, 2}
+
+
+def test_dp_agrees_with_brute_force_on_a_random_matrix() -> None:
+    rng = np.random.default_rng(3)
+    m = 8
+    cost = rng.uniform(0.1, 5.0, size=(m, m))
+    paths = best_paths(cost, max_steps=5)
+    for n in range(1, 6):
+        brute = min((sum(cost[a, b] for a, b in zip((0, *mid), (*mid, m - 1))), (0, *mid, m - 1))
+                    for mid in itertools.combinations(range(1, m - 1), n - 1))
+        assert paths[n].cost == pytest.approx(brute[0]) and paths[n].nodes == brute[1]
+
+
+def test_dp_rejects_a_bad_matrix_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^cost: shape \(2, 3\)"):
+        best_paths(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^cost: contains NaN"):
+        best_paths(np.full((3, 3), np.nan))
+
+
+# --- studies: warm starts, resume, workers -------------------------------------------------------------------------
+WARM = [WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(4)]
+
+
+def _quadratic(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", -10.0, 10.0) ** 2
+
+
+def test_warm_start_trials_come_first(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "warm.db")
+    study = open_study(storage, "s", ["minimize"], config={"k": 1}, warm_starts=lambda: WARM).study
+    run_trials(study, _quadratic, 7)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.user_attrs.get("warm_start") for t in trials] == ["w0", "w1", "w2", "w3", None, None, None]
+    assert [t.params["x"] for t in trials[:4]] == [0.0, 1.0, 2.0, 3.0]
+    # opening again enqueues nothing new: every warm start already has its trial
+    again = open_study(storage, "s", ["minimize"], config={"k": 1}, warm_starts=lambda: WARM)
+    assert not again.created and len(again.study.trials) == 7
+
+
+def test_resume_after_an_interrupt_keeps_finished_trials_and_reruns_the_lost_warm_start(tmp_path: Path) -> None:
+    storage = open_storage(f"journal:{tmp_path / 'resume.log'}")
+    study = open_study(storage, "s", ["minimize"], config={}, warm_starts=lambda: WARM).study
+    calls = []
+
+    def interrupted(trial: optuna.Trial) -> float:
+        calls.append(trial.number)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during trial 2 (warm start w2)
+        return _quadratic(trial)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, interrupted, 8)
+    before = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
+    assert sorted(before) == [0, 1] and study.trials[2].state == TrialState.FAIL
+
+    resumed = open_study(storage, "s", ["minimize"], config={}, warm_starts=lambda: WARM).study
+    summary = run_trials(resumed, _quadratic, 8)
+    complete = [t for t in resumed.trials if t.state == TrialState.COMPLETE]
+    assert summary.finished == 8 and len(complete) == 8
+    assert {t.number: t.values for t in complete if t.number in before} == before
+    tags = [t.user_attrs.get("warm_start") for t in complete]
+    assert sorted(tag for tag in tags if tag) == ["w0", "w1", "w2", "w3"]  # w2 re-enqueued, each ran once
+    assert run_trials(resumed, _quadratic, 8).ran == 0  # a finished study runs nothing more
+
+
+def test_a_killed_workers_trial_is_released_by_fail_running(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "killed.jsonl")  # journal: no heartbeat
+    study = open_study(storage, "s", ["minimize"], config={}).study
+    run_trials(study, _quadratic, 2)
+    study.ask()  # a worker took a trial and died
+    summary = run_trials(study, _quadratic, 3)
+    assert summary.stopped_early and summary.finished == 2
+    assert fail_running_trials(study) == [2]
+    assert run_trials(study, _quadratic, 3).finished == 3
+
+
+def test_failed_trials_do_not_count_until_they_keep_failing(tmp_path: Path) -> None:
+    study = open_study(open_storage(tmp_path / "flaky.jsonl"), "s", ["minimize"], config={}).study
+    fails = iter([True, False, True, False, False, False])
+
+    def flaky(trial: optuna.Trial) -> float:
+        value = _quadratic(trial)
+        if next(fails):
+            raise FloatingPointError("samples are NaN")
+        return value
+
+    assert run_trials(study, flaky, 4, catch=(FloatingPointError,)).finished == 4
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 2
+
+    def broken(trial: optuna.Trial) -> float:
+        raise FloatingPointError("samples are NaN")
+
+    with pytest.raises(TrialsKeepFailing, match=r"^3 trials in a row failed"):
+        run_trials(study, broken, 6, catch=(FloatingPointError,), max_consecutive_failures=3)
+
+
+def test_changed_settings_do_not_resume_a_study(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "cfg.db")
+    open_study(storage, "s", ["minimize"], config={"objective": "fid"})
+    with pytest.raises(ValueError, match=r"^study_name: study 's' was made with other settings \(objective: stored"):
+        open_study(storage, "s", ["minimize"], config={"objective": "kid"})
+
+
+WORKER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("tuning_storage", sys.argv[1])
+storage = importlib.util.module_from_spec(spec)
+sys.modules["tuning_storage"] = storage
+spec.loader.exec_module(storage)  # Optuna-only module: the worker starts without torch
+import optuna
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warm = [storage.WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(8)]
+study = storage.open_study(storage.open_storage(sys.argv[2]), "shared", ["minimize"], config={"k": 1},
+                           warm_starts=lambda: warm).study
+def objective(trial):
+    time.sleep(0.02)
+    return trial.suggest_float("x", -10, 10) ** 2
+print(storage.run_trials(study, objective, int(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/shared.db", "journal:{tmp}/shared.log"], ids=["sqlite", "journal"])
+def test_two_worker_processes_finish_the_requested_trials_exactly(tmp_path: Path, url: str) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    url = url.format(tmp=tmp_path)
+    args = [sys.executable, str(script), storage_module.__file__, url, "16"]
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=120) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    assert all("WorkerSummary(ran=" in out for out, _ in outputs)
+    study = optuna.load_study(study_name="shared", storage=open_storage(url))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 16
+    assert len({t.number for t in complete}) == 16
+    # each enqueued warm start ran exactly once (on SQLite this needs BEGIN IMMEDIATE: see storage._begin_immediate)
+    warm = sorted(t.user_attrs["warm_start"] for t in complete if "warm_start" in t.user_attrs)
+    assert warm == [f"w{i}" for i in range(8)]
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in study.trials if t not in complete)
+
+
+# --- end to end on a tiny model --------------------------------------------------------------------------------------
+def tune_args(model_dir: Path, tmp: Path, *extra: str) -> list[str]:
+    return ["tune", "--model", str(model_dir), "--steps", "2,3", "--trials", "6", "--objective", "fidelity",
+            "--n", "8", "--heldout-n", "8", "--reference-steps", "20", "--dp-grid", "10", "--dp-trajectories", "2",
+            "--storage", f"sqlite:///{tmp}/tune.db", "--cache-dir", str(tmp / "cache"), "--sampler-seed", "0",
+            "--device", "cpu", *extra]
+
+
+def test_tiny_end_to_end_tune_exports_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    export = tmp_path / "catalogue"
+    args = tune_args(tiny_model_dir, tmp_path, "--export", str(export), "--plots", str(tmp_path / "plots"))
+    first = CliRunner().invoke(cli(), args)
+    assert first.exit_code == 0, first.output
+    assert "0/12 trials already finished" in first.output and first.output.count(" trial ") >= 12
+
+    storage = open_storage(f"sqlite:///{tmp_path}/tune.db")
+    model = load_model(tiny_model_dir)
+    schedule = model.adapter().schedule
+    for steps in (2, 3):
+        study = optuna.load_study(study_name=f"tiny-unet-ddim-fidelity-free:steps={steps}", storage=storage)
+        trials = sorted(study.trials, key=lambda t: t.number)
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+        warm = [t for t in trials if "warm_start" in t.user_attrs]
+        assert warm == trials[: len(warm)] and len(warm) >= 3  # warm starts first, the DP initialiser leading
+        assert "dp" in warm[0].user_attrs["warm_start"].split("+")
+        builtin = builtin_warm_starts(steps, schedule)
+        for t in warm:
+            for tag in t.user_attrs["warm_start"].split("+"):
+                if tag in builtin:  # the free space encodes every list exactly: warm starts are the policies
+                    assert t.user_attrs["timesteps"] == builtin[tag].tolist()
+
+        # export/import round trip: the file is the best trial's list with held-out scores attached
+        path = export / "tiny-unet" / f"ddim-{steps}.json"
+        artifact = ScheduleArtifact.load(path)
+        best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+        assert artifact.timesteps == best.user_attrs["timesteps"]
+        assert {"heldout_psnr", "heldout_n", "tuning_fidelity"} <= set(artifact.metrics)
+        assert artifact.model.weights_sha256 == model.weights_sha256
+        assert make_policy(f"file:{path}").timesteps(None, schedule).tolist() == artifact.timesteps
+        assert load_entry(f"tiny-unet/ddim-{steps}", root=export).timesteps == artifact.timesteps
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "timesteps.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "plots" / "report.json").read_text())
+    assert {b["label"] for b in report["baselines"]} >= {"uniform", "karras", "logsnr", "quadratic"}
+
+    counts = {s.study_name: len(s.trials) for s in
+              (optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage))}
+    second = CliRunner().invoke(cli(), tune_args(tiny_model_dir, tmp_path))
+    assert second.exit_code == 0, second.output
+    assert "12/12 trials already finished" in second.output and " trial " not in second.output
+    assert {s.study_name: len(s.trials) for s in (optuna.load_study(study_name=n, storage=storage)
+                                                  for n in optuna.get_all_study_names(storage))} == counts
+
+
+def test_pareto_study_has_two_objectives_and_no_pruning(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = TuneSettings(steps=(2, 3), trials=4, objective="fidelity", mode="pareto", n=4, reference_steps=10,
+                            warm_start=False, sampler_seed=0)
+    tuner = Tuner(load_model(tiny_model_dir), settings, optuna.storages.InMemoryStorage(), cache_dir=tmp_path)
+    run = tuner.run()
+    study = tuner.open(None)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.values[1] == t.params["steps"] == len(t.user_attrs["timesteps"]) for t in study.trials)
+    assert all(not t.intermediate_values for t in study.trials)
+    assert {b.steps for b in run.best} <= {2, 3}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--steps", "4,x"], "--steps: '4,x' is not a comma-separated list of integers"),
+    (["--steps", "0,3"], "--steps: "),
+    (["--objective", "fid"], "--objective: 'fid' scores samples in the embedded Fashion-MNIST feature space"),
+    (["--objective", "lpips"], "--objective: 'lpips'"),
+    (["--heldout-seed", "2"], "--heldout-seed: 2 falls among the tuning seeds 0…3"),
+    (["--solver", "euler"], "--solver: 'euler'"),
+    (["--storage", "runs/x.txt"], "--storage: 'runs/x.txt' is not a storage URL"),
+])
+def test_cli_errors_name_the_flag(tiny_model_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    from adaptive_sampler.cli import CliError
+
+    result = CliRunner().invoke(cli(), tune_args(tiny_model_dir, tmp_path) + extra)
+    assert isinstance(result.exception, CliError), result.output
+    assert str(result.exception).startswith(message), str(result.exception)
