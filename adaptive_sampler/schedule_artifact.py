@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -11,6 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.timesteps import validate_timesteps
 
@@ -74,17 +73,7 @@ class ScheduleArtifact(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file, and a failed write leaves the old one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.model_dump_json(indent=2) + "\n")
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a catalogue file is meant to be read by others
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
 
     def to_diffusers_timesteps(self) -> list[int]:
         """For `pipeline(..., timesteps=...)` or `AdaptiveDDIMScheduler.set_timesteps(timesteps=...)`."""

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from adaptive_sampler.atomic_write import atomic_write_bytes
 
 DEFAULT_CACHE_DIR = Path("runs") / "cache"
 
@@ -52,16 +52,5 @@ def cached_tensors(
         except (OSError, ValueError, RuntimeError):  # unreadable or truncated by an outside hand: recompute
             pass
     tensors = {name: t.detach().cpu().contiguous() for name, t in compute().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"key": text, "kind": kind})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata={"key": text, "kind": kind}))
     return tensors

@@ -244,8 +244,10 @@ def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode:
         rivals = [b for b in result.baselines if b.steps == score.steps]
         better = max if tuner.spec.direction == "maximize" else min
         best_builtin = better(rivals, key=lambda b: b.evaluation.value) if rivals else None
-        versus = (f"; best built-in {best_builtin.label} {best_builtin.evaluation.value:.4g}"
-                  if best_builtin is not None else "")
+        uniform = next((b for b in rivals if b.label == "uniform"), None)
+        versus = (f"; uniform {uniform.evaluation.value:.4g}" if uniform is not None else "") + (
+            f"; best built-in {best_builtin.label} {best_builtin.evaluation.value:.4g}"
+            if best_builtin is not None else "")
         typer.echo(f"  {score.steps:>3} steps: learned {score.evaluation.value:.4g}{versus} "
                    f"-> {result.schedules[score.steps]}")
     typer.echo(f"plots: {result.pareto_png}, {result.timesteps_png}; report: {result.report_json}")

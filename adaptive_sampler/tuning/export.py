@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.schedule_artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.tuning.objectives import Evaluation, ScheduleEvaluator
@@ -58,27 +57,6 @@ def catalogue_model_name(name: str) -> str:
 def schedule_path(export_dir: Path, model_name: str, solver: str, steps: int) -> Path:
     """`DIR/<model>/<solver>-<N>.json`."""
     return Path(export_dir) / catalogue_model_name(model_name) / f"{solver}-{steps}.json"
-
-
-def _default_mode(path: Path) -> None:
-    """Give a file made by mkstemp (mode 0600) the permissions of an ordinary new file (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _default_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _noise_schedule_spec(config: dict[str, Any]) -> NoiseScheduleSpec | None:
@@ -153,7 +131,6 @@ def export_best(
         learned.append(scored)
         path = schedule_path(export_dir, tuner.model.name, tuner.settings.solver, b.steps)
         _artifact(tuner, b, scored.evaluation).save(path)  # atomic
-        _default_mode(path)
         schedules[b.steps] = path
     baseline_scores = [score(name, b.steps, ts.tolist()) for b in best
                        for name, ts in baseline_lists(tuner, b.steps).items()] if baselines else []
