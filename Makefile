@@ -13,12 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The main job: a short schedule search on the embedded model (fidelity objective, steps 5 and 10), exported as
+# schedule files and plots, then a grid sampled with the learned 10-step schedule.
 demo: $(VENV)/.installed
 	mkdir -p runs/demo
-	$(CLI) policies list
-	$(CLI) sample --model embedded --policy uniform --steps 10 --n 64 --seed 0 \
+	$(CLI) tune --model embedded --steps 5,10 --trials 30 --objective fidelity --n 32 --heldout-n 128 \
+	  --reference-steps 100 --storage sqlite:///runs/demo/tune.db --export runs/demo/policies --plots runs/demo/plots
+	$(CLI) sample --model embedded --policy file:runs/demo/policies/fashion-mnist/ddim-10.json --n 64 --seed 0 \
 	  --out runs/demo/grid.png --save runs/demo/samples.npy --json runs/demo/sample.json
-	$(CLI) eval --model embedded --policy uniform --steps 10 --n 500 --seed 0 --json runs/demo/eval.json
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
