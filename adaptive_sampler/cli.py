@@ -61,15 +61,6 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
         raise CliError(f"--timesteps: {text!r} is not a comma-separated list of integers") from None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CliError(f"--device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
-
-
 def _save_grid(samples: torch.Tensor, path: Path) -> None:
     from torchvision.utils import save_image
 
@@ -118,7 +109,7 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
     policy_name = "explicit" if timesteps is not None else policy
     try:
         update_rule = make_solver(solver)
-        loaded = load_model(model, allow_pickle=allow_pickle, device=_device(device))
+        loaded = load_model(model, allow_pickle=allow_pickle, device=device)
         if check is not None:
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)

@@ -52,6 +52,16 @@ def _locate(path: Path) -> tuple[Path, Path]:
     return path, path / "scheduler_config.json"
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """`auto` (CUDA when available, else CPU) or any torch device name; a bad name raises ValueError naming `device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
+
+
 def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | torch.device = "cpu") -> LoadedModel:
     """Load `embedded` or a diffusers folder (UNet2DModel/UNet2DConditionModel plus a scheduler config).
 
@@ -84,7 +94,7 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
             )
         weights = pickled
     network = _CLASSES[class_name].from_pretrained(unet_dir, use_safetensors=use_safetensors, low_cpu_mem_usage=False)
-    network = network.to(device).eval().requires_grad_(False)
+    network = network.to(resolve_device(device)).eval().requires_grad_(False)
     size = network.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     return LoadedModel(

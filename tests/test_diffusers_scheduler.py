@@ -13,12 +13,12 @@ from diffusers import (
     DDIMScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
     UNet2DModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
 
 from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+from conftest import build_tiny_conditional_unet, build_tiny_unet
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -30,17 +30,7 @@ N = 2
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    return build_tiny_unet(channels=3)
 
 
 def initial_noise(seed: int = 0) -> torch.Tensor:
@@ -134,19 +124,7 @@ def test_drop_in_for_ddim_pipeline(unet):
 
 @pytest.fixture(scope="module")
 def sd_components() -> dict:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=2,
-    ).eval()
+    unet = build_tiny_conditional_unet()
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -20,6 +20,7 @@ from diffusers import (
 )
 
 from adaptive_sampler.cli import main
+from conftest import build_tiny_conditional_unet, build_tiny_unet
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -36,23 +37,9 @@ SHAPE = (3, 8, 8)
 N = 2
 
 
-def tiny_unet(in_channels: int = 3) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    return tiny_unet()
+    return build_tiny_unet(channels=3)
 
 
 def initial_noise(n: int = N, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
@@ -153,19 +140,7 @@ def test_early_exit_keeps_the_history_of_the_other_samples(unet, solver):
 
 @pytest.fixture(scope="module")
 def conditional_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=2,
-    ).eval()
+    return build_tiny_conditional_unet()
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
@@ -205,7 +180,7 @@ def test_eta_with_a_deterministic_solver_names_eta(unet, solver):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_unet(in_channels=1).save_pretrained(folder)
+    build_tiny_unet().save_pretrained(folder)
     DDPMScheduler().save_config(folder)
     return str(folder)
 

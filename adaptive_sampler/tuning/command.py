@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 _FLAG_OF_FIELD = {"num_steps": "--steps", "grid_size": "--dp-grid", "chunks": "--n", "n_trials": "--trials",
                   "url": "--storage"}
@@ -50,19 +50,6 @@ def _parse_steps(text: str) -> list[int]:
     if not values:
         raise CliError("--steps: '' is empty; give at least one step count, e.g. 4,6,8,10")
     return values
-
-
-def _device(name: str) -> torch.device:
-    import torch
-
-    from adaptive_sampler.cli import CliError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CliError(f"--device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
 
 
 def tune_command(
@@ -172,7 +159,7 @@ def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode:
             reference_steps=reference_steps, warm_start=warm_start, dp_grid=dp_grid,
             dp_trajectories=dp_trajectories, batch_size=batch_size, sampler_seed=sampler_seed, study_name=study_name,
         ))
-        loaded = load_model(model, allow_pickle=allow_pickle, device=_device(device))
+        loaded = load_model(model, allow_pickle=allow_pickle, device=device)
         store = open_storage(storage)
         tuner = Tuner(loaded, settings, store, network_rows=network_rows or None, cache_dir=cache_dir)
         if fail_running:
