@@ -85,7 +85,7 @@ def tune_command(
     heldout_seed: Annotated[int, typer.Option(help="seed of the held-out samples (never used for tuning)")] = 1_000_000,
     reference_steps: Annotated[int, typer.Option(help="steps of the fidelity reference (cached)")] = 200,
     warm_start: Annotated[bool, typer.Option(
-        help="enqueue the DP initialiser, uniform, quadratic, karras, logsnr and AYS as the first trials")] = True,
+        help="enqueue the DP initialiser, every built-in policy and AYS as the first trials")] = True,
     dp_grid: Annotated[int, typer.Option(help="timesteps in the DP initialiser's grid")] = 50,
     dp_trajectories: Annotated[int, typer.Option(help="reference trajectories behind the DP cost matrix")] = 8,
     sampler_seed: Annotated[int | None, typer.Option(

@@ -56,7 +56,7 @@ from adaptive_sampler.tuning.storage import (
 
 DEFAULT_TUNING_N = {"fid": 512, "kid": 256, "fidelity": 64}
 DEFAULT_HELDOUT_N = {"fid": 500, "kid": 500, "fidelity": 256}
-WARM_START_POLICIES = ("uniform", "quadratic", "karras", "logsnr", "ays")
+WARM_START_POLICIES = ("uniform", "leading", "trailing", "quadratic", "karras", "logsnr", "front-loaded", "ays")
 AYS_ENTRY = "sd15/ays-10"
 
 
