@@ -68,8 +68,10 @@ def test_full_loop_golden_values(adapter, eta, golden_sum, golden_mean_abs):
     result = sample(adapter, timesteps, TINY_SHAPE, 4, batch_size=4, seed=0, eta=eta)
     assert result.samples.shape == (4, *TINY_SHAPE)
     assert result.samples.dtype == torch.float32
-    assert float(result.samples.sum()) == pytest.approx(golden_sum, abs=1e-4)
-    assert float(result.samples.abs().mean()) == pytest.approx(golden_mean_abs, abs=1e-4)
+    # goldens were computed with one CPU thread; with two, conv reductions sum in another order and the total of
+    # these 256 values moves by ~3e-4, so the bound is relative (1e-4 of the value), far below any algorithm change
+    assert float(result.samples.sum()) == pytest.approx(golden_sum, rel=1e-4)
+    assert float(result.samples.abs().mean()) == pytest.approx(golden_mean_abs, rel=1e-4)
 
 
 # ---------------------------------------------------------------- equivalence with a hand-written loop
