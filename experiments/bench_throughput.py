@@ -381,30 +381,18 @@ def main() -> None:
     def cpu_paired(num: str, den: str) -> float:  # as paired(), on process CPU time
         return statistics.median(cpu_times[num][r] / cpu_times[den][r] for r in range(args.repeats))
 
-    ratios = {
-        "ours_rows_none_over_pipeline_throughput": paired("a", "c"),
-        "ours_rows_8_over_pipeline_throughput": paired("a", "d"),
-        "ours_rows_none_overhead_over_bare_pct": (paired("c", "b") - 1) * 100,
-        "ours_rows_8_overhead_over_bare_pct": (paired("d", "b") - 1) * 100,
-        "determinism_cost_rows_8_over_rows_none_pct": (paired("d", "c") - 1) * 100,
-        "pipeline_overhead_over_bare_pct": (paired("a", "b") - 1) * 100,
-    }
-    ratios_of_min = {
-        "ours_rows_none_over_pipeline_throughput": of_min("a", "c"),
-        "ours_rows_8_over_pipeline_throughput": of_min("a", "d"),
-        "ours_rows_none_overhead_over_bare_pct": (of_min("c", "b") - 1) * 100,
-        "ours_rows_8_overhead_over_bare_pct": (of_min("d", "b") - 1) * 100,
-        "determinism_cost_rows_8_over_rows_none_pct": (of_min("d", "c") - 1) * 100,
-        "pipeline_overhead_over_bare_pct": (of_min("a", "b") - 1) * 100,
-    }
-    ratios_cpu = {
-        "ours_rows_none_over_pipeline_throughput": cpu_paired("a", "c"),
-        "ours_rows_8_over_pipeline_throughput": cpu_paired("a", "d"),
-        "ours_rows_none_overhead_over_bare_pct": (cpu_paired("c", "b") - 1) * 100,
-        "ours_rows_8_overhead_over_bare_pct": (cpu_paired("d", "b") - 1) * 100,
-        "determinism_cost_rows_8_over_rows_none_pct": (cpu_paired("d", "c") - 1) * 100,
-        "pipeline_overhead_over_bare_pct": (cpu_paired("a", "b") - 1) * 100,
-    }
+    def ratio_table(ratio: Callable[[str, str], float]) -> dict[str, float]:
+        """The reported ratios under one way of pairing the timings (a: pipeline, b: bare, c/d: ours)."""
+        return {
+            "ours_rows_none_over_pipeline_throughput": ratio("a", "c"),
+            "ours_rows_8_over_pipeline_throughput": ratio("a", "d"),
+            "ours_rows_none_overhead_over_bare_pct": (ratio("c", "b") - 1) * 100,
+            "ours_rows_8_overhead_over_bare_pct": (ratio("d", "b") - 1) * 100,
+            "determinism_cost_rows_8_over_rows_none_pct": (ratio("d", "c") - 1) * 100,
+            "pipeline_overhead_over_bare_pct": (ratio("a", "b") - 1) * 100,
+        }
+
+    ratios, ratios_of_min, ratios_cpu = ratio_table(paired), ratio_table(of_min), ratio_table(cpu_paired)
     cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
     stub_min = {k: min(v) for k, v in stub_times.items()}
     unet_run_s = min(times["b"])  # the floor's run time is (almost) all UNet
