@@ -25,7 +25,7 @@ from adaptive_sampler.metrics import EmbeddedFeatureExtractor, Fidelity, fidelit
 from adaptive_sampler.metrics.features import FeatureExtractor
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.monitors import MONITORS, Monitor, monitor_from_spec
-from adaptive_sampler.monitors.change import to_unit_range
+from adaptive_sampler.metrics.fidelity import to_unit_range
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
 

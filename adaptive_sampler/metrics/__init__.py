@@ -1,6 +1,7 @@
 """Sample-quality metrics: feature extractors, feature statistics, distribution distances, and fidelity."""
 
 from adaptive_sampler.metrics.distribution import (
+    KidReference,
     ConfidenceInterval,
     DistributionMetrics,
     PrecisionRecall,
@@ -17,7 +18,7 @@ from adaptive_sampler.metrics.features import (
     build_fid_inception_v3,
     load_embedded_feature_net,
 )
-from adaptive_sampler.metrics.fidelity import Fidelity, fidelity
+from adaptive_sampler.metrics.fidelity import Fidelity, fidelity, to_unit_range
 from adaptive_sampler.metrics.statistics import (
     FeatureStatistics,
     embedded_reference_features,
@@ -41,6 +42,8 @@ __all__ = [
     "embedded_reference_statistics",
     "fid",
     "fidelity",
+    "to_unit_range",
+    "KidReference",
     "kid",
     "load_embedded_feature_net",
     "precision_recall",

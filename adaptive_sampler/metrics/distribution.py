@@ -82,6 +82,22 @@ def _check_features(name: str, features: torch.Tensor, dim: int | None = None, m
         raise ValueError(f"{name}: {features.shape[0]} samples is fewer than the {min_n} needed")
 
 
+class KidReference:
+    """The reference side of the unbiased KID estimate, computed once and reusable across generated sets: the
+    reference features and mean_{i≠j} k(r_i, r_j) (~10⁸ kernel values for 10,000 references)."""
+
+    def __init__(self, features: torch.Tensor, chunk: int = 1024) -> None:
+        self.features = features.double()
+        m = self.features.shape[0]
+        total = torch.zeros((), dtype=torch.float64, device=self.features.device)
+        # In chunks: the reference Gram matrix (10,000² in float64) would take 800 MB at once.
+        for i in range(0, m, chunk):
+            k_ref = _polynomial_kernel(self.features[i : i + chunk], self.features)
+            total += k_ref.sum() - k_ref.diagonal(offset=i).sum()
+        self.term = total / (m * (m - 1))
+        self.m = m
+
+
 class _KidTerms:
     """The kernel sums of the unbiased MMD² estimate, kept so the generated set can be reweighted cheaply.
 
@@ -91,20 +107,13 @@ class _KidTerms:
     c_i = 1 this is the usual estimate, and equal to piq's KID when the two sets have the same size.
     """
 
-    def __init__(self, gen: torch.Tensor, ref: torch.Tensor, chunk: int = 1024) -> None:
-        gen, ref = gen.double(), ref.to(gen.device, torch.float64)
-        m = ref.shape[0]
+    def __init__(self, gen: torch.Tensor, ref: KidReference, chunk: int = 1024) -> None:
+        gen, ref_features = gen.double(), ref.features.to(gen.device)
         self.k_gen = _polynomial_kernel(gen, gen)  # degree 3, gamma 1/d, coef0 1 as in Bińkowski et al. 2018
-        self.gen_ref_sums = torch.zeros(gen.shape[0], dtype=torch.float64, device=gen.device)
-        ref_sum = torch.zeros((), dtype=torch.float64, device=gen.device)
-        # In chunks: the reference Gram matrix (10,000² in float64) would take 800 MB at once.
-        for i in range(0, m, chunk):
-            block = ref[i : i + chunk]
-            self.gen_ref_sums += _polynomial_kernel(gen, block).sum(1)
-            k_ref = _polynomial_kernel(block, ref)
-            ref_sum += k_ref.sum() - k_ref.diagonal(offset=i).sum()
-        self.ref_term = ref_sum / (m * (m - 1))
-        self.m = m
+        self.gen_ref_sums = sum(_polynomial_kernel(gen, ref_features[i : i + chunk]).sum(1)
+                                for i in range(0, ref.m, chunk))
+        self.ref_term = ref.term.to(gen.device)
+        self.m = ref.m
 
     def mmd2(self, counts: torch.Tensor) -> float:
         c = counts.to(self.k_gen)
@@ -113,16 +122,20 @@ class _KidTerms:
         return float(gen_term + self.ref_term - 2 * (c @ self.gen_ref_sums) / (n * self.m))
 
 
-def kid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+def kid(features_a: torch.Tensor, features_b: torch.Tensor | KidReference) -> float:
     """Kernel Inception Distance: unbiased MMD² with the cubic kernel (x·y / d + 1)³, over the full sets.
+
+    `features_b` may be a `KidReference`, so that a reference scored against many sets is prepared once.
 
     Bińkowski et al. 2018, "Demystifying MMD GANs" (arXiv:1801.01401). piq's KID has the same kernel and
     estimator but, for sets of different size, silently draws a subset of the larger one (from the global RNG);
     here every sample is used, so the value is deterministic and the sizes may differ.
     """
     _check_features("features_a", features_a)
-    _check_features("features_b", features_b, dim=features_a.shape[1])
-    return _KidTerms(features_a, features_b).mmd2(torch.ones(features_a.shape[0]))
+    given = features_b.features if isinstance(features_b, KidReference) else features_b
+    _check_features("features_b", given, dim=features_a.shape[1])
+    reference = features_b if isinstance(features_b, KidReference) else KidReference(features_b)
+    return _KidTerms(features_a, reference).mmd2(torch.ones(features_a.shape[0]))
 
 
 def _subset(features: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -184,7 +197,7 @@ def distribution_metrics(
     if bootstrap < 0:
         raise ValueError(f"bootstrap: {bootstrap} is negative; pass 0 for no intervals or a number of resamplings")
 
-    kid_terms = _KidTerms(gen_features, ref_features)
+    kid_terms = _KidTerms(gen_features, KidReference(ref_features))
     pr = precision_recall(gen_features, ref_features, nearest_k=nearest_k, seed=seed)
     fid_ci = kid_ci = None
     if bootstrap:

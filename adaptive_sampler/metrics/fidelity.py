@@ -14,6 +14,12 @@ import torch
 from adaptive_sampler.metrics.features import FeatureExtractor
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Images from the model range [-1, 1] to [0, 1] in float32, clamped: samplers clip x̂0 to [-1, 1], and the
+    clamp absorbs round-off (and unclipped x̂0) that piq's range check would reject."""
+    return ((images.detach().float() + 1) / 2).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """Means over the n samples: PSNR in dB, SSIM, and (with a feature extractor) L2 feature distance."""
@@ -39,9 +45,7 @@ def fidelity(
             f"reference: shape {tuple(reference.shape)} differs from images: shape {tuple(images.shape)}; pass the "
             "many-step result of the same initial noise for each sample"
         )
-    # Samplers clip x̂0 to [-1, 1]; the clamp only absorbs round-off that piq's range check would reject.
-    x = ((images.detach().float() + 1) / 2).clamp(0, 1)
-    y = ((reference.detach().float() + 1) / 2).clamp(0, 1).to(x.device)
+    x, y = to_unit_range(images), to_unit_range(reference).to(images.device)
     feature_distance = None
     if feature_extractor is not None:
         f_images = feature_extractor(images).float()

@@ -24,7 +24,6 @@ from adaptive_sampler.monitors.change import (
     SSIMChange,
     X0L2,
     laplacian_variance,
-    to_unit_range,
 )
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.lpips_monitor import (
@@ -74,5 +73,4 @@ __all__ = [
     "linear_weights_path",
     "load_calibrated_defaults",
     "monitor_from_spec",
-    "to_unit_range",
 ]

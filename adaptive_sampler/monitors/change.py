@@ -16,13 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor, FeatureExtractor
+from adaptive_sampler.metrics.fidelity import to_unit_range
 from adaptive_sampler.monitors.base import Guardrails, Monitor
 from adaptive_sampler.step_info import StepInfo
-
-
-def to_unit_range(x0: torch.Tensor) -> torch.Tensor:
-    """x̂0 from the model range [-1, 1] to [0, 1] in float32, clamped (piq rejects values outside its range)."""
-    return ((x0.float() + 1) / 2).clamp(0, 1)
 
 
 class ChangeMonitor(Monitor):

@@ -27,15 +27,17 @@ from typing import Literal
 
 import piq
 import torch
-from piq.kid import _polynomial_kernel
 
 from adaptive_sampler.metrics import (
     FEATURE_DIM,
     EmbeddedFeatureExtractor,
     FeatureStatistics,
+    KidReference,
     embedded_reference_features,
     embedded_reference_statistics,
     fid,
+    kid,
+    to_unit_range,
 )
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import LoadedModel
@@ -158,36 +160,9 @@ class Evaluation:
     wall_s: float
 
 
-class _KidReference:
-    """The reference side of the unbiased KID estimate, computed once: mean_{i≠j} k(r_i, r_j) and the features.
-
-    MMD² = mean_{i≠j} k(g_i, g_j) + mean_{i≠j} k(r_i, r_j) - 2 mean k(g_i, r_j), kernel (x·y/d + 1)³ (as piq and
-    `metrics.kid`, which recomputes the reference term on every call: ~10⁸ kernel values)."""
-
-    def __init__(self, features: torch.Tensor, chunk: int = 1024) -> None:
-        self.features = features.double()
-        m = len(self.features)
-        total = torch.zeros((), dtype=torch.float64)
-        for i in range(0, m, chunk):
-            k = _polynomial_kernel(self.features[i : i + chunk], self.features)
-            total += k.sum() - k.diagonal(offset=i).sum()
-        self.ref_term = float(total / (m * (m - 1)))
-
-    def kid(self, gen: torch.Tensor) -> float:
-        g = gen.double().cpu()
-        n = len(g)
-        if n < 2:
-            raise ValueError(f"n: {n} samples is fewer than the 2 KID needs")
-        k_gen = _polynomial_kernel(g, g)
-        gen_term = (k_gen.sum() - k_gen.diagonal().sum()) / (n * (n - 1))
-        cross = sum(float(_polynomial_kernel(g, self.features[i : i + 4096]).sum())
-                    for i in range(0, len(self.features), 4096))
-        return float(gen_term) + self.ref_term - 2 * cross / (n * len(self.features))
-
-
 @functools.lru_cache(maxsize=1)
-def _embedded_kid_reference() -> _KidReference:
-    return _KidReference(embedded_reference_features())
+def _embedded_kid_reference() -> KidReference:
+    return KidReference(embedded_reference_features())
 
 
 @functools.lru_cache(maxsize=1)
@@ -273,8 +248,7 @@ class ScheduleEvaluator:
         for chunk, rung in enumerate(self.seeds.rungs):
             samples = self._sample(ts, chunk)
             if self.objective == "fidelity":
-                x = ((samples + 1) / 2).clamp(0, 1)
-                y = ((self.reference(chunk) + 1) / 2).clamp(0, 1)
+                x, y = to_unit_range(samples), to_unit_range(self.reference(chunk))
                 psnr_sum += float(piq.psnr(x, y, data_range=1.0, reduction="sum"))
                 metrics = {"psnr": psnr_sum / rung}
                 if min(x.shape[-2:]) >= _SSIM_KERNEL:  # piq's SSIM window needs images at least 11 pixels wide
@@ -284,7 +258,7 @@ class ScheduleEvaluator:
             else:
                 parts.append(self._features(samples).cpu())
                 features = torch.cat(parts)
-                metrics = {"kid": _embedded_kid_reference().kid(features)}
+                metrics = {"kid": kid(features, _embedded_kid_reference())}
                 if rung >= OBJECTIVES["fid"].min_n:
                     metrics["fid"] = fid(FeatureStatistics.from_features(features), _embedded_statistics())
                 value = metrics.get(self.objective, float("nan"))
