@@ -16,9 +16,11 @@ import typer
 from pydantic import ValidationError
 
 from adaptive_sampler.catalogue import list_entries, load_entry
+from adaptive_sampler.dynamic_sampler import DynamicSampleResult, sample_dynamic
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
 from adaptive_sampler.policies import POLICY_NAMES, make_policy
+from adaptive_sampler.policies.step_size_control import StepSizeControl, parse_dynamic_policy
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
 from adaptive_sampler.solvers import SOLVERS, make_solver
 from adaptive_sampler.tuning.command import tune_command
@@ -69,7 +71,8 @@ def _save_grid(samples: torch.Tensor, path: Path) -> None:
 
 # Options shared by the commands that draw samples.
 ModelOpt = Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")]
-PolicyOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(POLICY_NAMES)}")]
+PolicyOpt = Annotated[str, typer.Option(
+    help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control, DDIM only)")]
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
 TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
 EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
@@ -89,14 +92,28 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's re
 class _Drawn:
     loaded: LoadedModel
     policy: str
-    result: SampleResult
+    result: SampleResult | DynamicSampleResult
     stopped_by: list[str | None]  # per sample: the monitor that stopped it early, None if it ran every step
 
+    @property
+    def steps(self) -> int | None:
+        """The planned step count; None when every sample chose its own timesteps."""
+        return len(self.result.timesteps) if isinstance(self.result, SampleResult) else None
+
+    @property
+    def steps_text(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else "per-sample steps"
+
     def report(self, **extra: Any) -> dict[str, Any]:
-        return {"timesteps": self.result.timesteps.tolist(), "nfe_per_sample": self.result.nfe.tolist(),
-                "nfe_mean": self.result.nfe_mean, "stopped_by": self.stopped_by, "wall_s": self.result.wall_s,
+        result = self.result
+        if isinstance(result, DynamicSampleResult):
+            timesteps = {"timesteps_per_sample": result.timesteps, "rejected_per_sample": result.rejected.tolist()}
+        else:
+            timesteps = {"timesteps": result.timesteps.tolist()}
+        return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
+                "stopped_by": self.stopped_by, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
-                "policy": self.policy, **extra}
+                "policy": self.policy, "steps": self.steps, **extra}
 
 
 def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
@@ -109,10 +126,17 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
     policy_name = "explicit" if timesteps is not None else policy
     try:
         update_rule = make_solver(solver)
+        controller = _dynamic_policy(policy, steps, eta, solver, monitor)
         loaded = load_model(model, allow_pickle=allow_pickle, device=device)
         if check is not None:
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
+        if controller is not None:
+            dynamic = sample_dynamic(adapter, controller, loaded.sample_shape, n, batch_size=batch_size, seed=seed,
+                                     progress=True)
+            if save is not None:
+                np.save(save, dynamic.samples.numpy().astype(np.float32))
+            return _Drawn(loaded, controller.name, dynamic, [None] * n)
         planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
         # one AnyOf over every --monitor, so it can say which of them stopped each sample
         watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned)) for spec in monitor)) \
@@ -121,7 +145,7 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
                         progress=True, solver=update_rule, callback=watch.as_callback() if watch else None)
     except LPIPSWeightsMissingError as exc:
         raise CliError(f"--monitor: {exc}") from None
-    except NonFiniteOutputError as exc:
+    except NonFiniteOutputError as exc:  # both samplers keep the finished batches in .partial
         if save is not None and len(exc.partial.samples):
             partial = save.with_suffix(".partial.npy")
             np.save(partial, exc.partial.samples.numpy())
@@ -134,6 +158,20 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
     stopped = watch.stopped_by if watch else {}
     return _Drawn(loaded, policy_name, result,
                   [stopped.get(i) if int(nfe) < len(planned) else None for i, nfe in enumerate(result.nfe.tolist())])
+
+
+def _dynamic_policy(policy: str, steps: int | None, eta: float, solver: str,
+                    monitor: list[str] | None) -> StepSizeControl | None:
+    """The step-size controller of `--policy adaptive:TOL`, refusing the flags it cannot honour; else None."""
+    if not policy.startswith("adaptive"):
+        return None
+    conflicts = [("--steps", steps is not None, "the controller picks each sample's steps"),
+                 ("--eta", eta != 0, "it runs DDIM with η = 0"), ("--solver", solver != "ddim", "it runs DDIM"),
+                 ("--monitor", bool(monitor), "the controller decides when each sample ends")]
+    for flag, given, why in conflicts:
+        if given:
+            raise CliError(f"{flag}: not allowed with --policy {policy}; {why}")
+    return parse_dynamic_policy(policy)
 
 
 @app.command("sample")
@@ -153,11 +191,11 @@ def sample_command(
     if out is not None:
         _save_grid(result.samples, out)
     samples_per_s = n / result.wall_s if result.wall_s > 0 else None
-    report = drawn.report(n=n, seed=seed, eta=eta, solver=solver, steps=len(result.timesteps), batch_size=batch_size,
+    report = drawn.report(n=n, seed=seed, eta=eta, solver=solver, batch_size=batch_size,
                           network_rows=network_rows or None, samples_per_s=samples_per_s)
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(f"{n} samples, {len(result.timesteps)} steps ({drawn.policy}, {solver}), "
+    typer.echo(f"{n} samples, {drawn.steps_text} ({drawn.policy}, {solver}), "
                f"NFE mean {result.nfe_mean:.1f}, {result.wall_s:.1f} s ({samples_per_s:.1f} samples/s)")
 
 
@@ -185,14 +223,14 @@ def eval_command(
     except ValueError as exc:
         raise _flag_error(exc) from None
     report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
-    table = Table(title=f"{loaded.name}: {solver}, {policy_name}, {len(result.timesteps)} steps, η={eta}")
+    table = Table(title=f"{loaded.name}: {solver}, {policy_name}, {drawn.steps_text}, η={eta}")
     for column in ("FID", "KID", "precision", "recall", "NFE", "n", "wall s"):
         table.add_column(column, justify="right")
     table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
     Console().print(table)
     if json_path is not None:
-        payload = {**drawn.report(solver=solver, steps=len(result.timesteps), eta=eta), **report.to_json()}
+        payload = {**drawn.report(solver=solver, eta=eta), **report.to_json()}
         json_path.write_text(json.dumps(payload, indent=2, default=vars) + "\n")
 
 

@@ -1,8 +1,8 @@
 """Quality per NFE of every solver (DDIM, DPM-Solver++(2M), UniPC) on the embedded Fashion-MNIST model.
 
 For each solver and NFE (one network call per step for all three; UniPC's corrector reuses the step's call), the
-policies are: `uniform`; the best built-in policy at that solver and NFE among karras, logsnr, quadratic, trailing
-and front-loaded, chosen by FID on a separate calibration set (--calibration-n samples from --calibration-seed);
+policies are: `uniform`; the best built-in policy at that solver and NFE among the other static policies (leading,
+trailing, quadratic, karras, logsnr, front-loaded), chosen by FID on a separate calibration set (--calibration-n samples from --calibration-seed);
 and the catalogue entry `learned:fashion-mnist/<solver>-<NFE>` where it exists. DDIM also runs uniform at
 --ddim-nfe (default 50) as a high-NFE reference. FID/KID/precision/recall come from
 `adaptive_sampler.evaluation.score_samples` (the embedded feature space, against the 10,000 test images).
@@ -32,11 +32,11 @@ from adaptive_sampler.catalogue import list_entries
 from adaptive_sampler.evaluation import score_samples
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import load_model
-from adaptive_sampler.policies import make_policy
+from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import SOLVERS, make_solver
 
-BUILTIN_CANDIDATES = ("karras", "logsnr", "quadratic", "trailing", "front-loaded")
+BUILTIN_CANDIDATES = tuple(name for name in STATIC_POLICIES if name != "uniform")
 BATCH_SIZE = 64
 
 
@@ -173,12 +173,13 @@ def main() -> None:
     calibration = [j for j in calibration if f"{j.solver}/{j.nfe}/{j.policy}" not in results["calibration"]]
     fixed = [Job(s, "uniform", nfe, "uniform") for s in SOLVERS for nfe in nfes]
     fixed += [Job("ddim", "uniform", nfe, "uniform") for nfe in ddim_nfes if nfe not in nfes]
-    fixed += [Job(s, f"learned:{loaded.name}/{s}-{nfe}", nfe, "learned") for s in SOLVERS for nfe in nfes
-              if f"{loaded.name}/{s}-{nfe}" in learned]
+    learned_jobs = [Job(s, f"learned:{loaded.name}/{s}-{nfe}", nfe, "learned") for s in SOLVERS for nfe in nfes
+                    if f"{loaded.name}/{s}-{nfe}" in learned]
     todo = [j for j in fixed if j.key not in results["rows"]]
+    learned_todo = [j for j in learned_jobs if j.key not in results["rows"]]
     best_nfes = [nfe for s in SOLVERS for nfe in nfes if f"{s}/best built-in/{nfe}" not in results["rows"]]
     work = (sum(j.nfe for j in calibration) * args.calibration_n
-            + (sum(j.nfe for j in todo) + sum(best_nfes)) * args.n)
+            + (sum(j.nfe for j in todo + learned_todo) + sum(best_nfes)) * args.n)
     with tqdm(total=work, desc="sample-steps", unit="x", smoothing=0.05) as bar:
         for job in calibration:
             bar.set_postfix_str(f"calibrating {job.solver} {job.policy} @ {job.nfe}")
@@ -189,7 +190,7 @@ def main() -> None:
             for nfe in nfes:
                 scored = {c: results["calibration"][f"{solver}/{nfe}/{c}"]["fid"] for c in BUILTIN_CANDIDATES}
                 todo.append(Job(solver, min(scored, key=scored.get), nfe, "best built-in"))
-        for job in todo:
+        for job in todo + learned_todo:  # learned rows last: a search may still be writing their catalogue entries
             if job.key in results["rows"]:
                 continue
             bar.set_postfix_str(f"{job.solver} {job.policy} @ {job.nfe}")

@@ -90,6 +90,19 @@ def test_sample_is_reproducible_and_takes_explicit_timesteps(tiny_dir, tmp_path)
     assert data["timesteps"] == [999, 600, 200, 0] and data["nfe_per_sample"] == [4, 4, 4]
 
 
+def test_sample_with_the_adaptive_policy_reports_per_sample_timesteps_and_rejections(tiny_dir, tmp_path):
+    save, report = tmp_path / "x.npy", tmp_path / "r.json"
+    result = invoke("sample", "--model", tiny_dir, "--policy", "adaptive:0.05", "--n", 3, "--save", save,
+                    "--json", report)
+    assert "3 samples, per-sample steps (adaptive:0.05, ddim)" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["policy"] == "adaptive:0.05" and data["steps"] is None and "timesteps" not in data
+    per_sample = data["timesteps_per_sample"]
+    assert len(per_sample) == 3 and all(ts[0] == 999 and ts[-1] == 0 for ts in per_sample)
+    assert data["nfe_per_sample"] == [len(ts) + r for ts, r in zip(per_sample, data["rejected_per_sample"])]
+    assert np.load(save).shape == (3, *TINY_SHAPE)
+
+
 def test_pickled_weights_are_accepted_with_allow_pickle(pickled_dir, tmp_path):
     save = tmp_path / "x.npy"
     invoke("sample", "--model", pickled_dir, "--allow-pickle", "--steps", 2, "--n", 2, "--save", save)
@@ -129,6 +142,12 @@ ERROR_CASES = [
     pytest.param(["--steps", "3", "--network-rows", "-1"], ["--network-rows"], id="network-rows-negative"),
     pytest.param(["--steps", "x"], ["--steps"], id="steps-not-int"),
     pytest.param(["--steps", "3", "--bogus"], ["--bogus"], id="unknown-option"),
+    pytest.param(["--policy", "adaptive:x"], ["--policy", "'x'"], id="adaptive-tolerance-not-a-number"),
+    pytest.param(["--policy", "adaptive:0"], ["--policy", "positive"], id="adaptive-tolerance-0"),
+    pytest.param(["--policy", "adaptive:0.01", "--steps", "10"], ["--steps", "adaptive"], id="adaptive-steps"),
+    pytest.param(["--policy", "adaptive:0.01", "--solver", "unipc"], ["--solver"], id="adaptive-solver"),
+    pytest.param(["--policy", "adaptive:0.01", "--eta", "0.5"], ["--eta"], id="adaptive-eta"),
+    pytest.param(["--policy", "adaptive:0.01", "--monitor", "x0-l2:0.1"], ["--monitor"], id="adaptive-monitor"),
 ]
 
 

@@ -1,0 +1,127 @@
+"""A dynamic policy: each sample picks its own next timestep from how much its x̂0 moved (an adaptive step size).
+
+The controller follows adaptive ODE solvers (Hairer, Nørsett & Wanner, "Solving Ordinary Differential Equations I",
+§II.4): estimate the local error of the step just taken, accept it if the error is within the tolerance, otherwise
+reject it and retry from the same point with a smaller step; either way scale the next step by
+safety · (tolerance / error)^(1/2), the exponent of a first-order method.
+
+The error estimate is the one embedded in DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095): in log-SNR time
+λ = log(α/σ), DDIM (η = 0) is the first-order exponential integrator, and the second-order term it leaves out, with
+x̂0 linear in λ over the step, is α_t · φ(h) · (x̂0(t) − x̂0(s)) with φ(h) = (h − 1 + e^(−h)) / h ≈ h / 2. It costs no
+extra network call: x̂0(t) is the evaluation the next step needs anyway. A rejected step still cost its evaluation,
+and the sampler counts it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adaptive_sampler.noise_schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class StepObservation:
+    """What the active rows saw at their latest evaluation, row-aligned.
+
+    `t` is where the network just ran; `t_from` and `x0_from` are the last accepted point the step started from
+    (None at the first evaluation, t = T-1); `memory` is the per-row value the policy returned last time.
+    """
+
+    t: torch.Tensor
+    x0: torch.Tensor
+    t_from: torch.Tensor | None
+    x0_from: torch.Tensor | None
+    memory: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """Per row: whether the step to `t` is accepted, the next timestep to evaluate (ignored for a row that is
+    accepted at t = 0: it is finished), the per-row error estimate, and the memory handed back next time."""
+
+    accept: torch.Tensor
+    t_next: torch.Tensor
+    error: torch.Tensor
+    memory: torch.Tensor
+
+
+@runtime_checkable
+class DynamicPolicy(Protocol):
+    """Chooses every sample's next timestep at run time. A rejected row retries from its last accepted point, so
+    `t_next` must lie below the row's last accepted timestep (the sampler checks)."""
+
+    name: str
+
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision: ...
+
+
+class StepSizeControl(BaseModel):
+    """Step-size control on x̂0 in log-SNR time (see the module docstring); `tolerance` is the accepted local error
+    per step, as the root-mean-square over pixels in the model's data units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tolerance: float = Field(gt=0)
+    initial_step: float = Field(1.0, gt=0, description="first step in λ = log(α/σ)")
+    safety: float = Field(0.9, gt=0, le=1)
+    min_factor: float = Field(0.2, gt=0, lt=1)
+    max_factor: float = Field(4.0, gt=1)
+
+    @model_validator(mode="after")
+    def _factors_bracket_one(self) -> StepSizeControl:
+        if self.safety < self.min_factor:
+            raise ValueError(f"safety: {self.safety} is below min_factor {self.min_factor}; it must not be")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"adaptive:{self.tolerance:g}"
+
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
+        lam = schedule.log_snr().to(observation.t.device)
+        t = observation.t
+        if observation.t_from is None or observation.x0_from is None or observation.memory is None:
+            # the first evaluation (t = T-1) ends no step: accept it and take the initial step
+            step = torch.full(t.shape, self.initial_step, dtype=torch.float64, device=t.device)
+            return StepDecision(torch.ones_like(t, dtype=torch.bool), _timestep_at(lam, lam[t] + step, t),
+                                torch.zeros_like(step), step)
+        t_from = observation.t_from
+        h = lam[t] - lam[t_from]
+        phi = torch.where(h > 1e-6, (h + torch.expm1(-h)) / h.clamp(min=1e-6), h / 2)  # (h - 1 + e^-h) / h
+        change = (observation.x0 - observation.x0_from).double().flatten(1).pow(2).mean(1).sqrt()
+        error = schedule.alpha_bar(t).double().sqrt() * phi * change
+        # the smallest possible step (one training timestep) is accepted whatever its error: progress is guaranteed
+        accept = (error <= self.tolerance) | (t == t_from - 1)
+        ratio = (self.tolerance / error.clamp(min=1e-300)).sqrt()
+        factor = (self.safety * ratio).clamp(self.min_factor, self.max_factor)
+        step = h * factor
+        start = torch.where(accept, t, t_from)
+        return StepDecision(accept, _timestep_at(lam, lam[start] + step, start), error, step)
+
+
+def _timestep_at(lam: torch.Tensor, target: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
+    """The smallest timestep whose λ does not pass `target`, kept in [0, below - 1].
+
+    Rounding towards the start keeps a step no longer than asked, so a retry after a rejection (a smaller target)
+    always lands strictly closer to its start: the retries end at the one-timestep step, which is accepted."""
+    ascending = lam.flip(0)  # index j is timestep T-1-j
+    index = torch.searchsorted(ascending, target.to(ascending.dtype).contiguous(), right=True) - 1
+    return torch.minimum(len(lam) - 1 - index, below - 1).clamp(min=0)
+
+
+def parse_dynamic_policy(name: str) -> StepSizeControl:
+    """`adaptive:TOLERANCE` (e.g. `adaptive:0.002`) -> StepSizeControl; errors name the policy field."""
+    if not name.startswith("adaptive:"):
+        raise ValueError(f"policy: {name!r} is not a dynamic policy; write adaptive:TOLERANCE, e.g. adaptive:0.002")
+    text = name.split(":", 1)[1]
+    try:
+        tolerance = float(text)
+    except ValueError:
+        raise ValueError(f"policy: {name!r} has tolerance {text!r}, which is not a number") from None
+    if not (tolerance > 0 and math.isfinite(tolerance)):
+        raise ValueError(f"policy: {name!r} has tolerance {tolerance}; it must be a positive finite number")
+    return StepSizeControl(tolerance=tolerance)
