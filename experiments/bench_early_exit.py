@@ -7,7 +7,9 @@ For each step count (default 50, uniform DDIM, η = 0):
      default 30 dB); `max-nfe` is calibrated the same way and is the baseline "stop every sample after N steps";
   2. evaluation on n samples of the evaluation seed: the full run, then each calibrated monitor online
      (`sample(..., callback=monitor)`, exited samples leave the network batch), then a plain DDIM run with 30 %
-     fewer steps (the competitor that needs no monitor), then the full run again (its two timings bracket the
+     fewer steps (the competitor that needs no monitor), then the runtime-adaptive step-size control
+     (`sample_dynamic` with `StepSizeControl` at each --adaptive-tolerances value; its NFE includes rejected
+     steps), then the full run again (its two timings bracket the
      others; the speed-up uses their mean).
 
 Per row: mean NFE (and its reduction), FID/KID/precision/recall in the embedded feature space (and the FID change
@@ -45,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adaptive_sampler.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
+from adaptive_sampler.dynamic_sampler import sample_dynamic
 from adaptive_sampler.evaluation import score_samples
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, fidelity
 from adaptive_sampler.models import LoadedModel, load_model
@@ -58,6 +61,7 @@ from adaptive_sampler.monitors import (
 )
 from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
 from adaptive_sampler.policies.builtin import Uniform
+from adaptive_sampler.policies.step_size_control import StepSizeControl
 from adaptive_sampler.sampler import sample
 
 DEFAULT_MONITORS = ["x0-l2", "ssim", "haarpsi", "gmsd", "features", "sharpness", "lpips", "max-nfe"]
@@ -242,6 +246,21 @@ def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict
                                         **_row(result.samples, result.nfe, wall, full, extractor)})
     bar.update(1)
 
+    for tolerance in args.adaptive_tolerances:
+        policy = StepSizeControl(tolerance=tolerance)
+        if report.get("rows", steps, policy.name) is None:
+            bar.set_postfix_str(f"{steps} steps: {policy.name}")
+            _sync(device)
+            start = time.perf_counter()
+            dynamic = sample_dynamic(adapter, policy, shape, args.n, batch_size=args.batch_size, seed=args.seed)
+            _sync(device)
+            wall = time.perf_counter() - start
+            report.put("rows", steps, policy.name, {
+                "kind": "adaptive", "spec": f"step-size control, tolerance {tolerance:g}",
+                "rejected_mean": float(dynamic.rejected.double().mean()),
+                **_row(dynamic.samples, dynamic.nfe, wall, full, extractor)})
+        bar.update(1)
+
     if report.get("rows", steps, "full-again") is None:
         bar.set_postfix_str(f"{steps} steps: full run again (timing)")
         result, wall = run()
@@ -277,6 +296,7 @@ def summarise(steps: int, report: Report, args: argparse.Namespace) -> dict[str,
             "goal_met_by": sorted(k for k, v in monitors.items() if v["meets_goal"]),
             "goal_met_by_fewer_steps": sorted(k for k, v in table.items() if v["kind"] == "fewer-steps"
                                               and v["meets_goal"]),
+            "goal_met_by_adaptive": sorted(k for k, v in table.items() if v["kind"] == "adaptive" and v["meets_goal"]),
             "skipped": {k: v["skipped"] for k, v in rows.items() if "skipped" in v}}
 
 
@@ -297,7 +317,8 @@ def print_summary(steps: int, summary: dict[str, Any], calibration: dict[str, di
         print(f"{key:<22}skipped: {why.splitlines()[0][:160]}")
     print(f"goal ({summary['goal']}): monitors meeting it: {', '.join(summary['goal_met_by']) or 'none'}; "
           f"best monitor: {summary['best_monitor']}; plain DDIM with fewer steps meeting it: "
-          f"{', '.join(summary['goal_met_by_fewer_steps']) or 'none'}")
+          f"{', '.join(summary['goal_met_by_fewer_steps']) or 'none'}; adaptive step allocation meeting it: "
+          f"{', '.join(summary['goal_met_by_adaptive']) or 'none'}")
 
 
 def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace) -> None:
@@ -343,6 +364,8 @@ def main() -> None:
                         help="fidelity target instead: mean embedded-feature distance to the full run")
     parser.add_argument("--monitors", nargs="+", default=DEFAULT_MONITORS,
                         help="monitor specs; without a threshold they are calibrated (default: %(default)s)")
+    parser.add_argument("--adaptive-tolerances", type=float, nargs="*", default=[0.002, 0.005, 0.01],
+                        help="tolerances of the runtime-adaptive step-size control rows (none: skip them)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--network-rows", type=int, default=8,
                         help="fixed network chunk (bitwise batch invariance: online exits equal the simulation)")
@@ -381,7 +404,7 @@ def main() -> None:
           f"evaluation seed {args.seed}")
 
     tasks = len(args.steps) * len(args.monitors) * (1 if args.calibrate_only else 2) + \
-        (0 if args.calibrate_only else 3 * len(args.steps))
+        (0 if args.calibrate_only else (3 + len(args.adaptive_tolerances)) * len(args.steps))
     with tqdm(total=tasks, desc="bench_early_exit", unit="task") as bar:
         for steps in args.steps:
             calibration = calibrate_all(model, adapter, steps, args, report, extractor, bar)
