@@ -131,18 +131,18 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
         if check is not None:
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
+        watch = None
         if controller is not None:
-            dynamic = sample_dynamic(adapter, controller, loaded.sample_shape, n, batch_size=batch_size, seed=seed,
-                                     progress=True)
-            if save is not None:
-                np.save(save, dynamic.samples.numpy().astype(np.float32))
-            return _Drawn(loaded, controller.name, dynamic, [None] * n)
-        planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
-        # one AnyOf over every --monitor, so it can say which of them stopped each sample
-        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned)) for spec in monitor)) \
-            if monitor else None
-        result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
-                        progress=True, solver=update_rule, callback=watch.as_callback() if watch else None)
+            policy_name = controller.name
+            result: SampleResult | DynamicSampleResult = sample_dynamic(
+                adapter, controller, loaded.sample_shape, n, batch_size=batch_size, seed=seed, progress=True)
+        else:
+            planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
+            # one AnyOf over every --monitor, so it can say which of them stopped each sample
+            watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned)) for spec in monitor)) \
+                if monitor else None
+            result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
+                            progress=True, solver=update_rule, callback=watch.as_callback() if watch else None)
     except LPIPSWeightsMissingError as exc:
         raise CliError(f"--monitor: {exc}") from None
     except NonFiniteOutputError as exc:  # both samplers keep the finished batches in .partial
@@ -155,9 +155,10 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
         raise _flag_error(exc) from None
     if save is not None:
         np.save(save, result.samples.numpy().astype(np.float32))
-    stopped = watch.stopped_by if watch else {}
-    return _Drawn(loaded, policy_name, result,
-                  [stopped.get(i) if int(nfe) < len(planned) else None for i, nfe in enumerate(result.nfe.tolist())])
+    if watch is None:
+        return _Drawn(loaded, policy_name, result, [None] * n)
+    return _Drawn(loaded, policy_name, result, [watch.stopped_by.get(i) if nfe < len(result.timesteps) else None
+                                                for i, nfe in enumerate(result.nfe.tolist())])
 
 
 def _dynamic_policy(policy: str, steps: int | None, eta: float, solver: str,

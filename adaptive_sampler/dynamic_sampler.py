@@ -67,7 +67,7 @@ def _run_batch(model: ModelAdapter, policy: DynamicPolicy, indices: torch.Tensor
         cond = conditioning.select(indices[active]) if conditioning is not None else None
         pred = model(x, t, cond)
         nfe[active] += 1
-        bad = ~(torch.isfinite(pred.eps).flatten(1).all(1) & torch.isfinite(pred.x0).flatten(1).all(1))
+        bad = pred.nonfinite_rows()
         if bool(bad.any()):
             raise _NonFinite(evaluation, int(t[bad][0]), [int(indices[i]) for i in active[bad.cpu()]])
         decision = policy.decide(StepObservation(t, pred.x0, anchor_t, anchor_x0, memory), schedule)
@@ -79,12 +79,13 @@ def _run_batch(model: ModelAdapter, policy: DynamicPolicy, indices: torch.Tensor
             anchor_t = torch.where(accept, t, anchor_t)
             anchor_x0 = torch.where(keep_new, pred.x0, anchor_x0)
             anchor_eps = torch.where(keep_new, pred.eps, anchor_eps)
-        rejected[active[~accept.cpu()]] += 1
-        for row, t_row in zip(active[accept.cpu()].tolist(), t[accept].tolist(), strict=True):
+        accept_host = accept.cpu()  # `active` and the bookkeeping tensors live on the CPU
+        rejected[active[~accept_host]] += 1
+        for row, t_row in zip(active[accept_host].tolist(), t[accept].tolist(), strict=True):
             accepted[row].append(t_row)
         done = accept & (t == 0)
-        out[active[done.cpu()]] = pred.x0[done]
         going = ~done
+        out[active[done.cpu()]] = pred.x0[done]
         active = active[going.cpu()]
         anchor_t, anchor_x0, anchor_eps = anchor_t[going], anchor_x0[going], anchor_eps[going]
         t, memory = decision.t_next.to(device)[going], decision.memory[going]

@@ -72,6 +72,10 @@ class Prediction:
     eps: torch.Tensor
     x0: torch.Tensor
 
+    def nonfinite_rows(self) -> torch.Tensor:
+        """A bool per row: True where ε̂ or x̂0 holds a NaN or Inf."""
+        return ~(torch.isfinite(self.eps).flatten(1).all(1) & torch.isfinite(self.x0).flatten(1).all(1))
+
 
 def _tensor_output(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):

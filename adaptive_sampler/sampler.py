@@ -86,7 +86,7 @@ def _run_batch(
         cond = conditioning.select(indices[active.cpu()]) if conditioning is not None else None
         pred = model(x, t_rows, cond)
         nfe[active] += 1
-        bad = ~(torch.isfinite(pred.eps).flatten(1).all(1) & torch.isfinite(pred.x0).flatten(1).all(1))
+        bad = pred.nonfinite_rows()
         first_bad[active] = torch.where(bad & (first_bad[active] < 0), k, first_bad[active])
         noise = None
         if options.eta > 0:

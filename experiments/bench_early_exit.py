@@ -39,6 +39,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +205,17 @@ def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict
     shape = model.sample_shape
     full_file = args.json.with_name(f"{args.json.stem}.full-{steps}.safetensors")
 
-    def run(callback: Any = None, ts: torch.Tensor = timesteps) -> tuple[Any, float]:
+    def wall_timed(draw: Callable[[], Any]) -> tuple[Any, float]:
+        """draw()'s result and its wall time, synchronised on GPUs."""
         _sync(device)
         start = time.perf_counter()
-        result = sample(adapter, ts, shape, args.n, batch_size=args.batch_size, seed=args.seed, callback=callback)
+        result = draw()
         _sync(device)
         return result, time.perf_counter() - start
+
+    def run(callback: Any = None, ts: torch.Tensor = timesteps) -> tuple[Any, float]:
+        return wall_timed(lambda: sample(adapter, ts, shape, args.n, batch_size=args.batch_size, seed=args.seed,
+                                         callback=callback))
 
     # the full run: its samples are the fidelity reference of every other row
     full_row = report.get("rows", steps, "full")
@@ -250,11 +256,8 @@ def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict
         policy = StepSizeControl(tolerance=tolerance)
         if report.get("rows", steps, policy.name) is None:
             bar.set_postfix_str(f"{steps} steps: {policy.name}")
-            _sync(device)
-            start = time.perf_counter()
-            dynamic = sample_dynamic(adapter, policy, shape, args.n, batch_size=args.batch_size, seed=args.seed)
-            _sync(device)
-            wall = time.perf_counter() - start
+            dynamic, wall = wall_timed(lambda: sample_dynamic(adapter, policy, shape, args.n,
+                                                              batch_size=args.batch_size, seed=args.seed))
             report.put("rows", steps, policy.name, {
                 "kind": "adaptive", "spec": f"step-size control, tolerance {tolerance:g}",
                 "rejected_mean": float(dynamic.rejected.double().mean()),
