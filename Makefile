@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	mkdir -p runs/demo
 	$(CLI) tune --model embedded --steps 5,10 --trials 30 --objective fidelity --n 32 --heldout-n 128 \
-	  --reference-steps 100 --storage sqlite:///runs/demo/tune.db --export runs/demo/policies --plots runs/demo/plots
-	$(CLI) sample --model embedded --policy file:runs/demo/policies/fashion-mnist/ddim-10.json --n 64 --seed 0 \
+	  --reference-steps 100 --storage sqlite:///runs/demo/tune.db --export runs/demo/schedules --plots runs/demo/plots
+	$(CLI) sample --model embedded --policy file:runs/demo/schedules/fashion-mnist/ddim-10.json --n 64 --seed 0 \
 	  --out runs/demo/grid.png --save runs/demo/samples.npy --json runs/demo/sample.json
 
 test: $(VENV)/.installed

@@ -4,7 +4,6 @@ A DDIM core over any explicit timestep list, pluggable step-allocation policies,
 tool-neutral exports, and a diffusers drop-in scheduler.
 """
 
-from adaptive_sampler.catalogue import interpolate, list_entries, load_entry
 from adaptive_sampler.solvers import DDIM, Solver, make_solver
 from adaptive_sampler.solvers.ddim import ddim_sigma, ddim_step
 from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
@@ -15,7 +14,9 @@ from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import Policy, make_policy
 from adaptive_sampler.policies.step_size_control import DynamicPolicy, StepSizeControl
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, SamplingOptions, sample
-from adaptive_sampler.schedule_artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.schedules import (
+    ModelIdentity, NoiseScheduleSpec, ScheduleArtifact, interpolate, list_entries, load_entry,
+)
 from adaptive_sampler.step_info import StepInfo
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 

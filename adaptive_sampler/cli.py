@@ -15,7 +15,7 @@ import torch
 import typer
 from pydantic import ValidationError
 
-from adaptive_sampler.catalogue import list_entries, load_entry
+from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 from adaptive_sampler.dynamic_sampler import DynamicSampleResult, sample_dynamic
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec

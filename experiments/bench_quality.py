@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from adaptive_sampler.catalogue import list_entries
+from adaptive_sampler.schedules.catalogue import list_entries
 from adaptive_sampler.evaluation import score_samples
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import load_model

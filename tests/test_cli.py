@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler
 from typer.testing import CliRunner
 
 from adaptive_sampler.cli import app, main
-from adaptive_sampler.schedule_artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from conftest import TINY_SHAPE, build_tiny_unet
 
 SD15_AYS = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]

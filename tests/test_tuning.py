@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
 from adaptive_sampler.policies import STATIC_POLICIES
-from adaptive_sampler.schedule_artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.tuning import (
     SPACES,
     Tuner,

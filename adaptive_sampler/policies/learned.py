@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from adaptive_sampler.catalogue import interpolate, load_entry
 from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.catalogue import interpolate, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
-from adaptive_sampler.schedule_artifact import ScheduleArtifact
 
 
 def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str) -> torch.Tensor:

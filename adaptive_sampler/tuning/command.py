@@ -72,7 +72,8 @@ def tune_command(
         help="study name; default <model>-<solver>-<objective>-<space>")] = None,
     export: Annotated[Path | None, typer.Option(
         help="write the best schedule per budget, scored on held-out seeds, to DIR/<model>/<solver>-<N>.json "
-             "(DIR = policies makes it --policy learned:<model>/<solver>-<N>)")] = None,
+             "(DIR = adaptive_sampler/schedules, the catalogue of an editable install, makes it "
+             "--policy learned:<model>/<solver>-<N>)")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>")] = None,
     baselines: Annotated[bool, typer.Option(

@@ -26,7 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adaptive_sampler.catalogue import load_entry
+from adaptive_sampler.schedules.catalogue import load_entry
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy

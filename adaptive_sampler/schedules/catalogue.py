@@ -1,7 +1,7 @@
-"""The schedule catalogue: the top-level `policies/` folder, installed as `adaptive_sampler.policy_files`.
+"""The schedule catalogue: the JSON files shipped in this package's folder, `adaptive_sampler/schedules/`.
 
-Entries are `policies/<model>/<name>.json` (ScheduleArtifact files), named `<model>/<name>` where `<name>` is
-`<family>-<N>` (e.g. `sd15/ays-10`, `fashion-mnist/ddim-10`). A request for another step count of a family is
+Entries are `<model>/<name>.json` files (ScheduleArtifact) in that folder, named `<model>/<name>` where `<name>`
+is `<family>-<N>` (e.g. `sd15/ays-10`, `fashion-mnist/ddim-10`). A request for another step count of a family is
 answered by log-linear interpolation of the nearest entry, marked `interpolated`.
 """
 
@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.timesteps import discretize
-from adaptive_sampler.schedule_artifact import ScheduleArtifact
 
 _KEY = re.compile(r"^(?P<family>[A-Za-z0-9_.-]+/[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?)-(?P<steps>\d+)$")
 
 
 def catalogue_dir() -> Path:
-    return Path(str(files("adaptive_sampler.policy_files")))
+    """The folder of the shipped catalogue, `adaptive_sampler/schedules/` (one sub-folder per model)."""
+    return Path(str(files("adaptive_sampler.schedules")))
 
 
 def list_entries(root: Path | None = None) -> list[str]:
