@@ -222,8 +222,3 @@ def encode_params(space: SearchSpace, timesteps: torch.Tensor, schedule: NoiseSc
     """`space.encode` with the trial parameter names (`prefix + name`), for `Study.enqueue_trial`."""
     return {prefix + name: value for name, value in space.encode(timesteps, schedule).items()}
 
-
-def decode_params(space: SearchSpace, params: Mapping[str, float], num_steps: int, schedule: NoiseSchedule,
-                  prefix: str = "") -> torch.Tensor:
-    """`space.decode` of trial parameters named `prefix + name`."""
-    return space.decode({name: params[prefix + name] for name in space.parameters(num_steps)}, num_steps, schedule)
