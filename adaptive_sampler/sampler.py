@@ -1,4 +1,11 @@
-"""The core loop: explicit (t, t_prev) pairs, a pluggable solver, per-sample randomness, batching, callbacks."""
+"""The one sampling loop: every active row carries its own t and next t; a planner, a solver and a monitor plug in.
+
+Each iteration evaluates the network once on every active row at its own t. The planner accepts or rejects each
+row's step and picks its next timestep; a monitor may end a row (it is sent to t_prev = -1, where ᾱ = 1 and the
+step returns x̂0). Accepted points become the rows' anchors; the solver steps from the anchor, so a rejected
+evaluation costs NFE but leaves no trace in the sample. Rows that reach -1 leave the batch, and every per-row
+tensor (solver history, planner memory, monitor state) is compacted with them.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
-from adaptive_sampler.timesteps import validate_timesteps
+from adaptive_sampler.planner import Planner, StaticPlan, StepObservation
 from adaptive_sampler.seeding import draw_noise, sample_generator
-from adaptive_sampler.solvers import DDIM, Solver, SolverState, StepSchedule
+from adaptive_sampler.solvers import DDIM, Point, Solver, SolverState
 from adaptive_sampler.step_info import StepInfo
 
-# A callback sees every step. It returns None/False to go on, True to stop every active sample now, or a bool
-# tensor over the active rows marking the samples that are done. A stopped sample returns x̂0 of that step.
-StepCallback = Callable[[StepInfo], "bool | torch.Tensor | None"]
+# A monitor sees every step. It returns a MonitorDecision (its `done` is used), a bool tensor over the active rows
+# marking the samples that are done, True to end every active sample now, or None/False to go on. If it has
+# `reset()`, that runs at the start of every batch; if it has `keep(rows)`, that runs whenever rows leave the batch.
+StepMonitor = Callable[[StepInfo], object]
 
 
 class SamplingOptions(BaseModel):
@@ -34,11 +42,13 @@ class SamplingOptions(BaseModel):
 
 @dataclass
 class SampleResult:
-    """Samples in the model's output range, the timesteps walked, per-sample NFE, wall time, optional trace."""
+    """Samples in the model's output range, and per sample: its accepted timesteps, its NFE (every evaluation,
+    rejected ones included) and how many of those were rejected steps; wall time; the optional trace."""
 
     samples: torch.Tensor
-    timesteps: torch.Tensor
+    timesteps: list[list[int]]
     nfe: torch.Tensor
+    rejected: torch.Tensor
     wall_s: float
     trace: list[StepInfo] | None = None
 
@@ -59,119 +69,176 @@ class NonFiniteOutputError(RuntimeError):
         )
 
 
-def _run_batch(
-    model: ModelAdapter,
-    solver: Solver,
-    schedule: StepSchedule,
-    indices: torch.Tensor,
-    shape: Sequence[int],
-    options: SamplingOptions,
-    conditioning: Conditioning | None,
-    callback: StepCallback | None,
-    trace: list[StepInfo] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample the rows `indices`; returns (samples, nfe, first non-finite step per row or -1)."""
-    device, dtype = model.device, model.dtype
+@dataclass
+class _Batch:
+    samples: torch.Tensor
+    timesteps: list[list[int]]
+    nfe: torch.Tensor
+    rejected: torch.Tensor
+    first_bad: torch.Tensor  # per row: the first evaluation with a non-finite output, or -1
+    bad_t: torch.Tensor  # per row: its timestep there
+
+
+def _per_row(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    return values.view(-1, *([1] * (ndim - 1)))
+
+
+def _done_mask(decision: object, rows: int, device: torch.device) -> torch.Tensor | None:
+    done = getattr(decision, "done", decision)
+    if done is None or done is False:
+        return None
+    if done is True:
+        return torch.ones(rows, dtype=torch.bool, device=device)
+    return done.to(device=device, dtype=torch.bool)  # type: ignore[union-attr]
+
+
+def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: torch.Tensor, shape: Sequence[int],
+               options: SamplingOptions, conditioning: Conditioning | None, monitor: StepMonitor | None,
+               trace: list[StepInfo] | None) -> _Batch:
+    device, dtype, schedule = model.device, model.dtype, model.schedule
     generators = [sample_generator(options.seed, int(i)) for i in indices]
     x = draw_noise(generators, shape).to(device=device, dtype=dtype)
     rows = len(indices)
     out = torch.empty_like(x)
     nfe = torch.zeros(rows, dtype=torch.int64, device=device)
-    first_bad = torch.full((rows,), -1, dtype=torch.int64, device=device)
-    active = torch.arange(rows, device=device)
+    rejected = torch.zeros_like(nfe)
+    first_bad, bad_t = torch.full_like(nfe, -1), torch.full_like(nfe, -1)
+    active, active_host = torch.arange(rows, device=device), torch.arange(rows)
+    cond = conditioning.select(indices) if conditioning is not None else None
+    t, memory = planner.start(rows, schedule, device)
+    anchor: Point | None = None
     state = SolverState()
-    for k in range(len(schedule.timesteps)):
-        t_rows = schedule.timesteps[k].expand(len(active))
-        t_prev_rows = schedule.t_prevs[k].expand(len(active))
-        cond = conditioning.select(indices[active.cpu()]) if conditioning is not None else None
-        pred = model(x, t_rows, cond)
+    log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, t, accepted) per evaluation
+    # a static list without a monitor ends every row at its last entry, known here: no host sync per step
+    fixed_length = len(planner.timesteps) if isinstance(planner, StaticPlan) and monitor is None else None
+    if monitor is not None and hasattr(monitor, "reset"):
+        monitor.reset()
+    step = 0
+    while len(active_host):
+        pred = model(x, t, cond)
         nfe[active] += 1
         bad = pred.nonfinite_rows()
-        first_bad[active] = torch.where(bad & (first_bad[active] < 0), k, first_bad[active])
+        new_bad = bad & (first_bad[active] < 0)
+        first_bad[active] = torch.where(new_bad, step, first_bad[active])
+        bad_t[active] = torch.where(new_bad, t, bad_t[active])
+        decision = planner.decide(StepObservation(t, pred.x0, None if anchor is None else anchor_t,
+                                                  None if anchor is None else anchor.x0, memory), schedule)
+        accept, t_next = decision.accept.to(device), decision.t_next.to(device)
+        if anchor is None:
+            accept = torch.ones_like(accept)
+        if monitor is not None or trace is not None:
+            info = StepInfo(step, t, t_next, x, pred.x0, pred.eps, indices[active_host])
+            if trace is not None:
+                trace.append(StepInfo(step, t.cpu(), t_next.cpu(), x.cpu(), pred.x0.cpu(), pred.eps.cpu(),
+                                      info.sample_indices))
+            done = _done_mask(monitor(info), len(t), device) if monitor is not None else None
+            if done is not None:
+                accept, t_next = accept | done, torch.where(done, -1, t_next)
+        if fixed_length is None:
+            # a row with a non-finite output ends now: a planner could otherwise retry it forever
+            accept, t_next = accept | bad, torch.where(bad, -1, t_next)
+        log.append((active, t, accept))
+        rejected[active] += (~accept).long()
+        alpha_bar = _per_row(schedule.alpha_bar(t).to(dtype), x.ndim)
+        anchor = solver.accept(Point(x, pred.x0, pred.eps, alpha_bar), anchor, accept, state)
+        anchor_t = torch.where(accept, t, anchor_t) if step else t
         noise = None
         if options.eta > 0:
-            noise = draw_noise([generators[i] for i in active.tolist()], shape).to(device=device, dtype=dtype)
-        x_next = solver.step(k, x, pred, schedule, state, noise)
-        if callback is not None or trace is not None:
-            info = StepInfo(k, t_rows, t_prev_rows, x, pred.x0, pred.eps, indices[active.cpu()])
-            if trace is not None:
-                trace.append(StepInfo(k, info.t.cpu(), info.t_prev.cpu(), x.cpu(), pred.x0.cpu(), pred.eps.cpu(),
-                                      info.sample_indices))
-            decision = callback(info) if callback is not None else None
-            if decision is not None and decision is not False:
-                done = (torch.ones(len(active), dtype=torch.bool, device=device) if decision is True
-                        else decision.to(device=device, dtype=torch.bool))
-                out[active[done]] = pred.x0[done]
-                active, x_next = active[~done], x_next[~done]
-                state.keep(~done)
-        x = x_next
-        if len(active) == 0:
-            break
-    # after the last pair (t_prev = -1, ᾱ = 1) x equals x̂0 of the last step
-    out[active] = x
-    return out, nfe, first_bad
+            noise = draw_noise([generators[i] for i in active_host.tolist()], shape).to(device=device, dtype=dtype)
+        x = solver.step(anchor, _per_row(schedule.alpha_bar(t_next).to(dtype), x.ndim), state, options.eta, noise)
+        t, memory = t_next, decision.memory
+        step += 1
+        if fixed_length is not None:
+            if step < fixed_length:
+                continue
+            finished_host = torch.ones(len(active_host), dtype=torch.bool)
+        else:
+            invalid = (t >= 0) & (t >= anchor_t)
+            flags = torch.stack([t < 0, invalid]).cpu()  # the one host sync of a step whose rows may leave
+            if bool(flags[1].any()):
+                row = int(flags[1].nonzero()[0])
+                raise ValueError(f"t_next: planner {planner.name!r} chose {int(t[row])} after accepted timestep "
+                                 f"{int(anchor_t[row])}; it must lie in [-1, {int(anchor_t[row]) - 1}]")
+            finished_host = flags[0]
+        if not bool(finished_host.any()):
+            continue
+        finished = finished_host.to(device)
+        out[active[finished]] = x[finished]
+        going, going_host = ~finished, ~finished_host
+        active, active_host = active[going], active_host[going_host]
+        x, t, memory, anchor_t = x[going], t[going], memory[going], anchor_t[going]
+        anchor = anchor.keep(going)
+        state.keep(going)
+        if cond is not None:
+            cond = conditioning.select(indices[active_host])  # type: ignore[union-attr]
+        if monitor is not None and hasattr(monitor, "keep"):
+            monitor.keep(going)
+    return _Batch(out, _accepted_timesteps(log, rows), nfe.cpu(), rejected.cpu(), first_bad.cpu(), bad_t.cpu())
+
+
+def _accepted_timesteps(log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rows: int) -> list[list[int]]:
+    """Each row's accepted timesteps, in order, from the per-evaluation log (one transfer per batch)."""
+    row_ids = torch.cat([entry[0] for entry in log]).cpu()
+    ts = torch.cat([entry[1] for entry in log]).cpu()
+    accepted = torch.cat([entry[2] for entry in log]).cpu()
+    return [ts[(row_ids == r) & accepted].tolist() for r in range(rows)]
 
 
 @torch.inference_mode()
 def sample(
     model: ModelAdapter,
-    timesteps: Sequence[int] | torch.Tensor,
+    plan: Sequence[int] | torch.Tensor | Planner,
     shape: Sequence[int],
     n: int,
     *,
     batch_size: int = 64,
     seed: int = 0,
     eta: float = 0.0,
+    solver: Solver | None = None,
+    monitor: StepMonitor | None = None,
     conditioning: Conditioning | None = None,
-    callback: StepCallback | None = None,
     trace: bool = False,
     progress: bool = False,
-    solver: Solver | None = None,
 ) -> SampleResult:
-    """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021) over the explicit list.
+    """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021).
 
-    Each consecutive pair (t, t_prev) is one step; the last step goes to t_prev = -1 (ᾱ = 1) and returns x̂0.
-    Sample i draws its initial noise, then one η-noise per step, from its own generator seeded by (seed, i), so
-    with the model's fixed `network_rows` it is bitwise identical on CPU whatever the batch size or composition.
-    Raises NonFiniteOutputError (keeping the finished batches) if the model outputs NaN or Inf.
+    `plan` is an explicit timestep list (each consecutive pair is one step, the last goes to t_prev = -1 and
+    returns x̂0) or a `Planner` that picks each sample's steps while sampling (e.g. `StepSizeControl`). A
+    `monitor` may end samples early (see `StepMonitor`). Sample i draws its initial noise, then one η-noise per
+    step, from its own generator seeded by (seed, i), so with the model's fixed `network_rows` it is bitwise
+    identical on CPU whatever the batch size or composition. Raises NonFiniteOutputError (keeping the finished
+    batches) if the model outputs NaN or Inf.
     """
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, eta=eta, trace=trace)
-    ts = validate_timesteps(timesteps, model.schedule.num_train_timesteps)
+    planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
     solver = solver or DDIM()
     if options.eta > 0 and not solver.supports_eta:
         raise ValueError(f"eta: {options.eta} needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
-    schedule = _step_schedule(model, ts, options.eta)
     steps_trace: list[StepInfo] | None = [] if options.trace else None
-    samples, nfes = [], []
+    batches: list[_Batch] = []
     start_time = time.perf_counter()
     starts = range(0, options.n, options.batch_size)
     for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
         indices = torch.arange(start, min(start + options.batch_size, options.n))
-        out, nfe, first_bad = _run_batch(model, solver, schedule, indices, shape, options, conditioning, callback,
-                                         steps_trace)
-        bad_rows = (first_bad >= 0).nonzero().flatten()  # one host sync per batch, not per step
+        batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace)
+        bad_rows = (batch.first_bad >= 0).nonzero().flatten()
         if len(bad_rows):
-            step = int(first_bad[bad_rows].min())
-            partial = _result(samples, nfes, ts, start_time, steps_trace, shape)
-            raise NonFiniteOutputError(step, int(ts[step]), [int(indices[i]) for i in bad_rows.cpu()], partial)
-        samples.append(out.float().cpu())
-        nfes.append(nfe.cpu())
-    return _result(samples, nfes, ts, start_time, steps_trace, shape)
+            first = bad_rows[batch.first_bad[bad_rows].argmin()]
+            partial = _result(batches, shape, start_time, steps_trace)
+            raise NonFiniteOutputError(int(batch.first_bad[first]), int(batch.bad_t[first]),
+                                       [int(indices[i]) for i in bad_rows], partial)
+        batches.append(batch)
+    return _result(batches, shape, start_time, steps_trace)
 
 
-def _step_schedule(model: ModelAdapter, ts: torch.Tensor, eta: float) -> StepSchedule:
-    ts = ts.to(model.device)
-    t_prevs = torch.cat([ts[1:], ts.new_full((1,), -1)])
-    return StepSchedule(ts, t_prevs, model.schedule.alpha_bar(ts).to(model.dtype),
-                        model.schedule.alpha_bar(t_prevs).to(model.dtype), eta)
-
-
-def _result(samples: list[torch.Tensor], nfes: list[torch.Tensor], ts: torch.Tensor, start_time: float,
-            trace: list[StepInfo] | None, shape: Sequence[int]) -> SampleResult:
+def _result(batches: list[_Batch], shape: Sequence[int], start_time: float,
+            trace: list[StepInfo] | None) -> SampleResult:
+    empty = torch.zeros(0, dtype=torch.int64)
     return SampleResult(
-        samples=torch.cat(samples) if samples else torch.zeros((0, *shape)),
-        timesteps=ts,
-        nfe=torch.cat(nfes) if nfes else torch.zeros(0, dtype=torch.int64),
+        samples=torch.cat([b.samples.float().cpu() for b in batches]) if batches else torch.zeros((0, *shape)),
+        timesteps=[ts for b in batches for ts in b.timesteps],
+        nfe=torch.cat([b.nfe for b in batches]) if batches else empty,
+        rejected=torch.cat([b.rejected for b in batches]) if batches else empty,
         wall_s=time.perf_counter() - start_time,
         trace=trace,
     )

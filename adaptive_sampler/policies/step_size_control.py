@@ -1,4 +1,4 @@
-"""A dynamic policy: each sample picks its own next timestep from how much its x̂0 moved (an adaptive step size).
+"""A planner: each sample picks its own next timestep from how much its x̂0 moved (an adaptive step size).
 
 The controller follows adaptive ODE solvers (Hairer, Nørsett & Wanner, "Solving Ordinary Differential Equations I",
 §II.4): estimate the local error of the step just taken, accept it if the error is within the tolerance, otherwise
@@ -15,49 +15,12 @@ and the sampler counts it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adaptive_sampler.noise_schedule import NoiseSchedule
-
-
-@dataclass(frozen=True)
-class StepObservation:
-    """What the active rows saw at their latest evaluation, row-aligned.
-
-    `t` is where the network just ran; `t_from` and `x0_from` are the last accepted point the step started from
-    (None at the first evaluation, t = T-1); `memory` is the per-row value the policy returned last time.
-    """
-
-    t: torch.Tensor
-    x0: torch.Tensor
-    t_from: torch.Tensor | None
-    x0_from: torch.Tensor | None
-    memory: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class StepDecision:
-    """Per row: whether the step to `t` is accepted, the next timestep to evaluate (ignored for a row that is
-    accepted at t = 0: it is finished), the per-row error estimate, and the memory handed back next time."""
-
-    accept: torch.Tensor
-    t_next: torch.Tensor
-    error: torch.Tensor
-    memory: torch.Tensor
-
-
-@runtime_checkable
-class DynamicPolicy(Protocol):
-    """Chooses every sample's next timestep at run time. A rejected row retries from its last accepted point, so
-    `t_next` must lie below the row's last accepted timestep (the sampler checks)."""
-
-    name: str
-
-    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision: ...
+from adaptive_sampler.planner import StepDecision, StepObservation
 
 
 class StepSizeControl(BaseModel):
@@ -81,14 +44,18 @@ class StepSizeControl(BaseModel):
     def name(self) -> str:
         return f"adaptive:{self.tolerance:g}"
 
+    def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.full((rows,), schedule.num_train_timesteps - 1, dtype=torch.int64, device=device)
+        return t, torch.zeros(rows, dtype=torch.float64, device=device)
+
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
         lam = schedule.log_snr().to(observation.t.device)
         t = observation.t
-        if observation.t_from is None or observation.x0_from is None or observation.memory is None:
+        if observation.t_from is None or observation.x0_from is None:
             # the first evaluation (t = T-1) ends no step: accept it and take the initial step
             step = torch.full(t.shape, self.initial_step, dtype=torch.float64, device=t.device)
-            return StepDecision(torch.ones_like(t, dtype=torch.bool), _timestep_at(lam, lam[t] + step, t),
-                                torch.zeros_like(step), step)
+            return StepDecision(torch.ones_like(t, dtype=torch.bool), _timestep_at(lam, lam[t] + step, t), step,
+                                torch.zeros_like(step))
         t_from = observation.t_from
         h = lam[t] - lam[t_from]
         phi = torch.where(h > 1e-6, (h + torch.expm1(-h)) / h.clamp(min=1e-6), h / 2)  # (h - 1 + e^-h) / h
@@ -100,7 +67,9 @@ class StepSizeControl(BaseModel):
         factor = (self.safety * ratio).clamp(self.min_factor, self.max_factor)
         step = h * factor
         start = torch.where(accept, t, t_from)
-        return StepDecision(accept, _timestep_at(lam, lam[start] + step, start), error, step)
+        # a row accepted at t = 0 is finished: its last step goes to -1 and returns x̂0
+        t_next = torch.where(accept & (t == 0), -1, _timestep_at(lam, lam[start] + step, start))
+        return StepDecision(accept, t_next, step, error)
 
 
 def _timestep_at(lam: torch.Tensor, target: torch.Tensor, below: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Solvers: the update rule of a sampling run, chosen like a policy."""
 
-from adaptive_sampler.solvers.base import Solver, SolverState, StepSchedule
+from adaptive_sampler.solvers.base import Point, Solver, SolverState
 from adaptive_sampler.solvers.ddim import DDIM, ddim_sigma, ddim_step
 from adaptive_sampler.solvers.dpmpp_2m import DPMSolverPP2M
 from adaptive_sampler.solvers.unipc import UniPC
@@ -15,5 +15,5 @@ def make_solver(name: str) -> Solver:
     return SOLVERS[name]()
 
 
-__all__ = ["DDIM", "DPMSolverPP2M", "SOLVERS", "Solver", "SolverState", "StepSchedule", "UniPC", "ddim_sigma",
+__all__ = ["DDIM", "DPMSolverPP2M", "Point", "SOLVERS", "Solver", "SolverState", "UniPC", "ddim_sigma",
            "ddim_step", "make_solver"]

@@ -1,29 +1,34 @@
-"""What a solver is: the update from x_t to x_{t_prev} given the denoiser's prediction, over an explicit list."""
+"""What a solver is: the update from a row's last accepted point to its next timestep, with per-row history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import torch
 
-from adaptive_sampler.model_adapter import Prediction
-
 
 @dataclass(frozen=True)
-class StepSchedule:
-    """The run's explicit (t, t_prev) pairs and their ᾱ values (t_prev = -1 has ᾱ = 1), on the sampling device."""
+class Point:
+    """An evaluated point per row: x_t, the prediction there (x̂0, ε̂) and ᾱ_t shaped [rows, 1, ...] to broadcast."""
 
-    timesteps: torch.Tensor
-    t_prevs: torch.Tensor
-    alpha_bars: torch.Tensor
-    alpha_bars_prev: torch.Tensor
-    eta: float
+    x: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+    alpha_bar: torch.Tensor
+
+    def where(self, rows: torch.Tensor, other: Point) -> Point:
+        """This point on `rows` (bool [rows]), `other` elsewhere."""
+        mask = rows.view(-1, *([1] * (self.x.ndim - 1)))
+        return Point(*(torch.where(mask, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+
+    def keep(self, rows: torch.Tensor) -> Point:
+        return Point(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 @dataclass
 class SolverState:
-    """Per-sample history a multistep solver carries between steps, row-aligned with the active samples.
+    """Per-row history a multistep solver carries between accepted steps, row-aligned with the active samples.
 
     When samples leave the batch, `keep` drops their rows so every remaining sample keeps its own history.
     """
@@ -34,11 +39,42 @@ class SolverState:
         self.tensors = {name: value[rows] for name, value in self.tensors.items()}
 
 
+def push_history(anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> None:
+    """On accepted rows, the old anchor becomes the previous point (x̂0 and ᾱ); `has_prev` marks rows that have one.
+
+    Multistep solvers use it to pick their order per row: first order without a previous point.
+    """
+    if anchor is None:
+        rows = len(accepted)
+        state.tensors = {"has_prev": torch.zeros(rows, dtype=torch.bool, device=accepted.device)}
+        return
+    mask = accepted.view(-1, *([1] * (anchor.x0.ndim - 1)))
+    old = state.tensors
+    state.tensors = {
+        "x0_prev": torch.where(mask, anchor.x0, old["x0_prev"]) if "x0_prev" in old else anchor.x0,
+        "alpha_bar_prev": torch.where(mask, anchor.alpha_bar, old["alpha_bar_prev"]) if "alpha_bar_prev" in old
+        else anchor.alpha_bar,
+        "has_prev": old["has_prev"] | accepted,
+    }
+
+
 class Solver(Protocol):
-    """One sampling algorithm. `step` returns x at t_prev of step k; `noise` is given only when η > 0."""
+    """One sampling algorithm over per-row (t, t_prev) pairs.
+
+    `accept` makes the newly evaluated point the rows' anchor where `accepted` (a corrector may refine its x) and
+    keeps the old anchor elsewhere; `step` goes from the anchor to ᾱ_to (ᾱ = 1 returns x̂0). `noise` is given only
+    when η > 0.
+    """
 
     name: str
     supports_eta: bool
 
-    def step(self, k: int, x: torch.Tensor, pred: Prediction, schedule: StepSchedule, state: SolverState,
+    def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point: ...
+
+    def step(self, anchor: Point, alpha_bar_to: torch.Tensor, state: SolverState, eta: float,
              noise: torch.Tensor | None) -> torch.Tensor: ...
+
+
+def replace_anchor(new: Point, anchor: Point | None, accepted: torch.Tensor) -> Point:
+    """`new` on accepted rows, the old anchor elsewhere (the first evaluation of a batch is always accepted)."""
+    return new if anchor is None else new.where(accepted, anchor)

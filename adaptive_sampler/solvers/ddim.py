@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_sampler.model_adapter import Prediction
-from adaptive_sampler.solvers.base import SolverState, StepSchedule
+from adaptive_sampler.solvers.base import Point, SolverState, replace_anchor
 
 
 def ddim_sigma(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
@@ -35,11 +34,14 @@ def ddim_step(
 
 
 class DDIM:
-    """DDIM with η ∈ [0, 1] over explicit (t, t_prev) pairs; single-step, so it keeps no history."""
+    """DDIM with η ∈ [0, 1] over per-row (t, t_prev) pairs; single-step, so it keeps no history."""
 
     name = "ddim"
     supports_eta = True
 
-    def step(self, k: int, x: torch.Tensor, pred: Prediction, schedule: StepSchedule, state: SolverState,
+    def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point:
+        return replace_anchor(new, anchor, accepted)
+
+    def step(self, anchor: Point, alpha_bar_to: torch.Tensor, state: SolverState, eta: float,
              noise: torch.Tensor | None) -> torch.Tensor:
-        return ddim_step(pred.x0, pred.eps, schedule.alpha_bars[k], schedule.alpha_bars_prev[k], schedule.eta, noise)
+        return ddim_step(anchor.x0, anchor.eps, anchor.alpha_bar, alpha_bar_to, eta, noise)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adaptive_sampler.model_adapter import Prediction
-from adaptive_sampler.solvers.base import SolverState, StepSchedule
+from adaptive_sampler.solvers.base import Point, SolverState, push_history, replace_anchor
 
 
 @dataclass(frozen=True)
@@ -26,26 +25,35 @@ def noise_level(alpha_bar: torch.Tensor) -> NoiseLevel:
     return NoiseLevel(alpha, sigma, alpha.log() - sigma.log())
 
 
-class DPMSolverPP2M:
-    """DPM-Solver++(2M) over explicit (t, t_prev) pairs, deterministic, on x̂0 (`Prediction.x0`).
+def second_order_rows(state: SolverState, alpha_bar_to: torch.Tensor) -> torch.Tensor:
+    """Rows whose step may be second order: they have a previous point and do not end at σ = 0 (broadcastable)."""
+    return state.tensors["has_prev"].view_as(alpha_bar_to) & (alpha_bar_to < 1)
 
-    Step k from s = t_k to t = t_prev with h = λ_t - λ_s:
-        x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h} - 1)·D,  D = x̂0_k + (x̂0_k - x̂0_{k-1}) / (2r),  r = (λ_s - λ_{k-1}) / h.
-    The first step has no history and the last step (to σ = 0) is first order (D = x̂0_k, i.e. DDIM), as in
-    diffusers' DPMSolverMultistepScheduler with solver_order=2 and final_sigmas_type="zero"; there the last
-    step returns x̂0_k exactly. Each sample's previous x̂0 lives in `state.tensors["x0_prev"]`.
+
+class DPMSolverPP2M:
+    """DPM-Solver++(2M) over per-row (t, t_prev) pairs, deterministic, on x̂0.
+
+    A step from the anchor s to t with h = λ_t - λ_s:
+        x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h} - 1)·D,  D = x̂0_s + (x̂0_s - x̂0_p) / (2r),  r = (λ_s - λ_p) / h,
+    p being the row's previous accepted point. A row's first step has no p and a step to σ = 0 is first order
+    (D = x̂0_s, i.e. DDIM), as in diffusers' DPMSolverMultistepScheduler with solver_order=2 and
+    final_sigmas_type="zero"; there the last step returns x̂0_s exactly. The order is decided per row.
     """
 
     name = "dpmpp-2m"
     supports_eta = False
 
-    def step(self, k: int, x: torch.Tensor, pred: Prediction, schedule: StepSchedule, state: SolverState,
+    def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point:
+        push_history(anchor, accepted, state)
+        return replace_anchor(new, anchor, accepted)
+
+    def step(self, anchor: Point, alpha_bar_to: torch.Tensor, state: SolverState, eta: float,
              noise: torch.Tensor | None) -> torch.Tensor:
-        s, t = noise_level(schedule.alpha_bars[k]), noise_level(schedule.alpha_bars_prev[k])
+        s, t = noise_level(anchor.alpha_bar), noise_level(alpha_bar_to)
         h = t.lam - s.lam
-        d = pred.x0
-        if 0 < k < len(schedule.timesteps) - 1:
-            r = (s.lam - noise_level(schedule.alpha_bars[k - 1]).lam) / h
-            d = d + 0.5 / r * (pred.x0 - state.tensors["x0_prev"])
-        state.tensors["x0_prev"] = pred.x0
-        return t.sigma / s.sigma * x - t.alpha * torch.expm1(-h) * d
+        d = anchor.x0
+        if "x0_prev" in state.tensors:
+            r = (s.lam - noise_level(state.tensors["alpha_bar_prev"]).lam) / h
+            second = d + 0.5 / r * (anchor.x0 - state.tensors["x0_prev"])
+            d = torch.where(second_order_rows(state, alpha_bar_to), second, d)
+        return t.sigma / s.sigma * anchor.x - t.alpha * torch.expm1(-h) * d

@@ -1,0 +1,83 @@
+"""What a planner is: per row, accept or reject the step just evaluated and choose the next timestep.
+
+Every row of the sampling loop carries its own current t and its own next t. After each network evaluation the
+planner sees the rows' new x̂0 and the last accepted point they stepped from, and returns per row whether that step
+is accepted and where to evaluate next (t_next = -1 ends the row: ᾱ = 1, the step returns x̂0). A static list is
+the planner that accepts every step and walks its list; `StepSizeControl` accepts or rejects; a monitor's "done"
+sends a row to -1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.timesteps import validate_timesteps
+
+
+@dataclass(frozen=True)
+class StepObservation:
+    """What the active rows saw at their latest evaluation, row-aligned.
+
+    `t` is where the network just ran; `t_from` and `x0_from` are the last accepted point the step started from
+    (None at a batch's first evaluation); `memory` is the per-row value the planner returned last time.
+    """
+
+    t: torch.Tensor
+    x0: torch.Tensor
+    t_from: torch.Tensor | None
+    x0_from: torch.Tensor | None
+    memory: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """Per row: whether the step to `t` is accepted, the next timestep (-1 = finish with x̂0), the per-row memory
+    handed back next time, and the planner's error estimate (zeros where it has none)."""
+
+    accept: torch.Tensor
+    t_next: torch.Tensor
+    memory: torch.Tensor
+    error: torch.Tensor
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """Chooses every row's next timestep. The first evaluation of a batch is always accepted; a rejected row retries
+    from its last accepted point, so `t_next` must lie below that point's timestep (the loop checks)."""
+
+    name: str
+
+    def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first timestep [rows] (int64) and the initial memory [rows]."""
+        ...
+
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision: ...
+
+
+class StaticPlan:
+    """The planner of an explicit list: every row accepts every step and walks the list, the last step to -1.
+
+    Its memory is the row's position in the list. Rows only leave early through a monitor, so the loop knows the
+    number of evaluations in advance and needs no host synchronisation per step.
+    """
+
+    name = "static"
+
+    def __init__(self, timesteps: Sequence[int] | torch.Tensor, num_train_timesteps: int) -> None:
+        self.timesteps = validate_timesteps(timesteps, num_train_timesteps)
+
+    def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.timesteps[:1].to(device).expand(rows).clone()
+        return t, torch.zeros(rows, dtype=torch.int64, device=device)
+
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
+        position = observation.memory + 1
+        table = torch.cat([self.timesteps, self.timesteps.new_full((1,), -1)]).to(position.device)
+        t_next = table[position.clamp(max=len(self.timesteps))]
+        accept = torch.ones_like(position, dtype=torch.bool)
+        return StepDecision(accept, t_next, position, torch.zeros(len(position), device=position.device))
