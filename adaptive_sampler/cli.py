@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,13 +15,12 @@ import torch
 import typer
 from pydantic import ValidationError
 
-from adaptive_sampler.schedules.catalogue import list_entries, load_entry
-from adaptive_sampler.dynamic_sampler import DynamicSampleResult, sample_dynamic
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
 from adaptive_sampler.policies import POLICY_NAMES, make_policy
-from adaptive_sampler.policies.step_size_control import StepSizeControl, parse_dynamic_policy
+from adaptive_sampler.policies.step_size_control import parse_dynamic_policy
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
+from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 from adaptive_sampler.solvers import SOLVERS, make_solver
 from adaptive_sampler.tuning.command import tune_command
 
@@ -72,7 +71,7 @@ def _save_grid(samples: torch.Tensor, path: Path) -> None:
 # Options shared by the commands that draw samples.
 ModelOpt = Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")]
 PolicyOpt = Annotated[str, typer.Option(
-    help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control, DDIM only)")]
+    help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control)")]
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
 TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
 EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
@@ -92,13 +91,13 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's re
 class _Drawn:
     loaded: LoadedModel
     policy: str
-    result: SampleResult | DynamicSampleResult
-    stopped_by: list[str | None]  # per sample: the monitor that stopped it early, None if it ran every step
+    result: SampleResult
+    planned: list[int] | None  # the policy's list; None when every sample chose its own timesteps
+    stopped_by: list[str | None]  # per sample: the monitor that stopped it early, None if it ran to the end
 
     @property
     def steps(self) -> int | None:
-        """The planned step count; None when every sample chose its own timesteps."""
-        return len(self.result.timesteps) if isinstance(self.result, SampleResult) else None
+        return len(self.planned) if self.planned is not None else None
 
     @property
     def steps_text(self) -> str:
@@ -106,10 +105,10 @@ class _Drawn:
 
     def report(self, **extra: Any) -> dict[str, Any]:
         result = self.result
-        if isinstance(result, DynamicSampleResult):
+        if self.planned is None:
             timesteps = {"timesteps_per_sample": result.timesteps, "rejected_per_sample": result.rejected.tolist()}
         else:
-            timesteps = {"timesteps": result.timesteps.tolist()}
+            timesteps = {"timesteps": self.planned}
         return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
                 "stopped_by": self.stopped_by, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
@@ -123,29 +122,27 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
     Inf, the batches finished before it are saved next to --save."""
     if timesteps is not None and policy not in ("uniform", "explicit"):
         raise CliError(f"--timesteps: given together with --policy {policy!r}; an explicit list is its own policy")
+    if policy.startswith("adaptive") and steps is not None:
+        raise CliError(f"--steps: not allowed with --policy {policy}; the controller picks each sample's steps")
     policy_name = "explicit" if timesteps is not None else policy
     try:
         update_rule = make_solver(solver)
-        controller = _dynamic_policy(policy, steps, eta, solver, monitor)
+        controller = parse_dynamic_policy(policy) if policy.startswith("adaptive") else None
         loaded = load_model(model, allow_pickle=allow_pickle, device=device)
         if check is not None:
             check(loaded)
         adapter = loaded.adapter(network_rows=network_rows or None)
-        watch = None
-        if controller is not None:
-            policy_name = controller.name
-            result: SampleResult | DynamicSampleResult = sample_dynamic(
-                adapter, controller, loaded.sample_shape, n, batch_size=batch_size, seed=seed, progress=True)
-        else:
-            planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule)
-            # one AnyOf over every --monitor, so it can say which of them stopped each sample
-            watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned)) for spec in monitor)) \
-                if monitor else None
-            result = sample(adapter, planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed, eta=eta,
-                            progress=True, solver=update_rule, callback=watch.as_callback() if watch else None)
+        planned = None
+        if controller is None:
+            planned = make_policy(policy_name, _parse_timesteps(timesteps)).timesteps(steps, adapter.schedule).tolist()
+        # one AnyOf over every --monitor, so it can say which of them stopped each sample
+        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None)
+                        for spec in monitor)) if monitor else None
+        result = sample(adapter, controller or planned, loaded.sample_shape, n, batch_size=batch_size, seed=seed,
+                        eta=eta, progress=True, solver=update_rule, monitor=watch)
     except LPIPSWeightsMissingError as exc:
         raise CliError(f"--monitor: {exc}") from None
-    except NonFiniteOutputError as exc:  # both samplers keep the finished batches in .partial
+    except NonFiniteOutputError as exc:  # the finished batches are kept in .partial
         if save is not None and len(exc.partial.samples):
             partial = save.with_suffix(".partial.npy")
             np.save(partial, exc.partial.samples.numpy())
@@ -155,24 +152,10 @@ def _draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta
         raise _flag_error(exc) from None
     if save is not None:
         np.save(save, result.samples.numpy().astype(np.float32))
-    if watch is None:
-        return _Drawn(loaded, policy_name, result, [None] * n)
-    return _Drawn(loaded, policy_name, result, [watch.stopped_by.get(i) if nfe < len(result.timesteps) else None
-                                                for i, nfe in enumerate(result.nfe.tolist())])
-
-
-def _dynamic_policy(policy: str, steps: int | None, eta: float, solver: str,
-                    monitor: list[str] | None) -> StepSizeControl | None:
-    """The step-size controller of `--policy adaptive:TOL`, refusing the flags it cannot honour; else None."""
-    if not policy.startswith("adaptive"):
-        return None
-    conflicts = [("--steps", steps is not None, "the controller picks each sample's steps"),
-                 ("--eta", eta != 0, "it runs DDIM with η = 0"), ("--solver", solver != "ddim", "it runs DDIM"),
-                 ("--monitor", bool(monitor), "the controller decides when each sample ends")]
-    for flag, given, why in conflicts:
-        if given:
-            raise CliError(f"{flag}: not allowed with --policy {policy}; {why}")
-    return parse_dynamic_policy(policy)
+    stopped_by: list[str | None] = [None] * n
+    if watch is not None:
+        stopped_by = [watch.stopped_by.get(i) for i in range(n)]
+    return _Drawn(loaded, controller.name if controller else policy_name, result, planned, stopped_by)
 
 
 @app.command("sample")
@@ -214,7 +197,7 @@ def eval_command(
     from rich.console import Console
     from rich.table import Table
 
-    from adaptive_sampler.evaluation import EvaluationReport, check_embedded_space, score_samples
+    from adaptive_sampler.metrics.evaluation import EvaluationReport, check_embedded_space, score_samples
 
     drawn = _draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
                   allow_pickle, save, check=lambda m: check_embedded_space(m.sample_shape, n))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from adaptive_sampler.cli import app, main
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
-from conftest import TINY_SHAPE, build_tiny_unet
+from helpers import TINY_SHAPE, build_tiny_unet
 
 SD15_AYS = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
 
@@ -99,8 +99,22 @@ def test_sample_with_the_adaptive_policy_reports_per_sample_timesteps_and_reject
     assert data["policy"] == "adaptive:0.05" and data["steps"] is None and "timesteps" not in data
     per_sample = data["timesteps_per_sample"]
     assert len(per_sample) == 3 and all(ts[0] == 999 and ts[-1] == 0 for ts in per_sample)
-    assert data["nfe_per_sample"] == [len(ts) + r for ts, r in zip(per_sample, data["rejected_per_sample"])]
+    rejected = data["rejected_per_sample"]
+    assert data["nfe_per_sample"] == [len(ts) + r for ts, r in zip(per_sample, rejected, strict=True)]
     assert np.load(save).shape == (3, *TINY_SHAPE)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "unipc"])
+def test_adaptive_policy_with_a_multistep_solver_and_a_monitor(tiny_dir, tmp_path, solver):
+    report = tmp_path / "r.json"
+    result = invoke("sample", "--model", tiny_dir, "--policy", "adaptive:0.05", "--solver", solver,
+                    "--monitor", "max-nfe:12", "--n", 3, "--json", report)
+    assert f"3 samples, per-sample steps (adaptive:0.05, {solver})" in result.stdout
+    data = json.loads(report.read_text())
+    assert max(data["nfe_per_sample"]) <= 12
+    assert all(by in (None, "max-nfe:12") for by in data["stopped_by"])
+    assert data["nfe_per_sample"] == [len(ts) + r for ts, r in
+                                      zip(data["timesteps_per_sample"], data["rejected_per_sample"], strict=True)]
 
 
 def test_pickled_weights_are_accepted_with_allow_pickle(pickled_dir, tmp_path):
@@ -145,9 +159,10 @@ ERROR_CASES = [
     pytest.param(["--policy", "adaptive:x"], ["--policy", "'x'"], id="adaptive-tolerance-not-a-number"),
     pytest.param(["--policy", "adaptive:0"], ["--policy", "positive"], id="adaptive-tolerance-0"),
     pytest.param(["--policy", "adaptive:0.01", "--steps", "10"], ["--steps", "adaptive"], id="adaptive-steps"),
-    pytest.param(["--policy", "adaptive:0.01", "--solver", "unipc"], ["--solver"], id="adaptive-solver"),
-    pytest.param(["--policy", "adaptive:0.01", "--eta", "0.5"], ["--eta"], id="adaptive-eta"),
-    pytest.param(["--policy", "adaptive:0.01", "--monitor", "x0-l2:0.1"], ["--monitor"], id="adaptive-monitor"),
+    pytest.param(["--policy", "adaptive:0.01", "--solver", "unipc", "--eta", "0.5"], ["--eta", "deterministic"],
+                 id="adaptive-unipc-eta"),
+    pytest.param(["--policy", "adaptive:0.01", "--monitor", "x0-l2"], ["--monitor", "no threshold"],
+                 id="adaptive-monitor-without-threshold"),
 ]
 
 
@@ -227,7 +242,7 @@ def test_console_script_errors_are_one_line_without_traceback(tiny_dir, pickled_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([*_console_script(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for args, _, _ in cases]
-    for proc, (args, start, words) in zip(procs, cases):
+    for proc, (args, start, words) in zip(procs, cases, strict=True):
         _, err = proc.communicate(timeout=300)
         lines = err.strip().splitlines()
         assert proc.returncode != 0, args

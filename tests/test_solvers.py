@@ -20,7 +20,7 @@ from diffusers import (
 )
 
 from adaptive_sampler.cli import main
-from conftest import build_tiny_conditional_unet, build_tiny_unet
+from helpers import build_tiny_conditional_unet, build_tiny_unet
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -131,7 +131,7 @@ def test_early_exit_keeps_the_history_of_the_other_samples(unet, solver):
     def exit_sample_1_at_step_2(info):
         return (info.sample_indices == 1) if info.step == 2 else None
 
-    cut = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), callback=exit_sample_1_at_step_2)
+    cut = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), monitor=exit_sample_1_at_step_2)
     kept = [0, 2, 3]
     assert torch.equal(cut.samples[kept], full.samples[kept])
     assert torch.equal(cut.samples[1], full.trace[2].x0[1])

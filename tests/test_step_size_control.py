@@ -10,14 +10,13 @@ import torch
 from pydantic import ValidationError
 
 from adaptive_sampler import ModelAdapter, NonFiniteOutputError, sample
-from adaptive_sampler.dynamic_sampler import sample_dynamic
 from adaptive_sampler.policies.step_size_control import (
     StepDecision,
     StepObservation,
     StepSizeControl,
     parse_dynamic_policy,
 )
-from conftest import TINY_SHAPE
+from helpers import TINY_SHAPE
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def adapter(tiny_unet, tiny_config) -> ModelAdapter:
 
 
 def test_each_sample_equals_static_ddim_over_its_own_accepted_timesteps(adapter):
-    result = sample_dynamic(adapter, StepSizeControl(tolerance=0.01), TINY_SHAPE, 6, batch_size=6, seed=4)
+    result = sample(adapter, StepSizeControl(tolerance=0.01), TINY_SHAPE, 6, batch_size=6, seed=4)
     assert len({tuple(ts) for ts in result.timesteps}) > 1, "samples of one batch should walk different timesteps"
     for i, timesteps in enumerate(result.timesteps):
         assert timesteps[0] == 999 and timesteps[-1] == 0
@@ -35,7 +34,7 @@ def test_each_sample_equals_static_ddim_over_its_own_accepted_timesteps(adapter)
 
 
 def test_nfe_counts_every_evaluation_including_rejected_steps(adapter):
-    result = sample_dynamic(adapter, StepSizeControl(tolerance=0.003), TINY_SHAPE, 5, seed=1)
+    result = sample(adapter, StepSizeControl(tolerance=0.003), TINY_SHAPE, 5, seed=1)
     accepted = torch.tensor([len(ts) for ts in result.timesteps])
     assert torch.equal(result.nfe, accepted + result.rejected)
     assert int(result.rejected.sum()) > 0, "this tolerance should reject some steps on the random tiny UNet"
@@ -43,14 +42,14 @@ def test_nfe_counts_every_evaluation_including_rejected_steps(adapter):
 
 
 def test_tighter_tolerance_takes_more_steps(adapter):
-    nfe = [sample_dynamic(adapter, StepSizeControl(tolerance=tol), TINY_SHAPE, 4, seed=2).nfe_mean
+    nfe = [sample(adapter, StepSizeControl(tolerance=tol), TINY_SHAPE, 4, seed=2).nfe_mean
            for tol in (0.05, 0.01, 0.002)]
     assert nfe[0] < nfe[1] < nfe[2]
 
 
 def test_bitwise_identical_across_batch_sizes(adapter):
     policy = StepSizeControl(tolerance=0.01)
-    runs = [sample_dynamic(adapter, policy, TINY_SHAPE, 5, batch_size=bs, seed=9) for bs in (1, 2, 5)]
+    runs = [sample(adapter, policy, TINY_SHAPE, 5, batch_size=bs, seed=9) for bs in (1, 2, 5)]
     for run in runs[1:]:
         assert torch.equal(run.samples, runs[0].samples)
         assert run.timesteps == runs[0].timesteps and torch.equal(run.nfe, runs[0].nfe)
@@ -61,7 +60,7 @@ def test_unchanging_x0_grows_every_step_by_max_factor(adapter):
     plain scan of the λ table)."""
     model = ModelAdapter(lambda x, t, **kw: torch.zeros_like(x), adapter.schedule, prediction_type="sample")
     policy = StepSizeControl(tolerance=1e-3, initial_step=0.5, max_factor=3.0)
-    result = sample_dynamic(model, policy, TINY_SHAPE, 2, seed=0)
+    result = sample(model, policy, TINY_SHAPE, 2, seed=0)
     lam = adapter.schedule.log_snr().tolist()
 
     def reach(target: float, below: int) -> int:  # the smallest t whose λ does not pass the target
@@ -98,23 +97,26 @@ def test_a_rejected_step_retries_a_smaller_step_from_the_same_point(adapter):
     assert one_step.accept.tolist() == [True], "a one-timestep step is accepted whatever its error"
 
 
-def test_a_policy_that_does_not_move_down_is_refused_naming_t_next(adapter):
+def test_a_planner_that_does_not_move_down_is_refused_naming_t_next(adapter):
     class Stuck:
         name = "stuck"
+
+        def start(self, rows, schedule, device):
+            return torch.full((rows,), 999), torch.zeros(rows)
 
         def decide(self, observation: StepObservation, schedule) -> StepDecision:
             rows = observation.t.shape
             return StepDecision(torch.ones(rows, dtype=torch.bool), observation.t.clone(), torch.zeros(rows),
                                 torch.zeros(rows))
 
-    with pytest.raises(ValueError, match=r"^t_next: policy 'stuck' chose 999 after accepted timestep 999"):
-        sample_dynamic(adapter, Stuck(), TINY_SHAPE, 1)
+    with pytest.raises(ValueError, match=r"^t_next: planner 'stuck' chose 999 after accepted timestep 999"):
+        sample(adapter, Stuck(), TINY_SHAPE, 1)
 
 
 def test_nan_output_raises_naming_the_evaluation_and_keeps_finished_batches(adapter):
     policy = StepSizeControl(tolerance=0.01)
     zero = ModelAdapter(lambda x, t, **kw: torch.zeros_like(x), adapter.schedule, prediction_type="sample")
-    clean = sample_dynamic(zero, policy, TINY_SHAPE, 2, batch_size=2)
+    clean = sample(zero, policy, TINY_SHAPE, 2, batch_size=2)
     calls_per_batch = int(clean.nfe[0])  # one network call per evaluation: both rows fit in one call
     calls = {"n": 0}
 
@@ -124,7 +126,7 @@ def test_nan_output_raises_naming_the_evaluation_and_keeps_finished_batches(adap
 
     model = ModelAdapter(network, adapter.schedule, prediction_type="sample")
     with pytest.raises(NonFiniteOutputError) as caught:
-        sample_dynamic(model, policy, TINY_SHAPE, 4, batch_size=2)
+        sample(model, policy, TINY_SHAPE, 4, batch_size=2)
     err = caught.value
     assert (err.step, err.t, err.sample_indices) == (1, clean.timesteps[0][1], [2, 3])
     assert torch.equal(err.partial.samples, clean.samples)
