@@ -2,10 +2,10 @@
 
 For each solver and NFE (one network call per step for all three; UniPC's corrector reuses the step's call), the
 policies are: `uniform`; the best built-in policy at that solver and NFE among the other static policies (leading,
-trailing, quadratic, karras, logsnr, front-loaded), chosen by FID on a separate calibration set (--calibration-n samples from --calibration-seed);
-and the catalogue entry `learned:fashion-mnist/<solver>-<NFE>` where it exists. DDIM also runs uniform at
---ddim-nfe (default 50) as a high-NFE reference. FID/KID/precision/recall come from
-`adaptive_sampler.evaluation.score_samples` (the embedded feature space, against the 10,000 test images).
+trailing, quadratic, karras, logsnr, front-loaded), chosen by FID on a separate calibration set (--calibration-n
+samples from --calibration-seed); and the catalogue entry `learned:fashion-mnist/<solver>-<NFE>` where it exists.
+DDIM also runs uniform at --ddim-nfe (default 50) as a high-NFE reference. FID/KID/precision/recall come from
+`adaptive_sampler.metrics.evaluation.score_samples` (the embedded feature space, against the 10,000 test images).
 
 Seeds: the scored samples use --seed (default 1000), held out from any tuning: no policy choice here and no
 schedule search in this project looks at it (calibration uses seed 2000; searches use their own seeds).
@@ -28,12 +28,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from adaptive_sampler.schedules.catalogue import list_entries
-from adaptive_sampler.evaluation import score_samples
+from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import load_model
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.sampler import sample
+from adaptive_sampler.schedules.catalogue import list_entries
 from adaptive_sampler.solvers import SOLVERS, make_solver
 
 BUILTIN_CANDIDATES = tuple(name for name in STATIC_POLICIES if name != "uniform")
@@ -119,7 +119,7 @@ def plot(rows: dict, path: Path) -> None:
     for row in rows.values():
         lines.setdefault((row["solver"], row["kind"]), []).append(row)
     styles = {"uniform": ("-", "o"), "best built-in": ("--", "s"), "learned": (":", "^")}
-    colors = dict(zip(SOLVERS, ("tab:blue", "tab:orange", "tab:green")))
+    colors = dict(zip(SOLVERS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for (solver, kind), points in sorted(lines.items()):
         points.sort(key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in points], [r["fid"] for r in points], styles[kind][0], marker=styles[kind][1],

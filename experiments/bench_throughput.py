@@ -108,7 +108,7 @@ def make_bare(model: LoadedModel, device: torch.device, noise: Callable[[int, in
         if steps not in plans:
             ts = bench_timesteps(model, steps).tolist()
             pairs = []
-            for t, t_prev in zip(ts, ts[1:] + [-1]):
+            for t, t_prev in zip(ts, ts[1:] + [-1], strict=True):
                 a = alphas_cumprod[t]
                 a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
                 pairs.append(tuple(v.to(device) for v in (torch.tensor(t), (1 - a).sqrt(), a.sqrt(), a_prev.sqrt(),

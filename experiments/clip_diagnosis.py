@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adaptive_sampler.evaluation import score_samples
+from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.model_adapter import ModelAdapter, X0Processing
 from adaptive_sampler.models import load_model
 from adaptive_sampler.policies import Uniform

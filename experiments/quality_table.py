@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
-from adaptive_sampler.evaluation import score_samples
 from adaptive_sampler.metrics import embedded_reference_statistics, fid
+from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.models import load_model
 from adaptive_sampler.policies import Uniform
 from adaptive_sampler.sampler import sample

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="folder with config.json, safetensors, scheduler_config.json")
+    p.add_argument("--model", type=Path, required=True,
+                   help="folder with config.json, safetensors, scheduler_config.json")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

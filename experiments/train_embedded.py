@@ -110,8 +110,9 @@ def main() -> None:
                     "generator": generator.get_state(), "step": step, "elapsed_s": elapsed}, tmp)
         tmp.replace(ckpt_path)
         export_ema(ema, model, args.out)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         (args.out / "progress.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed, "params": params,
-                                                             "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+                                                             "device": str(device_name),
                                                              "batch_size": args.batch_size}))
         logging.info("checkpoint at step %d (%.0f s)", step, elapsed)
 
@@ -123,7 +124,8 @@ def main() -> None:
         x0 = data[idx]
         flip = torch.rand(args.batch_size, device=device, generator=generator) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), device=device, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), device=device,
+                          generator=generator)
         noise = torch.randn(x0.shape, device=device, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise

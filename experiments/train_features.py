@@ -21,7 +21,8 @@ from adaptive_sampler.metrics.feature_net import FashionFeatureNet
 def accuracy(net: FashionFeatureNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     net.eval()
     with torch.inference_mode():
-        correct = sum((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item() for i in range(0, len(x), batch))
+        correct = sum((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+                      for i in range(0, len(x), batch))
     return correct / len(x)
 
 

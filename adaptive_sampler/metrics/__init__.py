@@ -1,16 +1,18 @@
-"""Sample-quality metrics: feature extractors, feature statistics, distribution distances, and fidelity."""
+"""Sample-quality metrics: feature extractors, feature statistics, distribution distances, fidelity, and the
+evaluation of samples in the embedded feature space."""
 
 from adaptive_sampler.metrics.distribution import (
-    KidReference,
     ConfidenceInterval,
     DistributionMetrics,
+    KidReference,
     PrecisionRecall,
     distribution_metrics,
     fid,
     kid,
     precision_recall,
 )
-from adaptive_sampler.metrics.feature_net import FEATURE_DIM, FashionFeatureNet
+from adaptive_sampler.metrics.evaluation import EvaluationReport, check_embedded_space, score_samples
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, FashionFeatureNet
 from adaptive_sampler.metrics.features import (
     EmbeddedFeatureExtractor,
     FeatureExtractor,
@@ -26,10 +28,12 @@ from adaptive_sampler.metrics.statistics import (
 )
 
 __all__ = [
+    "EMBEDDED_IMAGE_SHAPE",
     "FEATURE_DIM",
     "ConfidenceInterval",
     "DistributionMetrics",
     "EmbeddedFeatureExtractor",
+    "EvaluationReport",
     "FashionFeatureNet",
     "FeatureExtractor",
     "FeatureStatistics",
@@ -37,6 +41,7 @@ __all__ = [
     "InceptionFeatureExtractor",
     "PrecisionRecall",
     "build_fid_inception_v3",
+    "check_embedded_space",
     "distribution_metrics",
     "embedded_reference_features",
     "embedded_reference_statistics",
@@ -47,4 +52,5 @@ __all__ = [
     "kid",
     "load_embedded_feature_net",
     "precision_recall",
+    "score_samples",
 ]

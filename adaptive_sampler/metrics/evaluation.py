@@ -7,16 +7,10 @@ from typing import Any
 
 import torch
 
-from adaptive_sampler.metrics import (
-    FEATURE_DIM,
-    DistributionMetrics,
-    EmbeddedFeatureExtractor,
-    distribution_metrics,
-    embedded_reference_features,
-    embedded_reference_statistics,
-)
-
-EMBEDDED_SAMPLE_SHAPE = (1, 32, 32)
+from adaptive_sampler.metrics.distribution import DistributionMetrics, distribution_metrics
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM
+from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor
+from adaptive_sampler.metrics.statistics import embedded_reference_features, embedded_reference_statistics
 
 
 @dataclass
@@ -36,10 +30,10 @@ class EvaluationReport:
 
 def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
     """Refuse models whose samples the embedded feature space cannot score, and n too small for FID."""
-    if tuple(sample_shape) != EMBEDDED_SAMPLE_SHAPE:
+    if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
         raise ValueError(
             f"model: samples of shape {tuple(sample_shape)} cannot be scored in the embedded Fashion-MNIST feature "
-            f"space, which takes {EMBEDDED_SAMPLE_SHAPE}; reference statistics for other data are not supported yet"
+            f"space, which takes {EMBEDDED_IMAGE_SHAPE}; reference statistics for other data are not supported yet"
         )
     if n <= FEATURE_DIM:
         raise ValueError(

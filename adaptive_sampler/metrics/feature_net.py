@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 FEATURE_DIM = 128
+EMBEDDED_IMAGE_SHAPE = (1, 32, 32)  # (channels, height, width) of the images the embedded feature net takes
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

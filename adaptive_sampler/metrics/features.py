@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import inception_v3
 
-from adaptive_sampler.metrics.feature_net import FEATURE_DIM, FashionFeatureNet
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, FashionFeatureNet
 
 EMBEDDED_FEATURE_NET = Path(__file__).resolve().parent.parent / "embedded" / "feature_net.safetensors"
 FID_INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -80,7 +80,7 @@ class EmbeddedFeatureExtractor:
         self._net = _PenultimateFeatures(load_embedded_feature_net())
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
+        if images.ndim != 4 or tuple(images.shape[1:]) != EMBEDDED_IMAGE_SHAPE:
             raise ValueError(
                 f"images: shape {tuple(images.shape)} is not [n, 1, 32, 32]; the embedded feature net takes "
                 "Fashion-MNIST-sized images in [-1, 1] (pad 28x28 with datasets.to_model_range)"

@@ -29,6 +29,7 @@ import piq
 import torch
 
 from adaptive_sampler.metrics import (
+    EMBEDDED_IMAGE_SHAPE,
     FEATURE_DIM,
     EmbeddedFeatureExtractor,
     FeatureStatistics,
@@ -48,7 +49,6 @@ from adaptive_sampler.timesteps import validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR, cached_tensors
 
 ObjectiveName = Literal["fid", "kid", "fidelity"]
-EMBEDDED_SHAPE = (1, 32, 32)
 _SSIM_KERNEL = 11
 
 
@@ -79,10 +79,10 @@ def objective_spec(name: str) -> ObjectiveSpec:
 def check_objective(objective: str, sample_shape: Sequence[int]) -> ObjectiveSpec:
     """The objective's spec, if it can score samples of `sample_shape` (FID/KID need the embedded feature space)."""
     spec = objective_spec(objective)
-    if objective in ("fid", "kid") and tuple(sample_shape) != EMBEDDED_SHAPE:
+    if objective in ("fid", "kid") and tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
         raise ValueError(
             f"objective: {objective!r} scores samples in the embedded Fashion-MNIST feature space, which takes "
-            f"{EMBEDDED_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
+            f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
         )
     return spec
 
