@@ -14,10 +14,10 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers import AysSchedules
 from pydantic import ValidationError
 
-from adaptive_sampler.schedules.catalogue import interpolate, list_entries, load_entry
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import FromFile, Learned, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.schedules.catalogue import interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
 SD_SPEC = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}

@@ -18,10 +18,10 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
-from conftest import build_tiny_conditional_unet, build_tiny_unet
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
+from helpers import build_tiny_conditional_unet, build_tiny_unet
 
 CUSTOM = [999, 950, 900, 800, 600, 400, 200, 100, 50, 10]
 SHAPE = (3, 8, 8)

@@ -23,7 +23,7 @@ from adaptive_sampler import ModelAdapter, make_policy, make_solver, sample  # n
 from adaptive_sampler.dynamic_sampler import sample_dynamic  # noqa: E402
 from adaptive_sampler.monitors import monitor_from_spec  # noqa: E402
 from adaptive_sampler.policies.step_size_control import StepSizeControl  # noqa: E402
-from conftest import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
+from helpers import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
 
 N, BATCH_SIZE, SEED, STEPS = 6, 4, 3, 10
 SCHEDULES = ("uniform", "karras", "learned:fashion-mnist/ddim-10")
@@ -63,7 +63,7 @@ def main() -> None:
         else:
             ts = make_policy(case["policy"]).timesteps(STEPS, adapter.schedule)
 
-            def run(spec: str | None):
+            def run(spec: str | None, ts=ts, case=case):
                 callback = monitor_from_spec(spec).as_callback() if spec else None
                 return sample(adapter, ts, TINY_SHAPE, N, batch_size=BATCH_SIZE, seed=SEED, eta=case["eta"],
                               solver=make_solver(case["solver"]), callback=callback)
