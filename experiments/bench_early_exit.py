@@ -8,9 +8,10 @@ For each step count (default 50, uniform DDIM, η = 0):
   2. evaluation on n samples of the evaluation seed: the full run, then each calibrated monitor online
      (`sample(..., callback=monitor)`, exited samples leave the network batch), then a plain DDIM run with 30 %
      fewer steps (the competitor that needs no monitor), then the runtime-adaptive step-size control
-     (`sample_dynamic` with `StepSizeControl` at each --adaptive-tolerances value; its NFE includes rejected
-     steps), then the full run again (its two timings bracket the
-     others; the speed-up uses their mean).
+     (`sample(adapter, StepSizeControl(tol), ...)` at each --adaptive-tolerances value and with each
+     --adaptive-solvers solver; its NFE includes rejected steps) and, for a multistep solver, the static run of
+     that solver over uniform timesteps at the same mean NFE (rounded), then the full run again (its two timings
+     bracket the others; the speed-up uses their mean).
 
 Per row: mean NFE (and its reduction), FID/KID/precision/recall in the embedded feature space (and the FID change
 vs the full run), fidelity to the full run (PSNR of the mean MSE, mean per-sample PSNR, 10th-percentile PSNR,
@@ -48,14 +49,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adaptive_sampler.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
-from adaptive_sampler.dynamic_sampler import sample_dynamic
-from adaptive_sampler.evaluation import score_samples
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, fidelity
+from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.monitors import (
     DEFAULTS_PATH,
-    LPIPSWeightsMissingError,
     MONITORS,
+    LPIPSWeightsMissingError,
     Monitor,
     load_calibrated_defaults,
     monitor_from_spec,
@@ -64,6 +64,7 @@ from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
 from adaptive_sampler.policies.builtin import Uniform
 from adaptive_sampler.policies.step_size_control import StepSizeControl
 from adaptive_sampler.sampler import sample
+from adaptive_sampler.solvers import SOLVERS, make_solver
 
 DEFAULT_MONITORS = ["x0-l2", "ssim", "haarpsi", "gmsd", "features", "sharpness", "lpips", "max-nfe"]
 
@@ -213,9 +214,9 @@ def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict
         _sync(device)
         return result, time.perf_counter() - start
 
-    def run(callback: Any = None, ts: torch.Tensor = timesteps) -> tuple[Any, float]:
+    def run(monitor: Any = None, ts: torch.Tensor = timesteps) -> tuple[Any, float]:
         return wall_timed(lambda: sample(adapter, ts, shape, args.n, batch_size=args.batch_size, seed=args.seed,
-                                         callback=callback))
+                                         monitor=monitor))
 
     # the full run: its samples are the fidelity reference of every other row
     full_row = report.get("rows", steps, "full")
@@ -252,17 +253,34 @@ def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict
                                         **_row(result.samples, result.nfe, wall, full, extractor)})
     bar.update(1)
 
-    for tolerance in args.adaptive_tolerances:
-        policy = StepSizeControl(tolerance=tolerance)
-        if report.get("rows", steps, policy.name) is None:
-            bar.set_postfix_str(f"{steps} steps: {policy.name}")
-            dynamic, wall = wall_timed(lambda: sample_dynamic(adapter, policy, shape, args.n,
-                                                              batch_size=args.batch_size, seed=args.seed))
-            report.put("rows", steps, policy.name, {
-                "kind": "adaptive", "spec": f"step-size control, tolerance {tolerance:g}",
-                "rejected_mean": float(dynamic.rejected.double().mean()),
-                **_row(dynamic.samples, dynamic.nfe, wall, full, extractor)})
-        bar.update(1)
+    for solver in args.adaptive_solvers:
+        for tolerance in args.adaptive_tolerances:
+            policy = StepSizeControl(tolerance=tolerance)
+            key = policy.name if solver == "ddim" else f"{policy.name}/{solver}"
+            if report.get("rows", steps, key) is None:
+                bar.set_postfix_str(f"{steps} steps: {key}")
+                adaptive, wall = wall_timed(lambda policy=policy, solver=solver: sample(
+                    adapter, policy, shape, args.n, batch_size=args.batch_size, seed=args.seed,
+                    solver=make_solver(solver)))
+                report.put("rows", steps, key, {
+                    "kind": "adaptive", "spec": f"step-size control, tolerance {tolerance:g}, {solver}",
+                    "solver": solver, "rejected_mean": float(adaptive.rejected.double().mean()),
+                    **_row(adaptive.samples, adaptive.nfe, wall, full, extractor)})
+            bar.update(1)
+            if solver == "ddim":
+                continue
+            # the static competitor: the same solver over uniform timesteps, at the adaptive row's mean NFE
+            equal = max(1, round(report.get("rows", steps, key)["nfe_mean"]))
+            static_key = f"{solver}-{equal}"
+            if report.get("rows", steps, static_key) is None:
+                bar.set_postfix_str(f"{steps} steps: {static_key}")
+                result, wall = wall_timed(lambda equal=equal, solver=solver: sample(
+                    adapter, Uniform().timesteps(equal, adapter.schedule), shape, args.n,
+                    batch_size=args.batch_size, seed=args.seed, solver=make_solver(solver)))
+                report.put("rows", steps, static_key, {
+                    "kind": "equal-nfe", "spec": f"uniform {solver}, {equal} steps", "solver": solver,
+                    "versus": key, **_row(result.samples, result.nfe, wall, full, extractor)})
+            bar.update(1)
 
     if report.get("rows", steps, "full-again") is None:
         bar.set_postfix_str(f"{steps} steps: full run again (timing)")
@@ -300,6 +318,12 @@ def summarise(steps: int, report: Report, args: argparse.Namespace) -> dict[str,
             "goal_met_by_fewer_steps": sorted(k for k, v in table.items() if v["kind"] == "fewer-steps"
                                               and v["meets_goal"]),
             "goal_met_by_adaptive": sorted(k for k, v in table.items() if v["kind"] == "adaptive" and v["meets_goal"]),
+            "adaptive_vs_static_at_equal_nfe": {
+                v["versus"]: {"static": k, "adaptive_fid": table[v["versus"]]["fid"], "static_fid": v["fid"],
+                              "fid_ratio_adaptive_over_static": table[v["versus"]]["fid"] / v["fid"],
+                              "adaptive_nfe": table[v["versus"]]["nfe_mean"], "static_nfe": v["nfe_mean"],
+                              "wall_ratio_adaptive_over_static": table[v["versus"]]["wall_s"] / v["wall_s"]}
+                for k, v in table.items() if v["kind"] == "equal-nfe"},
             "skipped": {k: v["skipped"] for k, v in rows.items() if "skipped" in v}}
 
 
@@ -322,6 +346,10 @@ def print_summary(steps: int, summary: dict[str, Any], calibration: dict[str, di
           f"best monitor: {summary['best_monitor']}; plain DDIM with fewer steps meeting it: "
           f"{', '.join(summary['goal_met_by_fewer_steps']) or 'none'}; adaptive step allocation meeting it: "
           f"{', '.join(summary['goal_met_by_adaptive']) or 'none'}")
+    for adaptive, cmp in summary["adaptive_vs_static_at_equal_nfe"].items():
+        print(f"{adaptive} (NFE {cmp['adaptive_nfe']:.1f}) vs {cmp['static']} (NFE {cmp['static_nfe']:.0f}): FID "
+              f"{cmp['adaptive_fid']:.3f} vs {cmp['static_fid']:.3f}, ratio {cmp['fid_ratio_adaptive_over_static']:.3f}"
+              f"; wall-time ratio {cmp['wall_ratio_adaptive_over_static']:.2f}")
 
 
 def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace) -> None:
@@ -331,7 +359,7 @@ def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace)
         entry = data["models"][model.name] = {"weights_sha256": model.weights_sha256, "steps": {}}
     for steps in args.steps:
         monitors = {}
-        for spec, cal in report.data["calibration"].get(str(steps), {}).items():
+        for cal in report.data["calibration"].get(str(steps), {}).values():
             if cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
                 monitors[cal["name"]] = {
                     "threshold": cal["threshold"], "guardrails": cal["guardrails"],
@@ -365,10 +393,12 @@ def main() -> None:
                         help="fidelity target: PSNR (dB) of the mean MSE to the full run (default 30)")
     parser.add_argument("--target-feature-distance", type=float, default=None,
                         help="fidelity target instead: mean embedded-feature distance to the full run")
-    parser.add_argument("--monitors", nargs="+", default=DEFAULT_MONITORS,
+    parser.add_argument("--monitors", nargs="*", default=DEFAULT_MONITORS,
                         help="monitor specs; without a threshold they are calibrated (default: %(default)s)")
     parser.add_argument("--adaptive-tolerances", type=float, nargs="*", default=[0.002, 0.005, 0.01],
                         help="tolerances of the runtime-adaptive step-size control rows (none: skip them)")
+    parser.add_argument("--adaptive-solvers", nargs="+", choices=list(SOLVERS), default=["ddim"],
+                        help="solvers of the adaptive rows; a multistep one also gets its static equal-NFE row")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--network-rows", type=int, default=8,
                         help="fixed network chunk (bitwise batch invariance: online exits equal the simulation)")
@@ -401,13 +431,15 @@ def main() -> None:
     model = load_model("embedded", device=device)
     adapter = model.adapter(network_rows=args.network_rows)
     extractor = EmbeddedFeatureExtractor(device=device)
-    print(f"device={device} n={args.n} steps={args.steps} target: "
-          f"{f'PSNR {args.target_psnr} dB' if args.target_psnr is not None else f'feature distance {args.target_feature_distance}'}"
+    target = (f"PSNR {args.target_psnr} dB" if args.target_psnr is not None
+              else f"feature distance {args.target_feature_distance}")
+    print(f"device={device} n={args.n} steps={args.steps} target: {target}"
           f" calibration seeds {args.calibration_seeds} x {args.samples_per_seed}, held-out {args.heldout_seeds}, "
           f"evaluation seed {args.seed}")
 
     tasks = len(args.steps) * len(args.monitors) * (1 if args.calibrate_only else 2) + \
-        (0 if args.calibrate_only else (3 + len(args.adaptive_tolerances)) * len(args.steps))
+        (0 if args.calibrate_only else (3 + len(args.adaptive_tolerances) * sum(1 if s == "ddim" else 2 for s in
+                                                                             args.adaptive_solvers)) * len(args.steps))
     with tqdm(total=tasks, desc="bench_early_exit", unit="task") as bar:
         for steps in args.steps:
             calibration = calibrate_all(model, adapter, steps, args, report, extractor, bar)
@@ -421,7 +453,8 @@ def main() -> None:
         print(f"\n-- calibration at {steps} steps (calibration / held-out: NFE, PSNR of mean MSE, p10 PSNR)")
         for spec, cal in calibration.items():
             if cal.get("calibrated"):
-                print(f"   {cal['spec']:<34} NFE {cal['calibration']['nfe_mean']:5.1f} / {cal['heldout']['nfe_mean']:5.1f}"
+                print(f"   {cal['spec']:<34} NFE {cal['calibration']['nfe_mean']:5.1f}"
+                      f" / {cal['heldout']['nfe_mean']:5.1f}"
                       f"   PSNR {cal['calibration']['psnr']:5.1f} / {cal['heldout']['psnr']:5.1f}"
                       f"   p10 {cal['heldout']['psnr_p10']:5.1f}{'' if cal['met_target'] else '   (target not met)'}")
             else:
