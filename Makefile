@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/adaptive-sampler
 
-.PHONY: demo test
+.PHONY: demo test lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,3 +24,8 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Lint and import order (ruff, config in pyproject.toml), then a type check of the package (mypy).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check adaptive_sampler tests experiments
+	$(VENV)/bin/mypy adaptive_sampler

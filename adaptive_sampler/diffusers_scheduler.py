@@ -13,10 +13,11 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.model_adapter import X0Processing
 from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import Leading, Trailing, Uniform
+from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.timesteps import validate_timesteps
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -150,7 +151,8 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps: {num_inference_steps} is outside [1, {T}] (num_train_timesteps={T})"
                 )
             spacing = self.config.timestep_spacing
-            policy = {"linspace": Uniform(), "leading": Leading(self.config.steps_offset), "trailing": Trailing()}
+            policy: dict[str, Policy] = {"linspace": Uniform(), "leading": Leading(self.config.steps_offset),
+                                         "trailing": Trailing()}
             if spacing not in policy:
                 raise ValueError(f"timestep_spacing: {spacing!r} is not one of {', '.join(_SPACINGS)}")
             planned = policy[spacing].timesteps(num_inference_steps, self.schedule)
@@ -167,10 +169,11 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
 
-    def _init_step_index(self, timestep: int | torch.Tensor) -> None:
+    def _init_step_index(self, timestep: int | torch.Tensor) -> int:
+        """Set and return the index of `timestep` in this pass (the pipeline's begin index if it set one)."""
         if self._begin_index is not None:
             self._step_index = self._begin_index
-            return
+            return self._begin_index
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.to(self.timesteps.device)
         matches = (self.timesteps == timestep).nonzero()
@@ -179,7 +182,9 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
                 f"timestep: {int(timestep)} is not in this scheduler's timesteps {self.timesteps.tolist()}; "
                 "step through scheduler.timesteps, or run set_timesteps with the list you mean"
             )
-        self._step_index = int(matches[0])
+        index = int(matches[0])
+        self._step_index = index
+        return index
 
     def step(
         self,
@@ -199,14 +204,13 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         `config.prediction_type`, x̂0 is clipped or thresholded by the config, `use_clipped_model_output` re-derives
         ε̂ from that x̂0, and for η > 0 z is `variance_noise`, else drawn with `generator`.
         """
-        if self.num_inference_steps is None:
+        steps = self.num_inference_steps
+        if steps is None:
             raise ValueError("timesteps are not set: run set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        k = self._step_index
-        if k >= self.num_inference_steps:
+        k = self._step_index if self._step_index is not None else self._init_step_index(timestep)
+        if k >= steps:
             raise ValueError(
-                f"step: all {self.num_inference_steps} timesteps of this pass are done; run set_timesteps again "
+                f"step: all {steps} timesteps of this pass are done; run set_timesteps again "
                 "before the next pass"
             )
         a_t, a_prev = self._alpha_bars[k], self._alpha_bars_prev[k]

@@ -13,6 +13,7 @@ from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.timesteps import validate_timesteps
 
+
 class ModelIdentity(BaseModel):
     """Which network a schedule was found for: a name and the SHA-256 of its weights file."""
 
