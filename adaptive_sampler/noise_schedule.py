@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,16 @@ class NoiseSchedule:
     """
 
     alphas_cumprod: torch.Tensor
+    # the tables copied to each device they were asked on: a copy per sampling step would wait for the GPU
+    _on_device: dict[tuple[str, torch.device], torch.Tensor] = field(default_factory=dict, compare=False,
+                                                                     repr=False)
+
+    def _table(self, name: str, device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._on_device:
+            table = self.alphas_cumprod if name == "alpha_bar" else self.log_snr()
+            self._on_device[key] = table.to(device)
+        return self._on_device[key]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
@@ -38,7 +48,7 @@ class NoiseSchedule:
 
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
         """ᾱ at integer timesteps (any shape); -1 maps to 1."""
-        table = self.alphas_cumprod.to(timesteps.device)
+        table = self._table("alpha_bar", timesteps.device)
         return torch.where(timesteps >= 0, table[timesteps.clamp(min=0)], torch.ones((), device=timesteps.device))
 
     def sigmas(self) -> torch.Tensor:
@@ -46,7 +56,9 @@ class NoiseSchedule:
         a = self.alphas_cumprod.double()
         return ((1 - a) / a).sqrt()
 
-    def log_snr(self) -> torch.Tensor:
-        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64."""
+    def log_snr(self, device: torch.device | None = None) -> torch.Tensor:
+        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64 (on `device`, cached, if given)."""
+        if device is not None:
+            return self._table("log_snr", device)
         a = self.alphas_cumprod.double()
         return (a / (1 - a)).log()

@@ -70,14 +70,15 @@ class StaticPlan:
 
     def __init__(self, timesteps: Sequence[int] | torch.Tensor, num_train_timesteps: int) -> None:
         self.timesteps = validate_timesteps(timesteps, num_train_timesteps)
+        self._next = torch.cat([self.timesteps[1:], self.timesteps.new_full((1,), -1)])  # t_next by position
 
     def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        self._next = self._next.to(device)
         t = self.timesteps[:1].to(device).expand(rows).clone()
         return t, torch.zeros(rows, dtype=torch.int64, device=device)
 
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
-        position = observation.memory + 1
-        table = torch.cat([self.timesteps, self.timesteps.new_full((1,), -1)]).to(position.device)
-        t_next = table[position.clamp(max=len(self.timesteps))]
+        position = observation.memory
+        t_next = self._next[position]
         accept = torch.ones_like(position, dtype=torch.bool)
-        return StepDecision(accept, t_next, position, torch.zeros(len(position), device=position.device))
+        return StepDecision(accept, t_next, position + 1, torch.zeros(len(position), device=position.device))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 from pydantic import ValidationError
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from adaptive_sampler import ModelAdapter, NonFiniteOutputError, StepInfo, make_policy, sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -262,3 +263,36 @@ def test_bad_options_raise_validation_error_at_the_field(adapter, kwargs, field)
 def test_bad_timesteps_raise_value_error_naming_the_index(adapter):
     with pytest.raises(ValueError, match=r"^timesteps\[1\]: 500 is above timesteps\[0\]=10"):
         sample(adapter, [10, 500], TINY_SHAPE, 1)
+
+
+# ---------------------------------------------------------------- host synchronisation
+class _CountHostReads(TorchDispatchMode):
+    """Counts the ops that read tensor values back to the host (.item(), bool(), nonzero, boolean-mask indexing):
+    on a GPU each of them waits for the device."""
+
+    READS = {"aten.item.default", "aten._local_scalar_dense.default", "aten.nonzero.default",
+             "aten.is_nonzero.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = str(func).startswith("aten.index") and any(
+            isinstance(a, (list, tuple)) and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in a)
+            for a in args)
+        self.count += str(func) in self.READS or bool_index
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_static_list_reads_nothing_back_to_the_host_per_step(adapter, eta):
+    """The loop's host reads are per batch, not per step: 5 and 20 steps make the same number (the network is a
+    plain function here, so only the loop's own ops are counted)."""
+    model = ModelAdapter(lambda x, t, **kw: 0.1 * x, adapter.schedule)
+    counts = []
+    for steps in (5, 20):
+        with _CountHostReads() as reads:
+            sample(model, make_policy("uniform").timesteps(steps, adapter.schedule), TINY_SHAPE, 3, eta=eta)
+        counts.append(reads.count)
+    assert counts[0] == counts[1]

@@ -49,7 +49,7 @@ class StepSizeControl(BaseModel):
         return t, torch.zeros(rows, dtype=torch.float64, device=device)
 
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
-        lam = schedule.log_snr().to(observation.t.device)
+        lam = schedule.log_snr(observation.t.device)
         t = observation.t
         if observation.t_from is None or observation.x0_from is None:
             # the first evaluation (t = T-1) ends no step: accept it and take the initial step
