@@ -13,14 +13,13 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from adaptive_sampler.model_adapter import X0Processing
+from adaptive_sampler.model_adapter import PREDICTION_TYPES, X0Processing, eps_and_x0
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import Leading, Trailing, Uniform
 from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.timesteps import validate_timesteps
 
-_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -73,8 +72,9 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: bool = False,
         custom_timesteps: list[int] | None = None,
     ) -> None:
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: {prediction_type!r} is not one of {', '.join(_PREDICTION_TYPES)}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: {prediction_type!r} is not one of "
+                             f"{', '.join(map(repr, PREDICTION_TYPES))}")
         if timestep_spacing not in _SPACINGS:
             raise ValueError(f"timestep_spacing: {timestep_spacing!r} is not one of {', '.join(_SPACINGS)}")
         if custom_timesteps is not None:
@@ -215,18 +215,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             )
         a_t, a_prev = self._alpha_bars[k], self._alpha_bars_prev[k]
 
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            eps = model_output
-            x0 = (sample - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        elif prediction_type == "v_prediction":
-            x0 = a_t.sqrt() * sample - (1 - a_t).sqrt() * model_output
-            eps = a_t.sqrt() * model_output + (1 - a_t).sqrt() * sample
-        elif prediction_type == "sample":
-            x0 = model_output
-            eps = (sample - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        else:
-            raise ValueError(f"prediction_type: {prediction_type!r} is not one of {', '.join(_PREDICTION_TYPES)}")
+        eps, x0 = eps_and_x0(model_output, sample, a_t, self.config.prediction_type)
         x0 = self._x0_processing(x0)
         if use_clipped_model_output:
             eps = (sample - a_t.sqrt() * x0) / (1 - a_t).sqrt()

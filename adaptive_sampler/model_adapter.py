@@ -12,6 +12,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from adaptive_sampler.noise_schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+
+
+def eps_and_x0(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
+               prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ε̂, x̂0) from a network `output` at x_t = sqrt(ᾱ)·x0 + sqrt(1 - ᾱ)·ε (ᾱ broadcast against x), for ε-, v-
+    (Salimans & Ho 2022) or x0-prediction; x̂0 is not clipped here."""
+    if prediction_type == "epsilon":
+        return output, (x - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    if prediction_type == "v_prediction":
+        return (alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * x,
+                alpha_bar.sqrt() * x - (1 - alpha_bar).sqrt() * output)
+    if prediction_type == "sample":
+        return (x - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt(), output
+    raise ValueError(f"prediction_type: {prediction_type!r} is not one of {', '.join(map(repr, PREDICTION_TYPES))}")
 
 
 class X0Processing(BaseModel):
@@ -103,8 +118,9 @@ class ModelAdapter:
         x0_processing: X0Processing | None = None,
         network_rows: int | None = 8,
     ) -> None:
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type: {prediction_type!r} is not one of 'epsilon', 'v_prediction', 'sample'")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: {prediction_type!r} is not one of "
+                             f"{', '.join(map(repr, PREDICTION_TYPES))}")
         if network_rows is not None and network_rows < 1:
             raise ValueError(f"network_rows: {network_rows} must be a positive integer or None")
         self.network = network
@@ -163,12 +179,6 @@ class ModelAdapter:
         else:
             out = self.network_output(x, t, conditioning.cond if conditioning is not None else {})
         a = self.schedule.alpha_bar(t).to(self.dtype).view(-1, *([1] * (x.ndim - 1)))
-        if self.prediction_type == "epsilon":
-            eps, x0 = out, (x - (1 - a).sqrt() * out) / a.sqrt()
-        elif self.prediction_type == "v_prediction":
-            eps, x0 = a.sqrt() * out + (1 - a).sqrt() * x, a.sqrt() * x - (1 - a).sqrt() * out
-        else:
-            x0 = out
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        eps, x0 = eps_and_x0(out, x, a, self.prediction_type)
         # as in diffusers, ε̂ stays the unclipped model's: clipping only changes x̂0
         return Prediction(eps=eps, x0=self.x0_processing(x0))
