@@ -2,9 +2,11 @@
 
 Recorded from the two-loop code at commit 212507e (`sampler.sample` and `dynamic_sampler.sample_dynamic`) before the
 loops became one; `tests/test_loop_golden.py` checks that the current loop reproduces every case bitwise on CPU.
-One thread, so the convolution sums are summed in the same order on every machine.
+One thread, so the convolution sums are summed in the same order on every machine. It uses the two-loop API, so
+it runs on a checkout of that commit:
 
-    OMP_NUM_THREADS=1 python tests/golden/record_loop_golden.py
+    git worktree add /tmp/two-loops 212507e && cp tests/golden/record_loop_golden.py /tmp/two-loops/tests/golden/
+    cd /tmp/two-loops && OMP_NUM_THREADS=1 python tests/golden/record_loop_golden.py
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from adaptive_sampler import ModelAdapter, make_policy, make_solver, sample  # n
 from adaptive_sampler.dynamic_sampler import sample_dynamic  # noqa: E402
 from adaptive_sampler.monitors import monitor_from_spec  # noqa: E402
 from adaptive_sampler.policies.step_size_control import StepSizeControl  # noqa: E402
-from helpers import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
+from conftest import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
 
 N, BATCH_SIZE, SEED, STEPS = 6, 4, 3, 10
 SCHEDULES = ("uniform", "karras", "learned:fashion-mnist/ddim-10")
