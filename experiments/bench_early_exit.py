@@ -3,10 +3,10 @@
 For each step count (default 50, uniform DDIM, η = 0):
   1. calibration: record the full run's x̂0 trace once on calibration seeds and once on held-out seeds (both
      disjoint from the evaluation seed), and calibrate each monitor's threshold against the fidelity target
-     (`adaptive_sampler.calibration.calibrate_threshold`: PSNR of the mean squared error to the full run, by
+     (`adaptive_sampler.monitors.calibrate_threshold`: PSNR of the mean squared error to the full run, by
      default 30 dB); `max-nfe` is calibrated the same way and is the baseline "stop every sample after N steps";
   2. evaluation on n samples of the evaluation seed: the full run, then each calibrated monitor online
-     (`sample(..., callback=monitor)`, exited samples leave the network batch), then a plain DDIM run with 30 %
+     (`sample(..., monitor=monitor)`, exited samples leave the network batch), then a plain DDIM run with 30 %
      fewer steps (the competitor that needs no monitor), then the runtime-adaptive step-size control
      (`sample(adapter, StepSizeControl(tol), ...)` at each --adaptive-tolerances value and with each
      --adaptive-solvers solver; its NFE includes rejected steps) and, for a multistep solver, the static run of
@@ -48,7 +48,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from adaptive_sampler.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, fidelity
 from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.models import LoadedModel, load_model
@@ -60,6 +59,7 @@ from adaptive_sampler.monitors import (
     load_calibrated_defaults,
     monitor_from_spec,
 )
+from adaptive_sampler.monitors.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
 from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
 from adaptive_sampler.policies.builtin import Uniform
 from adaptive_sampler.policies.step_size_control import StepSizeControl
@@ -76,18 +76,27 @@ def _sync(device: torch.device) -> None:
 
 
 class TimedCallback:
-    """Wraps a monitor as a sampling callback and adds up the time spent inside it (synchronised on GPUs)."""
+    """Wraps a monitor (its call, `reset` and `keep`) and adds up the time spent inside it (synchronised on GPUs)."""
 
     def __init__(self, monitor: Monitor, device: torch.device) -> None:
-        self.callback, self.device, self.seconds = monitor.as_callback(), device, 0.0
+        self.monitor, self.device, self.seconds = monitor, device, 0.0
 
-    def __call__(self, info: Any) -> torch.Tensor:
+    def _timed(self, call: Callable[[], Any]) -> Any:
         _sync(self.device)
         start = time.perf_counter()
-        done = self.callback(info)
+        out = call()
         _sync(self.device)
         self.seconds += time.perf_counter() - start
-        return done
+        return out
+
+    def __call__(self, info: Any) -> Any:
+        return self._timed(lambda: self.monitor(info))
+
+    def reset(self) -> None:
+        self._timed(self.monitor.reset)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self._timed(lambda: self.monitor.keep(rows))
 
 
 def _name(spec: str) -> str:

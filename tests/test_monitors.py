@@ -10,25 +10,27 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from adaptive_sampler.calibration import calibrate_threshold, record_x0_trace
 from adaptive_sampler.metrics import fidelity
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.monitors import (
+    GMSD,
+    LPIPS,
+    SSIM,
     AllOf,
     AnyOf,
+    ChangeMonitor,
     Deadline,
-    FeatureChange,
-    GMSDChange,
+    Distance,
+    Features,
     Guardrails,
-    HaarPSIChange,
-    LPIPSChange,
+    HaarPSI,
     LPIPSWeightsMissingError,
     MaxNFE,
     Monitor,
     MonitorDecision,
+    RelativeL2,
     Sharpness,
-    SSIMChange,
-    X0L2,
+    ThresholdMonitor,
     backbone_weights_path,
     build_lpips,
     calibrated_default,
@@ -37,6 +39,7 @@ from adaptive_sampler.monitors import (
     monitor_from_spec,
 )
 from adaptive_sampler.monitors import budget as budget_module
+from adaptive_sampler.monitors.calibration import calibrate_threshold, record_x0_trace
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
 
@@ -73,6 +76,37 @@ def _first_done(decisions: list[MonitorDecision], row: int = 0) -> int | None:
     return next((k for k, d in enumerate(decisions) if bool(d.done[row])), None)
 
 
+def _drive(monitor: Monitor, seq: list[torch.Tensor], indices: list[int] | None = None) -> dict[int, int | None]:
+    """Drive `monitor` like the sampling loop over x̂0 of every step ([rows] of all samples): reset, one call a
+    step on the active rows, done rows leave (`keep`). Exit step per sample index (None: ran to the end)."""
+    indices = list(range(seq[0].shape[0])) if indices is None else indices
+    monitor.reset()
+    active = torch.arange(len(indices))
+    exits: dict[int, int | None] = dict.fromkeys(indices)
+    for k, x0 in enumerate(seq):
+        last = k == len(seq) - 1
+        done = monitor(_info(k, x0[active], [indices[r] for r in active.tolist()], last=last)).done
+        for r in active[done].tolist():
+            exits[indices[r]] = k
+        going = torch.zeros_like(done) if last else ~done
+        if not bool(going.all()):
+            active = active[going]
+            monitor.keep(going)
+        if not len(active):
+            break
+    return exits
+
+
+def _staggered(rows: int = 4, total: int = 12, size: int = 32) -> list[torch.Tensor]:
+    """x̂0 of `rows` samples; sample r changes for 2 + 2r steps, then stays put (so they settle one by one)."""
+    g = torch.Generator().manual_seed(2)
+    per_row = []
+    for r in range(rows):
+        changing = [torch.rand(1, 1, size, size, generator=g) * 1.6 - 0.8 for _ in range(2 + 2 * r)]
+        per_row.append(changing + [changing[-1].clone() for _ in range(total - len(changing))])
+    return [torch.cat([per_row[r][k] for r in range(rows)]) for k in range(total)]
+
+
 def _tiny_adapter(network_rows: int | None = 4) -> ModelAdapter:
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
@@ -92,13 +126,14 @@ def tiny() -> ModelAdapter:
 
 # ------------------------------------------------------------------------------------------- each monitor's rule
 CHANGE_CASES = [
-    (lambda g: X0L2(1e-4, **g), "x0-l2"),
-    (lambda g: SSIMChange(1e-4, **g), "ssim"),
-    (lambda g: HaarPSIChange(1e-4, **g), "haarpsi"),
-    (lambda g: GMSDChange(1e-4, **g), "gmsd"),
-    (lambda g: FeatureChange(1e-4, **g), "features"),
-    (lambda g: Sharpness(1e-4, **g), "sharpness"),
-    (lambda g: LPIPSChange(1e-4, random_backbone=True, **g), "lpips"),  # random backbone: this test says so
+    (lambda g: ChangeMonitor("l2", 1e-4, **g), "x0-l2"),
+    (lambda g: ChangeMonitor("ssim", 1e-4, **g), "ssim"),
+    (lambda g: ChangeMonitor("haarpsi", 1e-4, **g), "haarpsi"),
+    (lambda g: ChangeMonitor("gmsd", 1e-4, **g), "gmsd"),
+    (lambda g: ChangeMonitor("features", 1e-4, **g), "features"),
+    (lambda g: ChangeMonitor("sharpness", 1e-4, **g), "sharpness"),
+    # random backbone: this test says so
+    (lambda g: ChangeMonitor("lpips", 1e-4, distance_options={"random_backbone": True}, **g), "lpips"),
 ]
 
 
@@ -117,10 +152,55 @@ def test_change_monitor_fires_on_the_first_unchanged_step_and_not_before_its_war
     assert _first_done(_run(make({"max_t": 150}), seq)) == 8
 
 
+@pytest.mark.parametrize("make, name", CHANGE_CASES, ids=[c[1] for c in CHANGE_CASES])
+def test_change_monitor_scores_the_same_change_whatever_the_check_interval(make, name):
+    """With every = 3 the summary of the previous x̂0 is not kept; it is recomputed and gives the same score."""
+    seq = _changing_then_constant()
+    every_step, every_third = _run(make({}), seq), _run(make({"every": 3}), seq)
+    for k in (2, 5, 8):
+        torch.testing.assert_close(every_third[k].score, every_step[k].score, rtol=1e-6, atol=1e-7)
+    assert all(torch.isnan(every_third[k].score).all() for k in (0, 1, 3, 4, 6, 7, 9))
+
+
+class _MaxAbs(Distance):
+    """A distance plug-in from outside the package: the largest pixel change."""
+
+    name = "max-abs"
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return (current - previous).abs().flatten(1).amax(dim=1)
+
+
+class _FirstPixels:
+    """A feature extractor given by the user: the first 4 pixels."""
+
+    dim = 4
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, :4]
+
+
+def test_change_monitor_takes_any_distance_plug_in_and_a_given_feature_extractor():
+    seq = [torch.full((1, 1, 4, 4), 1 + 2.0**-k) for k in range(8)]  # largest change 2^-k at step k
+    monitor = ChangeMonitor(_MaxAbs(), 0.05)
+    assert monitor.name == "max-abs" and monitor.spec() == "max-abs:0.05"
+    decisions = _run(monitor, seq)
+    assert _first_done(decisions) == 5 and float(decisions[5].score[0]) == pytest.approx(2**-5)
+    extractor = _FirstPixels()
+    features = monitor_from_spec("features:0.1", options={"features": {"feature_extractor": extractor}})
+    assert isinstance(features.distance, Features) and features.distance.feature_extractor is extractor
+    assert float(_run(features, seq)[3].score[0]) == pytest.approx(2 * 2**-3, rel=1e-5)  # ||(2^-3,)*4||
+    assert isinstance(ChangeMonitor(LPIPS(random_backbone=True), 0.1).distance, LPIPS)
+    with pytest.raises(ValueError, match="^distance: 'blur' is not one of 'l2', 'ssim'"):
+        ChangeMonitor("blur", 0.1)
+    with pytest.raises(ValueError, match="^distance_options: given with a built distance"):
+        ChangeMonitor(RelativeL2(), 0.1, distance_options={"net": "vgg"})
+
+
 def test_x0_l2_fires_where_the_relative_change_crosses_the_threshold():
     # x̂0_k = 1 + 2^-k: relative change 2^-k / (1 + 2^-(k-1)) is 0.0556 at k = 4 and 0.0294 at k = 5
     seq = [torch.full((1, 1, 4, 4), 1 + 2.0**-k) for k in range(8)]
-    decisions = _run(X0L2(0.05), seq)
+    decisions = _run(ChangeMonitor("l2", 0.05), seq)
     assert _first_done(decisions) == 5
     assert float(decisions[5].score[0]) == pytest.approx(2**-5 / (1 + 2**-4), rel=1e-6)
 
@@ -131,10 +211,10 @@ def test_sharpness_looks_at_the_plateau_not_the_size():
     smooth = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(1, 1, 32, 32)
     assert float(laplacian_variance(noisy)[0]) > 100 * float(laplacian_variance(smooth + 1e-3 * noisy)[0])
     # constant noisy x̂0: large sharpness, but flat -> fires at step 1
-    assert _first_done(_run(Sharpness(0.01), [noisy.clone() for _ in range(4)])) == 1
+    assert _first_done(_run(ChangeMonitor("sharpness", 0.01), [noisy.clone() for _ in range(4)])) == 1
     # smooth x̂0 whose small sharpness keeps doubling -> never fires
     growing = [smooth + 1e-3 * 2**k * noisy for k in range(6)]
-    assert _first_done(_run(Sharpness(0.01), growing)) is None
+    assert _first_done(_run(ChangeMonitor("sharpness", 0.01), growing)) is None
 
 
 def test_max_nfe_fires_at_its_budget():
@@ -145,7 +225,7 @@ def test_max_nfe_fires_at_its_budget():
 
 
 def test_deadline_fires_once_the_sample_has_used_its_seconds(monkeypatch):
-    clock = iter([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0])
+    clock = iter([0.0, 1.0, 2.0, 3.0])  # the clock is read once per step
     monkeypatch.setattr(budget_module.time, "perf_counter", lambda: next(clock))
     decisions = _run(Deadline(1.5), [torch.zeros(2, 1, 4, 4)] * 4)
     assert [round(float(d.score[0]), 3) for d in decisions] == [0.0, 1.0, 2.0, 3.0]
@@ -155,81 +235,149 @@ def test_deadline_fires_once_the_sample_has_used_its_seconds(monkeypatch):
 # ------------------------------------------------------------------------------------------------- guardrails
 def test_patience_needs_consecutive_satisfied_checks():
     seq = _changing_then_constant()
-    assert _first_done(_run(X0L2(1e-4, patience=2), seq)) == 7
-    assert _first_done(_run(X0L2(1e-4, patience=4), seq)) == 9
+    assert _first_done(_run(ChangeMonitor("l2", 1e-4, patience=2), seq)) == 7
+    assert _first_done(_run(ChangeMonitor("l2", 1e-4, patience=4), seq)) == 9
     # a change in between resets the streak
     jumpy = seq[:7] + [seq[0]] + [seq[0].clone() for _ in range(3)]
-    assert _first_done(_run(X0L2(1e-4, patience=2), jumpy)) == 9
+    assert _first_done(_run(ChangeMonitor("l2", 1e-4, patience=2), jumpy)) == 9
 
 
 def test_check_every_k_scores_only_after_every_kth_evaluation():
     seq = _changing_then_constant()
-    decisions = _run(X0L2(1e-4, every=3), seq)  # checks at NFE 3, 6, 9 = steps 2, 5, 8
+    decisions = _run(ChangeMonitor("l2", 1e-4, every=3), seq)  # checks at NFE 3, 6, 9 = steps 2, 5, 8
     checked = [k for k, d in enumerate(decisions) if not math.isnan(float(d.score[0]))]
     assert checked == [2, 5, 8]
     assert _first_done(decisions) == 8
     # the change is still per step (x̂0_8 vs x̂0_7), not since the last check: the same score as with every=1
-    every_step = _run(X0L2(1e-4), seq)
+    every_step = _run(ChangeMonitor("l2", 1e-4), seq)
     assert float(decisions[5].score[0]) == float(every_step[5].score[0])
 
 
 def test_t_window_from_below():
     seq = [torch.zeros(1, 1, 4, 4)] * 10
     # constant from the start: fires at step 1 unless t >= 500 is required (t = 900 - 100 k) — then only at 1..4
-    decisions = _run(X0L2(1e-4, min_t=500, patience=5), seq)
+    decisions = _run(ChangeMonitor("l2", 1e-4, min_t=500, patience=5), seq)
     assert _first_done(decisions) is None
-    assert _first_done(_run(X0L2(1e-4, min_t=500, patience=4), seq)) == 4
+    assert _first_done(_run(ChangeMonitor("l2", 1e-4, min_t=500, patience=4), seq)) == 4
 
 
 def test_guardrails_are_validated_and_name_the_field():
     with pytest.raises(ValueError, match="patience"):
-        X0L2(0.1, patience=0)
+        ChangeMonitor("l2", 0.1, patience=0)
     with pytest.raises(ValueError, match="every"):
-        X0L2(0.1, every=-1)
+        ChangeMonitor("l2", 0.1, every=-1)
     with pytest.raises(ValueError, match="min_t 600 is above max_t 500"):
         Guardrails(min_t=600, max_t=500)
     with pytest.raises(ValueError, match="extra_forbidden|warmup"):
-        X0L2(0.1, warmup=3)
+        ChangeMonitor("l2", 0.1, warmup=3)
     with pytest.raises(ValueError, match="^threshold: -0.1 is negative"):
-        X0L2(-0.1)
+        ChangeMonitor("l2", -0.1)
     with pytest.raises(ValueError, match="^threshold: 2.5 is not a positive integer"):
         MaxNFE(2.5)
 
 
-# ------------------------------------------------------------------------------------- state keyed by sample index
-def test_state_follows_global_indices_through_compaction():
+# ---------------------------------------------------------------------------------------- row-aligned state
+def test_state_follows_the_rows_through_compaction():
     g = torch.Generator().manual_seed(0)
     a, b, c = (torch.rand(1, 1, 8, 8, generator=g) for _ in range(3))
-    monitor = X0L2(1e-4)
+    monitor = ChangeMonitor("l2", 1e-4)
     monitor.reset()
     # step 0: samples 10, 11, 12; sample 11 leaves; step 1 has rows [10, 12]: 12 is unchanged, 10 changed
     monitor(_info(0, torch.cat([a, b, c]), indices=[10, 11, 12]))
+    monitor.keep(torch.tensor([True, False, True]))
     d1 = monitor(_info(1, torch.cat([b, c]), indices=[10, 12]))
     assert d1.done.tolist() == [False, True]
     assert float(d1.score[1]) == 0.0 and float(d1.score[0]) > 0.1
-    assert 11 not in monitor.state.tracked()  # sample 11 left the batch: its state is gone
+    # sample 11 left the batch: its state is gone
+    assert monitor.state.tensors and all(len(v) == 2 for v in monitor.state.tensors.values())
     # a new run (step 0 again) with reused indices starts without history
     d0 = monitor(_info(0, torch.cat([b, c]), indices=[10, 12]))
     assert not d0.done.any() and torch.isnan(d0.score).all()
 
 
+COMPACTION_CASES = [
+    (lambda: ChangeMonitor("l2", 1e-4, patience=2), "x0-l2 patience"),
+    (lambda: ChangeMonitor("sharpness", 1e-4, every=2), "sharpness every"),
+    (lambda: ChangeMonitor("features", 1e-4, min_steps=3), "features warm-up"),
+    (lambda: AnyOf(ChangeMonitor("ssim", 1e-4), MaxNFE(9)), "any-of"),
+    (lambda: AllOf(ChangeMonitor("gmsd", 1e-4), ChangeMonitor("l2", 1e-4, patience=3)), "all-of"),
+]
+
+
+@pytest.mark.parametrize("make", [c[0] for c in COMPACTION_CASES], ids=[c[1] for c in COMPACTION_CASES])
+def test_rows_leaving_keep_the_others_state_aligned(make):
+    """Samples settle one by one and leave; every sample exits where it exits when run alone, in any batch."""
+    seq = _staggered()
+    together = _drive(make(), seq)
+    assert len({e for e in together.values() if e is not None}) >= 3  # they leave at different steps
+    alone = {r: _drive(make(), [x0[r : r + 1] for x0 in seq], [r])[r] for r in range(4)}
+    assert together == alone
+    reversed_rows = _drive(make(), [x0.flip(0) for x0 in seq], [3, 2, 1, 0])
+    assert reversed_rows == together
+
+
+def test_a_monitor_whose_rows_left_without_keep_says_what_to_do():
+    monitor = ChangeMonitor("l2", 1e-4)
+    monitor(_info(0, torch.zeros(3, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"^monitor: ChangeMonitor holds 3 rows .*has 2; call monitor.keep\(rows\)"):
+        monitor(_info(1, torch.zeros(2, 1, 4, 4)))
+    monitor.reset()  # a new batch
+    assert monitor(_info(0, torch.zeros(2, 1, 4, 4))).done.tolist() == [False, False]
+
+
+def test_a_monitor_in_batches_of_any_size_exits_at_the_same_steps(tiny):
+    trace = record_x0_trace(tiny, SHAPE, TIMESTEPS, [5], 8, batch_size=8)
+    scores = ChangeMonitor("l2", 1.0).replay_scores(trace.step_infos(), trace.n, trace.num_steps)
+    threshold = float(scores[:, 5].min())  # the change falls steadily: one sample exits at step 5, others later
+    runs = []
+    for batch_size in (8, 3, 5):
+        monitor = monitor_from_spec(f"x0-l2:{threshold!r}|max-nfe:8")
+        runs.append((sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=batch_size, seed=5, monitor=monitor), monitor))
+    (first, first_monitor), *others = runs
+    assert len(set(first.nfe.tolist())) >= 3  # exits spread over several steps
+    for result, monitor in others:
+        assert torch.equal(result.nfe, first.nfe) and torch.equal(result.samples, first.samples)
+        assert monitor.stopped_by == first_monitor.stopped_by
+
+
 # ------------------------------------------------------------------------------------------------ composition
 def test_any_of_and_all_of():
-    seq = _changing_then_constant()  # X0L2 fires at step 6
-    any_of = AnyOf(X0L2(1e-4), MaxNFE(4))
+    seq = _changing_then_constant()  # x0-l2 fires at step 6
+    any_of = AnyOf(ChangeMonitor("l2", 1e-4), MaxNFE(4))
     assert _first_done(_run(any_of, seq)) == 3
-    all_of = AllOf(X0L2(1e-4), MaxNFE(8))
+    all_of = AllOf(ChangeMonitor("l2", 1e-4), MaxNFE(8))
     decisions = _run(all_of, seq)
     assert _first_done(decisions) == 7
     assert decisions[7].score.shape == (2, 2)
-    # AllOf holds a child's verdict while the other catches up: X0L2 with patience done at 6.., MaxNFE at 9
-    assert _first_done(_run(AllOf(X0L2(1e-4), MaxNFE(10)), seq)) == 9
+    # AllOf holds a child's verdict while the other catches up: x0-l2 with patience done at 6.., MaxNFE at 9
+    assert _first_done(_run(AllOf(ChangeMonitor("l2", 1e-4), MaxNFE(10)), seq)) == 9
     with pytest.raises(ValueError, match="needs at least one monitor"):
         AnyOf()
 
 
+def test_composites_have_no_threshold_and_say_which_child_stopped_each_sample():
+    settles = _changing_then_constant(rows=1, total=10)  # x0-l2 fires at step 6
+    g = torch.Generator().manual_seed(5)
+    seq = [torch.cat([x0, torch.rand(1, 1, 32, 32, generator=g)]) for x0 in settles]  # row 1 never settles
+    x0_l2, budget = ChangeMonitor("l2", 1e-4), MaxNFE(8)
+    any_of = AnyOf(x0_l2, budget)
+    assert not hasattr(any_of, "threshold") and not hasattr(any_of, "guardrails")
+    assert _drive(any_of, seq, [4, 7]) == {4: 6, 7: 7}
+    assert any_of.stopped_by == {4: "x0-l2:0.0001", 7: "max-nfe:8"}
+    all_of = AllOf(x0_l2, budget)
+    assert _drive(all_of, seq, [4, 7]) == {4: 7, 7: None}  # row 7 runs to the end: not stopped early
+    assert all_of.stopped_by == {4: "x0-l2:0.0001&max-nfe:8"}
+    # a later batch with the same indices replaces their records; samples that run to the end have none
+    changing = [torch.rand(2, 1, 32, 32, generator=g) for _ in range(5)]
+    assert _drive(all_of, changing, [4, 9]) == {4: None, 9: None}
+    assert all_of.stopped_by == {}
+    # done at the very last step (sample 4 at step 6 of 7) is not an early stop
+    assert _drive(any_of, seq[:7], [4, 7]) == {4: 6, 7: None}
+    assert any_of.stopped_by == {}
+
+
 # ---------------------------------------------------------------------------------------- the real sampling loop
-class _Scripted(Monitor):
+class _Scripted(ThresholdMonitor):
     """Done for given (sample index -> step) pairs: a monitor whose answer is known exactly."""
 
     name = "scripted"
@@ -237,8 +385,10 @@ class _Scripted(Monitor):
     def __init__(self, plan: dict[int, int]):
         super().__init__(0.5)
         self.plan = plan
+        self.rows_seen: list[int] = []
 
     def score(self, info: StepInfo) -> torch.Tensor:
+        self.rows_seen.append(len(info.sample_indices))
         return torch.tensor([0.0 if self.plan.get(i) == info.step else 1.0 for i in info.sample_indices.tolist()])
 
 
@@ -250,17 +400,11 @@ def test_exits_return_x0_of_their_step_and_leave_survivors_bitwise_unchanged(tin
         for row, i in enumerate(info.sample_indices.tolist()):
             full_steps.setdefault(i, {})[info.step] = info.x0[row].clone()
 
-    full = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, callback=record)
+    full = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, monitor=record)
     plan = {0: 2, 3: 2, 4: 5, 7: 0, 8: 9}  # 7 exits after one evaluation; 6-9 are the second batch
     monitor = _Scripted(plan)
-    rows_seen: list[int] = []
-    callback = monitor.as_callback()
-
-    def counting(info: StepInfo) -> torch.Tensor:
-        rows_seen.append(len(info.sample_indices))
-        return callback(info)
-
-    early = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, callback=counting)
+    early = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, monitor=monitor)
+    rows_seen = monitor.rows_seen
     for i in range(n):
         if i in plan:
             assert torch.equal(early.samples[i], full_steps[i][plan[i]]), i
@@ -279,24 +423,36 @@ def test_a_budget_stopping_every_sample_at_once_returns_their_x0_and_counts_k_pl
         if info.step == 2:
             steps.update({i: info.x0[row].clone() for row, i in enumerate(info.sample_indices.tolist())})
 
-    sample(tiny, TIMESTEPS, SHAPE, 5, batch_size=5, seed=0, callback=record)
-    capped = sample(tiny, TIMESTEPS, SHAPE, 5, batch_size=5, seed=0, callback=MaxNFE(3).as_callback())
+    sample(tiny, TIMESTEPS, SHAPE, 5, batch_size=5, seed=0, monitor=record)
+    capped = sample(tiny, TIMESTEPS, SHAPE, 5, batch_size=5, seed=0, monitor=MaxNFE(3))
     assert capped.nfe.tolist() == [3] * 5
     assert torch.equal(capped.samples, torch.stack([steps[i] for i in range(5)]))
 
 
 def test_online_x0_l2_exits_where_the_offline_simulation_says(tiny):
     trace = record_x0_trace(tiny, SHAPE, TIMESTEPS, [5], 8, batch_size=8)
-    monitor = X0L2(1.0)
+    monitor = ChangeMonitor("l2", 1.0)
     scores = monitor.replay_scores(trace.step_infos(), trace.n, trace.num_steps)
     lowest = scores[:, :-1].nan_to_num(float("inf")).amin(dim=1).sort().values
     threshold = float(lowest[3])  # the 4 samples whose change falls lowest exit, the others do not
-    monitor = X0L2(threshold)
+    monitor = ChangeMonitor("l2", threshold)
     expected = monitor.simulate_exits(scores)
     assert 0 < int((expected < len(TIMESTEPS) - 1).sum()) < trace.n
-    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=5, callback=monitor.as_callback())
+    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=5, monitor=monitor)
     assert online.nfe.tolist() == (expected + 1).tolist()
     assert torch.equal(online.samples, trace.exit_x0(expected))
+
+
+def test_a_trace_recorded_and_replayed_in_any_batch_size_is_the_same(tiny):
+    one = record_x0_trace(tiny, SHAPE, TIMESTEPS, [5], 8, batch_size=8)
+    three = record_x0_trace(tiny, SHAPE, TIMESTEPS, [5], 8, batch_size=3)
+    assert one.timesteps.tolist() == TIMESTEPS and one.x0.shape == (8, len(TIMESTEPS), *SHAPE)
+    assert torch.equal(one.x0, three.x0) and torch.equal(one.samples, three.samples)
+    assert torch.equal(one.x0[:, -1], one.samples)  # the last step returns x̂0
+    monitor = ChangeMonitor("sharpness", 1.0, every=2)
+    by_8 = monitor.replay_scores(one.step_infos(8), one.n, one.num_steps)
+    by_3 = monitor.replay_scores(one.step_infos(3), one.n, one.num_steps)
+    torch.testing.assert_close(by_3, by_8, rtol=0, atol=0, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------------- LPIPS
@@ -305,7 +461,7 @@ def test_lpips_without_backbone_weights_says_which_file_goes_where(monkeypatch, 
     expected = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert backbone_weights_path("alex") == expected
     with pytest.raises(LPIPSWeightsMissingError, match="alexnet-owt-7be5be79.pth") as err:
-        LPIPSChange(0.1)
+        ChangeMonitor("lpips", 0.1)
     message = str(err.value)
     assert str(expected) in message and "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message
     assert "lpips/weights/v0.1/alex.pth" in message  # the linear layers ship with the package
@@ -331,17 +487,19 @@ def test_lpips_loads_a_backbone_file_from_the_hub_cache(monkeypatch, tmp_path):
 
 # -------------------------------------------------------------------------------------------------- spec parsing
 def test_monitor_from_spec_builds_each_monitor():
-    assert isinstance(monitor_from_spec("x0-l2:0.01"), X0L2)
-    for name, cls in [("ssim", SSIMChange), ("haarpsi", HaarPSIChange), ("gmsd", GMSDChange),
-                      ("features", FeatureChange), ("sharpness", Sharpness), ("max-nfe", MaxNFE),
-                      ("deadline", Deadline)]:
+    x0_l2 = monitor_from_spec("x0-l2:0.01")
+    assert isinstance(x0_l2, ChangeMonitor) and isinstance(x0_l2.distance, RelativeL2)
+    for name, cls in [("ssim", SSIM), ("haarpsi", HaarPSI), ("gmsd", GMSD), ("features", Features),
+                      ("sharpness", Sharpness), ("max-nfe", MaxNFE), ("deadline", Deadline)]:
         monitor = monitor_from_spec(f"{name}:2")
-        assert isinstance(monitor, cls) and monitor.threshold == 2.0
+        built = monitor.distance if isinstance(monitor, ChangeMonitor) else monitor
+        assert isinstance(built, cls) and monitor.threshold == 2.0 and monitor.name == name
     m = monitor_from_spec("sharpness:0.05,patience=2,min_steps=10,every=2")
     assert m.guardrails == Guardrails(patience=2, min_steps=10, every=2)
     assert monitor_from_spec(m.spec()).guardrails == m.guardrails
     both = monitor_from_spec("x0-l2:0.01|max-nfe:30")
-    assert isinstance(both, AnyOf) and [type(c) for c in both.monitors] == [X0L2, MaxNFE]
+    assert isinstance(both, AnyOf) and [type(c) for c in both.monitors] == [ChangeMonitor, MaxNFE]
+    assert isinstance(both.monitors[0].distance, RelativeL2)
     assert isinstance(monitor_from_spec("x0-l2:0.01&ssim:0.001"), AllOf)
 
 
@@ -396,8 +554,7 @@ def test_calibration_meets_the_target_on_calibration_seeds_and_matches_the_onlin
     assert result.n_calibration == result.n_heldout == 8 and result.num_steps == len(TIMESTEPS)
     # the offline simulation is what the online run does (same seeds, same threshold)
     full = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=11)
-    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=11,
-                    callback=monitor_from_spec(result.monitor).as_callback())
+    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=11, monitor=monitor_from_spec(result.monitor))
     assert online.nfe_mean == pytest.approx(result.calibration.nfe_mean)
     assert fidelity(online.samples, full.samples).psnr == pytest.approx(result.calibration.mean_psnr, abs=1e-4)
     mse = ((online.samples - full.samples) / 2).pow(2).mean()  # the target's PSNR: of the MSE over samples

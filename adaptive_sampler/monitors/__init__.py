@@ -1,33 +1,37 @@
-"""Early-exit monitors on x̂0: per-sample done masks with warm-up, patience and check-every-k guardrails.
+"""Early-exit monitors on x̂0: per-row done masks with warm-up, patience and check-every-k guardrails.
 
     monitor = monitor_from_spec("x0-l2:0.01,patience=2|max-nfe:40")
-    result = sample(adapter, timesteps, shape, n, callback=monitor.as_callback())
+    result = sample(adapter, timesteps, shape, n, monitor=monitor)
 
 A sample a monitor marks done returns x̂0 of that step (its NFE is step + 1) and leaves the network batch.
-Thresholds do not transfer between models or step counts: calibrate them with `adaptive_sampler.calibration`.
+Thresholds do not transfer between models or step counts: calibrate them with `monitors.calibrate_threshold`.
 """
 
-from adaptive_sampler.monitors.base import (
-    Guardrails,
-    Monitor,
-    MonitorDecision,
-    SampleState,
-    advance_streak,
-)
+from adaptive_sampler.monitors.base import Guardrails, Monitor, MonitorDecision, RowState, ThresholdMonitor
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
-from adaptive_sampler.monitors.change import (
-    ChangeMonitor,
-    FeatureChange,
-    GMSDChange,
-    HaarPSIChange,
-    Sharpness,
-    SSIMChange,
-    X0L2,
-    laplacian_variance,
+from adaptive_sampler.monitors.calibration import (
+    CalibrationResult,
+    ExitSimulation,
+    X0Trace,
+    calibrate_threshold,
+    record_x0_trace,
 )
+from adaptive_sampler.monitors.change import ChangeMonitor
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
-from adaptive_sampler.monitors.lpips_monitor import (
-    LPIPSChange,
+from adaptive_sampler.monitors.distances import (
+    DISTANCES,
+    GMSD,
+    SSIM,
+    Distance,
+    Features,
+    HaarPSI,
+    RelativeL2,
+    Sharpness,
+    laplacian_variance,
+    make_distance,
+)
+from adaptive_sampler.monitors.lpips_distance import (
+    LPIPS,
     LPIPSWeightsMissingError,
     backbone_weights_path,
     build_lpips,
@@ -46,31 +50,39 @@ from adaptive_sampler.monitors.spec import (
 __all__ = [
     "BUDGET_NAMES",
     "DEFAULTS_PATH",
+    "DISTANCES",
+    "GMSD",
+    "LPIPS",
     "MONITORS",
     "MONITOR_NAMES",
+    "SSIM",
     "AllOf",
     "AnyOf",
+    "CalibrationResult",
     "ChangeMonitor",
     "Deadline",
-    "FeatureChange",
-    "GMSDChange",
+    "Distance",
+    "ExitSimulation",
+    "Features",
     "Guardrails",
-    "HaarPSIChange",
-    "LPIPSChange",
+    "HaarPSI",
     "LPIPSWeightsMissingError",
     "MaxNFE",
     "Monitor",
     "MonitorDecision",
-    "SSIMChange",
-    "SampleState",
+    "RelativeL2",
+    "RowState",
     "Sharpness",
-    "X0L2",
-    "advance_streak",
+    "ThresholdMonitor",
+    "X0Trace",
     "backbone_weights_path",
     "build_lpips",
+    "calibrate_threshold",
     "calibrated_default",
     "laplacian_variance",
     "linear_weights_path",
     "load_calibrated_defaults",
+    "make_distance",
     "monitor_from_spec",
+    "record_x0_trace",
 ]

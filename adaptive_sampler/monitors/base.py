@@ -1,26 +1,24 @@
-"""What a monitor is: per-sample early-exit decisions from a StepInfo, with the guardrails in one place.
+"""What a monitor is: one call, StepInfo -> MonitorDecision(done mask, score), with no-op `reset` and `keep` hooks.
 
-A monitor looks at one step of the active samples of a batch and returns `MonitorDecision(done, score)`: a bool
-mask over the active rows (True = this sample may stop now and return x̂0 of this step) and the score it judged.
-A subclass implements only its `score` (one value per row, NaN where it has none yet) and, if the default
-"score <= threshold" (or ">= threshold" with `fires_above`) does not fit, its `rule`. Everything else lives here:
+`Monitor` is the whole interface the sampling loop sees. The loop calls `reset()` at the start of every batch and
+`keep(rows)` (a bool mask over the rows of the StepInfo just seen, True = stays) whenever rows leave the batch, so
+a monitor's per-row state is row-aligned tensors (`RowState`) that compact with the batch, like the solver's
+`SolverState`. A monitor also starts afresh on its own at step 0 (every batch starts there).
 
-- per-sample state keyed by the *global* sample index (`SampleState`), so batching and the compaction of exited
-  rows never misalign a sample with another's history; state is dropped when a sample leaves the batch or
-  finishes, and reset when a sample is seen at step 0;
-- guardrails (`Guardrails`): a warm-up (`min_steps` network evaluations, and a window `min_t <= t <= max_t`),
-  `patience` (consecutive satisfied checks) and `every` (check only after every k-th network evaluation).
-
-The same streak logic runs online (`__call__`) and offline (`simulate_exits`, used by calibration), so a
-threshold simulated from a recorded trace exits exactly where the online run would.
+`ThresholdMonitor` is the usual plug-in: a subclass implements only its `score` (one value per row, NaN where it
+has none yet) and, if "score <= threshold" (or ">= threshold" with `fires_above`) does not fit, its `rule`. The
+guardrails (`Guardrails`) live here: a warm-up (`min_steps` network evaluations, and a window
+`min_t <= t <= max_t`), `patience` (consecutive satisfied checks) and `every` (check only after every k-th
+network evaluation). The same streak logic runs online (`__call__`) and offline (`simulate_exits`, used by
+calibration), so a threshold simulated from a recorded trace exits exactly where the online run would.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -41,6 +39,46 @@ class MonitorDecision:
     score: torch.Tensor
 
 
+@dataclass
+class RowState:
+    """Named per-row tensors, row-aligned with the rows of the last StepInfo; `keep(rows)` compacts them all."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.tensors = {name: value[rows.to(value.device)] for name, value in self.tensors.items()}
+
+    def check_rows(self, info: StepInfo, owner: str) -> None:
+        """Raise if the stored rows are not the rows of `info` (rows left without a `keep` call)."""
+        rows = len(info.sample_indices)
+        for name, value in self.tensors.items():
+            if len(value) != rows:
+                raise ValueError(f"monitor: {owner} holds {len(value)} rows of {name!r} but step {info.step} has "
+                                 f"{rows}; call monitor.keep(rows) whenever rows leave the batch (the sampling "
+                                 "loop does), or reset() before a new batch")
+
+
+class Monitor(ABC):
+    """The monitor interface: `monitor(info) -> MonitorDecision`, plus the no-op hooks `reset` and `keep`."""
+
+    name: ClassVar[str] = "monitor"
+    calibratable: ClassVar[bool] = False  # can its threshold be simulated offline from an x̂0 trace?
+
+    @abstractmethod
+    def __call__(self, info: StepInfo) -> MonitorDecision:
+        """The decision on the active rows of `info`."""
+
+    def reset(self) -> None:  # noqa: B027 - a no-op hook, like Optuna's callbacks
+        """Forget all per-row state (a new batch starts)."""
+
+    def keep(self, rows: torch.Tensor) -> None:  # noqa: B027 - a no-op hook
+        """Rows of the last StepInfo left the batch: keep the state of `rows` (bool mask, True = stays) only."""
+
+    def spec(self) -> str:
+        """The `monitor_from_spec` string of this monitor."""
+        return self.name
+
+
 class Guardrails(BaseModel):
     """When a monitor may fire (validated; a bad value names its field).
 
@@ -49,7 +87,7 @@ class Guardrails(BaseModel):
         the usual warm-up in noise level ("not before t <= 600").
     patience: the monitor fires after this many consecutive satisfied checks.
     every: checks happen only after every k-th network evaluation (NFE % every == 0); between checks the monitor
-        keeps its per-sample history (cheap) but computes no score (the costly part).
+        keeps its per-row history (cheap) but computes no score (the costly part).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,11 +105,10 @@ class Guardrails(BaseModel):
 
     def in_window(self, info: StepInfo) -> torch.Tensor:
         """Rows of `info` that this step may check: warm-up and t window passed, and a check step."""
-        t = info.t.to(info.x0.device)
-        ok = torch.full((len(info.sample_indices),), (info.step + 1) % self.every == 0, dtype=torch.bool,
-                        device=info.x0.device)
-        if info.step + 1 < self.min_steps:
-            ok[:] = False
+        device = info.x0.device
+        check = (info.step + 1) % self.every == 0 and info.step + 1 >= self.min_steps
+        ok = torch.full((len(info.sample_indices),), check, dtype=torch.bool, device=device)
+        t = info.t.to(device)
         if self.max_t is not None:
             ok &= t <= self.max_t
         if self.min_t is not None:
@@ -79,70 +116,28 @@ class Guardrails(BaseModel):
         return ok
 
 
-class SampleState:
-    """Per-sample tensors keyed by global sample index: `state.get("prev_x0", indices)` -> (stacked, present)."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, dict[int, torch.Tensor]] = {}
-
-    def get(self, key: str, indices: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Values of `key` for `indices` stacked on a new first axis (zeros where absent), and the present mask."""
-        store = self._data.get(key, {})
-        present = [i in store for i in indices]
-        mask = torch.tensor(present, dtype=torch.bool)
-        if not any(present):
-            return None, mask
-        template = next(store[i] for i in indices if i in store)
-        values = torch.stack([store[i] if i in store else torch.zeros_like(template) for i in indices])
-        return values, mask.to(template.device)
-
-    def put(self, key: str, indices: Sequence[int], values: torch.Tensor | None) -> None:
-        """Store row r of `values` for sample indices[r]; None removes `key` for those samples."""
-        store = self._data.setdefault(key, {})
-        if values is None:
-            for i in indices:
-                store.pop(i, None)
-            return
-        for i, v in zip(indices, values):
-            store[i] = v
-
-    def forget(self, indices: Sequence[int]) -> None:
-        for store in self._data.values():
-            for i in indices:
-                store.pop(i, None)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def tracked(self) -> set[int]:
-        """Sample indices that have any state."""
-        return set().union(*(store.keys() for store in self._data.values())) if self._data else set()
-
-
 def advance_streak(streak: torch.Tensor, satisfied: torch.Tensor, checked: torch.Tensor) -> torch.Tensor:
     """One step of the patience counter: checked rows count up if satisfied, else reset; unchecked rows keep it."""
     return torch.where(checked, torch.where(satisfied, streak + 1, torch.zeros_like(streak)), streak)
 
 
-class Monitor(ABC):
-    """Base class of all monitors: guardrails, per-sample state and the done logic; see the module docstring.
+class ThresholdMonitor(Monitor):
+    """A score per row, a threshold, guardrails and a patience streak; see the module docstring.
 
     Subclasses set `name`, implement `score(info)` (float [rows]; NaN = no score yet) and optionally `rule`,
-    `observe(info)` (called every step after scoring, to update per-sample history) and `forget_samples`.
-    Call the monitor on each StepInfo; `as_callback()` adapts it to `sample(..., callback=...)`.
+    `observe(info, checked_step)` (called every step after scoring, to update per-row history in `self.state`)
+    and `validate_threshold`. Per-row state goes in `self.state` (a `RowState`), which `keep` compacts.
     """
 
-    name: ClassVar[str] = "monitor"
     fires_above: ClassVar[bool] = False  # rule: score >= threshold (budgets) instead of score <= threshold
-    calibratable: ClassVar[bool] = True  # can its threshold be simulated offline from an x̂0 trace?
+    calibratable: ClassVar[bool] = True
 
     def __init__(self, threshold: float, *, guardrails: Guardrails | None = None, **guardrail_fields: int | None):
         if guardrails is not None and guardrail_fields:
             raise ValueError(f"guardrails: given both as an object and as fields {sorted(guardrail_fields)}")
         self.guardrails = guardrails if guardrails is not None else Guardrails(**guardrail_fields)
         self.threshold = self._check_threshold(threshold)
-        self.state = SampleState()
-        self._last_rows: set[int] = set()
+        self.state = RowState()
 
     # --------------------------------------------------------------------------------------------- subclass API
     @abstractmethod
@@ -154,10 +149,10 @@ class Monitor(ABC):
         return score >= threshold if self.fires_above else score <= threshold
 
     def observe(self, info: StepInfo, checked_step: bool) -> None:
-        """Update per-sample history after every step (`checked_step`: whether `score` ran at this step)."""
+        """Update per-row history after every step (`checked_step`: whether `score` ran at this step)."""
 
     def validate_threshold(self, threshold: float) -> None:
-        """Raise ValueError if `threshold` makes no sense for this monitor (default: finite and >= 0)."""
+        """Raise ValueError if `threshold` makes no sense for this monitor (default: >= 0)."""
         if threshold < 0:
             raise ValueError(f"threshold: {threshold} is negative; a {self.name} threshold is a change size >= 0")
 
@@ -171,95 +166,58 @@ class Monitor(ABC):
         self.validate_threshold(value)
         return value
 
-    def with_threshold(self, threshold: float) -> Monitor:
-        """A fresh copy (no per-sample state) with another threshold and the same guardrails."""
+    def with_threshold(self, threshold: float) -> ThresholdMonitor:
+        """A fresh copy (no per-row state) with another threshold and the same guardrails."""
         other = copy.copy(self)
         other.threshold = other._check_threshold(threshold)
-        other.state = SampleState()
-        other._last_rows = set()
+        other.state = RowState()
         return other
 
     def reset(self) -> None:
-        """Forget all per-sample state (a new run)."""
-        self.state.clear()
-        self._last_rows = set()
-        self.forget_samples(None)
+        self.state = RowState()
 
-    def forget_samples(self, indices: Sequence[int] | None) -> None:
-        """Hook for subclasses keeping state outside `self.state` (None = all samples)."""
+    def keep(self, rows: torch.Tensor) -> None:
+        self.state.keep(rows)
 
-    def _sync_rows(self, info: StepInfo, rows: list[int]) -> None:
-        """Drop the state of samples that left the batch, and reset samples starting afresh at step 0."""
-        current = set(rows)
-        gone = [i for i in self._last_rows if i not in current]
-        fresh = rows if info.step == 0 else []
-        if gone or fresh:
-            self.state.forget(gone + fresh)
-            self.forget_samples(gone + fresh)
-
-    def _end_step(self, info: StepInfo, rows: list[int]) -> None:
-        if bool((info.t_prev < 0).all()):  # the last step: these samples are finished
-            self.state.forget(rows)
-            self.forget_samples(rows)
-            self._last_rows = set()
-        else:
-            self._last_rows = set(rows)
-
-    def _evaluate(self, info: StepInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(score, satisfied, checked) of this step's rows; score is NaN where not checked."""
+    def _evaluate(self, info: StepInfo) -> torch.Tensor:
+        """Score of this step's rows, NaN where not checked; starts afresh at step 0 and updates the history."""
+        if info.step == 0:
+            self.reset()
+        self.state.check_rows(info, type(self).__name__)
         window = self.guardrails.in_window(info)
         rows = len(info.sample_indices)
-        if bool(window.any()):
+        checked_step = bool(window.any())
+        if checked_step:
             score = self.score(info).to(device=window.device, dtype=torch.float32).reshape(rows)
             score = torch.where(window, score, torch.full_like(score, float("nan")))
         else:
             score = torch.full((rows,), float("nan"), device=window.device)
-        self.observe(info, bool(window.any()))
-        checked = ~torch.isnan(score)
-        return score, self.rule(score, self.threshold) & checked, checked
+        self.observe(info, checked_step)
+        return score
 
     def __call__(self, info: StepInfo) -> MonitorDecision:
-        rows = info.sample_indices.tolist()
-        self._sync_rows(info, rows)
-        score, satisfied, checked = self._evaluate(info)
-        streak, present = self.state.get("streak", rows)
-        streak = torch.zeros(len(rows), dtype=torch.int64, device=score.device) if streak is None else \
-            torch.where(present.to(score.device), streak.to(score.device), 0)
-        streak = advance_streak(streak, satisfied, checked)
-        self.state.put("streak", rows, streak)
-        done = streak >= self.guardrails.patience
-        self._end_step(info, rows)
-        return MonitorDecision(done=done, score=score)
-
-    def as_callback(self, record: list[MonitorDecision] | None = None) -> Callable[[StepInfo], torch.Tensor]:
-        """A `sample(..., callback=)` that returns the done mask (appending each decision to `record` if given)."""
-        self.reset()
-
-        def callback(info: StepInfo) -> torch.Tensor:
-            decision = self(info)
-            if record is not None:
-                record.append(decision)
-            return decision.done
-
-        return callback
+        score = self._evaluate(info)
+        checked = ~torch.isnan(score)
+        streak = self.state.tensors.get("streak")
+        if streak is None:
+            streak = torch.zeros(len(score), dtype=torch.int64, device=score.device)
+        streak = advance_streak(streak, self.rule(score, self.threshold) & checked, checked)
+        self.state.tensors["streak"] = streak
+        return MonitorDecision(done=streak >= self.guardrails.patience, score=score)
 
     # ------------------------------------------------------------------------------------ offline (calibration)
     def replay_scores(self, steps: Sequence[StepInfo], n: int, num_steps: int) -> torch.Tensor:
         """Scores [n, num_steps] (NaN where not checked) of a recorded run without exits, on the CPU.
 
-        Each sample's score depends only on its own x̂0 history, so these are the scores an online run sees at
+        `steps` are the StepInfos of one batch after the other (each batch from step 0, when the monitor starts
+        afresh). A row's score depends only on its own x̂0 history, so these are the scores an online run sees at
         every step the sample is still active.
         """
         if not self.calibratable:
             raise ValueError(f"monitor: {self.name!r} cannot be simulated from a recorded x̂0 trace")
-        self.reset()
         scores = torch.full((n, num_steps), float("nan"))
         for info in steps:
-            rows = info.sample_indices.tolist()
-            self._sync_rows(info, rows)
-            score, _, _ = self._evaluate(info)
-            scores[info.sample_indices, info.step] = score.float().cpu()
-            self._end_step(info, rows)
+            scores[info.sample_indices, info.step] = self._evaluate(info).float().cpu()
         self.reset()
         return scores
 

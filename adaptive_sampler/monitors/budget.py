@@ -9,11 +9,11 @@ import time
 
 import torch
 
-from adaptive_sampler.monitors.base import Monitor
+from adaptive_sampler.monitors.base import ThresholdMonitor
 from adaptive_sampler.step_info import StepInfo
 
 
-class MaxNFE(Monitor):
+class MaxNFE(ThresholdMonitor):
     """Done once a sample has taken `threshold` network evaluations (NFE = step + 1; score = NFE)."""
 
     name = "max-nfe"
@@ -28,10 +28,10 @@ class MaxNFE(Monitor):
         return torch.full((len(info.sample_indices),), float(info.step + 1), device=info.x0.device)
 
 
-class Deadline(Monitor):
+class Deadline(ThresholdMonitor):
     """Done once `threshold` wall-clock seconds have passed since the sample's first step (score = seconds).
 
-    The clock of a sample starts when the monitor first sees it, i.e. after its first network evaluation, and
+    The clock of a batch starts when the monitor first sees it, i.e. after its first network evaluation, and
     includes the time of everything the sample shares its batch with (the network, the solver, other monitors).
     On a GPU it reads the host clock without a synchronisation: the device may still be working on queued steps.
     A wall-clock budget cannot be simulated from a recorded trace, so it has no calibrated threshold.
@@ -40,20 +40,25 @@ class Deadline(Monitor):
     name = "deadline"
     fires_above = True
     calibratable = False
+    _start: float | None = None  # host clock at the batch's step 0, where all its samples start
 
     def validate_threshold(self, threshold: float) -> None:
         if threshold <= 0:
             raise ValueError(f"threshold: {threshold:g} is not a positive number of seconds")
 
-    def _starts(self, info: StepInfo, now: float) -> torch.Tensor:
-        started, present = self.state.get("start", info.sample_indices.tolist())
-        start = torch.full((len(info.sample_indices),), now, dtype=torch.float64)
-        return start if started is None else torch.where(present, started, start)
+    def reset(self) -> None:
+        super().reset()
+        self._start = None
+
+    def _elapsed(self) -> float:
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = now
+        return now - self._start
 
     def score(self, info: StepInfo) -> torch.Tensor:
-        now = time.perf_counter()
-        return (now - self._starts(info, now)).to(info.x0.device)
+        return torch.full((len(info.sample_indices),), self._elapsed(), device=info.x0.device)
 
     def observe(self, info: StepInfo, checked_step: bool) -> None:
-        # the clock starts at the sample's first step, whether or not that step was a check
-        self.state.put("start", info.sample_indices.tolist(), self._starts(info, time.perf_counter()))
+        if self._start is None:  # the clock starts at the batch's first step, whether or not that was a check
+            self._elapsed()

@@ -3,12 +3,13 @@
 Thresholds do not transfer between models or step counts (x̂0 moves by different amounts per step), so each
 (model, steps) pair needs its own. `calibrate_threshold` runs the full sampling run once per seed set while
 recording x̂0 of every step (`record_x0_trace`), scores every step of every sample once with the monitor
-(`Monitor.replay_scores`), and then simulates each candidate threshold offline (`Monitor.simulate_exits`, the same
-streak logic as the online monitor): a sample that exits at step k returns x̂0 of step k. That is exactly what
-the online run returns: the core computes a sample bitwise identically whether or not other samples leave its
-batch (the adapter's fixed `network_rows`; with `network_rows=None` the two may differ by float round-off), and a
-monitor's score of a sample depends only on that sample's own x̂0 history. So one recorded run prices every
-threshold, at no further network cost.
+(`ThresholdMonitor.replay_scores`, batch by batch as the online run sees them), and then simulates each candidate
+threshold offline (`ThresholdMonitor.simulate_exits`, the same streak logic as the online monitor): a sample that
+exits at step k returns x̂0 of step k. That is exactly what the online run returns: the core computes a sample
+bitwise identically whether or not other samples leave its batch (the adapter's fixed `network_rows`; with
+`network_rows=None` the two may differ by float round-off), and a monitor's score of a sample depends only on that
+sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run prices every threshold,
+at no further network cost.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from tqdm.auto import tqdm
 
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, Fidelity, fidelity
 from adaptive_sampler.metrics.features import FeatureExtractor
-from adaptive_sampler.model_adapter import ModelAdapter
-from adaptive_sampler.monitors import MONITORS, Monitor, monitor_from_spec
 from adaptive_sampler.metrics.fidelity import to_unit_range
+from adaptive_sampler.model_adapter import ModelAdapter
+from adaptive_sampler.monitors.base import Monitor, ThresholdMonitor
+from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
-
 
 _PSNR_EPS = 1e-8
 
@@ -54,7 +55,8 @@ class X0Trace:
         return self.x0.shape[1]
 
     def step_infos(self, batch_size: int = 256) -> list[StepInfo]:
-        """StepInfos of a replay in row chunks: step, t, t_prev, x0 and sample_indices = trace rows.
+        """StepInfos of a replay, batch after batch of `batch_size` rows (each from step 0): step, t, t_prev, x0 and
+        sample_indices = trace rows.
 
         `x_t` and `eps` are not recorded (empty tensors): the monitors look at x̂0 only.
         """
@@ -72,32 +74,40 @@ class X0Trace:
         return self.x0[torch.arange(self.n), exit_step]
 
 
+class _X0Recorder:
+    """A monitor that never stops a sample and keeps x̂0 [rows, ...] of every step, one list per batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[torch.Tensor]] = []
+
+    def reset(self) -> None:
+        self.batches.append([])
+
+    def __call__(self, info: StepInfo) -> None:
+        self.batches[-1].append(info.x0.float().cpu())
+
+
 def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequence[int] | torch.Tensor,
                     seeds: Sequence[int], samples_per_seed: int, *, batch_size: int = 64,
                     progress: bool = False) -> X0Trace:
     """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s)` for each seed s, keeping x̂0 of
-    every step (through a callback that never stops a sample; cheaper than `trace=True`, which keeps x_t and ε̂)."""
+    every step (through a monitor that never stops a sample; cheaper than `trace=True`, which keeps x_t and ε̂)."""
     if samples_per_seed < 1:
         raise ValueError(f"samples_per_seed: {samples_per_seed} is not a positive integer")
     if not seeds:
         raise ValueError("seeds: [] is empty; give at least one seed")
+    planned = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
     x0s, samples, keys, wall = [], [], [], 0.0
     for seed in tqdm(list(seeds), desc="recording x̂0 traces", unit="seed", disable=not progress):
-        steps: dict[int, dict[int, torch.Tensor]] = {}
-
-        def record(info: StepInfo) -> None:
-            for row, i in enumerate(info.sample_indices.tolist()):
-                steps.setdefault(i, {})[info.step] = info.x0[row].float().cpu()
-
-        result = sample(adapter, timesteps, shape, samples_per_seed, batch_size=batch_size, seed=seed,
-                        callback=record)
-        num_steps = len(result.timesteps)
-        x0s.append(torch.stack([torch.stack([steps[i][k] for k in range(num_steps)])
-                                for i in range(samples_per_seed)]))
+        recorder = _X0Recorder()
+        result = sample(adapter, planned, shape, samples_per_seed, batch_size=batch_size, seed=seed,
+                        monitor=recorder)
+        # every row of a batch walks every planned step: [rows, K, *shape] per batch
+        x0s += [torch.stack(steps, dim=1) for steps in recorder.batches]
         samples.append(result.samples.float())
         keys += [(int(seed), i) for i in range(samples_per_seed)]
         wall += result.wall_s
-    return X0Trace(torch.cat(x0s), torch.cat(samples), result.timesteps.cpu(), keys, wall)
+    return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall)
 
 
 def mse_matrix(trace: X0Trace) -> torch.Tensor:
@@ -189,9 +199,9 @@ class CalibrationResult:
         }
 
 
-def _calibration_monitor(monitor: str | Monitor, options: dict[str, dict[str, Any]] | None) -> Monitor:
+def _calibration_monitor(monitor: str | Monitor, options: dict[str, dict[str, Any]] | None) -> ThresholdMonitor:
     if isinstance(monitor, Monitor):
-        if not monitor.calibratable:
+        if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable:
             raise ValueError(f"monitor: {monitor.name!r} cannot be calibrated from a recorded trace (a wall-clock "
                              "budget or a composite); calibrate its quality monitors one by one")
         return monitor
@@ -201,12 +211,12 @@ def _calibration_monitor(monitor: str | Monitor, options: dict[str, dict[str, An
         raise ValueError(f"monitor: {name!r} cannot be calibrated from a recorded trace; a wall-clock budget "
                          "depends on the machine, not on x̂0")
     built = monitor_from_spec(f"{name}:1{sep}{rest}", options=options)  # the threshold is what we search
-    if not built.calibratable:
+    if not isinstance(built, ThresholdMonitor) or not built.calibratable:
         raise ValueError(f"monitor: {monitor!r} is a composite; calibrate its monitors one by one")
     return built
 
 
-def _candidates(monitor: Monitor, scores: torch.Tensor, num_steps: int, grid_size: int) -> list[float]:
+def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int, grid_size: int) -> list[float]:
     """Thresholds from the most conservative (never or rarely fires) to the most aggressive."""
     finite = scores[torch.isfinite(scores)].double()
     if monitor.fires_above:  # budgets: score = NFE-like, fires when score >= threshold
@@ -219,7 +229,7 @@ def _candidates(monitor: Monitor, scores: torch.Tensor, num_steps: int, grid_siz
     return sorted({0.0} | {max(0.0, float(q)) for q in quantiles})
 
 
-def _simulate(monitor: Monitor, scores: torch.Tensor, threshold: float, mse: torch.Tensor,
+def _simulate(monitor: ThresholdMonitor, scores: torch.Tensor, threshold: float, mse: torch.Tensor,
               feature: torch.Tensor | None) -> tuple[ExitSimulation, torch.Tensor]:
     exit_step = monitor.simulate_exits(scores, threshold)
     rows = torch.arange(len(exit_step))
@@ -256,7 +266,7 @@ def calibrate_threshold(
 ) -> CalibrationResult:
     """The threshold of `monitor` that exits earliest while the mean fidelity to the full run meets the target.
 
-    `monitor` is a name or spec without threshold (`"x0-l2"`, `"sharpness,patience=2"`) or a Monitor whose
+    `monitor` is a name or spec without threshold (`"x0-l2"`, `"sharpness,patience=2"`) or a ThresholdMonitor whose
     guardrails are kept (its threshold is replaced). Give exactly one target: `target_psnr` (PSNR in dB of the
     mean squared error, over the samples, of the exit x̂0 to the full run's sample on [0, 1]; >= target; see
     `ExitSimulation`) or `target_feature_distance` (mean L2 distance of their features, <= target; default
@@ -305,13 +315,14 @@ def calibrate_threshold(
         return mse_matrix(trace), (feature_distance_matrix(trace, feature_extractor)
                                     if feature_extractor is not None else None)
 
+    limit = float(target)
     meets: Callable[[ExitSimulation], bool]
     if target_psnr is not None:
         def meets(s: ExitSimulation) -> bool:
-            return s.psnr >= target_psnr
+            return s.psnr >= limit
     else:
         def meets(s: ExitSimulation) -> bool:
-            return s.feature_distance is not None and s.feature_distance <= target_feature_distance
+            return s.feature_distance is not None and s.feature_distance <= limit
 
     cal_mse, cal_feat = fidelity_matrices(cal)
     cal_scores = mon.replay_scores(cal.step_infos(batch_size), cal.n, num_steps)

@@ -1,50 +1,66 @@
-"""Monitors made of monitors: `AnyOf` fires when any child is done, `AllOf` when all are done at the same step."""
+"""Monitors made of monitors: `AnyOf` is done when any child is done, `AllOf` when all are done at the same step.
+
+Every child sees every step and keeps its own state and guardrails; a composite has no threshold of its own. It
+records which child stopped each sample early (`stopped_by`), without a host sync per step: the per-step verdicts
+are kept as tensors and turned into the dict when it is read (and at each batch start).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from adaptive_sampler.monitors.base import Guardrails, Monitor
+from adaptive_sampler.monitors.base import Monitor, MonitorDecision
 from adaptive_sampler.step_info import StepInfo
 
 
 class _Composite(Monitor):
-    calibratable = False
     combine_all: bool = False
 
-    def __init__(self, *monitors: Monitor, guardrails: Guardrails | None = None, **guardrail_fields: int | None):
+    def __init__(self, *monitors: Monitor):
         if not monitors:
             raise ValueError(f"monitors: {type(self).__name__} needs at least one monitor")
         for i, m in enumerate(monitors):
             if not isinstance(m, Monitor):
                 raise ValueError(f"monitors[{i}]: {m!r} is not a Monitor")
         self.monitors = tuple(monitors)
-        # global sample index -> spec of the child that stopped it (all children's for AllOf)
-        self.stopped_by: dict[int, str] = {}
-        super().__init__(0.0, guardrails=guardrails, **guardrail_fields)
+        self._stopped: dict[int, str] = {}
+        # per step: (global sample indices, index of the child that stopped the row early or -1, batch start?)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
 
-    def score(self, info: StepInfo) -> torch.Tensor:  # pragma: no cover - composites judge their children's verdicts
-        raise NotImplementedError("a composite monitor has no score of its own")
-
-    def _evaluate(self, info: StepInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # every child sees every step (it keeps its own history and guardrails); the composite's own guardrails
-        # then decide when the children's combined verdict counts
+    def __call__(self, info: StepInfo) -> MonitorDecision:
         decisions = [m(info) for m in self.monitors]
-        done = torch.stack([d.done for d in decisions], dim=1)
+        done = torch.stack([d.done.to(info.x0.device) for d in decisions], dim=1)
         combined = done.all(1) if self.combine_all else done.any(1)
-        score = torch.cat([d.score.reshape(len(d.done), -1) for d in decisions], dim=1)
-        checked = self.guardrails.in_window(info)
-        for row in (combined & checked).nonzero().flatten().tolist():
-            firing = [m.spec() for m, fired in zip(self.monitors, done[row].tolist()) if fired]
-            self.stopped_by[int(info.sample_indices[row])] = ("&" if self.combine_all else "|").join(
-                firing if self.combine_all else firing[:1])
-        return score, combined & checked, checked
+        score = torch.cat([d.score.reshape(len(d.done), -1).to(info.x0.device) for d in decisions], dim=1)
+        # stopped early: done at a step that did not end the chain anyway
+        early = combined & (info.t_prev.to(combined.device) >= 0)
+        child = torch.where(early, done.int().argmax(1), -1)  # AnyOf: the first child that fired
+        self._pending.append((info.sample_indices, child, info.step == 0))
+        return MonitorDecision(done=combined, score=score)
+
+    @property
+    def stopped_by(self) -> dict[int, str]:
+        """Global sample index -> spec of the child that stopped it early (AllOf: the whole spec), for the samples
+        of the latest batch each index was sampled in; samples that ran to the end are absent."""
+        for indices, child, batch_start in self._pending:
+            if batch_start:  # a new batch: its samples' earlier records are stale
+                for i in indices.tolist():
+                    self._stopped.pop(i, None)
+            child = child.cpu()
+            hit = child >= 0
+            for i, c in zip(indices.cpu()[hit].tolist(), child[hit].tolist(), strict=True):
+                self._stopped[i] = self.spec() if self.combine_all else self.monitors[c].spec()
+        self._pending = []
+        return dict(self._stopped)
 
     def reset(self) -> None:
-        super().reset()
-        self.stopped_by = {}
+        self.stopped_by  # noqa: B018 - fold the last batch's verdicts into the record (one transfer per batch)
         for m in self.monitors:
             m.reset()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for m in self.monitors:
+            m.keep(rows)
 
     def spec(self) -> str:
         joiner = "&" if self.combine_all else "|"

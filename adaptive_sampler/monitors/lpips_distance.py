@@ -1,5 +1,5 @@
-"""LPIPS change of x̂0 between steps (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a
-Perceptual Metric", arXiv:1801.03924), with the `lpips` package and nothing downloaded.
+"""LPIPS distance between x̂0 of consecutive steps (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep
+Features as a Perceptual Metric", arXiv:1801.03924), with the `lpips` package and nothing downloaded.
 
 LPIPS has two sets of weights. Its linear layers ship inside the `lpips` package (`lpips/weights/v0.1/<net>.pth`).
 Its backbone (AlexNet, VGG16 or SqueezeNet 1.1 ImageNet weights) is torchvision's, which `lpips` fetches from the
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from adaptive_sampler.monitors.base import Guardrails
-from adaptive_sampler.monitors.change import ChangeMonitor
+from adaptive_sampler.monitors.distances import Distance
 
 # torchvision's ImageNet weights for the three LPIPS backbones (torchvision.models.*_Weights.IMAGENET1K_V1)
 BACKBONE_WEIGHTS = {
@@ -88,14 +87,15 @@ def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn
     return model.eval().requires_grad_(False)
 
 
-class LPIPSChange(ChangeMonitor):
-    """LPIPS(x̂0_{k-1}, x̂0_k) on x̂0 clamped to [-1, 1] (grayscale repeated to RGB); see the module docstring."""
+class LPIPS(Distance):
+    """LPIPS(x̂0_{k-1}, x̂0_k) on x̂0 clamped to [-1, 1] (grayscale repeated to RGB); see the module docstring.
+
+    The model is built (from local files only) when the distance is made, so missing weights fail before sampling.
+    """
 
     name = "lpips"
 
-    def __init__(self, threshold: float, *, net: str = "alex", random_backbone: bool = False,
-                 guardrails: Guardrails | None = None, **guardrail_fields: int | None):
-        super().__init__(threshold, guardrails=guardrails, **guardrail_fields)
+    def __init__(self, net: str = "alex", *, random_backbone: bool = False) -> None:
         self.net_name = net
         self.random_backbone = random_backbone
         self.model = build_lpips(net, random_backbone=random_backbone)
@@ -105,7 +105,7 @@ class LPIPSChange(ChangeMonitor):
         x = x.float().clamp(-1, 1)
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def distance(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         self.model.to(current.device)
         with torch.inference_mode():
             return self.model(self._rgb(previous), self._rgb(current)).flatten()

@@ -3,8 +3,8 @@
 Grammar: SPEC := TERM ('|' TERM)* for AnyOf, or TERM ('&' TERM)* for AllOf (not mixed); TERM := NAME[:THRESHOLD]
 (',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every). Without a threshold a
 quality monitor takes the default calibrated for the model and the step count (`calibrated_defaults.json` next to
-this file, written by `experiments/bench_early_exit.py --write-defaults` via `adaptive_sampler.calibration`), with
-the guardrails it was calibrated under; budgets (`max-nfe`, `deadline`) always need their number.
+this file, written by `experiments/bench_early_exit.py --write-defaults` via `monitors.calibration`), with the
+guardrails it was calibrated under; budgets (`max-nfe`, `deadline`) always need their number.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptive_sampler.monitors.base import Guardrails, Monitor
+from adaptive_sampler.monitors.base import Guardrails, Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
-from adaptive_sampler.monitors.change import FeatureChange, GMSDChange, HaarPSIChange, Sharpness, SSIMChange, X0L2
+from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
-from adaptive_sampler.monitors.lpips_monitor import LPIPSChange
+from adaptive_sampler.monitors.distances import DISTANCES
 
-MONITORS: dict[str, type[Monitor]] = {
-    m.name: m for m in (X0L2, LPIPSChange, SSIMChange, HaarPSIChange, GMSDChange, FeatureChange, Sharpness, MaxNFE,
-                        Deadline)
-}
+# spec name -> distance name of the change monitors (one per registered distance)
+CHANGE_DISTANCES = {SPEC_NAMES.get(d, d): d for d in DISTANCES}
+# spec name -> the class that builds it
+MONITORS: dict[str, type[ThresholdMonitor]] = {**{name: ChangeMonitor for name in CHANGE_DISTANCES},
+                                               "max-nfe": MaxNFE, "deadline": Deadline}
 MONITOR_NAMES = tuple(MONITORS)
 BUDGET_NAMES = ("max-nfe", "deadline")
 DEFAULTS_PATH = Path(__file__).resolve().parent / "calibrated_defaults.json"
@@ -52,7 +53,7 @@ def calibrated_default(name: str, model: str | None, num_steps: int | None,
 
     Raises ValueError (starting `monitor:`) saying what exists and how to calibrate when there is none.
     """
-    how = ("give a threshold (e.g. {name}:0.01) or calibrate one with adaptive_sampler.calibration."
+    how = ("give a threshold (e.g. {name}:0.01) or calibrate one with adaptive_sampler.monitors.calibration."
            "calibrate_threshold (experiments/bench_early_exit.py --write-defaults for the embedded model)")
     if model is None or num_steps is None:
         raise ValueError(f"monitor: {name!r} has no threshold, and without a model name and a step count there is no "
@@ -119,6 +120,9 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
                              "them, so give a threshold too")
         threshold, guardrails = float(entry["threshold"]), calibrated
     try:
+        if name in CHANGE_DISTANCES:
+            return ChangeMonitor(CHANGE_DISTANCES[name], threshold, distance_options=kwargs.get(name),
+                                 guardrails=guardrails)
         return cls(threshold, guardrails=guardrails, **kwargs.get(name, {}))
     except ValueError as e:
         raise ValueError(f"monitor: {term!r}: {e}; write {_RULE}") from e
@@ -130,7 +134,8 @@ def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | N
 
     `model` (a `LoadedModel.name`, e.g. "fashion-mnist" for the embedded model) and `num_steps` pick calibrated
     defaults for terms without a threshold. `options` passes constructor keywords per monitor name, e.g.
-    {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}}. Bad input raises ValueError starting
+    {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}} (for change monitors: options of their
+    distance). Bad input raises ValueError starting
     with "monitor:" that names the value and the rule.
     """
     if not isinstance(spec, str) or not spec.strip():

@@ -1,0 +1,134 @@
+"""Distances between x̂0 of consecutive steps, the plug-ins of `ChangeMonitor`: pixels, structure, features, sharpness.
+
+A `Distance` has one method, `__call__(previous, current) -> [rows]`, over two summaries of x̂0, and one no-op
+hook, `summary(x0)` (default: x̂0 itself; features, Laplacian variance). Each is registered by name in
+`DISTANCES`; `make_distance(name, **options)` builds one. LPIPS lives in `lpips_distance` (its weights need care).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import piq
+import torch
+import torch.nn.functional as F
+
+from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor, FeatureExtractor
+from adaptive_sampler.metrics.fidelity import to_unit_range
+
+
+class Distance(ABC):
+    """Per-row change between two summaries of x̂0 (0 = no change); see the module docstring."""
+
+    name: ClassVar[str] = "distance"
+
+    def summary(self, x0: torch.Tensor) -> torch.Tensor:
+        """What is compared between steps (rows first); default x̂0 itself."""
+        return x0
+
+    @abstractmethod
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Per-row change [rows] from `previous` to `current` summaries."""
+
+
+class RelativeL2(Distance):
+    """Relative L2 change ||x̂0_k - x̂0_{k-1}|| / ||x̂0_{k-1}|| of each row."""
+
+    name = "l2"
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        diff = (current.float() - previous.float()).flatten(1).norm(dim=1)
+        return diff / previous.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+class SSIM(Distance):
+    """1 - SSIM(x̂0_{k-1}, x̂0_k) (Wang et al. 2004, piq's SSIM on x̂0 mapped to [0, 1])."""
+
+    name = "ssim"
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return 1 - piq.ssim(to_unit_range(previous), to_unit_range(current), data_range=1.0, reduction="none")
+
+
+class HaarPSI(Distance):
+    """1 - HaarPSI(x̂0_{k-1}, x̂0_k) (Reisenhofer et al. 2018, piq's HaarPSI on x̂0 mapped to [0, 1])."""
+
+    name = "haarpsi"
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return 1 - piq.haarpsi(to_unit_range(previous), to_unit_range(current), data_range=1.0, reduction="none")
+
+
+class GMSD(Distance):
+    """GMSD(x̂0_{k-1}, x̂0_k), the gradient magnitude similarity deviation (Xue et al. 2014, piq; 0 = identical)."""
+
+    name = "gmsd"
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return piq.gmsd(to_unit_range(previous), to_unit_range(current), data_range=1.0, reduction="none")
+
+
+class Features(Distance):
+    """L2 distance between features of x̂0_{k-1} and x̂0_k in a feature space (default: the embedded Fashion-MNIST
+    classifier's 128-d penultimate layer, the space of the project's FID; built on first use)."""
+
+    name = "features"
+
+    def __init__(self, feature_extractor: FeatureExtractor | None = None) -> None:
+        self.feature_extractor = feature_extractor
+
+    def summary(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.feature_extractor is None:
+            self.feature_extractor = EmbeddedFeatureExtractor(device=x0.device)
+        return self.feature_extractor(x0.float()).float().to(x0.device)
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return (current - previous).norm(dim=1)
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
+    """Variance of the (per-channel, 4-neighbour, valid) Laplacian of each image [n, C, H, W] -> [n]."""
+    x = x.float()
+    channels = x.shape[1]
+    kernel = _LAPLACIAN.to(x.device).expand(channels, 1, 3, 3)
+    return F.conv2d(x, kernel, groups=channels).flatten(1).var(dim=1)
+
+
+class Sharpness(Distance):
+    """Relative change |s_k - s_{k-1}| / s_{k-1} of the sharpness s = Var(Laplacian(x̂0)): small on its plateau.
+
+    The variance of the Laplacian (Pech-Pacheco et al. 2000) rises with residual noise as well as with detail, so
+    its size says nothing about being done; only its flattening out does.
+    """
+
+    name = "sharpness"
+
+    def summary(self, x0: torch.Tensor) -> torch.Tensor:
+        return laplacian_variance(x0)
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return (current - previous).abs() / previous.abs().clamp_min(1e-12)
+
+
+def _lpips(**options: Any) -> Distance:
+    from adaptive_sampler.monitors.lpips_distance import LPIPS
+
+    return LPIPS(**options)
+
+
+DISTANCES: dict[str, Callable[..., Distance]] = {
+    "l2": RelativeL2, "ssim": SSIM, "haarpsi": HaarPSI, "gmsd": GMSD, "features": Features, "lpips": _lpips,
+    "sharpness": Sharpness,
+}
+
+
+def make_distance(name: str, **options: Any) -> Distance:
+    """The distance registered as `name` (one of `DISTANCES`), built with `options` (e.g. net="vgg" for lpips)."""
+    if name not in DISTANCES:
+        raise ValueError(f"distance: {name!r} is not one of {', '.join(map(repr, DISTANCES))}")
+    return DISTANCES[name](**options)
