@@ -83,10 +83,10 @@ def run_job(adapter: ModelAdapter, shape: tuple[int, ...], job: Job, n: int, see
 
     timesteps = make_policy(job.policy).timesteps(job.nfe, adapter.schedule)
     result = sample(adapter, timesteps, shape, n, batch_size=BATCH_SIZE, seed=seed, solver=make_solver(job.solver),
-                    callback=tick)
+                    monitor=tick)
     metrics = {k: v for k, v in asdict(score_samples(result.samples)).items() if v is not None}
     return {**asdict(job), **metrics, "nfe_mean": result.nfe_mean, "seed": seed,
-            "timesteps": result.timesteps.tolist(), "wall_s": result.wall_s, "samples_per_s": n / result.wall_s}
+            "timesteps": timesteps.tolist(), "wall_s": result.wall_s, "samples_per_s": n / result.wall_s}
 
 
 def print_table(rows: dict) -> None:
