@@ -16,21 +16,29 @@ import torch
 import typer
 from diffusers import UNet2DModel
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
 from adaptive_sampler.policies import STATIC_POLICIES
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.tuning import (
+    OBJECTIVES,
     SPACES,
+    Objective,
+    ScheduleEvaluator,
+    Score,
+    SeedSet,
     Tuner,
     TuneSettings,
     WarmStart,
     best_paths,
     fail_running_trials,
+    get_objective,
     make_space,
     open_storage,
     open_study,
+    register_objective,
     run_trials,
     suggest_timesteps,
     tune_command,
@@ -122,6 +130,60 @@ def test_unknown_space_names_the_field() -> None:
         make_space("spline")
 
 
+# --- objectives -----------------------------------------------------------------------------------------------------
+def test_unknown_objective_names_the_field_and_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"^objective: 'lpips' is not one of fid, kid, fidelity"):
+        get_objective("lpips")
+    with pytest.raises(ValidationError) as info:
+        TuneSettings(objective="lpips")
+    (error,) = info.value.errors()
+    assert error["loc"] == ("objective",) and error["input"] == "lpips"
+    assert "fid, kid, fidelity" in error["msg"]
+
+
+class _MeanObjective(Objective):
+    """A plug-in: the running mean of the samples (in [-1, 1])."""
+
+    name = "mean"
+    direction = "maximize"
+    label = "mean pixel"
+
+    def evaluate(self, chunks, evaluator):  # type: ignore[no-untyped-def]
+        total = count = 0.0
+        for _chunk, samples in chunks:
+            total, count = total + float(samples.sum()), count + samples.numel()
+            yield Score(total / count, {"mean": total / count})
+
+
+def test_a_registered_objective_plugs_into_the_evaluator_and_the_settings(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = _MeanObjective()
+    monkeypatch.setitem(OBJECTIVES, "mean", plugin)  # removed again after the test
+    assert register_objective(plugin) is plugin and get_objective("mean") is plugin
+    assert TuneSettings(objective="mean").tuning_n == 64  # the plug-in's defaults
+    seeds = get_objective("mean").tuning_seeds(8, 0)
+    assert seeds.chunks == (2, 2, 2, 2)
+    model = load_model(tiny_model_dir)
+    ts = make_policy("uniform").timesteps(3, model.adapter().schedule)
+    rungs: list[tuple[int, float]] = []
+    result = ScheduleEvaluator(model, "mean", seeds, cache_dir=None).evaluate(ts, lambda n, v: rungs.append((n, v)))
+    from adaptive_sampler import sample
+
+    samples = torch.cat([sample(model.adapter(network_rows=8), ts, model.sample_shape, 2, seed=j).samples
+                         for j in range(4)])
+    assert result.value == pytest.approx(float(samples.mean()), rel=1e-5)
+    assert [n for n, _ in rungs] == [2, 4, 6] and result.metrics == {"mean": result.value}
+
+
+def test_builtin_objectives_keep_their_seed_sets() -> None:
+    assert get_objective("fid").tuning_seeds(512, 0) == SeedSet(0, (256, 256))
+    assert get_objective("fid").tuning_seeds(200, 3) == SeedSet(3, (200,))
+    assert get_objective("kid").tuning_seeds(256, 0) == SeedSet(0, (64, 64, 64, 64))
+    assert get_objective("fidelity").tuning_seeds(5, 0) == SeedSet(0, (3, 2))
+    with pytest.raises(ValueError, match=r"^n: 100 tuning samples is below the 129 that fid needs"):
+        get_objective("fid").tuning_seeds(100, 0)
+
+
 # --- DP initialiser ------------------------------------------------------------------------------------------------
 def test_dp_finds_the_known_optimum_for_every_step_count() -> None:
     # cost[i][j] = (j - i)² + 0.1·i: convex in the jump length, so the optimum spreads the jumps evenly, and the
@@ -177,6 +239,24 @@ def test_warm_start_trials_come_first(tmp_path: Path) -> None:
     # opening again enqueues nothing new: every warm start already has its trial
     again = open_study(storage, "s", ["minimize"], config={"k": 1}, warm_starts=lambda: WARM)
     assert not again.created and len(again.study.trials) == 7
+
+
+@pytest.mark.parametrize("url", ["{tmp}/once.db", "journal:{tmp}/once.log"], ids=["sqlite", "journal"])
+def test_warm_starts_are_enqueued_once_however_often_the_study_is_opened(tmp_path: Path, url: str) -> None:
+    storage = open_storage(url.format(tmp=tmp_path))
+    for _ in range(3):  # three resumes before any trial ran: skip_if_exists keeps one trial per warm start
+        open_study(storage, "s", ["minimize"], config={}, warm_starts=lambda: WARM)
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.user_attrs["warm_start"] for t in study.trials] == ["w0", "w1", "w2", "w3"]
+    assert all(t.state == TrialState.WAITING for t in study.trials)
+    run_trials(study, _quadratic, 2)
+    more = [*WARM, WarmStart(tag="w4", params={"x": 4.0})]
+    open_study(storage, "s", ["minimize"], config={}, warm_starts=lambda: more)  # a new warm start goes in, once
+    open_study(storage, "s", ["minimize"], config={}, warm_starts=lambda: more)
+    assert [t.user_attrs.get("warm_start") for t in study.trials] == ["w0", "w1", "w2", "w3", "w4"]
+    run_trials(study, _quadratic, 6)
+    tags = [t.user_attrs.get("warm_start") for t in study.trials if t.state == TrialState.COMPLETE]
+    assert tags == ["w0", "w1", "w2", "w3", "w4", None]
 
 
 def test_resume_after_an_interrupt_keeps_finished_trials_and_reruns_the_lost_warm_start(tmp_path: Path) -> None:
@@ -281,6 +361,47 @@ def test_two_worker_processes_finish_the_requested_trials_exactly(tmp_path: Path
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in study.trials if t not in complete)
 
 
+KILLED_WORKER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("tuning_storage", sys.argv[1])
+storage = importlib.util.module_from_spec(spec)
+sys.modules["tuning_storage"] = storage
+spec.loader.exec_module(storage)
+import optuna
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = storage.open_study(storage.open_storage(sys.argv[2], heartbeat_interval=1, grace_period=2), "hb",
+                           ["minimize"], config={}).study
+def objective(trial):
+    trial.suggest_float("x", -10, 10)
+    trial.set_user_attr("warm_start", "w0")
+    print("running", flush=True)
+    time.sleep(600)  # killed here
+storage.run_trials(study, objective, 3)
+"""
+
+
+def test_a_killed_workers_trial_is_retried_after_its_heartbeat_stops(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(KILLED_WORKER))
+    url = f"sqlite:///{tmp_path}/hb.db"
+    worker = subprocess.Popen([sys.executable, str(script), storage_module.__file__, url], stdout=subprocess.PIPE,
+                              text=True)
+    assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
+    worker.kill()
+    worker.wait(timeout=30)
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.load_study(study_name="hb", storage=storage)
+    (killed,) = study.trials
+    assert killed.state == TrialState.RUNNING
+    summary = run_trials(study, _quadratic, 3)  # waits out the grace period, then runs the retry among its 3
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert summary.finished == 3 and trials[0].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["warm_start"] == "w0"  # the retry evaluates what the killed trial did
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
 # --- end to end on a tiny model --------------------------------------------------------------------------------------
 def tune_args(model_dir: Path, tmp: Path, *extra: str) -> list[str]:
     return ["tune", "--model", str(model_dir), "--steps", "2,3", "--trials", "6", "--objective", "fidelity",
@@ -346,6 +467,21 @@ def test_pareto_study_has_two_objectives_and_no_pruning(tiny_model_dir: Path, tm
     assert all(t.values[1] == t.params["steps"] == len(t.user_attrs["timesteps"]) for t in study.trials)
     assert all(not t.intermediate_values for t in study.trials)
     assert {b.steps for b in run.best} <= {2, 3}
+    assert study.user_attrs["settings"] == settings.model_dump(mode="json")  # the settings are the provenance
+
+
+def test_every_setting_is_a_tune_flag_with_its_default_and_help() -> None:
+    from adaptive_sampler.tuning import TuneOptions
+
+    command = typer.main.get_command(cli()).commands["tune"]  # type: ignore[attr-defined]
+    params = {p.name: p for p in command.params}
+    assert set(params) == set(TuneOptions.model_fields)
+    for name, info in TuneOptions.model_fields.items():
+        assert "--" + name.replace("_", "-") in params[name].opts
+        assert params[name].help == info.description
+        expected = ",".join(map(str, info.default)) if isinstance(info.default, tuple) else info.default
+        assert params[name].default == expected, name
+    assert params["warm_start"].secondary_opts == ["--no-warm-start"]
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -1,10 +1,11 @@
 """Schedule search with Optuna: search spaces, objectives, a DP initialiser, studies, export.
 
-Flow: `search_space` turns trial parameters into valid timestep lists; `objectives` scores a list on fixed tuning
-seeds (FID/KID in the embedded feature space, or fidelity to a cached many-step reference); `dp_init` builds a
-warm start from one cost matrix; `storage` opens/resumes studies and runs workers that share one storage;
-`study` wires them into per-budget (pruned) or Pareto studies; `export` writes the best list per budget, scored
-on held-out seeds, as catalogue files with plots; `command` is the `adaptive-sampler tune` CLI command.
+Flow: `search_space` turns trial parameters into valid timestep lists; `objectives` holds the objective plug-ins
+(name -> `Objective`: FID/KID in the embedded feature space, fidelity to a cached many-step reference) that score a
+list on fixed tuning seeds; `dp_init` builds a warm start from one cost matrix; `storage` opens/resumes studies and
+runs workers that share one storage, on Optuna's own pieces; `settings` declares every tune option once; `study`
+wires them into per-budget (pruned) or Pareto studies; `export` writes the best list per budget, scored on
+held-out seeds, as catalogue files with plots; `command` is the `adaptive-sampler tune` CLI command.
 """
 
 from adaptive_sampler.tuning.command import tune_command
@@ -20,10 +21,12 @@ from adaptive_sampler.tuning.export import (
 from adaptive_sampler.tuning.objectives import (
     OBJECTIVES,
     Evaluation,
-    ObjectiveSpec,
+    Objective,
     ScheduleEvaluator,
+    Score,
     SeedSet,
-    tuning_seeds,
+    get_objective,
+    register_objective,
 )
 from adaptive_sampler.tuning.search_space import (
     SPACES,
@@ -35,6 +38,7 @@ from adaptive_sampler.tuning.search_space import (
     make_space,
     suggest_timesteps,
 )
+from adaptive_sampler.tuning.settings import TuneOptions, TuneSettings
 from adaptive_sampler.tuning.storage import (
     OpenedStudy,
     TrialsKeepFailing,
@@ -46,13 +50,13 @@ from adaptive_sampler.tuning.storage import (
     open_study,
     run_trials,
 )
-from adaptive_sampler.tuning.study import BudgetBest, TrialReport, TuneRun, TuneSettings, Tuner
+from adaptive_sampler.tuning.study import BudgetBest, TrialReport, Tuner, TuneRun
 
 __all__ = [
     "OBJECTIVES", "SPACES", "BudgetBest", "CostMatrix", "DPPath", "Evaluation", "ExportResult", "FreeSpace",
-    "HeldoutScore", "KarrasSpace", "LogSNRSpace", "ObjectiveSpec", "OpenedStudy", "PowerSpace", "ScheduleEvaluator",
-    "SearchSpace", "SeedSet", "TrialReport", "TrialsKeepFailing", "TuneRun", "TuneSettings", "Tuner", "WarmStart", "WorkerSummary",
-    "best_paths", "build_cost_matrix", "enqueue_warm_starts", "export_best", "fail_running_trials", "make_space",
-    "open_storage", "open_study", "plot_pareto", "plot_timesteps", "run_trials", "schedule_path",
-    "suggest_timesteps", "tune_command", "tuning_seeds",
+    "HeldoutScore", "KarrasSpace", "LogSNRSpace", "Objective", "OpenedStudy", "PowerSpace", "ScheduleEvaluator",
+    "Score", "SearchSpace", "SeedSet", "TrialReport", "TrialsKeepFailing", "TuneOptions", "TuneRun", "TuneSettings",
+    "Tuner", "WarmStart", "WorkerSummary", "best_paths", "build_cost_matrix", "enqueue_warm_starts", "export_best",
+    "fail_running_trials", "get_objective", "make_space", "open_storage", "open_study", "plot_pareto",
+    "plot_timesteps", "register_objective", "run_trials", "schedule_path", "suggest_timesteps", "tune_command",
 ]

@@ -1,18 +1,22 @@
-"""The `adaptive-sampler tune` command (mounted in cli.py with `app.command("tune")(tune_command)`)."""
+"""The `adaptive-sampler tune` command (mounted in cli.py with `app.command("tune")(tune_command)`).
+
+Its flags are the fields of `TuneOptions` (settings.py): `--<field-name>` with the field's default and help, built
+by `_options_signature`; the values are validated once, by that model, and its errors name the flag.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import inspect
 import re
-from collections.abc import Iterator
+import types
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Any
 
 import typer
+from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    pass
+from adaptive_sampler.tuning.settings import TuneOptions
 
 _FLAG_OF_FIELD = {"num_steps": "--steps", "grid_size": "--dp-grid", "chunks": "--n", "n_trials": "--trials",
                   "url": "--storage"}
@@ -23,147 +27,93 @@ def _flag(field: str) -> str:
 
 
 def _flag_error(exc: ValueError) -> Exception:
-    """A field-named error ("steps: 0 is …" or a pydantic error) as a one-line CliError naming the flag."""
-    from pydantic import ValidationError
-
-    from adaptive_sampler.cli import CliError
-
+    """A field-named error ("steps: 0 is …" or a pydantic error) as a one-line error naming the flag."""
+    error = _cli_error()
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         message = str(err["msg"]).removeprefix("Value error, ").removeprefix(f"{field}: ")
-        return CliError(f"{_flag(field)}: {err.get('input')!r} — {message}")
+        joiner = " " if message.startswith("is ") else " — "
+        return error(f"{_flag(field)}: {err.get('input')!r}{joiner}{message}")
     message = str(exc)
     field = message.split(":", 1)[0].split("[", 1)[0]
     if re.fullmatch(r"[a-z_]+", field):
-        return CliError(_flag(field) + message[len(field):])
-    return CliError(message)
+        return error(_flag(field) + message[len(field):])
+    return error(message)
 
 
-def _parse_steps(text: str) -> list[int]:
+def _cli_error() -> type[Exception]:
+    # cli.py mounts this command and prints its CliError as one line; imported late (cli.py imports this module)
     from adaptive_sampler.cli import CliError
 
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CliError(f"--steps: {text!r} is not a comma-separated list of integers, e.g. 4,6,8,10") from None
-    if not values:
-        raise CliError("--steps: '' is empty; give at least one step count, e.g. 4,6,8,10")
-    return values
+    return CliError
 
 
-def tune_command(
-    model: Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")] = "embedded",
-    steps: Annotated[str, typer.Option(help="step budgets (NFE), comma-separated")] = "4,6,8,10",
-    trials: Annotated[int, typer.Option(
-        help="finished trials per budget (per-budget mode) or in all (pareto mode); a re-run tops up to this")] = 50,
-    objective: Annotated[str, typer.Option(
-        help="fid or kid (embedded feature space, (1, 32, 32) models) or fidelity (PSNR to a many-step reference "
-             "from the same noise; any model)")] = "fid",
-    space: Annotated[str, typer.Option(
-        help="free (N increments), power, karras or logsnr (2-parameter families)")] = "free",
-    mode: Annotated[str, typer.Option(
-        help="per-budget (one pruned study per N) or pareto (one study, quality vs NFE, no pruning)")] = "per-budget",
-    solver: Annotated[str, typer.Option(help="sampling solver the schedules are tuned for")] = "ddim",
-    storage: Annotated[str | None, typer.Option(
-        help="Optuna storage shared by all workers: sqlite:///FILE.db, postgresql://…, mysql://…, journal:FILE or "
-             "FILE.log; default sqlite runs/tune.db")] = None,
-    study_name: Annotated[str | None, typer.Option(
-        help="study name; default <model>-<solver>-<objective>-<space>")] = None,
-    export: Annotated[Path | None, typer.Option(
-        help="write the best schedule per budget, scored on held-out seeds, to DIR/<model>/<solver>-<N>.json "
-             "(DIR = adaptive_sampler/schedules, the catalogue of an editable install, makes it "
-             "--policy learned:<model>/<solver>-<N>)")] = None,
-    plots: Annotated[Path | None, typer.Option(
-        help="folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>")] = None,
-    baselines: Annotated[bool, typer.Option(
-        help="score every built-in policy on the held-out seeds for the Pareto plot")] = True,
-    n: Annotated[int | None, typer.Option(
-        help="tuning samples per trial; default fid 512, kid 256, fidelity 64")] = None,
-    seed: Annotated[int, typer.Option(help="tuning seeds are seed, seed+1, … (one per chunk of samples)")] = 0,
-    heldout_n: Annotated[int | None, typer.Option(
-        help="held-out samples for the exported scores; default fid/kid 500, fidelity 256")] = None,
-    heldout_seed: Annotated[int, typer.Option(help="seed of the held-out samples (never used for tuning)")] = 1_000_000,
-    reference_steps: Annotated[int, typer.Option(help="steps of the fidelity reference (cached)")] = 200,
-    warm_start: Annotated[bool, typer.Option(
-        help="enqueue the DP initialiser, every built-in policy and AYS as the first trials")] = True,
-    dp_grid: Annotated[int, typer.Option(help="timesteps in the DP initialiser's grid")] = 50,
-    dp_trajectories: Annotated[int, typer.Option(help="reference trajectories behind the DP cost matrix")] = 8,
-    sampler_seed: Annotated[int | None, typer.Option(
-        help="TPE seed (give each worker its own); default random")] = None,
-    batch_size: Annotated[int, typer.Option(help="samples per batch")] = 64,
-    network_rows: Annotated[int, typer.Option(help="rows per network call; 0 = unbucketed")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, …")] = "auto",
-    allow_pickle: Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")] = False,
-    cache_dir: Annotated[Path, typer.Option(help="cache of fidelity references and DP cost matrices")] = Path(
-        "runs/cache"),
-    fail_running: Annotated[bool, typer.Option(
-        help="first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive; "
-             "RDB storages do this by heartbeat)")] = False,
-) -> None:
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses a field as: tuples are comma-separated text, Literals are text (the model checks)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _cli_type(inner[0]) | None if len(inner) == 1 else str
+    if typing.get_origin(annotation) in (tuple, typing.Literal):
+        return str
+    return annotation
+
+
+def _cli_default(value: Any) -> Any:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+
+
+def _options_signature() -> inspect.Signature:
+    """One keyword option per `TuneOptions` field: its default, its help."""
+    hints = typing.get_type_hints(TuneOptions)
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_cli_type(hints[name]),
+                          default=typer.Option(_cli_default(info.default), help=info.description))
+        for name, info in TuneOptions.model_fields.items()
+    ])
+
+
+def tune_command(**options: Any) -> None:
     """Search timestep schedules with Optuna: quality vs step count, exported for any pipeline.
 
     Re-running the same command resumes its studies: finished trials are kept,
     only the missing ones run. Ctrl-C loses only the trial in flight.
 
     Several workers: start the same command in several processes or machines
-    with one --storage (a SQLite or journal file on one machine, a PostgreSQL or
-    MySQL URL across machines); together they finish exactly --trials trials
-    per study, none twice. Give each worker its own --sampler-seed (or none).
+    with one --storage (a journal file on one machine, a PostgreSQL or MySQL
+    URL across machines); together they finish exactly --trials trials per
+    study, none twice. Give each worker its own --sampler-seed (or none).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _quiet_interrupted_trial():
-        _tune(**{name: value for name, value in locals().items() if name != "optuna"})
-
-
-@contextlib.contextmanager
-def _quiet_interrupted_trial() -> Iterator[None]:
-    """Drop Optuna's warning (with a traceback) for the trial Ctrl-C interrupted: the command explains it itself."""
-    interrupted: set[str] = set()
-
-    def keep(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        trial = message.split(" failed", 1)[0]
-        if message.startswith("Trial ") and "KeyboardInterrupt" in message:
-            interrupted.add(trial)
-            return False
-        return trial not in interrupted
-
-    logger = logging.getLogger("optuna.study._optimize")
-    logger.addFilter(keep)
     try:
-        yield
-    finally:
-        logger.removeFilter(keep)
+        parsed = TuneOptions.model_validate(options)
+    except ValidationError as exc:
+        raise _flag_error(exc) from None
+    _tune(parsed)
 
 
-def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode: str, solver: str,
-          storage: str | None, study_name: str | None, export: Path | None, plots: Path | None, baselines: bool,
-          n: int | None, seed: int, heldout_n: int | None, heldout_seed: int, reference_steps: int, warm_start: bool,
-          dp_grid: int, dp_trajectories: int, sampler_seed: int | None, batch_size: int, network_rows: int,
-          device: str, allow_pickle: bool, cache_dir: Path, fail_running: bool) -> None:
-    """The body of `tune_command` (the same arguments)."""
+tune_command.__signature__ = _options_signature()  # type: ignore[attr-defined]
+
+
+def _tune(options: TuneOptions) -> None:
+    """The body of `tune_command`, on validated options."""
     from tqdm.auto import tqdm
 
-    from adaptive_sampler.cli import CliError
     from adaptive_sampler.models import load_model
     from adaptive_sampler.tuning.export import export_best
     from adaptive_sampler.tuning.storage import DEFAULT_STORAGE, TrialsKeepFailing, open_storage
-    from adaptive_sampler.tuning.study import TrialReport, TuneSettings, Tuner
+    from adaptive_sampler.tuning.study import TrialReport, Tuner
 
+    settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
     try:
-        settings = TuneSettings.model_validate(dict(
-            steps=tuple(_parse_steps(steps)), trials=trials, objective=objective, space=space, mode=mode,
-            solver=solver, n=n, seed=seed, heldout_n=heldout_n, heldout_seed=heldout_seed,
-            reference_steps=reference_steps, warm_start=warm_start, dp_grid=dp_grid,
-            dp_trajectories=dp_trajectories, batch_size=batch_size, sampler_seed=sampler_seed, study_name=study_name,
-        ))
-        loaded = load_model(model, allow_pickle=allow_pickle, device=device)
+        loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device)
         store = open_storage(storage)
-        tuner = Tuner(loaded, settings, store, network_rows=network_rows or None, cache_dir=cache_dir)
-        if fail_running:
+        tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None,
+                      cache_dir=options.cache_dir)
+        if options.fail_running:
             for name, numbers in tuner.fail_running().items():
                 if numbers:
                     typer.echo(f"{name}: marked running trials {numbers} as failed")
@@ -171,7 +121,7 @@ def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode:
     except ValueError as exc:
         raise _flag_error(exc) from None
 
-    where = storage or f"sqlite {DEFAULT_STORAGE}"
+    where = storage or f"journal {DEFAULT_STORAGE}"
     total = settings.trials * len(before)
     typer.echo(f"{loaded.name}: {settings.mode} tuning of {settings.space} schedules for steps {list(settings.steps)}"
                f" ({settings.objective}, {tuner.tuning_seeds.n} samples per trial, solver {settings.solver}); "
@@ -205,7 +155,7 @@ def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode:
         raise _flag_error(exc) from None
     except TrialsKeepFailing as exc:
         bar.close()
-        raise CliError(str(exc)) from None
+        raise _cli_error()(str(exc)) from None
     bar.close()
 
     stopped = [name for name, w in run.workers.items() if w.stopped_early]
@@ -221,16 +171,16 @@ def _tune(model: str, steps: str, trials: int, objective: str, space: str, mode:
         return
     plots_dir = plots or Path("runs") / "tune" / re.sub(r"[^A-Za-z0-9_.-]", "_", tuner.base_name)
     try:
-        result = export_best(tuner, export, plots_dir=plots_dir, baselines=baselines,
+        result = export_best(tuner, export, plots_dir=plots_dir, baselines=options.baselines,
                              on_progress=lambda msg: typer.echo(f"  scoring {msg}"))
     except ValueError as exc:
         raise _flag_error(exc) from None
     if not result.learned:
-        raise CliError("--export: no budget has a complete trial to export")
+        raise _cli_error()("--export: no budget has a complete trial to export")
     typer.echo(f"held-out {settings.objective} (seed {tuner.heldout_seeds.seed}, n={tuner.heldout_seeds.n}):")
     for score in result.learned:
         rivals = [b for b in result.baselines if b.steps == score.steps]
-        better = max if tuner.spec.direction == "maximize" else min
+        better = max if tuner.objective.direction == "maximize" else min
         best_builtin = better(rivals, key=lambda b: b.evaluation.value) if rivals else None
         uniform = next((b for b in rivals if b.label == "uniform"), None)
         versus = (f"; uniform {uniform.evaluation.value:.4g}" if uniform is not None else "") + (

@@ -84,7 +84,7 @@ def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleAr
     method = (f"optuna TPE search over the '{s.space}' space ({s.mode} study {best.study_name!r}, trial "
               f"{best.trial_number}{', warm start ' + best.warm_start if best.warm_start else ''})")
     objective = (f"{s.objective} on tuning seeds {seeds.seeds.start}..{seeds.seeds.stop - 1} "
-                 f"(n={seeds.n}{f', reference {s.reference_steps} steps' if s.objective == 'fidelity' else ''})")
+                 f"(n={seeds.n}{f', reference {s.reference_steps} steps' if tuner.objective.uses_reference else ''})")
     return ScheduleArtifact.model_validate({
         "num_train_timesteps": tuner.schedule.num_train_timesteps, "timesteps": best.timesteps, "solver": s.solver,
         "model": ModelIdentity(name=tuner.model.name, weights_sha256=tuner.model.weights_sha256),
@@ -137,7 +137,7 @@ def export_best(
     pareto_png = timesteps_png = report_json = None
     if plots_dir is not None:
         pareto_png, timesteps_png = Path(plots_dir) / "pareto.png", Path(plots_dir) / "timesteps.png"
-        plot_pareto(learned, baseline_scores, tuner.spec.label, pareto_png,
+        plot_pareto(learned, baseline_scores, tuner.objective.label, pareto_png,
                     title=f"{tuner.model.name}, {tuner.settings.solver}: held-out seed {tuner.heldout_seeds.seed}, "
                           f"n={tuner.heldout_seeds.n}")
         plot_timesteps(learned, tuner.schedule.num_train_timesteps, timesteps_png,

@@ -2,7 +2,11 @@
 
 Every evaluation of every trial draws the same initial noise (sample i of chunk j comes from the stream
 (seed + j, i)), so differences between trials are differences between schedules, not between noise draws.
-Three objectives:
+
+Objectives are plug-ins: an `Objective` has a name, a direction, the fewest samples it is defined for, a
+sample-shape check, its tuning seed set, and one abstract method, `evaluate`, which turns the samples of each chunk
+into a running `Score`. `register_objective` adds one to `OBJECTIVES` (name -> object); `get_objective` looks one
+up. Three ship here:
 
 - `fid`, `kid`: FID (Heusel et al. 2017) / KID (Bińkowski et al. 2018) of the samples against the 10,000
   Fashion-MNIST test images in the embedded feature space (models with (1, 32, 32) samples only).
@@ -16,14 +20,15 @@ which is how a per-budget study reports successive sample counts to its pruner.
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import piq
 import torch
@@ -48,43 +53,7 @@ from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.timesteps import validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR, cached_tensors
 
-ObjectiveName = Literal["fid", "kid", "fidelity"]
 _SSIM_KERNEL = 11
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """An objective's name, its optimisation direction, an axis label and the fewest samples it is defined for."""
-
-    name: str
-    direction: Literal["minimize", "maximize"]
-    label: str
-    min_n: int
-
-
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "fid": ObjectiveSpec("fid", "minimize", "FID (embedded features, lower is better)", FEATURE_DIM + 1),
-    "kid": ObjectiveSpec("kid", "minimize", "KID (embedded features, lower is better)", 2),
-    "fidelity": ObjectiveSpec("fidelity", "maximize", "PSNR to the many-step reference (dB, higher is better)", 1),
-}
-
-
-def objective_spec(name: str) -> ObjectiveSpec:
-    """The objective called `name` (fid, kid or fidelity)."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective: {name!r} is not one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
-
-
-def check_objective(objective: str, sample_shape: Sequence[int]) -> ObjectiveSpec:
-    """The objective's spec, if it can score samples of `sample_shape` (FID/KID need the embedded feature space)."""
-    spec = objective_spec(objective)
-    if objective in ("fid", "kid") and tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
-        raise ValueError(
-            f"objective: {objective!r} scores samples in the embedded Fashion-MNIST feature space, which takes "
-            f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
-        )
-    return spec
 
 
 @dataclass(frozen=True)
@@ -129,16 +98,67 @@ class SeedSet:
     def overlaps(self, other: SeedSet) -> bool:
         return bool(set(self.seeds) & set(other.seeds))
 
+@dataclass(frozen=True)
+class Score:
+    """An objective's value over the samples scored so far (in its direction), with companion metrics."""
 
-def tuning_seeds(objective: str, n: int, seed: int) -> SeedSet:
-    """The tuning set of an objective: 4 chunks (rungs) for fidelity and KID, 2 for FID (each rung must hold more
-    samples than the feature dimension, so FID rungs come only with n > 2·128)."""
-    spec = objective_spec(objective)
-    if n < spec.min_n:
-        raise ValueError(f"n: {n} tuning samples is below the {spec.min_n} that {objective} needs")
-    if objective == "fid":
-        return SeedSet.split(seed, n, 2, min_first=spec.min_n)
-    return SeedSet.split(seed, n, 4, min_first=max(spec.min_n, 2))
+    value: float
+    metrics: dict[str, float]
+
+
+class Objective(abc.ABC):
+    """What a trial optimises, as a plug-in (register it with `register_objective`).
+
+    Subclasses set `name`, `direction` and `label` and implement `evaluate`; the rest are defaults and no-op hooks.
+    `min_n` is the fewest samples the objective is defined for (no value is reported to the pruner before that),
+    `default_n` / `default_heldout_n` the tuning and held-out sample counts when none are given, and `rungs` the
+    number of chunks the tuning samples come in (the pruner's steps).
+    """
+
+    name: ClassVar[str]
+    direction: ClassVar[Literal["minimize", "maximize"]]
+    label: ClassVar[str]
+    min_n: ClassVar[int] = 1
+    default_n: ClassVar[int] = 64
+    default_heldout_n: ClassVar[int] = 256
+    rungs: ClassVar[int] = 4
+    uses_reference: ClassVar[bool] = False  # scores against `ScheduleEvaluator.reference` (a study key then)
+
+    def check_shape(self, sample_shape: Sequence[int]) -> None:
+        """Raise ValueError (naming `objective`) if samples of `sample_shape` cannot be scored; default: any."""
+        return None
+
+    def tuning_seeds(self, n: int, seed: int) -> SeedSet:
+        """The tuning set: n samples in up to `rungs` chunks, each at least `min_n` (and 2) samples."""
+        if n < self.min_n:
+            raise ValueError(f"n: {n} tuning samples is below the {self.min_n} that {self.name} needs")
+        return SeedSet.split(seed, n, self.rungs, min_first=max(self.min_n, 2))
+
+    def prepare(self, evaluator: ScheduleEvaluator) -> None:
+        """Compute what does not depend on the schedule (references, reference statistics); default: nothing."""
+        return None
+
+    @abc.abstractmethod
+    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
+        """Yield the score over the samples so far after each `(chunk index, samples in [-1, 1])` of `chunks`.
+
+        `chunks` is lazy: a chunk is sampled only when asked for, so a pruned trial stops sampling."""
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Add `objective` to `OBJECTIVES` under its name (replacing one of the same name); returns it."""
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called `name`."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective: {name!r} is not one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
 
 
 def model_identity(model: LoadedModel) -> dict[str, object]:
@@ -170,14 +190,20 @@ def _embedded_statistics() -> FeatureStatistics:
     return embedded_reference_statistics("test")
 
 
+@functools.lru_cache(maxsize=1)
+def _embedded_extractor() -> EmbeddedFeatureExtractor:
+    return EmbeddedFeatureExtractor()
+
+
 @dataclass
 class ScheduleEvaluator:
     """Scores timestep lists for one model, solver, objective and seed set.
 
     `evaluate(timesteps, on_rung)` samples the seed set chunk by chunk with `solver` (η = 0) and returns an
     `Evaluation`; after each chunk, `on_rung(samples_so_far, value_so_far)` is called where the objective is defined
-    (it may raise `optuna.TrialPruned`). For `fidelity`, the references (`reference_steps` uniform steps of the same
-    solver from the same noise) are cached under `cache_dir` (None: in memory only).
+    (it may raise `optuna.TrialPruned`). `objective` names a registered `Objective`. `reference(chunk)` is the
+    many-step result of a chunk (`reference_steps` uniform steps of the same solver from the same noise), cached
+    under `cache_dir` (None: in memory only); the fidelity objective scores against it.
     """
 
     model: LoadedModel
@@ -192,7 +218,7 @@ class ScheduleEvaluator:
     _references: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.spec = objective_spec(self.objective)
+        self.scorer: Objective = get_objective(self.objective)
         self.solver_impl = make_solver(self.solver)
         self.model_adapter: ModelAdapter = self.adapter or self.model.adapter(network_rows=self.network_rows)
         T = self.model_adapter.schedule.num_train_timesteps
@@ -200,17 +226,16 @@ class ScheduleEvaluator:
             raise ValueError(f"reference_steps: {self.reference_steps} is outside [2, {T}] (the training timesteps)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: {self.batch_size} is not a positive integer")
-        if self.seeds.n < self.spec.min_n:
-            raise ValueError(f"n: {self.seeds.n} samples is below the {self.spec.min_n} that {self.objective} needs")
-        check_objective(self.objective, self.model.sample_shape)
-        if self.objective in ("fid", "kid"):
-            self._features = EmbeddedFeatureExtractor()
+        if self.seeds.n < self.scorer.min_n:
+            raise ValueError(f"n: {self.seeds.n} samples is below the {self.scorer.min_n} that {self.objective} needs")
+        self.scorer.check_shape(self.model.sample_shape)
 
     @property
     def direction(self) -> str:
-        return self.spec.direction
+        return self.scorer.direction
 
-    def _sample(self, timesteps: torch.Tensor, chunk: int) -> torch.Tensor:
+    def sample(self, timesteps: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Chunk `chunk` of the seed set sampled over `timesteps` with the evaluator's solver."""
         result = sample(self.model_adapter, timesteps, self.model.sample_shape, self.seeds.chunks[chunk],
                         batch_size=self.batch_size, seed=self.seeds.seed + chunk, solver=self.solver_impl)
         return result.samples
@@ -224,45 +249,97 @@ class ScheduleEvaluator:
                    "reference_steps": self.reference_steps, "seed": self.seeds.seed + chunk,
                    "n": self.seeds.chunks[chunk], "num_train_timesteps": schedule.num_train_timesteps}
             tensors = cached_tensors(self.cache_dir, "fidelity-references", key,
-                                     lambda: {"samples": self._sample(steps, chunk)})
+                                     lambda: {"samples": self.sample(steps, chunk)})
             self._references[chunk] = tensors["samples"]
         return self._references[chunk]
 
     def prepare(self) -> None:
-        """Compute (or load) everything that does not depend on the schedule: references, KID terms."""
-        if self.objective == "fidelity":
-            for chunk in range(len(self.seeds.chunks)):
-                self.reference(chunk)
-        else:
-            _embedded_kid_reference()
+        """Compute (or load) everything that does not depend on the schedule (the objective's `prepare`)."""
+        self.scorer.prepare(self)
 
     def evaluate(self, timesteps: Sequence[int] | torch.Tensor,
                  on_rung: Callable[[int, float], None] | None = None) -> Evaluation:
         """Sample the seed set over `timesteps` and score it (see the class docstring)."""
         ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
         start = time.perf_counter()
-        parts: list[torch.Tensor] = []
-        psnr_sum = ssim_sum = 0.0
-        metrics: dict[str, float] = {}
-        value = float("nan")
-        for chunk, rung in enumerate(self.seeds.rungs):
-            samples = self._sample(ts, chunk)
-            if self.objective == "fidelity":
-                x, y = to_unit_range(samples), to_unit_range(self.reference(chunk))
-                psnr_sum += float(piq.psnr(x, y, data_range=1.0, reduction="sum"))
-                metrics = {"psnr": psnr_sum / rung}
-                if min(x.shape[-2:]) >= _SSIM_KERNEL:  # piq's SSIM window needs images at least 11 pixels wide
-                    ssim_sum += float(piq.ssim(x, y, data_range=1.0, reduction="sum"))
-                    metrics["ssim"] = ssim_sum / rung
-                value = metrics["psnr"]
-            else:
-                parts.append(self._features(samples).cpu())
-                features = torch.cat(parts)
-                metrics = {"kid": kid(features, _embedded_kid_reference())}
-                if rung >= OBJECTIVES["fid"].min_n:
-                    metrics["fid"] = fid(FeatureStatistics.from_features(features), _embedded_statistics())
-                value = metrics.get(self.objective, float("nan"))
-            if on_rung is not None and rung >= self.spec.min_n and rung < self.seeds.n:
-                on_rung(rung, value)
-        return Evaluation(value=value, metrics=metrics, n=self.seeds.n, nfe=float(len(ts)),
+        chunks = ((chunk, self.sample(ts, chunk)) for chunk in range(len(self.seeds.chunks)))
+        score = Score(float("nan"), {})
+        for rung, score in zip(self.seeds.rungs, self.scorer.evaluate(chunks, self), strict=False):
+            if on_rung is not None and rung >= self.scorer.min_n and rung < self.seeds.n:
+                on_rung(rung, score.value)
+        return Evaluation(value=score.value, metrics=score.metrics, n=self.seeds.n, nfe=float(len(ts)),
                           wall_s=time.perf_counter() - start)
+
+
+class EmbeddedFeatureObjective(Objective):
+    """FID or KID in the embedded Fashion-MNIST feature space; reports both where each is defined."""
+
+    default_heldout_n = 500
+
+    def check_shape(self, sample_shape: Sequence[int]) -> None:
+        if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
+            raise ValueError(
+                f"objective: {self.name!r} scores samples in the embedded Fashion-MNIST feature space, which takes "
+                f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
+            )
+
+    def prepare(self, evaluator: ScheduleEvaluator) -> None:
+        _embedded_kid_reference()
+
+    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
+        extractor = _embedded_extractor()
+        parts: list[torch.Tensor] = []
+        for _chunk, samples in chunks:
+            parts.append(extractor(samples).cpu())
+            features = torch.cat(parts)
+            metrics = {"kid": kid(features, _embedded_kid_reference())}
+            if len(features) >= FidObjective.min_n:
+                metrics["fid"] = fid(FeatureStatistics.from_features(features), _embedded_statistics())
+            yield Score(metrics.get(self.name, float("nan")), metrics)
+
+
+class FidObjective(EmbeddedFeatureObjective):
+    name = "fid"
+    direction = "minimize"
+    label = "FID (embedded features, lower is better)"
+    min_n = FEATURE_DIM + 1  # a full-rank covariance
+    default_n = 512
+    rungs = 2  # each rung must hold more samples than the feature dimension
+
+
+class KidObjective(EmbeddedFeatureObjective):
+    name = "kid"
+    direction = "minimize"
+    label = "KID (embedded features, lower is better)"
+    min_n = 2
+    default_n = 256
+
+
+class FidelityObjective(Objective):
+    """Mean PSNR (and SSIM, for images at least 11 pixels wide) to the evaluator's many-step reference."""
+
+    name = "fidelity"
+    direction = "maximize"
+    label = "PSNR to the many-step reference (dB, higher is better)"
+    uses_reference = True
+
+    def prepare(self, evaluator: ScheduleEvaluator) -> None:
+        for chunk in range(len(evaluator.seeds.chunks)):
+            evaluator.reference(chunk)
+
+    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
+        psnr_sum = ssim_sum = 0.0
+        n = 0
+        for chunk, samples in chunks:
+            x, y = to_unit_range(samples), to_unit_range(evaluator.reference(chunk))
+            n += len(x)
+            psnr_sum += float(piq.psnr(x, y, data_range=1.0, reduction="sum"))
+            metrics = {"psnr": psnr_sum / n}
+            if min(x.shape[-2:]) >= _SSIM_KERNEL:  # piq's SSIM window needs images at least 11 pixels wide
+                ssim_sum += float(piq.ssim(x, y, data_range=1.0, reduction="sum"))
+                metrics["ssim"] = ssim_sum / n
+            yield Score(metrics["psnr"], metrics)
+
+
+for _objective in (FidObjective(), KidObjective(), FidelityObjective()):
+    register_objective(_objective)

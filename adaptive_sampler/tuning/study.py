@@ -24,25 +24,18 @@ import optuna
 import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adaptive_sampler.schedules.catalogue import load_entry
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
 from adaptive_sampler.sampler import NonFiniteOutputError
-from adaptive_sampler.solvers import make_solver
+from adaptive_sampler.schedules.catalogue import load_entry
 from adaptive_sampler.timesteps import discretize
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
 from adaptive_sampler.tuning.dp_init import build_cost_matrix
-from adaptive_sampler.tuning.objectives import (
-    ScheduleEvaluator,
-    SeedSet,
-    check_objective,
-    model_identity,
-    tuning_seeds,
-)
+from adaptive_sampler.tuning.objectives import Objective, ScheduleEvaluator, SeedSet, model_identity
 from adaptive_sampler.tuning.search_space import SearchSpace, encode_params, make_space, suggest_timesteps
+from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.storage import (
     SURPLUS,
     WARM_START,
@@ -54,59 +47,8 @@ from adaptive_sampler.tuning.storage import (
     trial_counts,
 )
 
-DEFAULT_TUNING_N = {"fid": 512, "kid": 256, "fidelity": 64}
-DEFAULT_HELDOUT_N = {"fid": 500, "kid": 500, "fidelity": 256}
 WARM_START_POLICIES = ("uniform", "leading", "trailing", "quadratic", "karras", "logsnr", "front-loaded", "ays")
 AYS_ENTRY = "sd15/ays-10"
-
-
-class TuneSettings(BaseModel):
-    """What to tune and how (validated; errors name the field). `n`/`heldout_n` default per objective."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: tuple[int, ...] = Field(min_length=1)
-    trials: int = Field(50, ge=0)
-    objective: Literal["fid", "kid", "fidelity"] = "fid"
-    space: Literal["free", "power", "karras", "logsnr"] = "free"
-    mode: Literal["per-budget", "pareto"] = "per-budget"
-    solver: str = "ddim"
-    n: int | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
-    heldout_n: int | None = Field(None, gt=0)
-    heldout_seed: int = Field(1_000_000, ge=0)
-    reference_steps: int = Field(200, ge=2)
-    warm_start: bool = True
-    dp_grid: int = Field(50, ge=2)
-    dp_trajectories: int = Field(8, ge=1)
-    dp_fine_steps: int = Field(200, ge=2)
-    batch_size: int = Field(64, gt=0)
-    sampler_seed: int | None = None
-    pruner_startup_trials: int = Field(5, ge=0)
-    study_name: str | None = Field(None, min_length=1)
-
-    @field_validator("steps")
-    @classmethod
-    def _valid_steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [v for v in value if v < 1]
-        if bad:
-            raise ValueError(f"{bad[0]} is not a positive step count")
-        if len(set(value)) != len(value):
-            raise ValueError(f"{list(value)} repeats a step count")
-        return tuple(sorted(value))
-
-    @field_validator("solver")
-    @classmethod
-    def _valid_solver(cls, value: str) -> str:
-        make_solver(value)
-        return value
-
-    @property
-    def tuning_n(self) -> int:
-        return self.n if self.n is not None else DEFAULT_TUNING_N[self.objective]
-
-    @property
-    def heldout_samples(self) -> int:
-        return self.heldout_n if self.heldout_n is not None else DEFAULT_HELDOUT_N[self.objective]
 
 
 @dataclass(frozen=True)
@@ -177,8 +119,9 @@ class Tuner:
         if too_many:
             raise ValueError(f"steps: {too_many[0]} is above the model's {T} training timesteps")
         self.space: SearchSpace = make_space(settings.space)
-        self.spec = check_objective(settings.objective, model.sample_shape)
-        self.tuning_seeds: SeedSet = tuning_seeds(settings.objective, settings.tuning_n, settings.seed)
+        self.objective: Objective = settings.scorer
+        self.objective.check_shape(model.sample_shape)
+        self.tuning_seeds: SeedSet = self.objective.tuning_seeds(settings.tuning_n, settings.seed)
         self.heldout_seeds = SeedSet(settings.heldout_seed, (settings.heldout_samples,))
         if self.heldout_seeds.overlaps(self.tuning_seeds):
             raise ValueError(
@@ -202,14 +145,17 @@ class Tuner:
         return {name: self.settings.trials for name in self.study_names().values()}
 
     def _config(self, steps: int | None) -> dict[str, Any]:
+        """What a resuming run must share with the stored study: `TuneSettings.STUDY_KEYS`, the model, the tuning
+        seeds, the budget (and the reference, for an objective that scores against one)."""
         s = self.settings
-        config: dict[str, Any] = {
-            "objective": s.objective, "space": s.space, "solver": s.solver, "mode": s.mode,
+        dump = s.model_dump(mode="json")
+        config: dict[str, Any] = {key: dump[key] for key in s.STUDY_KEYS}
+        config.update({
             "model": model_identity(self.model),
             "tuning_seeds": {"seed": self.tuning_seeds.seed, "chunks": list(self.tuning_seeds.chunks)},
             "steps": steps if steps is not None else list(s.steps),
-        }
-        if s.objective == "fidelity":
+        })
+        if self.objective.uses_reference:
             config["reference_steps"] = s.reference_steps
         return config
 
@@ -219,8 +165,9 @@ class Tuner:
             return optuna.samplers.TPESampler(seed=self.settings.sampler_seed, multivariate=True, group=True,
                                               constant_liar=True)
 
-    def _directions(self) -> list[str]:
-        return [self.spec.direction, "minimize"] if self.settings.mode == "pareto" else [self.spec.direction]
+    def _directions(self) -> list[Literal["minimize", "maximize"]]:
+        direction = self.objective.direction
+        return [direction, "minimize"] if self.settings.mode == "pareto" else [direction]
 
     # --- warm starts -------------------------------------------------------------------------------------------
     def dp_schedules(self) -> dict[int, torch.Tensor]:
@@ -306,10 +253,11 @@ class Tuner:
             optuna.pruners.NopPruner() if pareto
             else optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=0)
         )
-        budgets = list(s.steps) if pareto else [steps]
+        budgets: list[int] = list(s.steps) if steps is None else [steps]
         warm = functools.partial(self._warm_starts, budgets, pareto) if s.warm_start else None
         return open_study(self.storage, name, self._directions(), config=self._config(steps),
-                          sampler=self._sampler(), pruner=pruner, warm_starts=warm).study
+                          provenance={"settings": s.model_dump(mode="json")}, sampler=self._sampler(),
+                          pruner=pruner, warm_starts=warm).study
 
     def studies(self) -> dict[int | None, optuna.Study]:
         return {steps: self.open(steps) for steps in self.study_names()}
@@ -358,7 +306,7 @@ class Tuner:
     def best(self) -> list[BudgetBest]:
         """The best complete trial per step count, from the stored studies (budgets without one are left out)."""
         names = set(optuna.study.get_all_study_names(self.storage))
-        maximize = self.spec.direction == "maximize"
+        maximize = self.objective.direction == "maximize"
         out = []
         for steps, name in self.study_names().items():
             if name not in names:
@@ -378,5 +326,4 @@ class Tuner:
         return sorted(out, key=lambda b: b.steps)
 
 
-__all__ = ["DEFAULT_HELDOUT_N", "DEFAULT_TUNING_N", "BudgetBest", "TrialReport", "TuneRun",
-           "TuneSettings", "Tuner", "builtin_warm_starts"]
+__all__ = ["BudgetBest", "TrialReport", "TuneRun", "Tuner", "builtin_warm_starts"]

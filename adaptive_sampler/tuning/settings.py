@@ -1,0 +1,131 @@
+"""The tune settings, declared once: each field's default, bound and help are the `adaptive-sampler tune` flag
+(see `command.py`, which builds the command from these fields), the validation, and the study's provenance.
+
+`TuneSettings` is what decides the search (a `Tuner` takes it); `TuneOptions` adds what only the command needs
+(which model to load, where the studies live, export, device). A study stores `TuneSettings.model_dump()` when it
+is created, and refuses to resume under different `STUDY_KEYS` (see `Tuner`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adaptive_sampler.solvers import make_solver
+from adaptive_sampler.tuning.objectives import OBJECTIVES, Objective, get_objective
+
+
+class TuneSettings(BaseModel):
+    """What to tune and how (validated; errors name the field). `n`/`heldout_n` default per objective."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Settings a stored study must share with a run that resumes it (with the model, seeds and budget).
+    STUDY_KEYS: ClassVar[tuple[str, ...]] = ("objective", "space", "solver", "mode")
+
+    steps: tuple[int, ...] = Field((4, 6, 8, 10), min_length=1, description="step budgets (NFE), comma-separated")
+    trials: int = Field(50, ge=0, description=(
+        "finished trials per budget (per-budget mode) or in all (pareto mode); a re-run tops up to this"))
+    objective: str = Field("fid", description=(
+        "a registered objective: fid or kid (embedded feature space, (1, 32, 32) models) or fidelity (PSNR to a "
+        "many-step reference from the same noise; any model)"))
+    space: Literal["free", "power", "karras", "logsnr"] = Field(
+        "free", description="free (N increments), power, karras or logsnr (2-parameter families)")
+    mode: Literal["per-budget", "pareto"] = Field("per-budget", description=(
+        "per-budget (one pruned study per N) or pareto (one study, quality vs NFE, no pruning)"))
+    solver: str = Field("ddim", description="sampling solver the schedules are tuned for")
+    n: int | None = Field(None, gt=0, description="tuning samples per trial; default per objective "
+                                                  "(fid 512, kid 256, fidelity 64)")
+    seed: int = Field(0, ge=0, description="tuning seeds are seed, seed+1, … (one per chunk of samples)")
+    heldout_n: int | None = Field(None, gt=0, description=(
+        "held-out samples for the exported scores; default per objective (fid/kid 500, fidelity 256)"))
+    heldout_seed: int = Field(1_000_000, ge=0, description="seed of the held-out samples (never used for tuning)")
+    reference_steps: int = Field(200, ge=2, description="steps of the fidelity reference (cached)")
+    warm_start: bool = Field(True, description=(
+        "enqueue the DP initialiser, every built-in policy and AYS as the first trials"))
+    dp_grid: int = Field(50, ge=2, description="timesteps in the DP initialiser's grid")
+    dp_trajectories: int = Field(8, ge=1, description="reference trajectories behind the DP cost matrix")
+    dp_fine_steps: int = Field(200, ge=2, description="steps of the DP initialiser's reference trajectories")
+    batch_size: int = Field(64, gt=0, description="samples per batch")
+    sampler_seed: int | None = Field(None, description="TPE seed (give each worker its own); default random")
+    pruner_startup_trials: int = Field(5, ge=0, description="trials the median pruner lets finish before pruning")
+    study_name: str | None = Field(None, min_length=1, description=(
+        "study name; default <model>-<solver>-<objective>-<space>"))
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _parse_steps(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise ValueError("is not a comma-separated list of integers, e.g. 4,6,8,10") from None
+
+    @field_validator("steps")
+    @classmethod
+    def _valid_steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [v for v in value if v < 1]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a positive step count")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} repeats a step count")
+        return tuple(sorted(value))
+
+    @field_validator("objective")
+    @classmethod
+    def _registered_objective(cls, value: str) -> str:
+        if value not in OBJECTIVES:
+            raise ValueError(f"is not a registered objective; the objectives are {', '.join(OBJECTIVES)}")
+        return value
+
+    @field_validator("solver")
+    @classmethod
+    def _valid_solver(cls, value: str) -> str:
+        make_solver(value)
+        return value
+
+    @property
+    def scorer(self) -> Objective:
+        """The registered objective these settings name."""
+        return get_objective(self.objective)
+
+    @property
+    def tuning_n(self) -> int:
+        return self.n if self.n is not None else self.scorer.default_n
+
+    @property
+    def heldout_samples(self) -> int:
+        return self.heldout_n if self.heldout_n is not None else self.scorer.default_heldout_n
+
+
+class TuneOptions(TuneSettings):
+    """Every option of `adaptive-sampler tune`: the settings, plus what only the command needs."""
+
+    model: str = Field("embedded", description="'embedded' or a diffusers model folder")
+    storage: str | None = Field(None, description=(
+        "Optuna storage shared by all workers: a journal file (journal:FILE, or FILE.log/.journal/.jsonl; the "
+        "default, runs/tune.journal, for workers on one machine) or an RDB URL (postgresql://…, mysql://…, "
+        "sqlite:///FILE.db) with heartbeats, across machines"))
+    export: Path | None = Field(None, description=(
+        "write the best schedule per budget, scored on held-out seeds, to DIR/<model>/<solver>-<N>.json "
+        "(DIR = adaptive_sampler/schedules, the catalogue of an editable install, makes it "
+        "--policy learned:<model>/<solver>-<N>)"))
+    plots: Path | None = Field(None, description=(
+        "folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>"))
+    baselines: bool = Field(True, description="score every built-in policy on the held-out seeds for the Pareto plot")
+    network_rows: int = Field(8, ge=0, description="rows per network call; 0 = unbucketed")
+    device: str = Field("auto", description="auto, cpu, cuda, …")
+    allow_pickle: bool = Field(False, description="allow pickled .bin/.pt weights (they can run code)")
+    cache_dir: Path = Field(Path("runs/cache"), description="cache of fidelity references and DP cost matrices")
+    fail_running: bool = Field(False, description=(
+        "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive; RDB "
+        "storages do this by heartbeat)"))
+
+    def settings(self) -> TuneSettings:
+        """The part of the options that decides the search."""
+        return TuneSettings.model_validate({k: getattr(self, k) for k in TuneSettings.model_fields})
+
+
+__all__ = ["TuneOptions", "TuneSettings"]
