@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.tuning.settings import TuneOptions
 
 _FLAG_OF_FIELD = {"num_steps": "--steps", "grid_size": "--dp-grid", "chunks": "--n", "n_trials": "--trials",
@@ -27,7 +28,8 @@ def _flag(field: str) -> str:
 
 
 def _flag_error(exc: ValueError) -> Exception:
-    """A field-named error ("steps: 0 is …" or a pydantic error) as a one-line error naming the flag."""
+    """A field-named error (a FieldError, "storage: … is …", or a pydantic error) as a one-line error naming the
+    flag."""
     error = _cli_error()
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
@@ -35,8 +37,10 @@ def _flag_error(exc: ValueError) -> Exception:
         message = str(err["msg"]).removeprefix("Value error, ").removeprefix(f"{field}: ")
         joiner = " " if message.startswith("is ") else " — "
         return error(f"{_flag(field)}: {err.get('input')!r}{joiner}{message}")
-    message = str(exc)
-    field = message.split(":", 1)[0].split("[", 1)[0]
+    if isinstance(exc, FieldError):
+        return error(_flag(exc.root) + str(exc)[len(exc.root):])
+    message = str(exc)  # the storage module's errors (Optuna-only, no FieldError) also start with the field
+    field = message.split(":", 1)[0]
     if re.fullmatch(r"[a-z_]+", field):
         return error(_flag(field) + message[len(field):])
     return error(message)

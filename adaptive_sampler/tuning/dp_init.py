@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.policies import Uniform
@@ -49,7 +50,7 @@ def best_paths(cost: np.ndarray, max_steps: int | None = None) -> dict[int, DPPa
     m = cost.shape[0]
     max_steps = m - 1 if max_steps is None else max_steps
     if max_steps < 1:
-        raise ValueError(f"max_steps: {max_steps} is not a positive step count")
+        raise FieldError("max_steps", max_steps, "is not a positive step count")
     upper = np.where(np.triu(np.ones((m, m), dtype=bool), k=1), cost, np.inf)
     best = np.full(m, np.inf)
     best[0] = 0.0
@@ -101,9 +102,9 @@ def build_cost_matrix(
     schedule = adapter.schedule
     T = schedule.num_train_timesteps
     if not 2 <= grid_size <= T:
-        raise ValueError(f"grid_size: {grid_size} is outside [2, {T}] (the training timesteps)")
+        raise FieldError("grid_size", grid_size, f"is outside [2, {T}] (the training timesteps)")
     if n < 1:
-        raise ValueError(f"n: {n} is not a positive number of reference trajectories")
+        raise FieldError("n", n, "is not a positive number of reference trajectories")
     grid = Uniform().timesteps(grid_size, schedule)
     fine = torch.unique(torch.cat([grid, Uniform().timesteps(min(max(fine_steps, grid_size), T), schedule)]))
     fine = fine.flip(0)

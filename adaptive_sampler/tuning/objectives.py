@@ -33,6 +33,7 @@ from typing import ClassVar, Literal
 import piq
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics import (
     EMBEDDED_IMAGE_SHAPE,
     FEATURE_DIM,
@@ -65,9 +66,9 @@ class SeedSet:
 
     def __post_init__(self) -> None:
         if self.seed < 0:
-            raise ValueError(f"seed: {self.seed} is negative; seeds are non-negative integers")
+            raise FieldError("seed", self.seed, "is negative; seeds are non-negative integers")
         if not self.chunks or any(c < 1 for c in self.chunks):
-            raise ValueError(f"chunks: {self.chunks} must be a non-empty list of positive sample counts")
+            raise FieldError("chunks", self.chunks, "must be a non-empty list of positive sample counts")
 
     @property
     def n(self) -> int:
@@ -90,7 +91,7 @@ class SeedSet:
     def split(cls, seed: int, n: int, parts: int, min_first: int = 1) -> SeedSet:
         """n samples in up to `parts` near-equal chunks, fewer if the first chunk would hold < `min_first`."""
         if n < 1:
-            raise ValueError(f"n: {n} is not a positive number of samples")
+            raise FieldError("n", n, "is not a positive number of samples")
         parts = max(1, min(parts, n // max(min_first, 1)))
         sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
         return cls(seed, tuple(sizes))
@@ -131,7 +132,7 @@ class Objective(abc.ABC):
     def tuning_seeds(self, n: int, seed: int) -> SeedSet:
         """The tuning set: n samples in up to `rungs` chunks, each at least `min_n` (and 2) samples."""
         if n < self.min_n:
-            raise ValueError(f"n: {n} tuning samples is below the {self.min_n} that {self.name} needs")
+            raise FieldError("n", n, f"tuning samples is below the {self.min_n} that {self.name} needs")
         return SeedSet.split(seed, n, self.rungs, min_first=max(self.min_n, 2))
 
     def prepare(self, evaluator: ScheduleEvaluator) -> None:
@@ -157,7 +158,7 @@ def register_objective(objective: Objective) -> Objective:
 def get_objective(name: str) -> Objective:
     """The registered objective called `name`."""
     if name not in OBJECTIVES:
-        raise ValueError(f"objective: {name!r} is not one of {', '.join(OBJECTIVES)}")
+        raise FieldError("objective", name, f"is not one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
@@ -223,11 +224,11 @@ class ScheduleEvaluator:
         self.model_adapter: ModelAdapter = self.adapter or self.model.adapter(network_rows=self.network_rows)
         T = self.model_adapter.schedule.num_train_timesteps
         if not 2 <= self.reference_steps <= T:
-            raise ValueError(f"reference_steps: {self.reference_steps} is outside [2, {T}] (the training timesteps)")
+            raise FieldError("reference_steps", self.reference_steps, f"is outside [2, {T}] (the training timesteps)")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: {self.batch_size} is not a positive integer")
+            raise FieldError("batch_size", self.batch_size, "is not a positive integer")
         if self.seeds.n < self.scorer.min_n:
-            raise ValueError(f"n: {self.seeds.n} samples is below the {self.scorer.min_n} that {self.objective} needs")
+            raise FieldError("n", self.seeds.n, f"samples is below the {self.scorer.min_n} that {self.objective} needs")
         self.scorer.check_shape(self.model.sample_shape)
 
     @property
@@ -278,8 +279,8 @@ class EmbeddedFeatureObjective(Objective):
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
         if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
-            raise ValueError(
-                f"objective: {self.name!r} scores samples in the embedded Fashion-MNIST feature space, which takes "
+            raise FieldError(
+                "objective", self.name, f"scores samples in the embedded Fashion-MNIST feature space, which takes "
                 f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
             )
 

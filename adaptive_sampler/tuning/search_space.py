@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
@@ -57,7 +58,7 @@ class SearchSpace(Protocol):
 
 def _check_steps(num_steps: int, schedule: NoiseSchedule) -> None:
     if not 1 <= num_steps <= schedule.num_train_timesteps:
-        raise ValueError(f"steps: {num_steps} is outside [1, {schedule.num_train_timesteps}] (the training timesteps)")
+        raise FieldError("steps", num_steps, f"is outside [1, {schedule.num_train_timesteps}] (the training timesteps)")
 
 
 def _ramp(num_steps: int) -> np.ndarray:
@@ -201,7 +202,7 @@ SPACES: dict[str, type] = {"free": FreeSpace, "power": PowerSpace, "karras": Kar
 def make_space(name: str) -> SearchSpace:
     """The search space called `name` (see SPACES)."""
     if name not in SPACES:
-        raise ValueError(f"space: {name!r} is not one of {', '.join(SPACES)}")
+        raise FieldError("space", name, f"is not one of {', '.join(SPACES)}")
     space: SearchSpace = SPACES[name]()
     return space
 

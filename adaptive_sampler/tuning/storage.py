@@ -1,6 +1,7 @@
 """Where studies live and how workers share them, on Optuna's own pieces.
 
-This module depends on Optuna only (no torch), so a worker process can use it cheaply.
+This module depends on Optuna only (no torch, so not even on `adaptive_sampler.errors`: its errors are ValueErrors
+that start with the field's name), so a worker process can use it cheaply.
 
 Storage (`open_storage`)
     `None` is the journal file `runs/tune.journal`. `journal:PATH`, or a path ending in `.log`, `.journal` or

@@ -25,6 +25,7 @@ import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -117,15 +118,15 @@ class Tuner:
         T = self.schedule.num_train_timesteps
         too_many = [n for n in settings.steps if n > T]
         if too_many:
-            raise ValueError(f"steps: {too_many[0]} is above the model's {T} training timesteps")
+            raise FieldError("steps", too_many[0], f"is above the model's {T} training timesteps")
         self.space: SearchSpace = make_space(settings.space)
         self.objective: Objective = settings.scorer
         self.objective.check_shape(model.sample_shape)
         self.tuning_seeds: SeedSet = self.objective.tuning_seeds(settings.tuning_n, settings.seed)
         self.heldout_seeds = SeedSet(settings.heldout_seed, (settings.heldout_samples,))
         if self.heldout_seeds.overlaps(self.tuning_seeds):
-            raise ValueError(
-                f"heldout_seed: {settings.heldout_seed} falls among the tuning seeds {self.tuning_seeds.seeds.start}…"
+            raise FieldError(
+                "heldout_seed", settings.heldout_seed, f"falls among the tuning seeds {self.tuning_seeds.seeds.start}…"
                 f"{self.tuning_seeds.seeds.stop - 1}; held-out samples must be ones tuning never saw"
             )
         self.evaluator = ScheduleEvaluator(model, settings.objective, self.tuning_seeds, solver=settings.solver,
