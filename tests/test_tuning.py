@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.policies import STATIC_POLICIES
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.tuning import (
@@ -132,8 +133,9 @@ def test_unknown_space_names_the_field() -> None:
 
 # --- objectives -----------------------------------------------------------------------------------------------------
 def test_unknown_objective_names_the_field_and_the_registered_ones() -> None:
-    with pytest.raises(ValueError, match=r"^objective: 'lpips' is not one of fid, kid, fidelity"):
+    with pytest.raises(FieldError, match=r"^objective: 'lpips' is not one of fid, kid, fidelity") as located:
         get_objective("lpips")
+    assert (located.value.field, located.value.value) == ("objective", "lpips")
     with pytest.raises(ValidationError) as info:
         TuneSettings(objective="lpips")
     (error,) = info.value.errors()
