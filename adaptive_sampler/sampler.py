@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.planner import Planner, StaticPlan, StepObservation
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -89,7 +90,10 @@ def _done_mask(decision: object, rows: int, device: torch.device) -> torch.Tenso
         return None
     if done is True:
         return torch.ones(rows, dtype=torch.bool, device=device)
-    return done.to(device=device, dtype=torch.bool)  # type: ignore[union-attr]
+    if not isinstance(done, torch.Tensor):
+        raise TypeError(f"monitor: returned {done!r}; return a MonitorDecision, a bool tensor over the rows, True or "
+                        "None")
+    return done.to(device=device, dtype=torch.bool)
 
 
 def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: torch.Tensor, shape: Sequence[int],
@@ -121,7 +125,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         new_bad = bad & (first_bad[active] < 0)
         first_bad[active] = torch.where(new_bad, step, first_bad[active])
         bad_t[active] = torch.where(new_bad, t, bad_t[active])
-        decision = planner.decide(StepObservation(t, pred.x0, None if anchor is None else anchor_t,
+        decision = planner.decide(StepObservation(t, pred.x0, None if anchor is None else anchor.t,
                                                   None if anchor is None else anchor.x0, memory), schedule)
         accept, t_next = decision.accept.to(device), decision.t_next.to(device)
         if anchor is None:
@@ -140,8 +144,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         log.append((active, t, accept))
         rejected[active] += (~accept).long()
         alpha_bar = _per_row(schedule.alpha_bar(t).to(dtype), x.ndim)
-        anchor = solver.accept(Point(x, pred.x0, pred.eps, alpha_bar), anchor, accept, state)
-        anchor_t = torch.where(accept, t, anchor_t) if step else t
+        anchor = solver.accept(Point(t, x, pred.x0, pred.eps, alpha_bar), anchor, accept, state)
         noise = None
         if options.eta > 0:
             noise = draw_noise([generators[i] for i in active_host.tolist()], shape).to(device=device, dtype=dtype)
@@ -153,12 +156,12 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
                 continue
             finished_host = torch.ones(len(active_host), dtype=torch.bool)
         else:
-            invalid = (t >= 0) & (t >= anchor_t)
+            invalid = (t >= 0) & (t >= anchor.t)
             flags = torch.stack([t < 0, invalid]).cpu()  # the one host sync of a step whose rows may leave
             if bool(flags[1].any()):
                 row = int(flags[1].nonzero()[0])
-                raise ValueError(f"t_next: planner {planner.name!r} chose {int(t[row])} after accepted timestep "
-                                 f"{int(anchor_t[row])}; it must lie in [-1, {int(anchor_t[row]) - 1}]")
+                raise FieldError("t_next", int(t[row]), f"was chosen by planner {planner.name!r} after accepted "
+                                 f"timestep {int(anchor.t[row])}; it must lie in [-1, {int(anchor.t[row]) - 1}]")
             finished_host = flags[0]
         if not bool(finished_host.any()):
             continue
@@ -166,7 +169,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         out[active[finished]] = x[finished]
         going, going_host = ~finished, ~finished_host
         active, active_host = active[going], active_host[going_host]
-        x, t, memory, anchor_t = x[going], t[going], memory[going], anchor_t[going]
+        x, t, memory = x[going], t[going], memory[going]
         anchor = anchor.keep(going)
         state.keep(going)
         if cond is not None:
@@ -213,7 +216,7 @@ def sample(
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
     solver = solver or DDIM()
     if options.eta > 0 and not solver.supports_eta:
-        raise ValueError(f"eta: {options.eta} needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
+        raise FieldError("eta", options.eta, f"needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
     steps_trace: list[StepInfo] | None = [] if options.trace else None
     batches: list[_Batch] = []
     start_time = time.perf_counter()

@@ -10,8 +10,10 @@ import torch
 
 @dataclass(frozen=True)
 class Point:
-    """An evaluated point per row: x_t, the prediction there (x̂0, ε̂) and ᾱ_t shaped [rows, 1, ...] to broadcast."""
+    """An evaluated point per row: its timestep t [rows], x_t, the prediction there (x̂0, ε̂) and ᾱ_t shaped
+    [rows, 1, ...] to broadcast against x."""
 
+    t: torch.Tensor
     x: torch.Tensor
     x0: torch.Tensor
     eps: torch.Tensor
@@ -19,8 +21,11 @@ class Point:
 
     def where(self, rows: torch.Tensor, other: Point) -> Point:
         """This point on `rows` (bool [rows]), `other` elsewhere."""
-        mask = rows.view(-1, *([1] * (self.x.ndim - 1)))
-        return Point(*(torch.where(mask, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+
+        def pick(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            return torch.where(rows.view(-1, *([1] * (mine.ndim - 1))), mine, theirs)
+
+        return Point(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
     def keep(self, rows: torch.Tensor) -> Point:
         return Point(*(getattr(self, f.name)[rows] for f in fields(self)))

@@ -25,7 +25,7 @@ class UniPC:
 
     def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point:
         if anchor is not None:
-            new = Point(self._correct(new, anchor, state), new.x0, new.eps, new.alpha_bar)
+            new = Point(new.t, self._correct(new, anchor, state), new.x0, new.eps, new.alpha_bar)
         push_history(anchor, accepted, state)
         return replace_anchor(new, anchor, accepted)
 
