@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
+from adaptive_sampler.cli.tune import tune_command
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.policies import STATIC_POLICIES
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
@@ -42,7 +43,6 @@ from adaptive_sampler.tuning import (
     register_objective,
     run_trials,
     suggest_timesteps,
-    tune_command,
 )
 from adaptive_sampler.tuning import storage as storage_module
 from adaptive_sampler.tuning.storage import TrialsKeepFailing

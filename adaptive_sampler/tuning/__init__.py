@@ -5,10 +5,10 @@ Flow: `search_space` turns trial parameters into valid timestep lists; `objectiv
 list on fixed tuning seeds; `dp_init` builds a warm start from one cost matrix; `storage` opens/resumes studies and
 runs workers that share one storage, on Optuna's own pieces; `settings` declares every tune option once; `study`
 wires them into per-budget (pruned) or Pareto studies; `export` writes the best list per budget, scored on
-held-out seeds, as catalogue files with plots; `command` is the `adaptive-sampler tune` CLI command.
+held-out seeds, as catalogue files with plots. The `adaptive-sampler tune` command lives in the CLI
+(`adaptive_sampler/cli/tune.py`); this package is only the library.
 """
 
-from adaptive_sampler.tuning.command import tune_command
 from adaptive_sampler.tuning.dp_init import CostMatrix, DPPath, best_paths, build_cost_matrix
 from adaptive_sampler.tuning.export import (
     ExportResult,
@@ -58,5 +58,5 @@ __all__ = [
     "Score", "SearchSpace", "SeedSet", "TrialReport", "TrialsKeepFailing", "TuneOptions", "TuneRun", "TuneSettings",
     "Tuner", "WarmStart", "WorkerSummary", "best_paths", "build_cost_matrix", "enqueue_warm_starts", "export_best",
     "fail_running_trials", "get_objective", "make_space", "open_storage", "open_study", "plot_pareto",
-    "plot_timesteps", "register_objective", "run_trials", "schedule_path", "suggest_timesteps", "tune_command",
+    "plot_timesteps", "register_objective", "run_trials", "schedule_path", "suggest_timesteps",
 ]

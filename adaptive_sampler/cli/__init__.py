@@ -22,7 +22,7 @@ from adaptive_sampler.policies.step_size_control import parse_dynamic_policy
 from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, sample
 from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 from adaptive_sampler.solvers import SOLVERS, make_solver
-from adaptive_sampler.tuning.command import tune_command
+from adaptive_sampler.cli.tune import tune_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fewer network passes per diffusion sample.")

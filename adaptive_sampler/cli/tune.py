@@ -1,4 +1,4 @@
-"""The `adaptive-sampler tune` command (mounted in cli.py with `app.command("tune")(tune_command)`).
+"""The `adaptive-sampler tune` command (mounted in cli/__init__.py).
 
 Its flags are the fields of `TuneOptions` (settings.py): `--<field-name>` with the field's default and help, built
 by `_options_signature`; the values are validated once, by that model, and its errors name the flag.
@@ -47,7 +47,7 @@ def _flag_error(exc: ValueError) -> Exception:
 
 
 def _cli_error() -> type[Exception]:
-    # cli.py mounts this command and prints its CliError as one line; imported late (cli.py imports this module)
+    # cli/__init__.py mounts this command and prints its CliError as one line; imported late (cli/__init__.py imports this module)
     from adaptive_sampler.cli import CliError
 
     return CliError
