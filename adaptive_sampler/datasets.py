@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptive_sampler.errors import FieldError
+
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -40,7 +42,7 @@ def _find(directory: Path, stem: str) -> Path:
 def load_fashion_mnist(split: str, data_dir: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 [n, 28, 28], labels uint8 [n]) of the `train` or `test` split."""
     if split not in ("train", "test"):
-        raise ValueError(f"split: {split!r} is not one of 'train', 'test'")
+        raise FieldError("split", split, "is not one of 'train', 'test'")
     directory = Path(data_dir) if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
     images = _read_idx(_find(directory, _FILES[(split, "images")]))
     labels = _read_idx(_find(directory, _FILES[(split, "labels")]))

@@ -13,6 +13,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import PREDICTION_TYPES, X0Processing, eps_and_x0
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies.base import Policy
@@ -73,10 +74,10 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         custom_timesteps: list[int] | None = None,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: {prediction_type!r} is not one of "
-                             f"{', '.join(map(repr, PREDICTION_TYPES))}")
+            raise FieldError("prediction_type", prediction_type,
+                             f"is not one of {', '.join(map(repr, PREDICTION_TYPES))}")
         if timestep_spacing not in _SPACINGS:
-            raise ValueError(f"timestep_spacing: {timestep_spacing!r} is not one of {', '.join(_SPACINGS)}")
+            raise FieldError("timestep_spacing", timestep_spacing, f"is not one of {', '.join(_SPACINGS)}")
         if custom_timesteps is not None:
             listed = validate_timesteps(custom_timesteps, num_train_timesteps, "custom_timesteps")
             # plain ints, so that save_pretrained writes the list to JSON whatever type it came in
@@ -134,27 +135,24 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             planned = validate_timesteps(timesteps, T, "timesteps")
         elif custom is not None:
             if num_inference_steps is not None and num_inference_steps != len(custom):
-                raise ValueError(
-                    f"num_inference_steps: {num_inference_steps} differs from the {len(custom)} entries of "
+                raise FieldError(
+                    "num_inference_steps", num_inference_steps, f"differs from the {len(custom)} entries of "
                     f"config.custom_timesteps; pass num_inference_steps={len(custom)} (or None) to run that list, "
                     "or timesteps=[...] to run another"
                 )
             planned = torch.tensor(custom, dtype=torch.int64)
         elif num_inference_steps is None:
-            raise ValueError(
-                "num_inference_steps: None needs timesteps=[...] or config.custom_timesteps; give a step count or a "
-                "list"
-            )
+            raise FieldError("num_inference_steps", None, "needs timesteps=[...] or config.custom_timesteps; give a "
+                             "step count or a list")
         else:
             if not 1 <= num_inference_steps <= T:
-                raise ValueError(
-                    f"num_inference_steps: {num_inference_steps} is outside [1, {T}] (num_train_timesteps={T})"
-                )
+                raise FieldError("num_inference_steps", num_inference_steps,
+                                 f"is outside [1, {T}] (num_train_timesteps={T})")
             spacing = self.config.timestep_spacing
             policy: dict[str, Policy] = {"linspace": Uniform(), "leading": Leading(self.config.steps_offset),
                                          "trailing": Trailing()}
             if spacing not in policy:
-                raise ValueError(f"timestep_spacing: {spacing!r} is not one of {', '.join(_SPACINGS)}")
+                raise FieldError("timestep_spacing", spacing, f"is not one of {', '.join(_SPACINGS)}")
             planned = policy[spacing].timesteps(num_inference_steps, self.schedule)
 
         # Settings are read here rather than in __init__: StableDiffusionPipeline.__init__ rewrites the config of
@@ -178,8 +176,8 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             timestep = timestep.to(self.timesteps.device)
         matches = (self.timesteps == timestep).nonzero()
         if len(matches) == 0:
-            raise ValueError(
-                f"timestep: {int(timestep)} is not in this scheduler's timesteps {self.timesteps.tolist()}; "
+            raise FieldError(
+                "timestep", int(timestep), f"is not in this scheduler's timesteps {self.timesteps.tolist()}; "
                 "step through scheduler.timesteps, or run set_timesteps with the list you mean"
             )
         index = int(matches[0])

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -26,7 +27,7 @@ def eps_and_x0(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
                 alpha_bar.sqrt() * x - (1 - alpha_bar).sqrt() * output)
     if prediction_type == "sample":
         return (x - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt(), output
-    raise ValueError(f"prediction_type: {prediction_type!r} is not one of {', '.join(map(repr, PREDICTION_TYPES))}")
+    raise FieldError("prediction_type", prediction_type, f"is not one of {', '.join(map(repr, PREDICTION_TYPES))}")
 
 
 class X0Processing(BaseModel):
@@ -119,10 +120,10 @@ class ModelAdapter:
         network_rows: int | None = 8,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: {prediction_type!r} is not one of "
-                             f"{', '.join(map(repr, PREDICTION_TYPES))}")
+            raise FieldError("prediction_type", prediction_type,
+                             f"is not one of {', '.join(map(repr, PREDICTION_TYPES))}")
         if network_rows is not None and network_rows < 1:
-            raise ValueError(f"network_rows: {network_rows} must be a positive integer or None")
+            raise FieldError("network_rows", network_rows, "must be a positive integer or None")
         self.network = network
         self.schedule = schedule
         self.prediction_type = prediction_type

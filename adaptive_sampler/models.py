@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
 
 _CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
@@ -53,44 +54,45 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """`auto` (CUDA when available, else CPU) or any torch device name; a bad name raises ValueError naming `device`."""
+    """`auto` (CUDA when available, else CPU) or any torch device name; a bad name raises FieldError naming `device`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
+        raise FieldError("device", str(name), "is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
 
 
 def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | torch.device = "cpu") -> LoadedModel:
     """Load `embedded` or a diffusers folder (UNet2DModel/UNet2DConditionModel plus a scheduler config).
 
     Weights must be safetensors: pickled `.bin`/`.pt` files can run code when loaded and are refused unless
-    `allow_pickle` is set. Raises ValueError naming `model` for anything missing or unsupported.
+    `allow_pickle` is set. Raises FieldError naming `model` for anything missing or unsupported.
     """
     path = embedded_model_dir() if str(spec) == "embedded" else Path(spec)
     if not path.is_dir():
-        raise ValueError(f"model: {str(spec)!r} is not 'embedded' or a diffusers model folder")
+        raise FieldError("model", str(spec), "is not 'embedded' or a diffusers model folder")
     unet_dir, scheduler_file = _locate(path)
     config_file = unet_dir / "config.json"
     if not config_file.is_file() or not scheduler_file.is_file():
-        raise ValueError(
-            f"model: {str(spec)!r} lacks {config_file.name if not config_file.is_file() else scheduler_file}; "
+        raise FieldError(
+            "model", str(spec), f"lacks {config_file.name if not config_file.is_file() else scheduler_file}; "
             "a model folder needs config.json, the weights and scheduler_config.json (or unet/ and scheduler/)"
         )
     class_name = json.loads(config_file.read_text()).get("_class_name")
     if class_name not in _CLASSES:
-        raise ValueError(f"model: class {class_name!r} in {config_file} is not one of {', '.join(_CLASSES)}")
+        raise FieldError("model", str(spec), f"has class {class_name!r} in {config_file}, which is not one of "
+                         f"{', '.join(_CLASSES)}")
     weights = unet_dir / _SAFE
     use_safetensors = weights.is_file()
     if not use_safetensors:
         pickled = next((unet_dir / p for p in _PICKLED if (unet_dir / p).is_file()), None)
         if pickled is None:
-            raise ValueError(f"model: no {_SAFE} in {unet_dir}")
+            raise FieldError("model", str(spec), f"has no {_SAFE} in {unet_dir}")
         if not allow_pickle:
-            raise ValueError(
-                f"model: {pickled} is a pickled checkpoint, which can run arbitrary code when loaded; convert it to "
-                "safetensors, or pass --allow-pickle if you trust its source"
+            raise FieldError(
+                "model", str(spec), f"has {pickled}, a pickled checkpoint, which can run arbitrary code when loaded; "
+                "convert it to safetensors, or pass --allow-pickle if you trust its source"
             )
         weights = pickled
     network = _CLASSES[class_name].from_pretrained(unet_dir, use_safetensors=use_safetensors, low_cpu_mem_usage=False)

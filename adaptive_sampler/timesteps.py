@@ -8,35 +8,39 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from adaptive_sampler.errors import FieldError
+
 
 def validate_timesteps(
-    values: Sequence[int | float] | torch.Tensor, num_train_timesteps: int, field: str = "timesteps"
+    values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps"
 ) -> torch.Tensor:
-    """Return `values` as a 1-D int64 tensor, or raise ValueError naming the field, the value and the rule.
+    """Return `values` as a 1-D int64 tensor, or raise FieldError naming the field, the value and the rule.
 
-    Rules: non-empty, integers, unique, strictly descending, inside [0, num_train_timesteps - 1].
+    Rules: non-empty, integers, unique, strictly descending, inside [0, num_train_timesteps - 1]. Python and numpy
+    numbers, lists of them, and 1-D tensors or numpy arrays (integer or integral float) are accepted.
     """
-    items = values.tolist() if isinstance(values, torch.Tensor) else list(values)
-    if isinstance(values, torch.Tensor) and values.ndim != 1:
-        raise ValueError(f"{field}: a tensor of shape {tuple(values.shape)} is not 1-D; timesteps must be a flat list")
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        if values.ndim != 1:
+            raise FieldError(field, tuple(values.shape), "is the shape of a tensor that is not 1-D; "
+                             "timesteps must be a flat list")
+        items = values.tolist()
+    else:
+        items = [v.item() if isinstance(v, np.generic) else v for v in values]
     if not items:
-        raise ValueError(f"{field}: [] is empty; at least one timestep is required")
+        raise FieldError(field, [], "is empty; at least one timestep is required")
     last = num_train_timesteps - 1
     for i, v in enumerate(items):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != int(v):
-            raise ValueError(f"{field}[{i}]: {v!r} is not an integer; timesteps are integer training steps")
+            raise FieldError(f"{field}[{i}]", v, "is not an integer; timesteps are integer training steps")
         if not 0 <= v <= last:
-            raise ValueError(
-                f"{field}[{i}]: {int(v)} is outside [0, {last}] (num_train_timesteps={num_train_timesteps})"
-            )
+            raise FieldError(f"{field}[{i}]", int(v),
+                             f"is outside [0, {last}] (num_train_timesteps={num_train_timesteps})")
         if i > 0:
             if v == items[i - 1]:
-                raise ValueError(f"{field}[{i}]: {int(v)} repeats {field}[{i - 1}]; timesteps must be unique")
+                raise FieldError(f"{field}[{i}]", int(v), f"repeats {field}[{i - 1}]; timesteps must be unique")
             if v > items[i - 1]:
-                raise ValueError(
-                    f"{field}[{i}]: {int(v)} is above {field}[{i - 1}]={int(items[i - 1])}; "
-                    "timesteps must be strictly descending"
-                )
+                raise FieldError(f"{field}[{i}]", int(v), f"is above {field}[{i - 1}]={int(items[i - 1])}; "
+                                 "timesteps must be strictly descending")
     return torch.tensor([int(v) for v in items], dtype=torch.int64)
 
 

@@ -153,7 +153,7 @@ def test_to_sigmas_has_n_plus_one_values_ending_in_zero():
 
 def test_to_sigmas_needs_a_matching_schedule():
     artifact = make_artifact(noise_schedule=None)
-    with pytest.raises(ValueError, match=r"^schedule: the artifact has no noise_schedule"):
+    with pytest.raises(ValueError, match=r"^schedule: None cannot be used: the artifact has no noise_schedule"):
         artifact.to_sigmas()
     own = NoiseSchedule.from_config(SD_SPEC)
     assert artifact.to_sigmas(own) == make_artifact().to_sigmas()
@@ -218,10 +218,10 @@ def test_interpolation_is_log_linear_through_the_published_points():
 
 
 def test_unknown_or_malformed_entries_are_refused_with_the_known_list():
-    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/nope-10' does not exist") as caught:
+    with pytest.raises(ValueError, match=r"^policy: 'sd15/nope-10' is a catalogue entry that does not exist") as caught:
         load_entry("sd15/nope-10")
     assert "sd15/ays-10" in str(caught.value) and "sdxl/ays-10" in str(caught.value)
-    with pytest.raises(ValueError, match=r"^policy: catalogue name 'ays' is not of the form <model>/<family>-<N>"):
+    with pytest.raises(ValueError, match=r"^policy: 'ays' is not a catalogue name of the form <model>/<family>-<N>"):
         load_entry("ays")
 
 
@@ -246,12 +246,12 @@ def test_learned_policy_resolves_catalogue_entries():
     assert policy.timesteps(10, SD).tolist() == SD15_AYS
     twenty = policy.timesteps(20, SD)
     assert len(twenty) == 20 and twenty.dtype == torch.int64
-    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/nope-10' does not exist"):
+    with pytest.raises(ValueError, match=r"^policy: 'sd15/nope-10' is a catalogue entry that does not exist"):
         make_policy("learned:sd15/nope-10").timesteps(None, SD)
 
 
 def test_learned_policy_refuses_a_model_with_other_training_timesteps():
-    with pytest.raises(ValueError, match=r"^policy: catalogue entry 'sd15/ays-10' was made for "
+    with pytest.raises(ValueError, match=r"^policy: 'sd15/ays-10' is a catalogue entry made for "
                                          r"num_train_timesteps=1000, the model has 500"):
         Learned("sd15/ays-10").timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
 
@@ -264,8 +264,8 @@ def test_from_file_policy(tmp_path):
     assert policy.timesteps(None, SD).tolist() == [999, 700, 400, 100, 0]
     eight = policy.timesteps(8, SD)
     assert len(eight) == 8 and int(eight[0]) == 999 and int(eight[-1]) == 0
-    with pytest.raises(ValueError, match=r"^policy: schedule file .*mine\.json' was made for "
+    with pytest.raises(ValueError, match=r"^policy: '.*mine\.json' is a schedule file made for "
                                          r"num_train_timesteps=1000, the model has 500"):
         policy.timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
-    with pytest.raises(ValueError, match=r"^policy: schedule file .*missing\.json' does not exist"):
+    with pytest.raises(ValueError, match=r"^policy: '.*missing\.json' is a schedule file that does not exist"):
         FromFile(tmp_path / "missing.json").timesteps(None, SD)

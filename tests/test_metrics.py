@@ -49,7 +49,7 @@ def test_fid_matches_piq_on_random_features():
 def test_fid_rejects_statistics_of_different_dimension():
     a = FeatureStatistics.from_features(_features(50, 8, seed=0))
     b = FeatureStatistics.from_features(_features(50, 4, seed=0))
-    with pytest.raises(ValueError, match="^stats_b: feature dimension 4"):
+    with pytest.raises(ValueError, match="^stats_b: 4 is its feature dimension, which differs from stats_a's 8"):
         fid(a, b)
 
 
@@ -122,7 +122,7 @@ def test_embedded_feature_extractor_batches_and_checks_shape():
     features = extractor(images)
     assert features.shape == (20, extractor.dim) == (20, 128)
     torch.testing.assert_close(features, EmbeddedFeatureExtractor()(images))
-    with pytest.raises(ValueError, match=r"^images: shape \(20, 1, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"^images: \(20, 1, 28, 28\) is its shape; it must be \[n, 1, 32, 32\]"):
         extractor(images[:, :, 2:-2, 2:-2])
 
 
@@ -183,5 +183,6 @@ def test_fidelity_of_a_set_with_itself_and_with_noise():
 
 def test_fidelity_rejects_mismatched_shapes():
     images = torch.zeros(4, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"^reference: shape \(3, 1, 32, 32\) differs from images"):
+    with pytest.raises(ValueError, match=r"^reference: \(3, 1, 32, 32\) is its shape, which differs from the "
+                                         r"images' \(4, 1, 32, 32\)"):
         fidelity(images, images[:3])

@@ -193,7 +193,7 @@ def test_change_monitor_takes_any_distance_plug_in_and_a_given_feature_extractor
     assert isinstance(ChangeMonitor(LPIPS(random_backbone=True), 0.1).distance, LPIPS)
     with pytest.raises(ValueError, match="^distance: 'blur' is not one of 'l2', 'ssim'"):
         ChangeMonitor("blur", 0.1)
-    with pytest.raises(ValueError, match="^distance_options: given with a built distance"):
+    with pytest.raises(ValueError, match="^distance_options: {'net': 'vgg'} is given with a built distance"):
         ChangeMonitor(RelativeL2(), 0.1, distance_options={"net": "vgg"})
 
 
@@ -507,10 +507,10 @@ def test_monitor_from_spec_builds_each_monitor():
     ("blur:0.1", "^monitor: 'blur' .*is not a known monitor; write NAME"),
     ("x0-l2:abc", "^monitor: 'x0-l2:abc' has threshold 'abc', which is not a finite number"),
     ("x0-l2:nan", "^monitor: 'x0-l2:nan' has threshold 'nan'"),
-    ("x0-l2:-1", "^monitor: 'x0-l2:-1': threshold: -1.0 is negative"),
-    ("max-nfe:2.5", "^monitor: 'max-nfe:2.5': threshold: 2.5 is not a positive integer"),
+    ("x0-l2:-1", "^monitor: 'x0-l2:-1' is refused: threshold: -1.0 is negative"),
+    ("max-nfe:2.5", "^monitor: 'max-nfe:2.5' is refused: threshold: 2.5 is not a positive integer"),
     ("max-nfe", "^monitor: 'max-nfe' is a budget and needs its number"),
-    ("deadline:0", "^monitor: 'deadline:0': threshold: 0 is not a positive number of seconds"),
+    ("deadline:0", "^monitor: 'deadline:0' is refused: threshold: 0 is not a positive number of seconds"),
     ("x0-l2:0.1,patience=0", "^monitor: 'x0-l2:0.1,patience=0' has bad guardrails"),
     ("x0-l2:0.1,warmup=3", "^monitor: 'x0-l2:0.1,warmup=3' has option 'warmup=3'"),
     ("x0-l2:0.1|ssim:0.1&gmsd:0.1", "^monitor: .* mixes"),

@@ -138,8 +138,10 @@ def test_policy_parameters_are_checked():
 
     with pytest.raises(ValueError, match=r"^rho: "):
         Karras(rho=0).timesteps(10, LINEAR)
-    with pytest.raises(ValueError, match=r"^strength, power: "):
+    with pytest.raises(ValueError, match=r"^strength: -1 is negative; it must be >= 0"):
         FrontLoaded(strength=-1).timesteps(10, LINEAR)
+    with pytest.raises(ValueError, match=r"^power: 0 must be positive"):
+        FrontLoaded(power=0).timesteps(10, LINEAR)
     # a stronger front-loading puts more of the 10 steps above t = 500
     weak, strong = FrontLoaded(strength=0).timesteps(10, LINEAR), FrontLoaded(strength=10).timesteps(10, LINEAR)
     assert weak.tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
@@ -160,7 +162,7 @@ def test_policy_parameters_are_checked():
         ([10, 20], r"^timesteps\[1\]: 20 is above timesteps\[0\]=10; timesteps must be strictly descending"),
         ([5, -1], r"^timesteps\[1\]: -1 is outside \[0, 999\] \(num_train_timesteps=1000\)"),
         ([1000, 5], r"^timesteps\[0\]: 1000 is outside \[0, 999\]"),
-        (torch.tensor([[999, 0]]), r"^timesteps: a tensor of shape \(1, 2\) is not 1-D"),
+        (torch.tensor([[999, 0]]), r"^timesteps: \(1, 2\) is the shape of a tensor that is not 1-D"),
     ],
 )
 def test_validate_timesteps_names_index_value_and_rule(values, pattern):
@@ -194,9 +196,10 @@ def test_explicit_policy_checks_its_list_and_the_step_count():
 def test_make_policy_errors_name_the_field():
     with pytest.raises(ValueError, match=r"^policy: 'nope' is not one of uniform, leading, trailing"):
         make_policy("nope")
-    with pytest.raises(ValueError, match=r"^timesteps: policy 'explicit' needs a timestep list"):
+    with pytest.raises(ValueError,
+                       match=r"^timesteps: None is not allowed for policy 'explicit'; it needs a timestep list"):
         make_policy("explicit")
-    with pytest.raises(ValueError, match=r"^timesteps: a timestep list is only used with policy 'explicit'"):
+    with pytest.raises(ValueError, match=r"^timesteps: \[999, 0\] is only used with policy 'explicit', not 'karras'"):
         make_policy("karras", [999, 0])
 
 

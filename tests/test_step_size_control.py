@@ -109,7 +109,8 @@ def test_a_planner_that_does_not_move_down_is_refused_naming_t_next(adapter):
             return StepDecision(torch.ones(rows, dtype=torch.bool), observation.t.clone(), torch.zeros(rows),
                                 torch.zeros(rows))
 
-    with pytest.raises(ValueError, match=r"^t_next: planner 'stuck' chose 999 after accepted timestep 999"):
+    with pytest.raises(ValueError, match=r"^t_next: 999 was chosen by planner 'stuck' after accepted timestep 999; "
+                                         r"it must lie in \[-1, 998\]"):
         sample(adapter, Stuck(), TINY_SHAPE, 1)
 
 

@@ -11,6 +11,7 @@ import scipy.linalg
 import torch
 from piq.kid import _polynomial_kernel
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.statistics import FeatureStatistics
 
 
@@ -50,7 +51,8 @@ def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-
     finite root, `eps` is added to both diagonals; a negligible imaginary part from round-off is dropped.
     """
     if stats_a.dim != stats_b.dim:
-        raise ValueError(f"stats_b: feature dimension {stats_b.dim} differs from stats_a's {stats_a.dim}")
+        raise FieldError("stats_b", stats_b.dim,
+                         f"is its feature dimension, which differs from stats_a's {stats_a.dim}")
     mu_a, mu_b = stats_a.mean.numpy(), stats_b.mean.numpy()
     cov_a, cov_b = stats_a.cov.numpy(), stats_b.cov.numpy()
     with warnings.catch_warnings():
@@ -75,11 +77,12 @@ def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-
 
 def _check_features(name: str, features: torch.Tensor, dim: int | None = None, min_n: int = 2) -> None:
     if features.ndim != 2:
-        raise ValueError(f"{name}: shape {tuple(features.shape)} is not [n, d]")
+        raise FieldError(name, tuple(features.shape), "is its shape; it must be [n, d]")
     if dim is not None and features.shape[1] != dim:
-        raise ValueError(f"{name}: feature dimension {features.shape[1]} differs from the generated features' {dim}")
+        raise FieldError(name, features.shape[1], f"is its feature dimension, which differs from the generated "
+                         f"features' {dim}")
     if features.shape[0] < min_n:
-        raise ValueError(f"{name}: {features.shape[0]} samples is fewer than the {min_n} needed")
+        raise FieldError(name, features.shape[0], f"samples is fewer than the {min_n} needed")
 
 
 class KidReference:
@@ -184,18 +187,19 @@ def distribution_metrics(
     interval can sit above the point estimate; compare intervals of runs with the same n.
     """
     if gen_features.ndim != 2:
-        raise ValueError(f"gen_features: shape {tuple(gen_features.shape)} is not [n, d]")
+        raise FieldError("gen_features", tuple(gen_features.shape), "is its shape; it must be [n, d]")
     n, d = gen_features.shape
     if n <= d:
-        raise ValueError(
-            f"n: {n} generated samples is not more than the feature dimension {d}; FID needs n > d for a "
+        raise FieldError(
+            "n", n, f"generated samples is not more than the feature dimension {d}; FID needs n > d for a "
             f"full-rank covariance (use more than {d} samples, ideally thousands)"
         )
     _check_features("ref_features", ref_features, dim=d)
     if ref_stats.dim != d:
-        raise ValueError(f"ref_stats: feature dimension {ref_stats.dim} differs from the generated features' {d}")
+        raise FieldError("ref_stats", ref_stats.dim, f"is its feature dimension, which differs from the generated "
+                         f"features' {d}")
     if bootstrap < 0:
-        raise ValueError(f"bootstrap: {bootstrap} is negative; pass 0 for no intervals or a number of resamplings")
+        raise FieldError("bootstrap", bootstrap, "is negative; pass 0 for no intervals or a number of resamplings")
 
     kid_terms = _KidTerms(gen_features, KidReference(ref_features))
     pr = precision_recall(gen_features, ref_features, nearest_k=nearest_k, seed=seed)

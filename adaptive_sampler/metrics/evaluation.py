@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.distribution import DistributionMetrics, distribution_metrics
 from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor
@@ -31,14 +32,13 @@ class EvaluationReport:
 def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
     """Refuse models whose samples the embedded feature space cannot score, and n too small for FID."""
     if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
-        raise ValueError(
-            f"model: samples of shape {tuple(sample_shape)} cannot be scored in the embedded Fashion-MNIST feature "
-            f"space, which takes {EMBEDDED_IMAGE_SHAPE}; reference statistics for other data are not supported yet"
+        raise FieldError(
+            "model", tuple(sample_shape), "is its sample shape, which the embedded Fashion-MNIST feature space cannot "
+            f"score: it takes {EMBEDDED_IMAGE_SHAPE}; reference statistics for other data are not supported yet"
         )
     if n <= FEATURE_DIM:
-        raise ValueError(
-            f"n: {n} samples is not more than the feature dimension {FEATURE_DIM}; FID needs n > {FEATURE_DIM}"
-        )
+        raise FieldError("n", n, f"samples is not more than the feature dimension {FEATURE_DIM}; "
+                         f"FID needs n > {FEATURE_DIM}")
 
 
 def score_samples(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> DistributionMetrics:

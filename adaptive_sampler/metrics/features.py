@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import inception_v3
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, FashionFeatureNet
 
 EMBEDDED_FEATURE_NET = Path(__file__).resolve().parent.parent / "embedded" / "feature_net.safetensors"
@@ -47,7 +48,7 @@ def _batched_features(
 
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+        raise FieldError("batch_size", batch_size, "is not a positive integer")
 
 
 def load_embedded_feature_net() -> FashionFeatureNet:
@@ -81,9 +82,9 @@ class EmbeddedFeatureExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != EMBEDDED_IMAGE_SHAPE:
-            raise ValueError(
-                f"images: shape {tuple(images.shape)} is not [n, 1, 32, 32]; the embedded feature net takes "
-                "Fashion-MNIST-sized images in [-1, 1] (pad 28x28 with datasets.to_model_range)"
+            raise FieldError(
+                "images", tuple(images.shape), "is its shape; it must be [n, 1, 32, 32]: the embedded feature net "
+                "takes Fashion-MNIST-sized images in [-1, 1] (pad 28x28 with datasets.to_model_range)"
             )
         return _batched_features(self._net, images, self.device, self.batch_size)
 
@@ -149,8 +150,8 @@ class InceptionFeatureExtractor:
         try:
             inception.load_state_dict(state_dict)
         except (RuntimeError, TypeError, AttributeError) as e:
-            raise ValueError(
-                f"weights_path: {path} is not a state dict of the FID InceptionV3 ({FID_INCEPTION_FILENAME}): {e}"
+            raise FieldError(
+                "weights_path", str(path), f"is not a state dict of the FID InceptionV3 ({FID_INCEPTION_FILENAME}): {e}"
             ) from e
         self.dim = INCEPTION_FEATURE_DIM
         self.device = torch.device(device) if device is not None else None
@@ -159,8 +160,8 @@ class InceptionFeatureExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(
-                f"images: shape {tuple(images.shape)} is not [n, 1 or 3, H, W]; pass grayscale or RGB images "
-                "in [-1, 1]"
+            raise FieldError(
+                "images", tuple(images.shape), "is its shape; it must be [n, 1 or 3, H, W]: pass grayscale or RGB "
+                "images in [-1, 1]"
             )
         return _batched_features(self._net, images, self.device, self.batch_size)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import piq
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.features import FeatureExtractor
 
 
@@ -39,11 +40,11 @@ def fidelity(
     PSNR and SSIM use piq on [0, 1]; identical images give PSNR 80 dB (piq's 1e-8 floor on the MSE) and SSIM 1.
     """
     if images.ndim != 4:
-        raise ValueError(f"images: shape {tuple(images.shape)} is not [n, C, H, W]")
+        raise FieldError("images", tuple(images.shape), "is its shape; it must be [n, C, H, W]")
     if images.shape != reference.shape:
-        raise ValueError(
-            f"reference: shape {tuple(reference.shape)} differs from images: shape {tuple(images.shape)}; pass the "
-            "many-step result of the same initial noise for each sample"
+        raise FieldError(
+            "reference", tuple(reference.shape), f"is its shape, which differs from the images' {tuple(images.shape)};"
+            " pass the many-step result of the same initial noise for each sample"
         )
     x, y = to_unit_range(images), to_unit_range(reference).to(images.device)
     feature_distance = None

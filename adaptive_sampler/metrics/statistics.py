@@ -15,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from adaptive_sampler.errors import FieldError
+
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
 REFERENCE_FEATURES_PATH = EMBEDDED_DIR / "reference_features_test.safetensors"
 _FORMAT = "adaptive_sampler.FeatureStatistics"
@@ -23,7 +25,7 @@ _FORMAT = "adaptive_sampler.FeatureStatistics"
 def reference_statistics_path(split: Literal["test", "train"]) -> Path:
     """Where the shipped moments of `split` live."""
     if split not in ("test", "train"):
-        raise ValueError(f"split: {split!r} is not one of 'test', 'train'")
+        raise FieldError("split", split, "is not one of 'test', 'train'")
     return EMBEDDED_DIR / f"reference_stats_{split}.safetensors"
 
 
@@ -38,11 +40,12 @@ class FeatureStatistics:
     def __post_init__(self) -> None:
         d = self.mean.shape[0] if self.mean.ndim == 1 else -1
         if d < 1:
-            raise ValueError(f"mean: shape {tuple(self.mean.shape)} is not [d]")
+            raise FieldError("mean", tuple(self.mean.shape), "is its shape; it must be [d]")
         if tuple(self.cov.shape) != (d, d):
-            raise ValueError(f"cov: shape {tuple(self.cov.shape)} is not [d, d] = [{d}, {d}] to match mean")
+            raise FieldError("cov", tuple(self.cov.shape),
+                             f"is its shape; it must be [d, d] = [{d}, {d}] to match mean")
         if self.n < 2:
-            raise ValueError(f"n: {self.n} is below 2; a covariance needs at least two samples")
+            raise FieldError("n", self.n, "is below 2; a covariance needs at least two samples")
 
     @property
     def dim(self) -> int:
@@ -52,7 +55,7 @@ class FeatureStatistics:
     def from_features(cls, features: torch.Tensor) -> FeatureStatistics:
         """Moments of features [n, d], as pytorch-fid computes them (np.cov, i.e. divided by n - 1)."""
         if features.ndim != 2:
-            raise ValueError(f"features: shape {tuple(features.shape)} is not [n, d]")
+            raise FieldError("features", tuple(features.shape), "is its shape; it must be [n, d]")
         x = features.detach().to("cpu", torch.float64)
         return cls(mean=x.mean(0), cov=torch.cov(x.T).reshape(x.shape[1], x.shape[1]), n=x.shape[0])
 
@@ -70,7 +73,7 @@ class FeatureStatistics:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         if metadata.get("format") != _FORMAT or "n" not in metadata:
-            raise ValueError(f"path: {path} has metadata {metadata}, not that of a saved FeatureStatistics")
+            raise FieldError("path", str(path), f"has metadata {metadata}, not that of a saved FeatureStatistics")
         tensors = load_file(str(path))
         return cls(mean=tensors["mean"].double(), cov=tensors["cov"].double(), n=int(metadata["n"]))
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.step_info import StepInfo
 
 
@@ -134,7 +135,8 @@ class ThresholdMonitor(Monitor):
 
     def __init__(self, threshold: float, *, guardrails: Guardrails | None = None, **guardrail_fields: int | None):
         if guardrails is not None and guardrail_fields:
-            raise ValueError(f"guardrails: given both as an object and as fields {sorted(guardrail_fields)}")
+            raise FieldError("guardrails", sorted(guardrail_fields), "are given as fields as well as a Guardrails "
+                             "object; pass one of them")
         self.guardrails = guardrails if guardrails is not None else Guardrails(**guardrail_fields)
         self.threshold = self._check_threshold(threshold)
         self.state = RowState()
@@ -152,17 +154,17 @@ class ThresholdMonitor(Monitor):
         """Update per-row history after every step (`checked_step`: whether `score` ran at this step)."""
 
     def validate_threshold(self, threshold: float) -> None:
-        """Raise ValueError if `threshold` makes no sense for this monitor (default: >= 0)."""
+        """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0)."""
         if threshold < 0:
-            raise ValueError(f"threshold: {threshold} is negative; a {self.name} threshold is a change size >= 0")
+            raise FieldError("threshold", threshold, f"is negative; a {self.name} threshold is a change size >= 0")
 
     # ----------------------------------------------------------------------------------------------- machinery
     def _check_threshold(self, threshold: float) -> float:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"threshold: {threshold!r} is not a number")
+            raise FieldError("threshold", threshold, "is not a number")
         value = float(threshold)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"threshold: {threshold} is not finite")
+            raise FieldError("threshold", threshold, "is not finite")
         self.validate_threshold(value)
         return value
 
@@ -214,7 +216,7 @@ class ThresholdMonitor(Monitor):
         every step the sample is still active.
         """
         if not self.calibratable:
-            raise ValueError(f"monitor: {self.name!r} cannot be simulated from a recorded x̂0 trace")
+            raise FieldError("monitor", self.name, "cannot be simulated from a recorded x̂0 trace")
         scores = torch.full((n, num_steps), float("nan"))
         for info in steps:
             scores[info.sample_indices, info.step] = self._evaluate(info).float().cpu()

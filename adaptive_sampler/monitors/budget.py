@@ -9,8 +9,14 @@ import time
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.base import ThresholdMonitor
 from adaptive_sampler.step_info import StepInfo
+
+
+def _plain(threshold: float) -> float | int:
+    """A whole-number threshold as an int (so that 0.0 reads "0" in an error, as the user wrote it)."""
+    return int(threshold) if float(threshold).is_integer() else threshold
 
 
 class MaxNFE(ThresholdMonitor):
@@ -21,8 +27,8 @@ class MaxNFE(ThresholdMonitor):
 
     def validate_threshold(self, threshold: float) -> None:
         if threshold < 1 or threshold != int(threshold):
-            raise ValueError(f"threshold: {threshold:g} is not a positive integer; max-nfe is a number of network "
-                             "evaluations")
+            raise FieldError("threshold", _plain(threshold), "is not a positive integer; max-nfe is a number of "
+                             "network evaluations")
 
     def score(self, info: StepInfo) -> torch.Tensor:
         return torch.full((len(info.sample_indices),), float(info.step + 1), device=info.x0.device)
@@ -44,7 +50,7 @@ class Deadline(ThresholdMonitor):
 
     def validate_threshold(self, threshold: float) -> None:
         if threshold <= 0:
-            raise ValueError(f"threshold: {threshold:g} is not a positive number of seconds")
+            raise FieldError("threshold", _plain(threshold), "is not a positive number of seconds")
 
     def reset(self) -> None:
         super().reset()

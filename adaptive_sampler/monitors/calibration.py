@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, Fidelity, fidelity
 from adaptive_sampler.metrics.features import FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
@@ -93,9 +94,9 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
     """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s)` for each seed s, keeping x̂0 of
     every step (through a monitor that never stops a sample; cheaper than `trace=True`, which keeps x_t and ε̂)."""
     if samples_per_seed < 1:
-        raise ValueError(f"samples_per_seed: {samples_per_seed} is not a positive integer")
+        raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
     if not seeds:
-        raise ValueError("seeds: [] is empty; give at least one seed")
+        raise FieldError("seeds", list(seeds), "is empty; give at least one seed")
     planned = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
     x0s, samples, keys, wall = [], [], [], 0.0
     for seed in tqdm(list(seeds), desc="recording x̂0 traces", unit="seed", disable=not progress):
@@ -202,17 +203,17 @@ class CalibrationResult:
 def _calibration_monitor(monitor: str | Monitor, options: dict[str, dict[str, Any]] | None) -> ThresholdMonitor:
     if isinstance(monitor, Monitor):
         if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable:
-            raise ValueError(f"monitor: {monitor.name!r} cannot be calibrated from a recorded trace (a wall-clock "
+            raise FieldError("monitor", monitor.name, "cannot be calibrated from a recorded trace (a wall-clock "
                              "budget or a composite); calibrate its quality monitors one by one")
         return monitor
     head, sep, rest = monitor.partition(",")
     name = head.partition(":")[0].strip()
     if name in MONITORS and not MONITORS[name].calibratable:
-        raise ValueError(f"monitor: {name!r} cannot be calibrated from a recorded trace; a wall-clock budget "
+        raise FieldError("monitor", name, "cannot be calibrated from a recorded trace; a wall-clock budget "
                          "depends on the machine, not on x̂0")
     built = monitor_from_spec(f"{name}:1{sep}{rest}", options=options)  # the threshold is what we search
     if not isinstance(built, ThresholdMonitor) or not built.calibratable:
-        raise ValueError(f"monitor: {monitor!r} is a composite; calibrate its monitors one by one")
+        raise FieldError("monitor", monitor, "is a composite; calibrate its monitors one by one")
     return built
 
 
@@ -286,12 +287,12 @@ def calibrate_threshold(
     if not isinstance(target, (int, float)) or not math.isfinite(target) or (target_feature_distance is not None
                                                                              and target < 0):
         name = "target_psnr" if target_psnr is not None else "target_feature_distance"
-        raise ValueError(f"{name}: {target!r} is not a finite number (a distance must be >= 0)")
+        raise FieldError(name, target, "is not a finite number (a distance must be >= 0)")
     overlap = sorted(set(calibration_seeds) & set(heldout_seeds))
     if overlap:
-        raise ValueError(f"heldout_seeds: {overlap} are also calibration seeds; held-out seeds must be disjoint")
+        raise FieldError("heldout_seeds", overlap, "are also calibration seeds; held-out seeds must be disjoint")
     if grid_size < 2:
-        raise ValueError(f"grid_size: {grid_size} is below 2")
+        raise FieldError("grid_size", grid_size, "is below 2")
     mon = _calibration_monitor(monitor, monitor_options)
     if target_feature_distance is not None and feature_extractor is None:
         feature_extractor = EmbeddedFeatureExtractor()
@@ -299,8 +300,8 @@ def calibrate_threshold(
     def trace_of(seeds: Sequence[int], given: X0Trace | None, what: str) -> X0Trace:
         if given is not None:
             if sorted({s for s, _ in given.seeds}) != sorted(set(seeds)):
-                raise ValueError(f"{what}_trace: recorded for seeds {sorted({s for s, _ in given.seeds})}, not "
-                                 f"{what}_seeds {sorted(set(seeds))}")
+                raise FieldError(f"{what}_trace", sorted({s for s, _ in given.seeds}), "are the seeds it was "
+                                 f"recorded for, not {what}_seeds {sorted(set(seeds))}")
             return given
         return record_x0_trace(adapter, shape, timesteps, list(seeds), samples_per_seed, batch_size=batch_size,
                                progress=progress)

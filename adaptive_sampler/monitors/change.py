@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.base import Guardrails, ThresholdMonitor
 from adaptive_sampler.monitors.distances import Distance, make_distance
 from adaptive_sampler.step_info import StepInfo
@@ -32,9 +33,10 @@ class ChangeMonitor(ThresholdMonitor):
         if isinstance(distance, str):
             distance = make_distance(distance, **(distance_options or {}))
         elif distance_options:
-            raise ValueError("distance_options: given with a built distance; pass them to its constructor instead")
+            raise FieldError("distance_options", distance_options, "is given with a built distance; pass them to its "
+                             "constructor instead")
         if not isinstance(distance, Distance):
-            raise ValueError(f"distance: {distance!r} is neither a Distance nor the name of one")
+            raise FieldError("distance", distance, "is neither a Distance nor the name of one")
         self.distance = distance
         super().__init__(threshold, guardrails=guardrails, **guardrail_fields)
 

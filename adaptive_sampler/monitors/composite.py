@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.base import Monitor, MonitorDecision
 from adaptive_sampler.step_info import StepInfo
 
@@ -18,10 +19,10 @@ class _Composite(Monitor):
 
     def __init__(self, *monitors: Monitor):
         if not monitors:
-            raise ValueError(f"monitors: {type(self).__name__} needs at least one monitor")
+            raise FieldError("monitors", [], f"is empty; {type(self).__name__} needs at least one monitor")
         for i, m in enumerate(monitors):
             if not isinstance(m, Monitor):
-                raise ValueError(f"monitors[{i}]: {m!r} is not a Monitor")
+                raise FieldError(f"monitors[{i}]", m, "is not a Monitor")
         self.monitors = tuple(monitors)
         self._stopped: dict[int, str] = {}
         # per step: (global sample indices, index of the child that stopped the row early or -1, batch start?)

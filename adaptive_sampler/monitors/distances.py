@@ -15,6 +15,7 @@ import piq
 import torch
 import torch.nn.functional as F
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor, FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
 
@@ -130,5 +131,5 @@ DISTANCES: dict[str, Callable[..., Distance]] = {
 def make_distance(name: str, **options: Any) -> Distance:
     """The distance registered as `name` (one of `DISTANCES`), built with `options` (e.g. net="vgg" for lpips)."""
     if name not in DISTANCES:
-        raise ValueError(f"distance: {name!r} is not one of {', '.join(map(repr, DISTANCES))}")
+        raise FieldError("distance", name, f"is not one of {', '.join(map(repr, DISTANCES))}")
     return DISTANCES[name](**options)

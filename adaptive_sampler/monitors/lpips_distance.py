@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.distances import Distance
 
 # torchvision's ImageNet weights for the three LPIPS backbones (torchvision.models.*_Weights.IMAGENET1K_V1)
@@ -47,7 +48,7 @@ def linear_weights_path(net: str, version: str = "0.1") -> Path:
 def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn.Module:
     """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only; see the module docstring."""
     if net not in BACKBONE_WEIGHTS:
-        raise ValueError(f"net: {net!r} is not one of {', '.join(map(repr, BACKBONE_WEIGHTS))}")
+        raise FieldError("net", net, f"is not one of {', '.join(map(repr, BACKBONE_WEIGHTS))}")
     try:
         import lpips
     except ImportError as e:  # pragma: no cover - lpips is a dependency

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.base import Guardrails, Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
 from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor
@@ -43,7 +44,7 @@ def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
         return {"format": DEFAULTS_FORMAT, "models": {}}
     data = json.loads(path.read_text())
     if data.get("format") != DEFAULTS_FORMAT:
-        raise ValueError(f"path: {path} has format {data.get('format')!r}, not {DEFAULTS_FORMAT!r}")
+        raise FieldError("path", str(path), f"has format {data.get('format')!r}, not {DEFAULTS_FORMAT!r}")
     return data
 
 
@@ -51,24 +52,24 @@ def calibrated_default(name: str, model: str | None, num_steps: int | None,
                        path: Path | None = None) -> dict[str, Any]:
     """The stored {"threshold", "guardrails", ...} of monitor `name` for `model` at `num_steps` steps.
 
-    Raises ValueError (starting `monitor:`) saying what exists and how to calibrate when there is none.
+    Raises FieldError (field `monitor`) saying what exists and how to calibrate when there is none.
     """
     how = ("give a threshold (e.g. {name}:0.01) or calibrate one with adaptive_sampler.monitors.calibration."
            "calibrate_threshold (experiments/bench_early_exit.py --write-defaults for the embedded model)")
     if model is None or num_steps is None:
-        raise ValueError(f"monitor: {name!r} has no threshold, and without a model name and a step count there is no "
-                         f"calibrated default to use; " + how.format(name=name))
+        raise FieldError("monitor", name, "has no threshold, and without a model name and a step count there is no "
+                         "calibrated default to use; " + how.format(name=name))
     models = load_calibrated_defaults(path)["models"]
     if model not in models:
         known = ", ".join(sorted(models)) or "none"
-        raise ValueError(f"monitor: {name!r} has no threshold and model {model!r} has no calibrated defaults "
+        raise FieldError("monitor", name, f"has no threshold and model {model!r} has no calibrated defaults "
                          f"(models with defaults: {known}); thresholds do not transfer between models, so "
                          + how.format(name=name))
     steps = models[model]["steps"]
     entry = steps.get(str(num_steps), {}).get("monitors", {}).get(name)
     if entry is None:
         have = sorted(int(s) for s, e in steps.items() if name in e.get("monitors", {}))
-        raise ValueError(f"monitor: {name!r} has no threshold and no calibrated default for model {model!r} at "
+        raise FieldError("monitor", name, f"has no threshold and no calibrated default for model {model!r} at "
                          f"{num_steps} steps (calibrated at: {', '.join(map(str, have)) or 'no step count'}); "
                          "thresholds do not transfer between step counts, so " + how.format(name=name))
     return entry
@@ -80,7 +81,7 @@ def _number(text: str, term: str, what: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise ValueError(f"monitor: {term!r} has {what} {text!r}, which is not a finite number; write {_RULE}")
+        raise FieldError("monitor", term, f"has {what} {text!r}, which is not a finite number; write {_RULE}")
     return value
 
 
@@ -89,33 +90,33 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
     name, sep, threshold_text = head.partition(":")
     name = name.strip()
     if name not in MONITORS:
-        raise ValueError(f"monitor: {name!r} (in {term!r}) is not a known monitor; write {_RULE}")
+        raise FieldError("monitor", name, f"(in {term!r}) is not a known monitor; write {_RULE}")
     fields: dict[str, Any] = {}
     for option in options:
         key, eq, value = option.partition("=")
         key = key.strip()
         if not eq or key not in Guardrails.model_fields:
-            raise ValueError(f"monitor: {term!r} has option {option!r}, which is not KEY=VALUE with KEY one of "
+            raise FieldError("monitor", term, f"has option {option!r}, which is not KEY=VALUE with KEY one of "
                              f"{', '.join(Guardrails.model_fields)}; write {_RULE}")
         number = _number(value.strip(), term, f"{key} =")
         if number != int(number):
-            raise ValueError(f"monitor: {term!r} has {key} = {value.strip()!r}, which is not an integer")
+            raise FieldError("monitor", term, f"has {key} = {value.strip()!r}, which is not an integer")
         fields[key] = int(number)
     try:
         guardrails = Guardrails(**fields)
     except ValidationError as e:
-        raise ValueError(f"monitor: {term!r} has bad guardrails: {e}") from e
+        raise FieldError("monitor", term, f"has bad guardrails: {e}") from e
     cls = MONITORS[name]
     if sep:
         threshold = _number(threshold_text.strip(), term, "threshold")
     elif name in BUDGET_NAMES:
         example = "max-nfe:30" if name == "max-nfe" else "deadline:2.5"
-        raise ValueError(f"monitor: {term!r} is a budget and needs its number, e.g. {example}; write {_RULE}")
+        raise FieldError("monitor", term, f"is a budget and needs its number, e.g. {example}; write {_RULE}")
     else:
         entry = calibrated_default(name, model, num_steps)
         calibrated = Guardrails(**entry.get("guardrails", {}))
         if fields and Guardrails(**{**calibrated.model_dump(), **fields}) != calibrated:
-            raise ValueError(f"monitor: {term!r} changes the guardrails the default threshold was calibrated with "
+            raise FieldError("monitor", term, "changes the guardrails the default threshold was calibrated with "
                              f"({calibrated.model_dump(exclude_defaults=True) or 'none'}); a threshold depends on "
                              "them, so give a threshold too")
         threshold, guardrails = float(entry["threshold"]), calibrated
@@ -125,7 +126,7 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
                                  guardrails=guardrails)
         return cls(threshold, guardrails=guardrails, **kwargs.get(name, {}))
     except ValueError as e:
-        raise ValueError(f"monitor: {term!r}: {e}; write {_RULE}") from e
+        raise FieldError("monitor", term, f"is refused: {e}; write {_RULE}") from e
 
 
 def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | None = None,
@@ -135,18 +136,17 @@ def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | N
     `model` (a `LoadedModel.name`, e.g. "fashion-mnist" for the embedded model) and `num_steps` pick calibrated
     defaults for terms without a threshold. `options` passes constructor keywords per monitor name, e.g.
     {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}} (for change monitors: options of their
-    distance). Bad input raises ValueError starting
-    with "monitor:" that names the value and the rule.
+    distance). Bad input raises FieldError (field "monitor") that names the value and the rule.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"monitor: {spec!r} is empty; write {_RULE}")
+        raise FieldError("monitor", spec, f"is empty; write {_RULE}")
     kwargs = options or {}
     if "|" in spec and "&" in spec:
-        raise ValueError(f"monitor: {spec!r} mixes '|' (any of) and '&' (all of); use one of them")
+        raise FieldError("monitor", spec, "mixes '|' (any of) and '&' (all of); use one of them")
     joiner = "|" if "|" in spec else "&"
     terms = [t.strip() for t in spec.split(joiner)]
     if any(not t for t in terms):
-        raise ValueError(f"monitor: {spec!r} has an empty term around {joiner!r}; write TERM{joiner}TERM")
+        raise FieldError("monitor", spec, f"has an empty term around {joiner!r}; write TERM{joiner}TERM")
     monitors = [_term(t, model, num_steps, kwargs) for t in terms]
     if len(monitors) == 1:
         return monitors[0]

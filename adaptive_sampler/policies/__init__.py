@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import (
     Explicit,
@@ -36,16 +37,16 @@ def make_policy(name: str, timesteps: Sequence[int] | None = None) -> Policy:
     `learned:<catalogue entry>` or `file:<schedule.json>`."""
     if name == "explicit":
         if timesteps is None:
-            raise ValueError("timesteps: policy 'explicit' needs a timestep list")
+            raise FieldError("timesteps", None, "is not allowed for policy 'explicit'; it needs a timestep list")
         return Explicit(tuple(timesteps))
     if timesteps is not None:
-        raise ValueError(f"timesteps: a timestep list is only used with policy 'explicit', not {name!r}")
+        raise FieldError("timesteps", list(timesteps), f"is only used with policy 'explicit', not {name!r}")
     if name.startswith("learned:"):
         return Learned(name.removeprefix("learned:"))
     if name.startswith("file:"):
         return FromFile(Path(name.removeprefix("file:")))
     if name not in STATIC_POLICIES:
-        raise ValueError(f"policy: {name!r} is not one of {', '.join(POLICY_NAMES)}")
+        raise FieldError("policy", name, f"is not one of {', '.join(POLICY_NAMES)}")
     return STATIC_POLICIES[name]()
 
 

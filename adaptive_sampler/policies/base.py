@@ -6,6 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 
 
@@ -23,9 +24,8 @@ class Policy(Protocol):
 def require_num_steps(num_steps: int | None, schedule: NoiseSchedule, policy: str) -> int:
     """The step count, checked: a positive integer no larger than the number of training timesteps."""
     if num_steps is None:
-        raise ValueError(f"num_steps: None is not allowed for policy {policy!r}; give a step count")
+        raise FieldError("num_steps", None, f"is not allowed for policy {policy!r}; give a step count")
     if not 1 <= num_steps <= schedule.num_train_timesteps:
-        raise ValueError(
-            f"num_steps: {num_steps} is outside [1, {schedule.num_train_timesteps}] (the training timesteps)"
-        )
+        raise FieldError("num_steps", num_steps,
+                         f"is outside [1, {schedule.num_train_timesteps}] (the training timesteps)")
     return num_steps

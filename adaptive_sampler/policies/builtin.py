@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies.base import require_num_steps
 from adaptive_sampler.timesteps import discretize, validate_timesteps
@@ -70,7 +71,7 @@ class Karras:
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         n = require_num_steps(num_steps, schedule, "karras")
         if self.rho <= 0:
-            raise ValueError(f"rho: {self.rho} must be positive")
+            raise FieldError("rho", self.rho, "must be positive")
         sigmas = schedule.sigmas().numpy()
         ramp = np.linspace(0, 1, n)
         lo, hi = sigmas[0] ** (1 / self.rho), sigmas[-1] ** (1 / self.rho)
@@ -99,8 +100,10 @@ class FrontLoaded:
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         n, T = require_num_steps(num_steps, schedule, "front-loaded"), schedule.num_train_timesteps
-        if self.strength < 0 or self.power <= 0:
-            raise ValueError(f"strength, power: ({self.strength}, {self.power}) need strength >= 0 and power > 0")
+        if self.strength < 0:
+            raise FieldError("strength", self.strength, "is negative; it must be >= 0")
+        if self.power <= 0:
+            raise FieldError("power", self.power, "must be positive")
         u = np.linspace(0, 1, 4096)
         cdf = u + self.strength * u ** (self.power + 1) / (self.power + 1)
         u_points = np.interp(np.linspace(cdf[-1], 0, n), cdf, u)
@@ -116,5 +119,5 @@ class Explicit:
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         t = validate_timesteps(self.values, schedule.num_train_timesteps)
         if num_steps is not None and num_steps != len(t):
-            raise ValueError(f"num_steps: {num_steps} differs from the {len(t)} timesteps of the explicit list")
+            raise FieldError("num_steps", num_steps, f"differs from the {len(t)} timesteps of the explicit list")
         return t

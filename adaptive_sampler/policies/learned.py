@@ -7,18 +7,17 @@ from pathlib import Path
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import interpolate, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
 
-def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str) -> torch.Tensor:
+def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str, kind: str) -> torch.Tensor:
     if artifact.num_train_timesteps != schedule.num_train_timesteps:
-        raise ValueError(
-            f"policy: {source} was made for num_train_timesteps={artifact.num_train_timesteps}, "
-            f"the model has {schedule.num_train_timesteps}"
-        )
+        raise FieldError("policy", source, f"is a {kind} made for num_train_timesteps="
+                         f"{artifact.num_train_timesteps}, the model has {schedule.num_train_timesteps}")
     return validate_timesteps(artifact.timesteps, schedule.num_train_timesteps)
 
 
@@ -32,7 +31,7 @@ class Learned:
         return load_entry(self.name, num_steps)
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
-        return _checked(self.artifact(num_steps), schedule, f"catalogue entry {self.name!r}")
+        return _checked(self.artifact(num_steps), schedule, self.name, "catalogue entry")
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,11 @@ class FromFile:
 
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
         if not Path(self.path).is_file():
-            raise ValueError(f"policy: schedule file {str(self.path)!r} does not exist")
+            raise FieldError("policy", str(self.path), "is a schedule file that does not exist")
         artifact = ScheduleArtifact.load(self.path)
         if num_steps is not None and num_steps != len(artifact.timesteps):
             return interpolate(artifact, num_steps)
         return artifact
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
-        return _checked(self.artifact(num_steps), schedule, f"schedule file {str(self.path)!r}")
+        return _checked(self.artifact(num_steps), schedule, str(self.path), "schedule file")

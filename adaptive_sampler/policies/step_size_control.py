@@ -19,6 +19,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.planner import StepDecision, StepObservation
 
@@ -85,12 +86,12 @@ def _timestep_at(lam: torch.Tensor, target: torch.Tensor, below: torch.Tensor) -
 def parse_dynamic_policy(name: str) -> StepSizeControl:
     """`adaptive:TOLERANCE` (e.g. `adaptive:0.002`) -> StepSizeControl; errors name the policy field."""
     if not name.startswith("adaptive:"):
-        raise ValueError(f"policy: {name!r} is not a dynamic policy; write adaptive:TOLERANCE, e.g. adaptive:0.002")
+        raise FieldError("policy", name, "is not a dynamic policy; write adaptive:TOLERANCE, e.g. adaptive:0.002")
     text = name.split(":", 1)[1]
     try:
         tolerance = float(text)
     except ValueError:
-        raise ValueError(f"policy: {name!r} has tolerance {text!r}, which is not a number") from None
+        raise FieldError("policy", name, f"has tolerance {text!r}, which is not a number") from None
     if not (tolerance > 0 and math.isfinite(tolerance)):
-        raise ValueError(f"policy: {name!r} has tolerance {tolerance}; it must be a positive finite number")
+        raise FieldError("policy", name, f"has tolerance {tolerance}; it must be a positive finite number")
     return StepSizeControl(tolerance=tolerance)

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from adaptive_sampler.atomic_write import atomic_write_bytes
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.timesteps import validate_timesteps
 
@@ -81,10 +82,8 @@ class ScheduleArtifact(BaseModel):
         """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) at each timestep plus the final 0, for σ-based schedulers' `sigmas=`."""
         schedule = schedule or self._own_schedule()
         if schedule.num_train_timesteps != self.num_train_timesteps:
-            raise ValueError(
-                f"schedule: {schedule.num_train_timesteps} training timesteps differ from the artifact's "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
+            raise FieldError("schedule", schedule.num_train_timesteps, "training timesteps differ from the "
+                             f"artifact's num_train_timesteps={self.num_train_timesteps}")
         sigmas = schedule.sigmas().numpy()[np.asarray(self.timesteps)]
         return [float(s) for s in sigmas] + [0.0]
 
@@ -94,5 +93,6 @@ class ScheduleArtifact(BaseModel):
 
     def _own_schedule(self) -> NoiseSchedule:
         if self.noise_schedule is None:
-            raise ValueError("schedule: the artifact has no noise_schedule; pass the model's NoiseSchedule")
+            raise FieldError("schedule", None, "cannot be used: the artifact has no noise_schedule; pass the model's "
+                             "NoiseSchedule")
         return self.noise_schedule.noise_schedule()

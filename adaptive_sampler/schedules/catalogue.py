@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.timesteps import discretize
 
@@ -34,7 +35,7 @@ def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
     """Resample a schedule to `num_steps` by linear interpolation of log(t + 1) over the normalised step index
     (the log-linear rule of Align Your Steps, Sabour et al. 2024; +1 keeps t = 0 finite)."""
     if num_steps < 1 or num_steps > artifact.num_train_timesteps:
-        raise ValueError(f"num_steps: {num_steps} is outside [1, {artifact.num_train_timesteps}]")
+        raise FieldError("num_steps", num_steps, f"is outside [1, {artifact.num_train_timesteps}]")
     old = np.log(np.asarray(artifact.timesteps, dtype=np.float64)[::-1] + 1)
     new = np.interp(np.linspace(0, 1, num_steps), np.linspace(0, 1, len(old)), old)
     timesteps = discretize(np.exp(new[::-1]) - 1, artifact.num_train_timesteps).tolist()
@@ -48,11 +49,11 @@ def load_entry(name: str, num_steps: int | None = None, root: Path | None = None
     root = root or catalogue_dir()
     match = _KEY.match(name)
     if match is None:
-        raise ValueError(f"policy: catalogue name {name!r} is not of the form <model>/<family>-<N>")
+        raise FieldError("policy", name, "is not a catalogue name of the form <model>/<family>-<N>")
     path = root / f"{name}.json"
     if not path.exists():
         known = ", ".join(list_entries(root)) or "none"
-        raise ValueError(f"policy: catalogue entry {name!r} does not exist; known entries: {known}")
+        raise FieldError("policy", name, f"is a catalogue entry that does not exist; known entries: {known}")
     if num_steps is not None and num_steps != int(match["steps"]):
         sibling = root / f"{match['family']}-{num_steps}.json"
         if sibling.exists():

@@ -1,5 +1,6 @@
 """Solvers: the update rule of a sampling run, chosen like a policy."""
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.solvers.base import Point, Solver, SolverState
 from adaptive_sampler.solvers.ddim import DDIM, ddim_sigma, ddim_step
 from adaptive_sampler.solvers.dpmpp_2m import DPMSolverPP2M
@@ -11,7 +12,7 @@ SOLVERS: dict[str, type] = {"ddim": DDIM, "dpmpp-2m": DPMSolverPP2M, "unipc": Un
 def make_solver(name: str) -> Solver:
     """The solver called `name` (see SOLVERS)."""
     if name not in SOLVERS:
-        raise ValueError(f"solver: {name!r} is not one of {', '.join(SOLVERS)}")
+        raise FieldError("solver", name, f"is not one of {', '.join(SOLVERS)}")
     return SOLVERS[name]()
 
 

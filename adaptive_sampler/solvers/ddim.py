@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.solvers.base import Point, SolverState, replace_anchor
 
 
@@ -28,7 +29,7 @@ def ddim_step(
     x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps
     if eta > 0:
         if noise is None:
-            raise ValueError(f"noise: None is not allowed when eta={eta} > 0; DDIM with η > 0 needs fresh noise")
+            raise FieldError("noise", None, f"is not allowed when eta={eta} > 0; DDIM with η > 0 needs fresh noise")
         x_prev = x_prev + sigma * noise
     return x_prev
 
