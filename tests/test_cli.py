@@ -123,20 +123,20 @@ def test_pickled_weights_are_accepted_with_allow_pickle(pickled_dir, tmp_path):
     assert np.load(save).shape == (2, *TINY_SHAPE)
 
 
-def test_policies_list_shows_the_catalogue():
-    out = invoke("policies", "list").stdout
+def test_schedules_list_shows_the_catalogue():
+    out = invoke("schedules", "list").stdout
     assert "sd15/ays-10" in out and "sdxl/ays-10" in out
 
 
-def test_policies_show_formats():
-    assert json.loads(invoke("policies", "show", "sd15/ays-10", "--format", "diffusers").stdout) == SD15_AYS
-    comfy = invoke("policies", "show", "sd15/ays-10", "--format", "comfyui").stdout.strip()
+def test_schedules_show_formats():
+    assert json.loads(invoke("schedules", "show", "sd15/ays-10", "--format", "diffusers").stdout) == SD15_AYS
+    comfy = invoke("schedules", "show", "sd15/ays-10", "--format", "comfyui").stdout.strip()
     assert comfy.endswith("0.000000") and len(comfy.split(", ")) == 11
-    sigmas = json.loads(invoke("policies", "show", "sd15/ays-10", "--format", "sigmas").stdout)
+    sigmas = json.loads(invoke("schedules", "show", "sd15/ays-10", "--format", "sigmas").stdout)
     assert len(sigmas) == 11 and sigmas[-1] == 0.0
-    artifact = ScheduleArtifact.model_validate_json(invoke("policies", "show", "sd15/ays-10").stdout)
+    artifact = ScheduleArtifact.model_validate_json(invoke("schedules", "show", "sd15/ays-10").stdout)
     assert artifact.timesteps == SD15_AYS
-    twenty = json.loads(invoke("policies", "show", "sd15/ays-10", "--steps", 20, "--format", "diffusers").stdout)
+    twenty = json.loads(invoke("schedules", "show", "sd15/ays-10", "--steps", 20, "--format", "diffusers").stdout)
     assert len(twenty) == 20 and twenty[0] == 999 and twenty[-1] == 24
 
 
@@ -200,26 +200,52 @@ def test_eval_refuses_a_model_outside_the_embedded_feature_space(tiny_dir, monke
     assert lines[0].startswith("error: --model: ") and "(1, 8, 8)" in lines[0]
 
 
-def test_policies_show_bad_format_names_format(monkeypatch, capsys):
-    code, lines = run_main(monkeypatch, capsys, "policies", "show", "sd15/ays-10", "--format", "bogus")
+def test_schedules_show_bad_format_names_format(monkeypatch, capsys):
+    code, lines = run_main(monkeypatch, capsys, "schedules", "show", "sd15/ays-10", "--format", "bogus")
     assert code != 0 and len(lines) == 1
     assert lines[0].startswith("error: --format: 'bogus'")
 
 
-def test_policies_show_unknown_entry_lists_the_known_ones(monkeypatch, capsys):
-    code, lines = run_main(monkeypatch, capsys, "policies", "show", "sd15/nope-10")
+def test_schedules_show_unknown_entry_lists_the_known_ones(monkeypatch, capsys):
+    code, lines = run_main(monkeypatch, capsys, "schedules", "show", "sd15/nope-10")
     assert code != 0 and len(lines) == 1
     assert "sd15/nope-10" in lines[0] and "sd15/ays-10" in lines[0]
 
 
-def test_policies_show_unknown_entry_does_not_name_a_missing_flag(monkeypatch, capsys):
-    _, lines = run_main(monkeypatch, capsys, "policies", "show", "sd15/nope-10")
+def test_schedules_show_unknown_entry_does_not_name_a_missing_flag(monkeypatch, capsys):
+    _, lines = run_main(monkeypatch, capsys, "schedules", "show", "sd15/nope-10")
     assert "--policy" not in lines[0]
 
 
 def test_no_subcommand_prints_help_without_an_empty_error_line(monkeypatch, capsys):
-    _, lines = run_main(monkeypatch, capsys, "policies")
+    _, lines = run_main(monkeypatch, capsys, "schedules")
     assert "error: " not in lines
+
+
+def test_a_field_error_is_rendered_once_with_the_flag_and_status_2(tiny_dir, monkeypatch, capsys):
+    code, lines = run_main(monkeypatch, capsys, "sample", "--model", tiny_dir, "--steps", "0")
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --steps: 0 ")  # the library's FieldError("num_steps", 0, ...)
+
+
+def test_schedules_show_names_the_entry_argument(monkeypatch, capsys):
+    code, lines = run_main(monkeypatch, capsys, "schedules", "show", "sd15/nope-10")
+    assert code == 2 and lines[0].startswith("error: NAME: 'sd15/nope-10'")
+
+
+def test_the_catalogue_group_has_one_name(monkeypatch, capsys):
+    code, lines = run_main(monkeypatch, capsys, "policies", "list")
+    assert code == 2 and len(lines) == 1 and "policies" in lines[0]
+
+
+def test_the_library_does_not_import_the_cli():
+    """No import cycle: the library (tuning included) never imports the CLI package."""
+    code = ("import sys, adaptive_sampler.tuning, adaptive_sampler.sampler, adaptive_sampler.monitors; "
+            "print(sorted(m for m in sys.modules if m.startswith('adaptive_sampler.cli')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------- the installed console script

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from adaptive_sampler import NoiseSchedule, load_entry, load_model, make_policy, validate_timesteps
-from adaptive_sampler.cli.tune import tune_command
+from adaptive_sampler.cli import app
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.policies import STATIC_POLICIES
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
@@ -66,10 +66,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("tune")(tune_command)
-    app.command("noop")(lambda: None)  # two commands, so `tune` is a subcommand as in the real CLI
-    return app
+    return app  # the real CLI: `tune` is a subcommand, and bad input leaves it as a CliError naming the flag
 
 
 # --- search spaces -------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The `adaptive-sampler tune` command (mounted in cli/__init__.py).
+"""`adaptive-sampler tune`: search timestep schedules with Optuna (the library is `adaptive_sampler.tuning`).
 
-Its flags are the fields of `TuneOptions` (settings.py): `--<field-name>` with the field's default and help, built
-by `_options_signature`; the values are validated once, by that model, and its errors name the flag.
+Its flags are the fields of `TuneOptions` (tuning/settings.py): `--<field-name>` with the field's default and help,
+built by `_options_signature`; the values are validated once, by that model. Bad input raises the model's
+`ValidationError` or the library's `FieldError`; the CLI (`__init__.py`) names the flag.
 """
 
 from __future__ import annotations
@@ -14,43 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.cli.common import CliError
 from adaptive_sampler.tuning.settings import TuneOptions
-
-_FLAG_OF_FIELD = {"num_steps": "--steps", "grid_size": "--dp-grid", "chunks": "--n", "n_trials": "--trials",
-                  "url": "--storage"}
-
-
-def _flag(field: str) -> str:
-    return _FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
-
-
-def _flag_error(exc: ValueError) -> Exception:
-    """A field-named error (a FieldError, "storage: … is …", or a pydantic error) as a one-line error naming the
-    flag."""
-    error = _cli_error()
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        message = str(err["msg"]).removeprefix("Value error, ").removeprefix(f"{field}: ")
-        joiner = " " if message.startswith("is ") else " — "
-        return error(f"{_flag(field)}: {err.get('input')!r}{joiner}{message}")
-    if isinstance(exc, FieldError):
-        return error(_flag(exc.root) + str(exc)[len(exc.root):])
-    message = str(exc)  # the storage module's errors (Optuna-only, no FieldError) also start with the field
-    field = message.split(":", 1)[0]
-    if re.fullmatch(r"[a-z_]+", field):
-        return error(_flag(field) + message[len(field):])
-    return error(message)
-
-
-def _cli_error() -> type[Exception]:
-    # cli/__init__.py mounts this command and prints its CliError as one line; imported late (cli/__init__.py imports this module)
-    from adaptive_sampler.cli import CliError
-
-    return CliError
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -92,11 +59,7 @@ def tune_command(**options: Any) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        parsed = TuneOptions.model_validate(options)
-    except ValidationError as exc:
-        raise _flag_error(exc) from None
-    _tune(parsed)
+    _tune(TuneOptions.model_validate(options))
 
 
 tune_command.__signature__ = _options_signature()  # type: ignore[attr-defined]
@@ -112,18 +75,14 @@ def _tune(options: TuneOptions) -> None:
     from adaptive_sampler.tuning.study import TrialReport, Tuner
 
     settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
-    try:
-        loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device)
-        store = open_storage(storage)
-        tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None,
-                      cache_dir=options.cache_dir)
-        if options.fail_running:
-            for name, numbers in tuner.fail_running().items():
-                if numbers:
-                    typer.echo(f"{name}: marked running trials {numbers} as failed")
-        before = tuner.finished_counts()
-    except ValueError as exc:
-        raise _flag_error(exc) from None
+    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device)
+    store = open_storage(storage)
+    tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None, cache_dir=options.cache_dir)
+    if options.fail_running:
+        for name, numbers in tuner.fail_running().items():
+            if numbers:
+                typer.echo(f"{name}: marked running trials {numbers} as failed")
+    before = tuner.finished_counts()
 
     where = storage or f"journal {DEFAULT_STORAGE}"
     total = settings.trials * len(before)
@@ -154,12 +113,12 @@ def _tune(options: TuneOptions) -> None:
         typer.echo(f"interrupted: {done}/{total} trials are stored in {where}; the trial in flight is marked failed. "
                    "Re-run the same command to resume.", err=True)
         raise typer.Abort() from None
-    except ValueError as exc:
-        bar.close()
-        raise _flag_error(exc) from None
     except TrialsKeepFailing as exc:
         bar.close()
-        raise _cli_error()(str(exc)) from None
+        raise CliError(str(exc)) from None
+    except ValueError:
+        bar.close()
+        raise
     bar.close()
 
     stopped = [name for name, w in run.workers.items() if w.stopped_early]
@@ -174,13 +133,10 @@ def _tune(options: TuneOptions) -> None:
     if export is None:
         return
     plots_dir = plots or Path("runs") / "tune" / re.sub(r"[^A-Za-z0-9_.-]", "_", tuner.base_name)
-    try:
-        result = export_best(tuner, export, plots_dir=plots_dir, baselines=options.baselines,
-                             on_progress=lambda msg: typer.echo(f"  scoring {msg}"))
-    except ValueError as exc:
-        raise _flag_error(exc) from None
+    result = export_best(tuner, export, plots_dir=plots_dir, baselines=options.baselines,
+                         on_progress=lambda msg: typer.echo(f"  scoring {msg}"))
     if not result.learned:
-        raise _cli_error()("--export: no budget has a complete trial to export")
+        raise CliError("--export: no budget has a complete trial to export")
     typer.echo(f"held-out {settings.objective} (seed {tuner.heldout_seeds.seed}, n={tuner.heldout_seeds.n}):")
     for score in result.learned:
         rivals = [b for b in result.baselines if b.steps == score.steps]

@@ -1,0 +1,57 @@
+"""`adaptive-sampler eval`: sample, then score FID/KID/precision/recall in the embedded feature space."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from adaptive_sampler.cli.common import (
+    BatchOpt,
+    DeviceOpt,
+    EtaOpt,
+    JsonOpt,
+    ModelOpt,
+    MonitorOpt,
+    PickleOpt,
+    PolicyOpt,
+    RowsOpt,
+    SaveOpt,
+    SeedOpt,
+    SolverOpt,
+    StepsOpt,
+    TimestepsOpt,
+    draw,
+)
+
+
+def eval_command(
+    model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
+    timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
+    n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
+    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamplings for 95% intervals of FID and KID")] = 0,
+    save: SaveOpt = None, json_path: JsonOpt = None,
+) -> None:
+    """Sample, then score FID/KID/precision/recall in the embedded Fashion-MNIST feature space."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from adaptive_sampler.metrics.evaluation import EvaluationReport, check_embedded_space, score_samples
+
+    drawn = draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
+                 allow_pickle, save, check=lambda m: check_embedded_space(m.sample_shape, n))
+    loaded, policy_name, result = drawn.loaded, drawn.policy, drawn.result
+    metrics = score_samples(result.samples, bootstrap=bootstrap, seed=seed)
+    report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
+    table = Table(title=f"{loaded.name}: {solver}, {policy_name}, {drawn.steps_text}, η={eta}")
+    for column in ("FID", "KID", "precision", "recall", "NFE", "n", "wall s"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
+                  f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
+    Console().print(table)
+    if json_path is not None:
+        payload = {**drawn.report(solver=solver, eta=eta), **report.to_json()}
+        json_path.write_text(json.dumps(payload, indent=2, default=vars) + "\n")
