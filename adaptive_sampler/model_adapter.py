@@ -101,6 +101,11 @@ def _tensor_output(out: Any) -> torch.Tensor:
     return out[0]
 
 
+def _pad(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`rows` padded to `count` rows by repeating its last row."""
+    return torch.cat([rows, rows[-1:].expand(count - len(rows), *rows.shape[1:])])
+
+
 class ModelAdapter:
     """Calls the network and converts its output (ε, v or x0 prediction) into a `Prediction`.
 
@@ -163,10 +168,7 @@ class ModelAdapter:
             xs, ts, ks = x[chunk], t[chunk], {k: v[chunk] for k, v in kwargs.items()}
             real = xs.shape[0]
             if real < rows:
-                def pad(v: torch.Tensor) -> torch.Tensor:
-                    return torch.cat([v, v[-1:].expand(rows - real, *v.shape[1:])])
-
-                xs, ts, ks = pad(xs), pad(ts), {k: pad(v) for k, v in ks.items()}
+                xs, ts, ks = _pad(xs, rows), _pad(ts, rows), {k: _pad(v, rows) for k, v in ks.items()}
             outputs.append(self._call(xs, ts, ks)[:real])
         return torch.cat(outputs)
 

@@ -50,7 +50,8 @@ class Planner(Protocol):
     """Chooses every row's next timestep. The first evaluation of a batch is always accepted; a rejected row retries
     from its last accepted point, so `t_next` must lie below that point's timestep (the loop checks)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The first timestep [rows] (int64) and the initial memory [rows]."""

@@ -87,7 +87,7 @@ def reference_ddim(unet, config, timesteps, n, seed, eta):
     alphas_cumprod = DDIMScheduler(**{k: v for k, v in config.items() if not k.startswith("_")}).alphas_cumprod
     generators = [sample_generator(seed, i) for i in range(n)]
     x = draw_noise(generators, TINY_SHAPE)
-    pairs = list(zip(timesteps, [*timesteps[1:], -1]))
+    pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
     for t, t_prev in pairs:
         a_t = alphas_cumprod[t]
         a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)

@@ -20,13 +20,13 @@ from diffusers import (
 )
 
 from adaptive_sampler.cli import main
-from helpers import build_tiny_conditional_unet, build_tiny_unet
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
 from adaptive_sampler.solvers import make_solver
+from helpers import build_tiny_conditional_unet, build_tiny_unet
 
 # diffusers' own set_timesteps trips a NumPy 2 deprecation on every call
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -79,7 +79,7 @@ def test_every_suggestion_is_a_valid_list(space_name: str, config: dict) -> None
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 7, 20, T):
         params = space.parameters(n)
-        corners = [dict(zip(params, c)) for c in itertools.islice(
+        corners = [dict(zip(params, c, strict=True)) for c in itertools.islice(
             itertools.product(*[(p.low, p.high) for p in params.values()]), 16)]
         draws = [{k: float(np.exp(rng.uniform(np.log(p.low), np.log(p.high))) if p.log else rng.uniform(p.low, p.high))
                   for k, p in params.items()} for _ in range(25)]
@@ -208,7 +208,7 @@ def test_dp_agrees_with_brute_force_on_a_random_matrix() -> None:
     cost = rng.uniform(0.1, 5.0, size=(m, m))
     paths = best_paths(cost, max_steps=5)
     for n in range(1, 6):
-        brute = min((sum(cost[a, b] for a, b in zip((0, *mid), (*mid, m - 1))), (0, *mid, m - 1))
+        brute = min((sum(cost[a, b] for a, b in zip((0, *mid), (*mid, m - 1), strict=True)), (0, *mid, m - 1))
                     for mid in itertools.combinations(range(1, m - 1), n - 1))
         assert paths[n].cost == pytest.approx(brute[0]) and paths[n].nodes == brute[1]
 

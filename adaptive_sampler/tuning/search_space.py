@@ -41,7 +41,8 @@ class Parameter:
 class SearchSpace(Protocol):
     """A parameterisation of N-step timestep lists."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def parameters(self, num_steps: int) -> dict[str, Parameter]:
         """The parameters of an N-step list, by name (without prefix)."""
@@ -73,7 +74,7 @@ def _nearest(space: SearchSpace, timesteps: torch.Tensor, schedule: NoiseSchedul
     target = np.log1p(timesteps.double().numpy())
     best, best_distance = {}, np.inf
     for values in itertools.product(*(p.grid for p in params.values())):
-        candidate = dict(zip(params, values))
+        candidate = dict(zip(params, values, strict=True))
         distance = float(np.abs(np.log1p(space.decode(candidate, n, schedule).double().numpy()) - target).mean())
         if distance < best_distance:
             best, best_distance = candidate, distance

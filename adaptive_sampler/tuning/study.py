@@ -291,7 +291,7 @@ class Tuner:
 
             # a schedule whose samples turn NaN/Inf is a failed trial, not a reason to stop the search
             workers[name] = run_trials(study, objective, self.settings.trials, callbacks=[callback],
-                                       on_wait=(lambda k, name=name: on_wait(name, k)) if on_wait else None,
+                                       on_wait=functools.partial(on_wait, name) if on_wait else None,
                                        catch=(NonFiniteOutputError,))
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
 

@@ -21,11 +21,12 @@ from safetensors.torch import save_file
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from conftest import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
+
 from adaptive_sampler import ModelAdapter, make_policy, make_solver, sample  # noqa: E402
 from adaptive_sampler.dynamic_sampler import sample_dynamic  # noqa: E402
 from adaptive_sampler.monitors import monitor_from_spec  # noqa: E402
 from adaptive_sampler.policies.step_size_control import StepSizeControl  # noqa: E402
-from conftest import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config  # noqa: E402
 
 N, BATCH_SIZE, SEED, STEPS = 6, 4, 3, 10
 SCHEDULES = ("uniform", "karras", "learned:fashion-mnist/ddim-10")
