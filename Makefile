@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/adaptive-sampler
 
-.PHONY: demo test lint
+.PHONY: demo test lint postgres test-postgres
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,18 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# A throwaway PostgreSQL server (Debian's postgresql package, installed if missing when run as root; initdb and
+# pg_ctl as an unprivileged user in a temp dir, unix socket only), then the scale-out test against it: three tune
+# workers on one postgresql:// storage, one killed with SIGKILL mid-trial. The server is stopped afterwards.
+# `make postgres` only starts one and prints `export ADAPTIVE_SAMPLER_TEST_POSTGRES=...` (stop: .ci/postgres.sh stop DIR).
+postgres:
+	@echo "export ADAPTIVE_SAMPLER_TEST_POSTGRES=$$(.ci/postgres.sh start)"
+
+test-postgres: $(VENV)/.installed
+	@url=$$(.ci/postgres.sh start); dir=$${url##*host=}; \
+	ADAPTIVE_SAMPLER_TEST_POSTGRES=$$url ADAPTIVE_SAMPLER_CI=1 OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest -q tests/test_scale_out_postgres.py; rc=$$?; .ci/postgres.sh stop $$dir; exit $$rc
 
 # Lint and import order (ruff, config in pyproject.toml), then a type check of the package (mypy).
 lint: $(VENV)/.installed

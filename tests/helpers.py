@@ -6,6 +6,9 @@ path); the fixtures built from them live in conftest.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,3 +52,41 @@ def build_tiny_conditional_unet(seed: int = 0) -> UNet2DConditionModel:
         cross_attention_dim=16,
         attention_head_dim=2,
     ).eval()
+
+
+# --- tune worker processes (tests of several workers and of killed ones) -------------------------------------------
+TUNE_WORKER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("tuning_storage", sys.argv[1])
+storage = importlib.util.module_from_spec(spec)
+sys.modules["tuning_storage"] = storage
+spec.loader.exec_module(storage)  # Optuna-only module: the worker starts without torch
+import optuna
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+url, name, n_trials, n_warm, hang_on = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+warm = [storage.WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(n_warm)]
+study = storage.open_study(storage.open_storage(url, heartbeat_interval=1, grace_period=2), name, ["minimize"],
+                           config={"k": 1}, warm_starts=lambda: warm).study
+def objective(trial):
+    x = trial.suggest_float("x", -10, 10)
+    tag = trial.user_attrs.get("warm_start")
+    if hang_on in ("any", tag):
+        print(f"running {trial.number} {tag}", flush=True)
+        time.sleep(600)  # the test kills the worker here, mid-trial
+    time.sleep(0.05)
+    return x * x
+print(storage.run_trials(study, objective, n_trials), flush=True)
+"""
+
+
+def start_tune_worker(workdir: Path, url: str, study_name: str, n_trials: int, *, n_warm: int = 8,
+                      hang_on: str = "none") -> subprocess.Popen[str]:
+    """A process running `run_trials` on study `study_name` in storage `url` (heartbeat 1 s, grace period 2 s), on
+    x² with warm starts x = 0, 1, … tagged w0, w1, …. `hang_on` ('any', a warm-start tag, or 'none'): the trial on
+    which the worker prints `running <number> <tag>` and sleeps, to be killed. It prints its WorkerSummary last."""
+    from adaptive_sampler.tuning import storage
+
+    script = workdir / "tune_worker.py"
+    script.write_text(TUNE_WORKER)
+    return subprocess.Popen([sys.executable, str(script), storage.__file__, url, study_name, str(n_trials),
+                             str(n_warm), hang_on], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -26,7 +26,8 @@ class TuneSettings(BaseModel):
 
     steps: tuple[int, ...] = Field((4, 6, 8, 10), min_length=1, description="step budgets (NFE), comma-separated")
     trials: int = Field(50, ge=0, description=(
-        "finished trials per budget (per-budget mode) or in all (pareto mode); a re-run tops up to this"))
+        "finished trials (COMPLETE + PRUNED; failed and surplus ones are not counted) per budget (per-budget mode) "
+        "or in all (pareto mode); a re-run tops up to this"))
     objective: str = Field("fid", description=(
         "a registered objective: fid or kid (embedded feature space, (1, 32, 32) models) or fidelity (PSNR to a "
         "many-step reference from the same noise; any model)"))
@@ -120,8 +121,9 @@ class TuneOptions(TuneSettings):
     allow_pickle: bool = Field(False, description="allow pickled .bin/.pt weights (they can run code)")
     cache_dir: Path = Field(Path("runs/cache"), description="cache of fidelity references and DP cost matrices")
     fail_running: bool = Field(False, description=(
-        "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive; RDB "
-        "storages do this by heartbeat)"))
+        "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive); needed "
+        "only for a journal on a disk shared between machines: RDB storages do this by heartbeat, and a run on "
+        "the killed worker's machine by itself"))
 
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""

@@ -27,13 +27,21 @@ Several workers (`run_trials`)
 
 Interruptions
     Ctrl-C marks the trial in flight FAIL (Optuna does this) and re-raises; finished trials are already stored.
-    A killed worker leaves its trial RUNNING: RDB storages fail and retry it after the heartbeat grace period;
-    journal files have no heartbeat, so run `fail_running_trials` (CLI: `--fail-running`) once no other worker is
-    alive. Re-running resumes: only the missing trials run.
+    A killed worker (SIGKILL, out of memory, a lost machine) leaves its trial RUNNING. RDB storages fail it after
+    the heartbeat grace period and retry it (same parameters and user attributes, system attribute `failed_trial`).
+    Journal files have no heartbeat; instead each trial records its worker (user attribute `worker`: host, boot,
+    pid, process start time), and `retry_dead_workers_trials` (run on every open and whenever a worker would stop
+    for want of free slots) fails and retries, the same way, a RUNNING trial whose worker on this machine is gone.
+    A warm start thus runs again after its worker was killed mid-trial. A trial of a worker on another machine
+    (a journal on a shared disk) cannot be checked: run `fail_running_trials` (CLI: `--fail-running`) once no
+    other worker is alive; its warm starts are enqueued again on the next open. Re-running resumes: only the
+    missing trials run.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +64,7 @@ MAX_RETRY = 3  # a trial whose worker dies this often (out of memory, say) is le
 
 WARM_START = "warm_start"  # user attribute: the warm start a trial evaluates
 SURPLUS = "surplus"  # user attribute: the trial lost the race for the last slot and was not evaluated
+WORKER = "worker"  # user attribute: the process evaluating the trial (host, boot, pid, start), see `_this_worker`
 CONFIG = "config"  # study user attribute: what a resuming run must match
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -162,6 +171,7 @@ def open_study(
     """Create study `name`, or resume it if it exists with the same `config` and directions.
 
     The creating call stores `config` (compared on resume) and each `provenance` item as study user attributes.
+    Trials of killed workers are failed and retried first (stale heartbeats; on a journal, dead local workers).
     The warm starts (from `warm_starts`) are enqueued unless a trial with their parameters exists.
     Raises ValueError naming `study_name` if the stored config or directions differ.
     """
@@ -180,6 +190,12 @@ def open_study(
         for key, value in (provenance or {}).items():
             study.set_user_attr(key, value)
         study.set_user_attr(CONFIG, dict(config))
+    if _has_heartbeat(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # and retries them, before the warm starts are checked
+    else:
+        retry_dead_workers_trials(study)
     if warm_starts is not None:
         enqueue_warm_starts(study, warm_starts())
     return OpenedStudy(study, created=stored is None)
@@ -241,6 +257,79 @@ def fail_running_trials(study: optuna.Study) -> list[int]:
     return numbers
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), "" where /proc has none; None: no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+    except OSError:
+        pass
+    else:
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
+    try:  # no /proc (macOS): the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def _this_worker() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start_time(pid) or ""}
+
+
+def _worker_is_dead(worker: Any) -> bool:
+    """True only when `worker` (a `WORKER` attribute) is a process of this machine and this boot that is gone
+    (its pid is free, or now belongs to a process started later). Workers of other machines count as alive."""
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname() or worker.get("boot") != _boot_id():
+        return False
+    pid = worker.get("pid")
+    if not isinstance(pid, int):
+        return False
+    start = _start_time(pid)
+    return start is None or bool(worker.get("start") and start and start != worker.get("start"))
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a failed trial again as `RetryHeartbeatStaleTrialCallback` does (same parameters and user attributes,
+    `failed_trial` and `retry_history` system attributes, at most MAX_RETRY times), without its `WORKER`."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k != WORKER},
+        system_attrs={**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                      "retry_history": history}))
+
+
+def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
+    """Fail, and enqueue again, every RUNNING trial whose worker was a process of this machine that is gone (killed
+    mid-trial); for storages without a heartbeat (journal files). Returns the failed trials' numbers."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _worker_is_dead(trial.user_attrs.get(WORKER)):
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another worker got there first
+            continue
+        failed.append(trial.number)
+        _retry(study, trial)
+    return failed
+
+
 @dataclass(frozen=True)
 class WorkerSummary:
     """What one `run_trials` call did: trials it ran (surplus ones included), and the study's finished count."""
@@ -275,8 +364,11 @@ def run_trials(
     surplus: list[int] = []
     failures: list[int] = []
 
+    worker = _this_worker()
+
     def guarded(trial: optuna.Trial) -> float | Sequence[float]:
         ran.append(trial.number)
+        trial.set_user_attr(WORKER, worker)  # lets a later run on this machine retry the trial if this one dies
         ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
                  if t.number < trial.number and _counted(t)]
         tag = trial.user_attrs.get(WARM_START)
@@ -310,6 +402,8 @@ def run_trials(
             return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=False)
         if counts.finished + counts.running >= n_trials:
             if not _has_heartbeat(study):
+                if retry_dead_workers_trials(study):
+                    continue
                 return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=True)
             if on_wait is not None:
                 on_wait(counts.running)
