@@ -423,6 +423,9 @@ def test_tiny_end_to_end_tune_exports_and_resumes(tiny_model_dir: Path, tmp_path
         study = optuna.load_study(study_name=f"tiny-unet-ddim-fidelity-free:steps={steps}", storage=storage)
         trials = sorted(study.trials, key=lambda t: t.number)
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+        complete, pruned = (sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED))
+        assert (f"steps={steps}: 6/6 trials finished (--trials counts complete + pruned): {complete} complete, "
+                f"{pruned} pruned;") in first.output
         warm = [t for t in trials if "warm_start" in t.user_attrs]
         assert warm == trials[: len(warm)] and len(warm) >= 3  # warm starts first, the DP initialiser leading
         assert "dp" in warm[0].user_attrs["warm_start"].split("+")

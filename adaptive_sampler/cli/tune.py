@@ -125,6 +125,9 @@ def _tune(options: TuneOptions) -> None:
     if stopped:
         typer.echo(f"note: {', '.join(stopped)} still has trials running elsewhere; if their workers are dead, "
                    "re-run with --fail-running")
+    for name, counts in tuner.trial_counts().items():
+        typer.echo(f"{name}: {counts.finished}/{settings.trials} trials finished (--trials counts complete + pruned): "
+                   f"{counts.complete} complete, {counts.pruned} pruned; {counts.failed} failed, not counted")
     for b in run.best:
         warm = f", warm start {b.warm_start}" if b.warm_start else ""
         typer.echo(f"best {b.steps:>3} steps: {settings.objective}={b.value:.4g} (trial {b.trial_number}{warm}) "

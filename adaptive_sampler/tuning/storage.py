@@ -232,17 +232,24 @@ def _counted(trial: FrozenTrial) -> bool:
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """Trials of a study that count toward its target: finished (complete or pruned) and running."""
+    """Trials of a study by state. `--trials` counts `finished` (complete + pruned); failed trials (errors, killed
+    workers) and surplus trials (lost the race for the last slot) are not counted."""
 
-    finished: int
+    complete: int
+    pruned: int
     running: int
+    failed: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
 
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
-    """How many trials are finished and running now."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if _counted(t)]
-    finished = sum(1 for t in trials if t.state in FINISHED)
-    return TrialCounts(finished=finished, running=len(trials) - finished)
+    """How many trials are in each state now (surplus trials left out)."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+    return TrialCounts(complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
+                       running=states.count(TrialState.RUNNING), failed=states.count(TrialState.FAIL))
 
 
 def fail_running_trials(study: optuna.Study) -> list[int]:

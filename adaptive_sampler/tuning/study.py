@@ -40,6 +40,7 @@ from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.storage import (
     SURPLUS,
     WARM_START,
+    TrialCounts,
     WarmStart,
     WorkerSummary,
     fail_running_trials,
@@ -295,14 +296,15 @@ class Tuner:
                                        catch=(NonFiniteOutputError,))
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
 
-    def finished_counts(self) -> dict[str, int]:
-        """Finished trials per study now (0 for studies that do not exist yet)."""
+    def trial_counts(self) -> dict[str, TrialCounts]:
+        """Trials per state of each study now (all zero for studies that do not exist yet)."""
         names = set(optuna.study.get_all_study_names(self.storage))
-        out = {}
-        for name in self.study_names().values():
-            out[name] = trial_counts(optuna.load_study(study_name=name, storage=self.storage)).finished \
-                if name in names else 0
-        return out
+        return {name: trial_counts(optuna.load_study(study_name=name, storage=self.storage)) if name in names
+                else TrialCounts(0, 0, 0, 0) for name in self.study_names().values()}
+
+    def finished_counts(self) -> dict[str, int]:
+        """Finished trials (complete + pruned, what `--trials` counts) per study now."""
+        return {name: counts.finished for name, counts in self.trial_counts().items()}
 
     def best(self) -> list[BudgetBest]:
         """The best complete trial per step count, from the stored studies (budgets without one are left out)."""
