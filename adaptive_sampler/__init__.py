@@ -2,33 +2,71 @@
 
 A DDIM core over any explicit timestep list, pluggable step-allocation policies, a schedule catalogue with
 tool-neutral exports, and a diffusers drop-in scheduler.
+
+The public names below are imported on first use (PEP 562), so `import adaptive_sampler.errors` or the CLI's
+`--help` do not pay for torch and diffusers.
 """
 
-from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
-from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
-from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
-from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.planner import Planner, StaticPlan, StepDecision, StepObservation
-from adaptive_sampler.policies import Policy, make_policy
-from adaptive_sampler.policies.step_size_control import StepSizeControl
-from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, SamplingOptions, sample
-from adaptive_sampler.schedules import (
-    ModelIdentity,
-    NoiseScheduleSpec,
-    ScheduleArtifact,
-    interpolate,
-    list_entries,
-    load_entry,
-)
-from adaptive_sampler.solvers import DDIM, Solver, make_solver
-from adaptive_sampler.solvers.ddim import ddim_sigma, ddim_step
-from adaptive_sampler.step_info import StepInfo
-from adaptive_sampler.timesteps import discretize, validate_timesteps
+from __future__ import annotations
 
-__all__ = [
-    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "LoadedModel", "ModelAdapter", "ModelIdentity", "NoiseSchedule",
-    "NoiseScheduleSpec", "NonFiniteOutputError", "Policy", "Planner", "Prediction", "SampleResult", "SamplingOptions",
-    "ScheduleArtifact", "Solver", "StaticPlan", "StepDecision", "StepInfo", "StepObservation", "StepSizeControl",
-    "X0Processing", "ddim_sigma", "ddim_step", "discretize", "embedded_model_dir", "interpolate", "list_entries",
-    "load_entry", "load_model", "make_policy", "make_solver", "sample", "validate_timesteps",
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "AdaptiveDDIMScheduler": "diffusers_scheduler",
+    "Conditioning": "model_adapter", "ModelAdapter": "model_adapter", "Prediction": "model_adapter",
+    "X0Processing": "model_adapter",
+    "LoadedModel": "models", "embedded_model_dir": "models", "load_model": "models",
+    "NoiseSchedule": "noise_schedule",
+    "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner", "StepObservation": "planner",
+    "Policy": "policies", "make_policy": "policies",
+    "StepSizeControl": "policies.step_size_control",
+    "NonFiniteOutputError": "sampler", "SampleResult": "sampler", "SamplingOptions": "sampler", "sample": "sampler",
+    "ModelIdentity": "schedules", "NoiseScheduleSpec": "schedules", "ScheduleArtifact": "schedules",
+    "interpolate": "schedules", "list_entries": "schedules", "load_entry": "schedules",
+    "DDIM": "solvers", "Solver": "solvers", "make_solver": "solvers",
+    "ddim_sigma": "solvers.ddim", "ddim_step": "solvers.ddim",
+    "StepInfo": "step_info",
+    "discretize": "timesteps", "validate_timesteps": "timesteps",
+    "FieldError": "errors",
+}
+__all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
+    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "FieldError", "LoadedModel", "ModelAdapter", "ModelIdentity",
+    "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy", "Prediction", "SampleResult",
+    "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "StepDecision", "StepInfo", "StepObservation",
+    "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step", "discretize", "embedded_model_dir", "interpolate",
+    "list_entries", "load_entry", "load_model", "make_policy", "make_solver", "sample", "validate_timesteps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'adaptive_sampler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"adaptive_sampler.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+    from adaptive_sampler.errors import FieldError
+    from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
+    from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
+    from adaptive_sampler.noise_schedule import NoiseSchedule
+    from adaptive_sampler.planner import Planner, StaticPlan, StepDecision, StepObservation
+    from adaptive_sampler.policies import Policy, make_policy
+    from adaptive_sampler.policies.step_size_control import StepSizeControl
+    from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, SamplingOptions, sample
+    from adaptive_sampler.schedules import (
+        ModelIdentity,
+        NoiseScheduleSpec,
+        ScheduleArtifact,
+        interpolate,
+        list_entries,
+        load_entry,
+    )
+    from adaptive_sampler.solvers import DDIM, Solver, make_solver
+    from adaptive_sampler.solvers.ddim import ddim_sigma, ddim_step
+    from adaptive_sampler.step_info import StepInfo
+    from adaptive_sampler.timesteps import discretize, validate_timesteps
