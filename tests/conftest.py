@@ -5,12 +5,13 @@ The builders themselves live in helpers.py; import them from there (`from helper
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from diffusers import UNet2DModel
 
-from helpers import build_tiny_unet, tiny_scheduler_config
+from helpers import build_tiny_unet, tiny_scheduler_config, write_tiny_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,9 @@ def tiny_unet() -> UNet2DModel:
 @pytest.fixture(scope="session")
 def tiny_config() -> dict[str, Any]:
     return tiny_scheduler_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`build_tiny_unet()` as a diffusers folder (safetensors weights), for the command line."""
+    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))

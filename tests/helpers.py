@@ -6,8 +6,11 @@ path); the fixtures built from them live in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,48 @@ def build_tiny_conditional_unet(seed: int = 0) -> UNet2DConditionModel:
         cross_attention_dim=16,
         attention_head_dim=2,
     ).eval()
+
+
+# --- the command line in-process ----------------------------------------------------------------------------------
+
+
+def write_tiny_model_dir(root: Path, safe: bool = True) -> Path:
+    """`build_tiny_unet()` saved as a diffusers folder in `root` (config.json, weights, scheduler_config.json)."""
+    build_tiny_unet().save_pretrained(root, safe_serialization=safe)
+    DDIMScheduler().save_config(root)
+    return root
+
+
+@dataclass
+class CliRun:
+    """What one in-process run of the console entry point did: its exit status, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def run_cli(*args: object) -> CliRun:
+    """Run `adaptive-sampler ARGS` through `main()` in this process (no fixtures needed, so hypothesis can call it
+    many times in one test). An exception other than SystemExit propagates: that is a traceback for the user."""
+    from adaptive_sampler.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    saved = sys.argv
+    sys.argv = ["adaptive-sampler", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return CliRun(code, out.getvalue(), err.getvalue())
 
 
 # --- tune worker processes (tests of several workers and of killed ones) -------------------------------------------

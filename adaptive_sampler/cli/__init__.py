@@ -31,6 +31,7 @@ _PARAMS_OF_FIELD: dict[str, tuple[str, ...]] = {
     "num_steps": ("steps",),
     "policy": ("policy", "name"),  # a catalogue entry: --policy learned:NAME, or `schedules show NAME`
     "threshold": ("monitor",), "distance": ("monitor",),  # the parts of a --monitor spec
+    "json": ("json_path",),  # --json (sample, eval): its parameter is json_path
     "grid_size": ("dp_grid",), "chunks": ("n",), "n_trials": ("trials",), "url": ("storage",),  # tuning
 }
 # The one message-prefix fallback: tuning/storage.py keeps plain "storage: ..." ValueErrors (it must import without
@@ -95,6 +96,25 @@ schedules_app.command("show", cls=FlagCommand)(show_command)
 app.add_typer(schedules_app, name="schedules")
 
 
+def _parse_error(exc: typer.TyperException) -> str:
+    """A typer parse error as "--flag: 'VALUE' rule" when it is a bad value of an option; else typer's message."""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, typer.BadParameter) and isinstance(param, typer.core.TyperOption) and exc.message:
+        cause = exc.__cause__
+        shown = ""
+        if isinstance(cause, ValidationError) and cause.errors():
+            shown = f"{cause.errors()[0].get('input')!r} "
+        rule = exc.message[:1].lower() + exc.message[1:]
+        return f"{param.opts[0]}: {shown}{rule if rule.startswith('is ') else '— ' + rule}"
+    option = getattr(exc, "option_name", None)  # an unknown option, or an option without its value
+    if isinstance(option, str) and option.startswith("-"):
+        if type(exc).__name__ == "NoSuchOption":
+            close = sorted(getattr(exc, "possibilities", None) or ())
+            return f"{option}: is not an option of this command{f' (did you mean {close[0]}?)' if close else ''}"
+        return f"{option}: {exc.format_message().replace(f'Option {option!r} ', '', 1)}"
+    return exc.format_message()
+
+
 def main() -> None:
     """Entry point: one-line errors naming the flag, no tracebacks, exit status 2 for bad input."""
     try:
@@ -106,7 +126,7 @@ def main() -> None:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except typer.TyperException as exc:  # typer's parse errors (its vendored click), made one line
-        message = exc.format_message()
+        message = _parse_error(exc)
         if message:  # empty when a bare group printed its help (no_args_is_help)
             typer.echo(f"error: {message}", err=True)
         sys.exit(exc.exit_code)
