@@ -21,3 +21,44 @@ class FieldError(ValueError):
     def root(self) -> str:
         """The field without its index: "timesteps[3]" -> "timesteps"."""
         return self.field.split("[", 1)[0]
+
+
+class FileFieldError(FieldError):
+    """Bad content in a file that the input `field` names (a `--policy file:PATH`, a `--model` folder's config.json).
+
+    Its message is "field: FILE: inner: value rule", e.g. "policy: file:/tmp/x.json: timesteps[2]: 1200 is outside
+    [0, 999]", or "field: FILE: rule" for the file as a whole ("model: /m/config.json: is not valid JSON (…)").
+    The CLI maps `field` to the flag as for any FieldError, so an `inner` field is never taken for a flag.
+    """
+
+    _WHOLE = object()
+
+    def __init__(self, field: str, file: str, rule: str, inner: str | None = None, value: Any = _WHOLE) -> None:
+        self.file, self.inner = file, inner
+        shown = "" if value is FileFieldError._WHOLE else (repr(value) if isinstance(value, str) else str(value))
+        if len(shown) > 80:
+            shown = shown[:77] + "…"
+        where = f"{inner}: " if inner else ""
+        message = f"{field}: {file}: {where}{shown}{' ' if shown else ''}{rule}"
+        ValueError.__init__(self, " ".join(message.splitlines()))  # one line, whatever the file held
+        self.field, self.value, self.rule = field, (None if value is FileFieldError._WHOLE else value), rule
+
+
+def validation_parts(exc: Any, fields: Any = ()) -> tuple[str, Any, str]:
+    """(inner field, value, rule) of a pydantic `ValidationError`'s first error, for a `FileFieldError`: the location
+    as "a.b[2]", a validator's `FieldError` by its own field, value and rule. `fields` lists the allowed names for
+    the "is not a field" rule of an extra key. (Duck-typed: this module imports nothing.)"""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    where = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc))
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        parent = where.rsplit(".", 1)[0] + "." if "." in where else ""
+        return parent + cause.field, cause.value, cause.rule
+    if err["type"] == "missing":
+        return where, FileFieldError._WHOLE, "is required"
+    if err["type"] == "extra_forbidden":
+        known = f" (the fields are {', '.join(fields)})" if fields else ""
+        return where, FileFieldError._WHOLE, f"is not a field here{known}"
+    rule = str(err["msg"]).removeprefix("Value error, ")
+    return where, err.get("input"), rule if rule.startswith("is ") else f"— {rule}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ def validate_timesteps(
             raise FieldError(field, tuple(values.shape), "is the shape of a tensor that is not 1-D; "
                              "timesteps must be a flat list")
         items = values.tolist()
+    elif isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise FieldError(field, values, "is not a list of timesteps; timesteps must be a flat list of integers")
     else:
         items = [v.item() if isinstance(v, np.generic) else v for v in values]
     if not items:

@@ -75,6 +75,7 @@ def _tune(options: TuneOptions) -> None:
     from adaptive_sampler.tuning.study import TrialReport, Tuner
 
     settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
+    options.check_outputs()  # every output writable, the storage usable: before the model loads or a trial runs
     loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device)
     store = open_storage(storage)
     tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None, cache_dir=options.cache_dir)

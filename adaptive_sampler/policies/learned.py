@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, FileFieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import interpolate, load_entry
@@ -27,6 +27,10 @@ class Learned:
 
     name: str
 
+    @property
+    def source(self) -> str:
+        return f"learned:{self.name}"
+
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
         return load_entry(self.name, num_steps)
 
@@ -36,17 +40,36 @@ class Learned:
 
 @dataclass(frozen=True)
 class FromFile:
-    """A ScheduleArtifact JSON file; another step count interpolates it."""
+    """A ScheduleArtifact JSON file; another step count interpolates it. Errors in the file name `policy`, the file
+    and the field inside it (`FileFieldError`)."""
 
     path: Path
 
+    @property
+    def source(self) -> str:
+        return f"file:{self.path}"
+
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
-        if not Path(self.path).is_file():
+        if str(self.path) in ("", "."):
+            raise FieldError("policy", "file:", "names no file; use file:PATH (a schedule JSON file)")
+        if not Path(self.path).exists():
             raise FieldError("policy", str(self.path), "is a schedule file that does not exist")
-        artifact = ScheduleArtifact.load(self.path)
+        artifact = ScheduleArtifact.read(self.path, field="policy", shown=self.source)
         if num_steps is not None and num_steps != len(artifact.timesteps):
             return interpolate(artifact, num_steps)
         return artifact
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         return _checked(self.artifact(num_steps), schedule, str(self.path), "schedule file")
+
+
+def check_solver(policy: object, solver: str) -> None:
+    """Refuse to run a schedule file or catalogue entry under another solver than the one it was made for (a list
+    tuned for UniPC is not a good DDIM list): FieldError naming `policy` and both solvers."""
+    if not isinstance(policy, (Learned, FromFile)):
+        return
+    made_for = policy.artifact().solver
+    if made_for != solver:
+        raise FileFieldError("policy", policy.source, f"is the solver this schedule was made for, but this run uses "
+                             f"--solver {solver}; pass --solver {made_for}, or use a schedule made for {solver}",
+                             "solver", made_for)

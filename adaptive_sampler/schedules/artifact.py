@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from adaptive_sampler.atomic_write import atomic_write_bytes
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, FileFieldError, validation_parts
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.timesteps import validate_timesteps
+
+
+def read_json_object(path: str | Path, field: str, shown: str, what: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in file `path`, which input `field` names (shown as `shown`); a missing, unreadable, empty,
+    non-UTF-8 or non-JSON file, or JSON that is not an object, raises a `FileFieldError`."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileFieldError(field, shown, "does not exist") from None
+    except IsADirectoryError:
+        raise FileFieldError(field, shown, f"is a folder, not a file holding {what}") from None
+    except OSError as exc:
+        raise FileFieldError(field, shown, f"cannot be read ({exc.strerror or exc})") from None
+    if not raw.strip():
+        raise FileFieldError(field, shown, f"is empty; it should hold {what} (JSON)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileFieldError(field, shown, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                             f"it should hold {what} (JSON)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FileFieldError(field, shown, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                             f"it should hold {what}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, or deep nesting
+        raise FileFieldError(field, shown, f"is not JSON that can be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise FileFieldError(field, shown, f"holds a JSON {_json_kind(data)}, not {what} (a JSON object)")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class ModelIdentity(BaseModel):
@@ -68,7 +104,21 @@ class ScheduleArtifact(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ScheduleArtifact:
+        """Parse a schedule file (raises pydantic's ValidationError; see `read` for errors that name the file)."""
         return cls.model_validate_json(Path(path).read_text())
+
+    @classmethod
+    def read(cls, path: str | Path, *, field: str = "schedule", shown: str | None = None) -> ScheduleArtifact:
+        """Parse a schedule file given by input `field`; anything wrong with it (missing, unreadable, not UTF-8, not
+        JSON, not an object, a bad field inside) raises a `FileFieldError` naming `field`, the file (as `shown`,
+        default the path) and the field inside it, e.g. "policy: file:x.json: timesteps[2]: 1200 is outside …"."""
+        shown = shown or str(path)
+        data = read_json_object(path, field, shown, what="a schedule artifact")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            inner, value, rule = validation_parts(exc, tuple(cls.model_fields))
+            raise FileFieldError(field, shown, rule, inner, value) from None
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file, and a failed write leaves the old one."""

@@ -57,6 +57,7 @@ def load_entry(name: str, num_steps: int | None = None, root: Path | None = None
     if num_steps is not None and num_steps != int(match["steps"]):
         sibling = root / f"{match['family']}-{num_steps}.json"
         if sibling.exists():
-            return ScheduleArtifact.load(sibling)
-        return interpolate(ScheduleArtifact.load(path), num_steps)
-    return ScheduleArtifact.load(path)
+            return ScheduleArtifact.read(sibling, field="policy", shown=f"learned:{match['family']}-{num_steps} "
+                                         f"({sibling})")
+        return interpolate(ScheduleArtifact.read(path, field="policy", shown=f"learned:{name} ({path})"), num_steps)
+    return ScheduleArtifact.read(path, field="policy", shown=f"learned:{name} ({path})")

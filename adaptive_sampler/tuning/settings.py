@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.tuning.objectives import OBJECTIVES, Objective, get_objective
 
@@ -49,7 +50,8 @@ class TuneSettings(BaseModel):
     dp_trajectories: int = Field(8, ge=1, description="reference trajectories behind the DP cost matrix")
     dp_fine_steps: int = Field(200, ge=2, description="steps of the DP initialiser's reference trajectories")
     batch_size: int = Field(64, gt=0, description="samples per batch")
-    sampler_seed: int | None = Field(None, description="TPE seed (give each worker its own); default random")
+    sampler_seed: int | None = Field(None, ge=0, le=2**32 - 1, description=(
+        "TPE seed in [0, 2^32 - 1] (give each worker its own); default random"))
     pruner_startup_trials: int = Field(5, ge=0, description="trials the median pruner lets finish before pruning")
     study_name: str | None = Field(None, min_length=1, description=(
         "study name; default <model>-<solver>-<objective>-<space>"))
@@ -128,6 +130,21 @@ class TuneOptions(TuneSettings):
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""
         return TuneSettings.model_validate({k: getattr(self, k) for k in TuneSettings.model_fields})
+
+    def check_outputs(self) -> None:
+        """Check, before any model is loaded or trial run, that every place the run writes to can be written: the
+        storage (`check_storage`: scheme, file, no in-memory SQLite), `cache_dir`, and with `export` the export and
+        plots folders. Creates nothing. Raises FieldError naming the field (StorageError for `storage`)."""
+        from adaptive_sampler.tuning.storage import check_storage, unwritable_reason
+
+        check_storage(self.storage)
+        folders: list[tuple[str, Path]] = [("cache_dir", self.cache_dir)]
+        if self.export is not None:
+            folders += [("export", self.export), ("plots", self.plots or Path("runs") / "tune")]
+        for name, folder in folders:
+            reason = unwritable_reason(folder, folder=True)
+            if reason is not None:
+                raise FieldError(name, str(folder), f"{reason}; it must be a folder this run can write to")
 
 
 __all__ = ["TuneOptions", "TuneSettings"]

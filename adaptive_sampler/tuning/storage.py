@@ -1,7 +1,10 @@
 """Where studies live and how workers share them, on Optuna's own pieces.
 
-This module depends on Optuna only (no torch, so not even on `adaptive_sampler.errors`: its errors are ValueErrors
-that start with the field's name), so a worker process can use it cheaply.
+This module depends on Optuna only (no torch), so a worker process can load it cheaply, even as a lone file. So it does
+not import `adaptive_sampler.errors` (importing the package imports torch); its `StorageError` is a ValueError with
+the same `field`, `value` and `rule` and a message that starts with "storage: ", which the CLI maps to --storage.
+`check_storage` checks a value without touching anything (a known scheme; a file that can be written; no in-memory
+SQLite, which workers cannot share), `open_storage` checks, then opens, and reports a file that is not a storage.
 
 Storage (`open_storage`)
     `None` is the journal file `runs/tune.journal`. `journal:PATH`, or a path ending in `.log`, `.journal` or
@@ -77,26 +80,124 @@ class SurplusTrial(Exception):
     """Raised inside a trial that would exceed the requested count (or repeat a warm start); it is not evaluated."""
 
 
-def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
-    """An Optuna storage for `url` (see the module docstring for the accepted forms)."""
+class StorageError(ValueError):
+    """A `--storage` value that cannot be used: `field` ("storage"), `value` (the URL) and `rule`, like the package's
+    `FieldError` (this module does not import it: see the module docstring); its message "storage: 'URL' rule" is
+    what the CLI turns into "--storage: 'URL' rule"."""
+
+    def __init__(self, value: str, rule: str) -> None:
+        self.field, self.value, self.rule = "storage", value, rule
+        super().__init__(" ".join(f"storage: {value!r} {rule}".splitlines()))
+
+
+RDB_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """A checked storage value: a journal file, or an SQLAlchemy URL (with the SQLite file, if it is one)."""
+
+    text: str  # what the user gave
+    journal: Path | None = None
+    url: str | None = None
+    sqlite_file: Path | None = None
+
+
+def unwritable_reason(path: Path, *, folder: bool) -> str | None:
+    """Why `path` (a file, or with `folder` a folder) cannot be written or created, or None if it can. Creates
+    nothing: an existing file is opened for appending, a folder is probed with an anonymous temporary file."""
+    import tempfile
+
+    kind = "folder" if folder else "file"
+    try:
+        if path.exists():
+            if folder != path.is_dir():
+                return f"is a {'file' if folder else 'folder'}, not a {kind}"
+            if not folder:
+                with open(path, "ab"):
+                    return None
+            with tempfile.TemporaryFile(dir=path):
+                return None
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"cannot be created: {parent} is a file, not a folder"
+        with tempfile.TemporaryFile(dir=parent):
+            return None
+    except OSError as exc:
+        return f"cannot be written ({exc.strerror or exc})"
+    except ValueError as exc:  # a NUL byte in the path
+        return f"is not a usable path ({exc})"
+
+
+def check_storage(url: str | Path | None = None) -> StorageTarget:
+    """Check a storage value without opening or creating anything (see the module docstring for the forms): a
+    known scheme, a file path that can be written, no in-memory SQLite (each worker would get its own database).
+    Raises StorageError naming `storage`, the value and the rule."""
     text = str(url) if url is not None else str(DEFAULT_STORAGE)
+    forms = (f"use a journal file (journal:PATH, or a path ending in {', '.join(JOURNAL_SUFFIXES)}), a SQLite file "
+             f"(sqlite:///PATH.db, or a path ending in {', '.join(SQLITE_SUFFIXES)}) or a PostgreSQL / MySQL URL "
+             "(postgresql://user@host/db, mysql+pymysql://…)")
+    if not text.strip():
+        raise StorageError(text, f"is empty; {forms}")
+    if "\x00" in text or any(c in text for c in "\n\r"):
+        raise StorageError(text, "contains a NUL byte or a line break")
     if text.startswith("journal:"):
-        return _journal(Path(text.removeprefix("journal:")))
+        path_text = text.removeprefix("journal:")
+        if not path_text.strip():
+            raise StorageError(text, "names no journal file; use journal:PATH")
+        return StorageTarget(text, journal=_writable(text, Path(path_text)))
     if "://" not in text:
         path = Path(text)
         if path.suffix in JOURNAL_SUFFIXES:
-            return _journal(path)
+            return StorageTarget(text, journal=_writable(text, path))
         if path.suffix not in SQLITE_SUFFIXES:
-            raise ValueError(
-                f"storage: {text!r} is not a storage URL (postgresql://…, sqlite:///…), journal:PATH, a journal file "
-                f"({', '.join(JOURNAL_SUFFIXES)}) or a SQLite file ({', '.join(SQLITE_SUFFIXES)})"
-            )
-        text = f"sqlite:///{path}"
-    sqlite = text.startswith("sqlite")
-    if text.startswith("sqlite:///") and text != "sqlite:///:memory:":
-        Path(text.removeprefix("sqlite:///").split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
-    from sqlalchemy.exc import IntegrityError, OperationalError
+            raise StorageError(text, f"is not a storage URL, journal:PATH or a storage file; {forms}")
+        return StorageTarget(text, url=f"sqlite:///{path}", sqlite_file=_writable(text, path))
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(text)
+        backend = parsed.get_backend_name()
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise StorageError(text, f"is not a valid database URL ({exc}); {forms}") from None
+    if backend == "postgres":
+        raise StorageError(text, "uses the scheme postgres://, which SQLAlchemy does not know; write postgresql://")
+    if backend not in RDB_BACKENDS:
+        raise StorageError(text, f"has the scheme {parsed.drivername!r}, which is not a storage Optuna can share "
+                           f"between workers; {forms}")
+    if backend != "sqlite":  # a server: reachable or not is found out on opening
+        return StorageTarget(text, url=text)
+    database = parsed.database or ""
+    if (not database or database == ":memory:" or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory"):
+        raise StorageError(text, "is an in-memory SQLite database: every worker (and every re-run) would get its "
+                           "own, empty one; use sqlite:///FILE.db or a journal file")
+    return StorageTarget(text, url=text, sqlite_file=_writable(text, Path(database)))
+
+
+def _writable(text: str, path: Path) -> Path:
+    reason = unwritable_reason(path, folder=False)
+    if reason is not None:
+        raise StorageError(text, f"names the file {path}, which {reason}")
+    return path
+
+
+def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+                 grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
+    """An Optuna storage for `url` (see the module docstring for the accepted forms), checked first
+    (`check_storage`); a file that is not a storage (a corrupt database or journal), an unreachable server or a
+    missing database driver raises StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback."""
+    target = check_storage(url)
+    if target.journal is not None:
+        return _journal(target.text, target.journal)
+    text = target.url or ""
+    sqlite = target.sqlite_file is not None
+    if target.sqlite_file is not None:
+        target.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
     for attempt in range(5):
         try:
@@ -108,19 +209,27 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             break
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError) as exc:
             # Workers opening a new database at once race to create Optuna's tables and stamp their version
             # ("UNIQUE constraint failed: alembic_version"; seen in the two-worker test): the loser retries.
             if attempt == 4:
-                raise
+                raise StorageError(target.text, f"cannot be opened ({_first_line(exc)})") from None
             time.sleep(0.2 * (attempt + 1))
         except (ImportError, ValueError) as exc:
-            raise ValueError(f"storage: {text!r} cannot be opened as an Optuna RDB storage: {exc}") from None
+            raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {_first_line(exc)}") from None
+        except (SQLAlchemyError, RuntimeError) as exc:  # not a database ("file is not a database"), old schema
+            raise StorageError(target.text, f"cannot be opened as an Optuna storage ({_first_line(exc)})") from None
     if sqlite:
         from sqlalchemy import event
 
         event.listen(storage.engine, "begin", _begin_immediate)
     return storage
+
+
+def _first_line(exc: BaseException) -> str:
+    line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    line = line.split(" [SQL:", 1)[0]
+    return line if len(line) <= 300 else line[:297] + "…"
 
 
 def _begin_immediate(connection: Any) -> None:
@@ -135,9 +244,16 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _journal(path: Path) -> JournalStorage:
+def _journal(text: str, path: Path) -> JournalStorage:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:  # lines that are not Optuna's log
+        raise StorageError(text, f"names the file {path}, which is not an Optuna journal "
+                           f"({type(exc).__name__}: {_first_line(exc)})") from None
+    except OSError as exc:
+        raise StorageError(text, f"names the file {path}, which cannot be used ({exc.strerror or exc})") \
+            from None
 
 
 @dataclass(frozen=True)
