@@ -3,6 +3,7 @@ wrapper) in-process and, for a few, through the installed console script in a su
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -240,12 +241,42 @@ def test_the_catalogue_group_has_one_name(monkeypatch, capsys):
 
 def test_the_library_does_not_import_the_cli():
     """No import cycle: the library (tuning included) never imports the CLI package."""
-    code = ("import sys, adaptive_sampler.tuning, adaptive_sampler.sampler, adaptive_sampler.monitors; "
+    code = ("import sys, adaptive_sampler.tuning.study, adaptive_sampler.tuning.export, adaptive_sampler.sampler, "
+            "adaptive_sampler.monitors, adaptive_sampler.distributed; "
             "print(sorted(m for m in sys.modules if m.startswith('adaptive_sampler.cli')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sample", "--help"], ["tune", "--help"], ["schedules", "list"]])
+def test_help_and_the_catalogue_list_import_no_torch(args):
+    """The CLI answers --help and `schedules list` without torch, diffusers or optuna (they cost seconds)."""
+    code = ("import sys\nfrom adaptive_sampler.cli import main\nsys.argv = ['adaptive-sampler', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'optuna') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("package", ["adaptive_sampler", "adaptive_sampler.tuning"])
+def test_every_lazily_exported_name_resolves(package):
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(module._EXPORTS)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        module.nope  # noqa: B018
+
+
+def test_the_names_the_help_lists_are_the_registries():
+    from adaptive_sampler.cli.common import POLICY_NAMES, SOLVER_NAMES
+    from adaptive_sampler.policies import POLICY_NAMES as REGISTERED_POLICIES
+    from adaptive_sampler.solvers import SOLVERS
+
+    assert POLICY_NAMES == REGISTERED_POLICIES and SOLVER_NAMES == tuple(SOLVERS)
 
 
 # ---------------------------------------------------------------- the installed console script

@@ -17,12 +17,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from adaptive_sampler.atomic_write import AtomicWriteError, atomic_write_files
 from adaptive_sampler.errors import FieldError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["IMAGE_FORMATS", "OutputPaths", "grid_bytes", "npy_bytes"]
 

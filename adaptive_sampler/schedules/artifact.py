@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.errors import FieldError, FileFieldError, validation_parts
-from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.timesteps import validate_timesteps
+from adaptive_sampler.timesteps import check_timesteps
+
+if TYPE_CHECKING:
+    from adaptive_sampler.noise_schedule import NoiseSchedule
 
 
 def read_json_object(path: str | Path, field: str, shown: str, what: str = "a JSON object") -> dict[str, Any]:
@@ -70,6 +72,8 @@ class NoiseScheduleSpec(BaseModel):
     rescale_betas_zero_snr: bool = False
 
     def noise_schedule(self) -> NoiseSchedule:
+        from adaptive_sampler.noise_schedule import NoiseSchedule  # torch and diffusers: only for the σ exports
+
         return NoiseSchedule.from_config(self.model_dump())
 
 
@@ -100,7 +104,7 @@ class ScheduleArtifact(BaseModel):
         total = info.data.get("num_train_timesteps")
         if total is None:  # num_train_timesteps itself failed; pydantic reports that error
             return value
-        return validate_timesteps(value, total).tolist()
+        return check_timesteps(value, total)
 
     @classmethod
     def load(cls, path: str | Path) -> ScheduleArtifact:

@@ -9,49 +9,26 @@ held-out seeds, as catalogue files with plots. The `adaptive-sampler tune` comma
 (`adaptive_sampler/cli/tune.py`); this package is only the library.
 """
 
-from adaptive_sampler.tuning.dp_init import CostMatrix, DPPath, best_paths, build_cost_matrix
-from adaptive_sampler.tuning.export import (
-    ExportResult,
-    HeldoutScore,
-    export_best,
-    plot_pareto,
-    plot_timesteps,
-    schedule_path,
-)
-from adaptive_sampler.tuning.objectives import (
-    OBJECTIVES,
-    Evaluation,
-    Objective,
-    ScheduleEvaluator,
-    Score,
-    SeedSet,
-    get_objective,
-    register_objective,
-)
-from adaptive_sampler.tuning.search_space import (
-    SPACES,
-    FreeSpace,
-    KarrasSpace,
-    LogSNRSpace,
-    PowerSpace,
-    SearchSpace,
-    make_space,
-    suggest_timesteps,
-)
-from adaptive_sampler.tuning.settings import TuneOptions, TuneSettings
-from adaptive_sampler.tuning.storage import (
-    OpenedStudy,
-    TrialsKeepFailing,
-    WarmStart,
-    WorkerSummary,
-    enqueue_warm_starts,
-    fail_running_trials,
-    open_storage,
-    open_study,
-    run_trials,
-)
-from adaptive_sampler.tuning.study import BudgetBest, TrialReport, Tuner, TuneRun
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from adaptive_sampler._lazy import lazy_exports
+
+# public name -> the module of this package that defines it; imported on first use (the CLI's --help needs none)
+_EXPORTS = {
+    "BudgetBest": "study", "CostMatrix": "dp_init", "DPPath": "dp_init", "Evaluation": "objectives",
+    "ExportResult": "export", "FreeSpace": "search_space", "HeldoutScore": "export", "KarrasSpace": "search_space",
+    "LogSNRSpace": "search_space", "OBJECTIVES": "objectives", "Objective": "objectives", "OpenedStudy": "storage",
+    "PowerSpace": "search_space", "SPACES": "search_space", "ScheduleEvaluator": "objectives", "Score": "objectives",
+    "SearchSpace": "search_space", "SeedSet": "objectives", "TrialReport": "study", "TrialsKeepFailing": "storage",
+    "TuneOptions": "settings", "TuneRun": "study", "TuneSettings": "settings", "Tuner": "study",
+    "WarmStart": "storage", "WorkerSummary": "storage", "best_paths": "dp_init", "build_cost_matrix": "dp_init",
+    "enqueue_warm_starts": "storage", "export_best": "export", "fail_running_trials": "storage",
+    "get_objective": "objectives", "make_space": "search_space", "open_storage": "storage", "open_study": "storage",
+    "plot_pareto": "export", "plot_timesteps": "export", "register_objective": "objectives", "run_trials": "storage",
+    "schedule_path": "export", "suggest_timesteps": "search_space",
+}
 __all__ = [
     "OBJECTIVES", "SPACES", "BudgetBest", "CostMatrix", "DPPath", "Evaluation", "ExportResult", "FreeSpace",
     "HeldoutScore", "KarrasSpace", "LogSNRSpace", "Objective", "OpenedStudy", "PowerSpace", "ScheduleEvaluator",
@@ -60,3 +37,49 @@ __all__ = [
     "fail_running_trials", "get_objective", "make_space", "open_storage", "open_study", "plot_pareto",
     "plot_timesteps", "register_objective", "run_trials", "schedule_path", "suggest_timesteps",
 ]
+
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from adaptive_sampler.tuning.dp_init import CostMatrix, DPPath, best_paths, build_cost_matrix
+    from adaptive_sampler.tuning.export import (
+        ExportResult,
+        HeldoutScore,
+        export_best,
+        plot_pareto,
+        plot_timesteps,
+        schedule_path,
+    )
+    from adaptive_sampler.tuning.objectives import (
+        OBJECTIVES,
+        Evaluation,
+        Objective,
+        ScheduleEvaluator,
+        Score,
+        SeedSet,
+        get_objective,
+        register_objective,
+    )
+    from adaptive_sampler.tuning.search_space import (
+        SPACES,
+        FreeSpace,
+        KarrasSpace,
+        LogSNRSpace,
+        PowerSpace,
+        SearchSpace,
+        make_space,
+        suggest_timesteps,
+    )
+    from adaptive_sampler.tuning.settings import TuneOptions, TuneSettings
+    from adaptive_sampler.tuning.storage import (
+        OpenedStudy,
+        TrialsKeepFailing,
+        WarmStart,
+        WorkerSummary,
+        enqueue_warm_starts,
+        fail_running_trials,
+        open_storage,
+        open_study,
+        run_trials,
+    )
+    from adaptive_sampler.tuning.study import BudgetBest, TrialReport, Tuner, TuneRun

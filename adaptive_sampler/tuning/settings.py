@@ -9,13 +9,14 @@ is created, and refuses to resume under different `STUDY_KEYS` (see `Tuner`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.solvers import make_solver
-from adaptive_sampler.tuning.objectives import OBJECTIVES, Objective, get_objective
+
+if TYPE_CHECKING:
+    from adaptive_sampler.tuning.objectives import Objective
 
 
 class TuneSettings(BaseModel):
@@ -79,6 +80,8 @@ class TuneSettings(BaseModel):
     @field_validator("objective")
     @classmethod
     def _registered_objective(cls, value: str) -> str:
+        from adaptive_sampler.tuning.objectives import OBJECTIVES  # torch: only when a tune runs, not for --help
+
         if value not in OBJECTIVES:
             raise ValueError(f"is not a registered objective; the objectives are {', '.join(OBJECTIVES)}")
         return value
@@ -86,12 +89,16 @@ class TuneSettings(BaseModel):
     @field_validator("solver")
     @classmethod
     def _valid_solver(cls, value: str) -> str:
+        from adaptive_sampler.solvers import make_solver
+
         make_solver(value)
         return value
 
     @property
     def scorer(self) -> Objective:
         """The registered objective these settings name."""
+        from adaptive_sampler.tuning.objectives import get_objective
+
         return get_objective(self.objective)
 
     @property
