@@ -1,17 +1,18 @@
 """The one sampling loop: every active row carries its own t and next t; a planner, a solver and a monitor plug in.
 
 Each iteration evaluates the network once on every active row at its own t. The planner accepts or rejects each
-row's step and picks its next timestep; a monitor may end a row (it is sent to t_prev = -1, where ᾱ = 1 and the
-step returns x̂0). Accepted points become the rows' anchors; the solver steps from the anchor, so a rejected
-evaluation costs NFE but leaves no trace in the sample. Rows that reach -1 leave the batch, and every per-row
-tensor (solver history, planner memory, monitor state) is compacted with them.
+row's step and picks its next timestep; a monitor may end a row and may steer its next step, both through the
+planner: with `finish="x0"` an ended row is sent to t_prev = -1 (ᾱ = 1, the step returns x̂0), with a tail finish
+(`FinishingPlan`) it walks a short tail to t = 0 first. Accepted points become the rows' anchors; the solver
+steps from the anchor, so a rejected evaluation costs NFE but leaves no trace in the sample. Rows that reach -1
+leave the batch, and every per-row tensor (solver history, planner memory, monitor state) is compacted with them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,13 +20,23 @@ from tqdm.auto import tqdm
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
-from adaptive_sampler.planner import Planner, StaticPlan, StepObservation
+from adaptive_sampler.planner import (
+    Finish,
+    FinishingPlan,
+    Planner,
+    StaticPlan,
+    Steerable,
+    StepObservation,
+    parse_finish,
+    steering_error,
+)
 from adaptive_sampler.seeding import draw_noise, sample_generator
 from adaptive_sampler.solvers import DDIM, Point, Solver, SolverState
 from adaptive_sampler.step_info import StepInfo
 
-# A monitor sees every step. It returns a MonitorDecision (its `done` is used), a bool tensor over the active rows
-# marking the samples that are done, True to end every active sample now, or None/False to go on. If it has
+# A monitor sees every step. It returns a MonitorDecision (its `done`, and its optional `step_factor` and `no_tail`
+# are used), a bool tensor over the active rows marking the samples that are done, True to end every active sample
+# now, or None/False to go on. If it has
 # `reset()`, that runs at the start of every batch; if it has `keep(rows)`, that runs whenever rows leave the batch.
 StepMonitor = Callable[[StepInfo], object]
 
@@ -37,6 +48,7 @@ class SamplingOptions(BaseModel):
     n: int = Field(gt=0)
     batch_size: int = Field(64, gt=0)
     seed: int = Field(0, ge=0)
+    start: int = Field(0, ge=0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
     trace: bool = False
 
@@ -110,6 +122,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
     active, active_host = torch.arange(rows, device=device), torch.arange(rows)
     cond = conditioning.select(indices) if conditioning is not None else None
     t, memory = planner.start(rows, schedule, device)
+    tails = planner if isinstance(planner, FinishingPlan) else None
     anchor: Point | None = None
     state = SolverState()
     log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, t, accepted) per evaluation
@@ -125,18 +138,33 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         new_bad = bad & (first_bad[active] < 0)
         first_bad[active] = torch.where(new_bad, step, first_bad[active])
         bad_t[active] = torch.where(new_bad, t, bad_t[active])
-        decision = planner.decide(StepObservation(t, pred.x0, None if anchor is None else anchor.t,
-                                                  None if anchor is None else anchor.x0, memory), schedule)
+        observation = StepObservation(t, pred.x0, None if anchor is None else anchor.t,
+                                      None if anchor is None else anchor.x0, memory)
+        finishing = tails.finishing(memory) if tails is not None else None
+        decision = planner.decide(observation, schedule)
         accept, t_next = decision.accept.to(device), decision.t_next.to(device)
         if anchor is None:
             accept = torch.ones_like(accept)
         if monitor is not None or trace is not None:
-            info = StepInfo(step, t, t_next, x, pred.x0, pred.eps, indices[active_host])
+            info = StepInfo(step, t, t_next, x, pred.x0, pred.eps, indices[active_host], finishing)
             if trace is not None:
                 trace.append(StepInfo(step, t.cpu(), t_next.cpu(), x.cpu(), pred.x0.cpu(), pred.eps.cpu(),
-                                      info.sample_indices))
-            done = _done_mask(monitor(info), len(t), device) if monitor is not None else None
-            if done is not None:
+                                      info.sample_indices, None if finishing is None else finishing.cpu()))
+            verdict = monitor(info) if monitor is not None else None
+            done = _done_mask(verdict, len(t), device) if monitor is not None else None
+            factor = getattr(verdict, "step_factor", None)
+            if factor is not None:  # the monitor steers: the planner scales the rows' next steps
+                if not isinstance(planner, Steerable):
+                    raise steering_error(planner)
+                decision = planner.steer(observation, replace(decision, accept=accept, t_next=t_next),
+                                         factor.to(device), schedule)
+                t_next = decision.t_next.to(device)
+            if done is not None and tails is not None:  # done rows start their tail (see Finish)
+                no_tail = getattr(verdict, "no_tail", None)
+                decision = tails.finish(done, t, replace(decision, accept=accept, t_next=t_next),
+                                        None if no_tail is None else no_tail.to(device), schedule)
+                accept, t_next = decision.accept, decision.t_next
+            elif done is not None:
                 accept, t_next = accept | done, torch.where(done, -1, t_next)
         if fixed_length is None:
             # a row with a non-finite output ends now: a planner could otherwise retry it forever
@@ -202,27 +230,38 @@ def sample(
     conditioning: Conditioning | None = None,
     trace: bool = False,
     progress: bool = False,
+    start: int = 0,
+    finish: str | Finish | None = None,
 ) -> SampleResult:
     """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021).
 
     `plan` is an explicit timestep list (each consecutive pair is one step, the last goes to t_prev = -1 and
     returns x̂0) or a `Planner` that picks each sample's steps while sampling (e.g. `StepSizeControl`). A
-    `monitor` may end samples early (see `StepMonitor`). Sample i draws its initial noise, then one η-noise per
-    step, from its own generator seeded by (seed, i), so with the model's fixed `network_rows` it is bitwise
-    identical on CPU whatever the batch size or composition. Raises NonFiniteOutputError (keeping the finished
-    batches) if the model outputs NaN or Inf.
+    `monitor` may end samples early (see `StepMonitor`) and steer their step size (`MonitorDecision.step_factor`,
+    for planners with a step size: `StepSizeControl`, `SteeredPlan`). `finish` says how an ended sample finishes
+    (`Finish`: `"x0"` returns x̂0 of that evaluation, `"tail:K[:logsnr|t]"` takes K more steps to t = 0 with the
+    run's solver, counted in NFE; None = `planner.DEFAULT_FINISH`). Sample i draws its initial noise, then one
+    η-noise per step, from its own generator seeded by (seed, i), so with the model's fixed `network_rows` it is
+    bitwise identical on CPU whatever the batch size or composition. `start` makes the run samples start … start + n - 1
+    of a larger one (a shard, see `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor
+    indices are the global ones. Raises NonFiniteOutputError (keeping the finished batches) if the model outputs
+    NaN or Inf.
     """
-    options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, eta=eta, trace=trace)
+    options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, start=start, eta=eta, trace=trace)
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
+    finish_mode = parse_finish(finish)
+    if monitor is not None and finish_mode.mode == "tail":
+        planner = FinishingPlan(planner, finish_mode)
     solver = solver or DDIM()
     if options.eta > 0 and not solver.supports_eta:
         raise FieldError("eta", options.eta, f"needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
     steps_trace: list[StepInfo] | None = [] if options.trace else None
     batches: list[_Batch] = []
     start_time = time.perf_counter()
-    starts = range(0, options.n, options.batch_size)
-    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
-        indices = torch.arange(start, min(start + options.batch_size, options.n))
+    stop = options.start + options.n
+    for first in tqdm(range(options.start, stop, options.batch_size), desc="sampling", unit="batch",
+                      disable=not progress):
+        indices = torch.arange(first, min(first + options.batch_size, stop))
         batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace)
         bad_rows = (batch.first_bad >= 0).nonzero().flatten()
         if len(bad_rows):

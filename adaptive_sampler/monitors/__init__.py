@@ -3,7 +3,9 @@
     monitor = monitor_from_spec("x0-l2:0.01,patience=2|max-nfe:40")
     result = sample(adapter, timesteps, shape, n, monitor=monitor)
 
-A sample a monitor marks done returns x̂0 of that step (its NFE is step + 1) and leaves the network batch.
+A sample a monitor marks done finishes with a short solver tail to t = 0 (`sample(..., finish="tail:K")`, counted
+in NFE) or returns x̂0 of that step (`finish="x0"`, NFE = step + 1), and leaves the network batch. A steering
+monitor (`SteeringChange`, `steer-x0-l2:LOW:HIGH`) doubles or halves a sample's next step instead.
 Thresholds do not transfer between models or step counts: calibrate them with `monitors.calibrate_threshold`.
 """
 
@@ -16,7 +18,7 @@ from adaptive_sampler.monitors.calibration import (
     calibrate_threshold,
     record_x0_trace,
 )
-from adaptive_sampler.monitors.change import ChangeMonitor
+from adaptive_sampler.monitors.change import ChangeMonitor, SteeringChange
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.distances import (
     DISTANCES,
@@ -73,6 +75,7 @@ __all__ = [
     "RelativeL2",
     "RowState",
     "Sharpness",
+    "SteeringChange",
     "ThresholdMonitor",
     "X0Trace",
     "backbone_weights_path",

@@ -33,11 +33,15 @@ class MonitorDecision:
     """A monitor's verdict on the active rows of one step.
 
     `done` [rows] bool: the samples that may stop at this step. `score` [rows] (or [rows, m] for a composite of m
-    monitors) float: the value the rule judged, NaN on rows that were not checked at this step.
+    monitors) float: the value the rule judged, NaN on rows that were not checked at this step. `step_factor`
+    [rows] float (optional, steering monitors): the planner multiplies each row's next step by it (1 = as planned).
+    `no_tail` [rows] bool (optional, budgets): done rows that finish with x̂0 now even under a tail finish.
     """
 
     done: torch.Tensor
     score: torch.Tensor
+    step_factor: torch.Tensor | None = None
+    no_tail: torch.Tensor | None = None
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Monitor(ABC):
 
     name: ClassVar[str] = "monitor"
     calibratable: ClassVar[bool] = False  # can its threshold be simulated offline from an x̂0 trace?
+    steers: ClassVar[bool] = False  # a steering monitor: it returns a step_factor and never ends a row
 
     @abstractmethod
     def __call__(self, info: StepInfo) -> MonitorDecision:
@@ -86,6 +91,8 @@ class Guardrails(BaseModel):
     min_steps: a sample is checked only once it has taken at least this many network evaluations (NFE = step + 1).
     min_t, max_t: a sample is checked only at steps whose t lies in [min_t, max_t] (None = unbounded); `max_t` is
         the usual warm-up in noise level ("not before t <= 600").
+    A sample walking its finishing tail (`StepInfo.finishing`) is not checked (it is done), except by budgets,
+    which cut the tail at their cap.
     patience: the monitor fires after this many consecutive satisfied checks.
     every: checks happen only after every k-th network evaluation (NFE % every == 0); between checks the monitor
         keeps its per-row history (cheap) but computes no score (the costly part).
@@ -104,8 +111,9 @@ class Guardrails(BaseModel):
             raise ValueError(f"min_t {self.min_t} is above max_t {self.max_t}; the t window [min_t, max_t] is empty")
         return self
 
-    def in_window(self, info: StepInfo) -> torch.Tensor:
-        """Rows of `info` that this step may check: warm-up and t window passed, and a check step."""
+    def in_window(self, info: StepInfo, finishing_too: bool = False) -> torch.Tensor:
+        """Rows of `info` that this step may check: warm-up and t window passed, a check step, and not finishing
+        (unless `finishing_too`)."""
         device = info.x0.device
         check = (info.step + 1) % self.every == 0 and info.step + 1 >= self.min_steps
         ok = torch.full((len(info.sample_indices),), check, dtype=torch.bool, device=device)
@@ -114,6 +122,8 @@ class Guardrails(BaseModel):
             ok &= t <= self.max_t
         if self.min_t is not None:
             ok &= t >= self.min_t
+        if info.finishing is not None and not finishing_too:
+            ok &= ~info.finishing.to(device)
         return ok
 
 
@@ -132,6 +142,9 @@ class ThresholdMonitor(Monitor):
 
     fires_above: ClassVar[bool] = False  # rule: score >= threshold (budgets) instead of score <= threshold
     calibratable: ClassVar[bool] = True
+    # False (budgets): a row it ends returns x̂0 now, whatever the run's finish, and it also judges finishing rows
+    # (a cap cuts a tail)
+    takes_tail: ClassVar[bool] = True
 
     def __init__(self, threshold: float, *, guardrails: Guardrails | None = None, **guardrail_fields: int | None):
         if guardrails is not None and guardrail_fields:
@@ -186,7 +199,7 @@ class ThresholdMonitor(Monitor):
         if info.step == 0:
             self.reset()
         self.state.check_rows(info, type(self).__name__)
-        window = self.guardrails.in_window(info)
+        window = self.guardrails.in_window(info, finishing_too=not self.takes_tail)
         rows = len(info.sample_indices)
         checked_step = bool(window.any())
         if checked_step:
@@ -205,7 +218,8 @@ class ThresholdMonitor(Monitor):
             streak = torch.zeros(len(score), dtype=torch.int64, device=score.device)
         streak = advance_streak(streak, self.rule(score, self.threshold) & checked, checked)
         self.state.tensors["streak"] = streak
-        return MonitorDecision(done=streak >= self.guardrails.patience, score=score)
+        done = streak >= self.guardrails.patience
+        return MonitorDecision(done=done, score=score, no_tail=None if self.takes_tail else done)
 
     # ------------------------------------------------------------------------------------ offline (calibration)
     def replay_scores(self, steps: Sequence[StepInfo], n: int, num_steps: int) -> torch.Tensor:

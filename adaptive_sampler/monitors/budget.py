@@ -24,6 +24,7 @@ class MaxNFE(ThresholdMonitor):
 
     name = "max-nfe"
     fires_above = True
+    takes_tail = False  # a cap on evaluations: no tail after it
 
     def validate_threshold(self, threshold: float) -> None:
         if threshold < 1 or threshold != int(threshold):
@@ -46,6 +47,7 @@ class Deadline(ThresholdMonitor):
     name = "deadline"
     fires_above = True
     calibratable = False
+    takes_tail = False  # the time is up: no tail after it
     _start: float | None = None  # host clock at the batch's step 0, where all its samples start
 
     def validate_threshold(self, threshold: float) -> None:

@@ -4,6 +4,8 @@ The score compares x̂0 of this evaluation with x̂0 of the row's previous evalu
 earlier, also when `every` > 1, so a threshold means the same whatever the check interval). A batch's first step
 has no previous x̂0 and so no score. A summary of x̂0 computed at a check is kept for the next step, so with
 `every` = 1 each x̂0 is summarised once; both are per-row tensors that compact with the batch.
+
+`SteeringChange` is the same score used to steer: it doubles or halves a sample's next step instead of ending it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.monitors.base import Guardrails, ThresholdMonitor
+from adaptive_sampler.monitors.base import Guardrails, MonitorDecision, ThresholdMonitor
 from adaptive_sampler.monitors.distances import Distance, make_distance
 from adaptive_sampler.step_info import StepInfo
 
@@ -63,3 +65,48 @@ class ChangeMonitor(ThresholdMonitor):
             tensors["summary"] = current
         else:
             tensors.pop("summary", None)
+
+
+class SteeringChange(ChangeMonitor):
+    """Steers each sample's next step by how much its x̂0 changed: ×`grow` (2) when the change is below `low`,
+    ×`shrink` (0.5) when it is above `high`, unchanged in between and where there is no score (the first step,
+    outside the guardrails' window, a finishing sample). It never ends a sample (`done` is all False), so it
+    composes with an ending monitor (`x0-l2:0.02|steer-x0-l2:0.005:0.05`) and with a planner that has a step size:
+    `SteeredPlan` (a uniform-in-λ start the monitor doubles or halves) or `StepSizeControl` (the factor multiplies
+    the controller's next step). Spec: `steer-NAME:LOW:HIGH[,KEY=VALUE...]`, NAME a change monitor (x0-l2, ssim, …).
+    """
+
+    steers = True
+    calibratable = False
+
+    def __init__(self, distance: str | Distance, low: float, high: float, *, grow: float = 2.0,
+                 shrink: float = 0.5, distance_options: dict[str, Any] | None = None,
+                 guardrails: Guardrails | None = None, **guardrail_fields: int | None):
+        super().__init__(distance, low, distance_options=distance_options, guardrails=guardrails,
+                         **guardrail_fields)
+        self.high = self._check_threshold(high)
+        if self.high < self.threshold:
+            raise FieldError("high", high, f"is below low {self.threshold}; steering needs low <= high")
+        if not grow > 1:
+            raise FieldError("grow", grow, "is not above 1; it is the factor of a step after a small change")
+        if not 0 < shrink < 1:
+            raise FieldError("shrink", shrink, "is not in (0, 1); it is the factor of a step after a large change")
+        self.grow, self.shrink = float(grow), float(shrink)
+
+    @property
+    def low(self) -> float:
+        return self.threshold
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "steer-" + super().name
+
+    def __call__(self, info: StepInfo) -> MonitorDecision:
+        score = self._evaluate(info)
+        factor = torch.where(score < self.low, self.grow, torch.where(score > self.high, self.shrink, 1.0))
+        return MonitorDecision(done=torch.zeros(len(score), dtype=torch.bool, device=score.device), score=score,
+                               step_factor=factor.to(torch.float64))
+
+    def spec(self) -> str:
+        options = [f"{k}={v}" for k, v in self.guardrails.model_dump(exclude_defaults=True).items()]
+        return ",".join([f"{self.name}:{self.low!r}:{self.high!r}", *options])

@@ -1,5 +1,8 @@
 """Monitors made of monitors: `AnyOf` is done when any child is done, `AllOf` when all are done at the same step.
 
+Steering children (`Monitor.steers`, e.g. `SteeringChange`) never end a row and take no part in that vote; their
+step factors multiply. A row ended by a budget child (`no_tail`) finishes with x̂0 even under a tail finish.
+
 Every child sees every step and keeps its own state and guardrails; a composite has no threshold of its own. It
 records which child stopped each sample early (`stopped_by`), without a host sync per step: the per-step verdicts
 are kept as tensors and turned into the dict when it is read (and at each batch start).
@@ -29,15 +32,30 @@ class _Composite(Monitor):
         self._pending: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
 
     def __call__(self, info: StepInfo) -> MonitorDecision:
+        device = info.x0.device
         decisions = [m(info) for m in self.monitors]
-        done = torch.stack([d.done.to(info.x0.device) for d in decisions], dim=1)
-        combined = done.all(1) if self.combine_all else done.any(1)
-        score = torch.cat([d.score.reshape(len(d.done), -1).to(info.x0.device) for d in decisions], dim=1)
-        # stopped early: done at a step that did not end the chain anyway
+        done = torch.stack([d.done.to(device) for d in decisions], dim=1)
+        enders = [i for i, m in enumerate(self.monitors) if not m.steers]
+        if not enders:
+            combined = torch.zeros(len(done), dtype=torch.bool, device=device)
+        elif self.combine_all:
+            combined = done[:, enders].all(1) if len(enders) < len(self.monitors) else done.all(1)
+        else:
+            combined = done.any(1)
+        score = torch.cat([d.score.reshape(len(d.done), -1).to(device) for d in decisions], dim=1)
+        # stopped early: done at a step that did not end the chain anyway (and not while walking a finishing tail)
         early = combined & (info.t_prev.to(combined.device) >= 0)
+        if info.finishing is not None:
+            early &= ~info.finishing.to(device)
         child = torch.where(early, done.int().argmax(1), -1)  # AnyOf: the first child that fired
         self._pending.append((info.sample_indices, child, info.step == 0))
-        return MonitorDecision(done=combined, score=score)
+        factors = [d.step_factor.to(device) for d in decisions if d.step_factor is not None]
+        factor = None
+        for f in factors:
+            factor = f if factor is None else factor * f
+        no_tails = [d.no_tail.to(device) for d in decisions if d.no_tail is not None]
+        no_tail = torch.stack(no_tails, 1).any(1) & combined if no_tails else None
+        return MonitorDecision(done=combined, score=score, step_factor=factor, no_tail=no_tail)
 
     @property
     def stopped_by(self) -> dict[int, str]:

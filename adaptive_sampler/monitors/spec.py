@@ -1,7 +1,9 @@
 """Monitors from strings (`x0-l2:0.01`, `sharpness,patience=2`, `ssim:0.002|max-nfe:30`) and calibrated defaults.
 
 Grammar: SPEC := TERM ('|' TERM)* for AnyOf, or TERM ('&' TERM)* for AllOf (not mixed); TERM := NAME[:THRESHOLD]
-(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every). Without a threshold a
+(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every). A steering term is
+`steer-NAME:LOW:HIGH` (NAME a change monitor, e.g. `steer-x0-l2:0.005:0.05`, a `SteeringChange`): it doubles a
+sample's next step when the change is below LOW and halves it above HIGH, and never ends a sample. Without a threshold a
 quality monitor takes the default calibrated for the model and the step count (`calibrated_defaults.json` next to
 this file, written by `experiments/bench_early_exit.py --write-defaults` via `monitors.calibration`), with the
 guardrails it was calibrated under; budgets (`max-nfe`, `deadline`) always need their number.
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.monitors.base import Guardrails, Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
-from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor
+from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor, SteeringChange
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.distances import DISTANCES
 
@@ -27,13 +29,15 @@ from adaptive_sampler.monitors.distances import DISTANCES
 CHANGE_DISTANCES = {SPEC_NAMES.get(d, d): d for d in DISTANCES}
 # spec name -> the class that builds it
 MONITORS: dict[str, type[ThresholdMonitor]] = {**{name: ChangeMonitor for name in CHANGE_DISTANCES},
-                                               "max-nfe": MaxNFE, "deadline": Deadline}
+                                               "max-nfe": MaxNFE, "deadline": Deadline,
+                                               **{f"steer-{name}": SteeringChange for name in CHANGE_DISTANCES}}
 MONITOR_NAMES = tuple(MONITORS)
 BUDGET_NAMES = ("max-nfe", "deadline")
 DEFAULTS_PATH = Path(__file__).resolve().parent / "calibrated_defaults.json"
 DEFAULTS_FORMAT = "adaptive_sampler.calibrated_defaults/1"
 _RULE = ("NAME[:THRESHOLD][,KEY=VALUE...] with NAME one of " + ", ".join(MONITOR_NAMES) +
-         ", THRESHOLD a number >= 0 (max-nfe: a positive integer; deadline: seconds > 0), KEY one of "
+         ", THRESHOLD a number >= 0 (max-nfe: a positive integer; deadline: seconds > 0; steer-NAME: LOW:HIGH), "
+         "KEY one of "
          + ", ".join(Guardrails.model_fields))
 
 
@@ -107,6 +111,17 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
     except ValidationError as e:
         raise FieldError("monitor", term, f"has bad guardrails: {e}") from e
     cls = MONITORS[name]
+    if cls is SteeringChange:
+        low_text, colon, high_text = threshold_text.partition(":")
+        if not colon:
+            raise FieldError("monitor", term, "is a steering monitor and needs LOW:HIGH, e.g. "
+                             f"{name}:0.005:0.05; write {_RULE}")
+        low, high = _number(low_text.strip(), term, "low"), _number(high_text.strip(), term, "high")
+        try:
+            return SteeringChange(CHANGE_DISTANCES[name.removeprefix("steer-")], low, high,
+                                  distance_options=kwargs.get(name.removeprefix("steer-")), guardrails=guardrails)
+        except ValueError as e:
+            raise FieldError("monitor", term, f"is refused: {e}; write {_RULE}") from e
     if sep:
         threshold = _number(threshold_text.strip(), term, "threshold")
     elif name in BUDGET_NAMES:

@@ -10,6 +10,10 @@ The error estimate is the one embedded in DPM-Solver++ (Lu et al. 2022, arXiv:22
 x̂0 linear in λ over the step, is α_t · φ(h) · (x̂0(t) − x̂0(s)) with φ(h) = (h − 1 + e^(−h)) / h ≈ h / 2. It costs no
 extra network call: x̂0(t) is the evaluation the next step needs anyway. A rejected step still cost its evaluation,
 and the sampler counts it.
+
+Both planners here have a step size in λ that a steering monitor (`MonitorDecision.step_factor`, e.g.
+`SteeringChange`) can scale: `StepSizeControl.steer` multiplies the controller's next step, and `SteeredPlan` is the
+planner whose step only a monitor changes (it starts uniform in λ; the monitor doubles or halves it).
 """
 
 from __future__ import annotations
@@ -71,6 +75,66 @@ class StepSizeControl(BaseModel):
         # a row accepted at t = 0 is finished: its last step goes to -1 and returns x̂0
         t_next = torch.where(accept & (t == 0), -1, _timestep_at(lam, lam[start] + step, start))
         return StepDecision(accept, t_next, step, error)
+
+    def steer(self, observation: StepObservation, decision: StepDecision, factor: torch.Tensor,
+              schedule: NoiseSchedule) -> StepDecision:
+        """A monitor's factor multiplies the next step (in λ) of accepted rows that go on; the rest keep theirs."""
+        lam = schedule.log_snr(observation.t.device)
+        step = decision.memory
+        assert isinstance(step, torch.Tensor)  # noqa: S101 - the controller's own memory
+        factor = factor.to(step.dtype)
+        apply = decision.accept & (decision.t_next >= 0) & (factor != 1)
+        start = observation.t if observation.t_from is None else \
+            torch.where(decision.accept, observation.t, observation.t_from)
+        steered = torch.where(apply, step * factor, step)
+        t_next = torch.where(apply, _timestep_at(lam, lam[start] + steered, start), decision.t_next)
+        return StepDecision(decision.accept, t_next, steered, decision.error)
+
+
+class SteeredPlan(BaseModel):
+    """A planner whose step in λ only a steering monitor changes (Monitor.steers, e.g. `SteeringChange`).
+
+    Every row starts at T-1 with the step that splits [λ(T-1), λ(0)] into `steps` equal parts (without a monitor
+    it walks a uniform-in-λ list of about `steps` steps, ending at 0) and accepts every step. A monitor's
+    `step_factor` multiplies the row's step, kept within [min_scale, max_scale] times the initial one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(gt=0, description="the initial step is 1/steps of the λ range")
+    min_scale: float = Field(1 / 16, gt=0, le=1)
+    max_scale: float = Field(16.0, ge=1)
+
+    @property
+    def name(self) -> str:
+        return f"steered:{self.steps}"
+
+    def _initial(self, lam: torch.Tensor) -> torch.Tensor:
+        return (lam[0] - lam[-1]).double() / self.steps
+
+    def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.full((rows,), schedule.num_train_timesteps - 1, dtype=torch.int64, device=device)
+        return t, self._initial(schedule.log_snr(device)).expand(rows).clone()
+
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
+        lam = schedule.log_snr(observation.t.device)
+        t, step = observation.t, observation.memory
+        assert isinstance(step, torch.Tensor)  # noqa: S101
+        t_next = torch.where(t == 0, -1, _timestep_at(lam, lam[t] + step, t))
+        return StepDecision(torch.ones_like(t, dtype=torch.bool), t_next, step, torch.zeros_like(step))
+
+    def steer(self, observation: StepObservation, decision: StepDecision, factor: torch.Tensor,
+              schedule: NoiseSchedule) -> StepDecision:
+        """The row's step times `factor` (clipped to the scale bounds) for rows that go on."""
+        lam = schedule.log_snr(observation.t.device)
+        step = decision.memory
+        assert isinstance(step, torch.Tensor)  # noqa: S101
+        initial = self._initial(lam)
+        apply = (decision.t_next >= 0) & (factor != 1)
+        steered = torch.where(apply, (step * factor.to(step.dtype)).clamp(initial * self.min_scale,
+                                                                          initial * self.max_scale), step)
+        t = observation.t
+        t_next = torch.where(apply, _timestep_at(lam, lam[t] + steered, t), decision.t_next)
+        return StepDecision(decision.accept, t_next, steered, decision.error)
 
 
 def _timestep_at(lam: torch.Tensor, target: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
