@@ -318,7 +318,7 @@ def test_failed_trials_do_not_count_until_they_keep_failing(tmp_path: Path) -> N
 def test_changed_settings_do_not_resume_a_study(tmp_path: Path) -> None:
     storage = open_storage(tmp_path / "cfg.db")
     open_study(storage, "s", ["minimize"], config={"objective": "fid"})
-    with pytest.raises(ValueError, match=r"^study_name: study 's' was made with other settings \(objective: stored"):
+    with pytest.raises(ValueError, match=r"^study_name: 's' was made with other settings \(objective: stored"):
         open_study(storage, "s", ["minimize"], config={"objective": "kid"})
 
 

@@ -8,7 +8,6 @@ what they share. The commands raise the library's errors unchanged; `FlagCommand
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
@@ -34,10 +33,6 @@ _PARAMS_OF_FIELD: dict[str, tuple[str, ...]] = {
     "json": ("json_path",),  # --json (sample, eval): its parameter is json_path
     "grid_size": ("dp_grid",), "chunks": ("n",), "n_trials": ("trials",), "url": ("storage",),  # tuning
 }
-# The one message-prefix fallback: tuning/storage.py keeps plain "storage: ..." ValueErrors (it must import without
-# torch), and `tune --storage runs/x.txt` must still name --storage (test_tuning). Any other plain ValueError prints
-# its message as it is; only a prefix that names a parameter of the command that ran becomes its flag.
-_FIELD_PREFIX = re.compile(r"([a-z_]+)(\[\d+\])?: ")
 
 
 def _flag(field: str, command: typer.core.TyperCommand) -> str | None:
@@ -54,8 +49,7 @@ def _flag(field: str, command: typer.core.TyperCommand) -> str | None:
 
 def flag_error(exc: ValueError, command: typer.core.TyperCommand) -> CliError:
     """`exc` as one line that names the flag of `command` the user typed: a `FieldError` by its field, a pydantic
-    `ValidationError` by its location; a plain ValueError keeps its message (its "field: " prefix, if it names a
-    parameter of `command`, becomes the flag)."""
+    `ValidationError` by its location; any other ValueError keeps its message."""
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
@@ -68,10 +62,7 @@ def flag_error(exc: ValueError, command: typer.core.TyperCommand) -> CliError:
     if isinstance(exc, FieldError):
         flag = _flag(exc.root, command)
         return CliError(str(exc) if flag is None else flag + str(exc)[len(exc.root):])
-    message = str(exc)
-    match = _FIELD_PREFIX.match(message)
-    flag = _flag(match.group(1), command) if match else None
-    return CliError(message if flag is None or match is None else flag + message[len(match.group(1)):])
+    return CliError(str(exc))
 
 
 class FlagCommand(typer.core.TyperCommand):

@@ -1,8 +1,7 @@
 """Where studies live and how workers share them, on Optuna's own pieces.
 
-This module depends on Optuna only (no torch), so a worker process can load it cheaply, even as a lone file. So it does
-not import `adaptive_sampler.errors` (importing the package imports torch); its `StorageError` is a ValueError with
-the same `field`, `value` and `rule` and a message that starts with "storage: ", which the CLI maps to --storage.
+This module depends on Optuna (and the torch-free `adaptive_sampler.errors`) only, so a worker process can load it
+cheaply, even as a lone file. A bad `--storage` value raises `StorageError`, a `FieldError` on the field "storage".
 `check_storage` checks a value without touching anything (a known scheme; a file that can be written; no in-memory
 SQLite, which workers cannot share), `open_storage` checks, then opens, and reports a file that is not a storage.
 
@@ -58,6 +57,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from adaptive_sampler.errors import FieldError
+
 DEFAULT_STORAGE = Path("runs") / "tune.journal"
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -80,14 +81,11 @@ class SurplusTrial(Exception):
     """Raised inside a trial that would exceed the requested count (or repeat a warm start); it is not evaluated."""
 
 
-class StorageError(ValueError):
-    """A `--storage` value that cannot be used: `field` ("storage"), `value` (the URL) and `rule`, like the package's
-    `FieldError` (this module does not import it: see the module docstring); its message "storage: 'URL' rule" is
-    what the CLI turns into "--storage: 'URL' rule"."""
+class StorageError(FieldError):
+    """A storage value that cannot be used (`value` is the URL); the message is one line."""
 
     def __init__(self, value: str, rule: str) -> None:
-        self.field, self.value, self.rule = "storage", value, rule
-        super().__init__(" ".join(f"storage: {value!r} {rule}".splitlines()))
+        super().__init__("storage", value, " ".join(rule.splitlines()))
 
 
 RDB_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
@@ -295,10 +293,8 @@ def open_study(
                                 pruner=pruner, load_if_exists=True)
     stored_directions = [d.name.lower() for d in study.directions]
     if stored_directions != [d.lower() for d in directions]:
-        raise ValueError(
-            f"study_name: study {name!r} optimises {stored_directions}, this run needs {list(directions)}; "
-            "use another study name"
-        )
+        raise FieldError("study_name", name, f"optimises {stored_directions}, this run needs {list(directions)}; "
+                         "use another study name")
     stored = study.user_attrs.get(CONFIG)
     if stored is not None:
         _check_config(name, stored, config)
@@ -321,10 +317,8 @@ def _check_config(name: str, stored: Mapping[str, Any], config: Mapping[str, Any
     differing = sorted(k for k in {*stored, *config} if stored.get(k) != config.get(k))
     if differing:
         shown = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
-        raise ValueError(
-            f"study_name: study {name!r} was made with other settings ({shown}); re-run with the same settings to "
-            "resume it, or pass another study name"
-        )
+        raise FieldError("study_name", name, f"was made with other settings ({shown}); re-run with the same "
+                         "settings to resume it, or pass another study name")
 
 
 def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -> list[str]:
@@ -482,7 +476,7 @@ def run_trials(
     `max_consecutive_failures` times in a row: then TrialsKeepFailing (the objective is broken, not the schedule).
     """
     if n_trials < 0:
-        raise ValueError(f"n_trials: {n_trials} is negative")
+        raise FieldError("n_trials", n_trials, "is negative")
     ran: list[int] = []
     surplus: list[int] = []
     failures: list[int] = []
