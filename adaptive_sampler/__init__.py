@@ -9,8 +9,9 @@ The public names below are imported on first use (PEP 562), so `import adaptive_
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from adaptive_sampler._lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -19,9 +20,10 @@ _EXPORTS = {
     "X0Processing": "model_adapter",
     "LoadedModel": "models", "embedded_model_dir": "models", "load_model": "models",
     "NoiseSchedule": "noise_schedule",
-    "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner", "StepObservation": "planner",
+    "Finish": "planner", "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner",
+    "StepObservation": "planner",
     "Policy": "policies", "make_policy": "policies",
-    "StepSizeControl": "policies.step_size_control",
+    "StepSizeControl": "policies.step_size_control", "SteeredPlan": "policies.step_size_control",
     "NonFiniteOutputError": "sampler", "SampleResult": "sampler", "SamplingOptions": "sampler", "sample": "sampler",
     "ModelIdentity": "schedules", "NoiseScheduleSpec": "schedules", "ScheduleArtifact": "schedules",
     "interpolate": "schedules", "list_entries": "schedules", "load_entry": "schedules",
@@ -32,20 +34,16 @@ _EXPORTS = {
     "FieldError": "errors",
 }
 __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
-    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "FieldError", "LoadedModel", "ModelAdapter", "ModelIdentity",
-    "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy", "Prediction", "SampleResult",
-    "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "StepDecision", "StepInfo", "StepObservation",
-    "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step", "discretize", "embedded_model_dir", "interpolate",
-    "list_entries", "load_entry", "load_model", "make_policy", "make_solver", "sample", "validate_timesteps",
+    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "FieldError", "Finish", "LoadedModel", "ModelAdapter",
+    "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy",
+    "Prediction", "SampleResult", "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan",
+    "StepDecision", "StepInfo", "StepObservation", "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step",
+    "discretize", "embedded_model_dir", "interpolate", "list_entries", "load_entry", "load_model", "make_policy",
+    "make_solver", "sample", "validate_timesteps",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'adaptive_sampler' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"adaptive_sampler.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
@@ -54,9 +52,9 @@ if TYPE_CHECKING:
     from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
     from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
     from adaptive_sampler.noise_schedule import NoiseSchedule
-    from adaptive_sampler.planner import Planner, StaticPlan, StepDecision, StepObservation
+    from adaptive_sampler.planner import Finish, Planner, StaticPlan, StepDecision, StepObservation
     from adaptive_sampler.policies import Policy, make_policy
-    from adaptive_sampler.policies.step_size_control import StepSizeControl
+    from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
     from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, SamplingOptions, sample
     from adaptive_sampler.schedules import (
         ModelIdentity,
