@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +41,9 @@ from adaptive_sampler.tuning import (
     run_trials,
     suggest_timesteps,
 )
-from adaptive_sampler.tuning import storage as storage_module
 from adaptive_sampler.tuning.storage import TrialsKeepFailing
 from adaptive_sampler.tuning.study import builtin_warm_starts
+from helpers import start_tune_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
@@ -322,31 +319,10 @@ def test_changed_settings_do_not_resume_a_study(tmp_path: Path) -> None:
         open_study(storage, "s", ["minimize"], config={"objective": "kid"})
 
 
-WORKER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("tuning_storage", sys.argv[1])
-storage = importlib.util.module_from_spec(spec)
-sys.modules["tuning_storage"] = storage
-spec.loader.exec_module(storage)  # Optuna-only module: the worker starts without torch
-import optuna
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-warm = [storage.WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(8)]
-study = storage.open_study(storage.open_storage(sys.argv[2]), "shared", ["minimize"], config={"k": 1},
-                           warm_starts=lambda: warm).study
-def objective(trial):
-    time.sleep(0.02)
-    return trial.suggest_float("x", -10, 10) ** 2
-print(storage.run_trials(study, objective, int(sys.argv[3])))
-"""
-
-
 @pytest.mark.parametrize("url", ["sqlite:///{tmp}/shared.db", "journal:{tmp}/shared.log"], ids=["sqlite", "journal"])
 def test_two_worker_processes_finish_the_requested_trials_exactly(tmp_path: Path, url: str) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER))
     url = url.format(tmp=tmp_path)
-    args = [sys.executable, str(script), storage_module.__file__, url, "16"]
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [start_tune_worker(tmp_path, url, "shared", 16) for _ in range(2)]
     outputs = [w.communicate(timeout=120) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     assert all("WorkerSummary(ran=" in out for out, _ in outputs)
@@ -360,32 +336,10 @@ def test_two_worker_processes_finish_the_requested_trials_exactly(tmp_path: Path
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in study.trials if t not in complete)
 
 
-KILLED_WORKER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("tuning_storage", sys.argv[1])
-storage = importlib.util.module_from_spec(spec)
-sys.modules["tuning_storage"] = storage
-spec.loader.exec_module(storage)
-import optuna
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-study = storage.open_study(storage.open_storage(sys.argv[2], heartbeat_interval=1, grace_period=2), "hb",
-                           ["minimize"], config={}).study
-def objective(trial):
-    trial.suggest_float("x", -10, 10)
-    trial.set_user_attr("warm_start", "w0")
-    print("running", flush=True)
-    time.sleep(600)  # killed here
-storage.run_trials(study, objective, 3)
-"""
-
-
 def test_a_killed_workers_trial_is_retried_after_its_heartbeat_stops(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(KILLED_WORKER))
     url = f"sqlite:///{tmp_path}/hb.db"
-    worker = subprocess.Popen([sys.executable, str(script), storage_module.__file__, url], stdout=subprocess.PIPE,
-                              text=True)
-    assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
+    worker = start_tune_worker(tmp_path, url, "hb", 3, n_warm=1, hang_on="w0")
+    assert worker.stdout is not None and worker.stdout.readline().strip() == "running 0 w0"
     worker.kill()
     worker.wait(timeout=30)
     storage = open_storage(url, heartbeat_interval=1, grace_period=2)
