@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.tuning import WarmStart, open_storage, open_study, run_trials
 from helpers import start_tune_worker
 
@@ -60,3 +65,41 @@ def test_a_trial_of_a_live_worker_is_left_running(tmp_path: Path) -> None:
     finally:
         worker.kill()
         worker.wait(timeout=30)
+
+
+def test_the_tune_command_killed_mid_run_loses_no_trial_and_exports_whole_files(tiny_model_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """SIGKILL the real `adaptive-sampler tune` once some trials are stored, run the same command again: the
+    trials finished before the kill are kept as they were, the run completes, and the exported files are whole
+    (each written atomically: no temporary file is left next to them)."""
+    export, storage_url = tmp_path / "catalogue", f"journal:{tmp_path / 'tune.log'}"
+    command = [sys.executable, "-m", "adaptive_sampler", "tune", "--model", str(tiny_model_dir), "--steps", "2,3",
+               "--trials", "12", "--objective", "fidelity", "--n", "32", "--heldout-n", "8", "--reference-steps",
+               "20", "--dp-grid", "10", "--dp-trajectories", "2", "--storage", storage_url, "--cache-dir",
+               str(tmp_path / "cache"), "--sampler-seed", "0", "--device", "cpu", "--export", str(export),
+               "--plots", str(tmp_path / "plots")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = open_storage(storage_url)
+
+    def finished() -> dict[tuple[str, int], tuple[float, ...]]:
+        names = optuna.study.get_all_study_names(storage)
+        return {(name, t.number): tuple(t.values) for name in names
+                for t in optuna.load_study(study_name=name, storage=storage).trials if t.state == TrialState.COMPLETE}
+
+    deadline = time.monotonic() + 240
+    while len(before := finished()) < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be killed mid-run"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert len(before) >= 3 and not export.exists()
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = finished()
+    assert {key: after[key] for key in before} == before  # no finished trial lost or changed
+    for steps in (2, 3):
+        artifact = ScheduleArtifact.load(export / tiny_model_dir.name / f"ddim-{steps}.json")
+        assert len(artifact.timesteps) == steps
+    assert sorted(p.name for p in (export / tiny_model_dir.name).iterdir()) == ["ddim-2.json", "ddim-3.json"]
