@@ -20,7 +20,7 @@ _EXPORTS = {
     "X0Processing": "model_adapter",
     "LoadedModel": "models", "embedded_model_dir": "models", "load_model": "models",
     "NoiseSchedule": "noise_schedule",
-    "Finish": "planner", "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner",
+    "Finish": "finish", "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner",
     "StepObservation": "planner",
     "Policy": "policies", "make_policy": "policies",
     "StepSizeControl": "policies.step_size_control", "SteeredPlan": "policies.step_size_control",
@@ -49,10 +49,11 @@ __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 if TYPE_CHECKING:
     from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
     from adaptive_sampler.errors import FieldError
+    from adaptive_sampler.finish import Finish
     from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
     from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
     from adaptive_sampler.noise_schedule import NoiseSchedule
-    from adaptive_sampler.planner import Finish, Planner, StaticPlan, StepDecision, StepObservation
+    from adaptive_sampler.planner import Planner, StaticPlan, StepDecision, StepObservation
     from adaptive_sampler.policies import Policy, make_policy
     from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
     from adaptive_sampler.sampler import NonFiniteOutputError, SampleResult, SamplingOptions, sample

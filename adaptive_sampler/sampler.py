@@ -19,15 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.finish import Finish, FinishingPlan, parse_finish
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
+from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.planner import (
-    Finish,
-    FinishingPlan,
     Planner,
     StaticPlan,
     Steerable,
+    StepDecision,
     StepObservation,
-    parse_finish,
     steering_error,
 )
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -108,6 +108,27 @@ def _done_mask(decision: object, rows: int, device: torch.device) -> torch.Tenso
     return done.to(device=device, dtype=torch.bool)
 
 
+def _after_monitor(verdict: object, planner: Planner, observation: StepObservation, decision: StepDecision,
+                   schedule: NoiseSchedule) -> StepDecision:
+    """The planner's decision once the monitor has judged the step: a `step_factor` steers the rows' next steps;
+    done rows end, at once (to -1, returning x̂0) or by starting their tail (`FinishingPlan`)."""
+    device = decision.t_next.device
+    factor = getattr(verdict, "step_factor", None)
+    if factor is not None:
+        if not isinstance(planner, Steerable):
+            raise steering_error(planner)
+        decision = planner.steer(observation, decision, factor.to(device), schedule)
+        decision = replace(decision, t_next=decision.t_next.to(device))
+    done = _done_mask(verdict, len(observation.t), device)
+    if done is None:
+        return decision
+    if isinstance(planner, FinishingPlan):
+        no_tail = getattr(verdict, "no_tail", None)
+        return planner.finish(done, observation.t, decision, None if no_tail is None else no_tail.to(device),
+                              schedule)
+    return replace(decision, accept=decision.accept | done, t_next=torch.where(done, -1, decision.t_next))
+
+
 def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: torch.Tensor, shape: Sequence[int],
                options: SamplingOptions, conditioning: Conditioning | None, monitor: StepMonitor | None,
                trace: list[StepInfo] | None) -> _Batch:
@@ -122,7 +143,6 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
     active, active_host = torch.arange(rows, device=device), torch.arange(rows)
     cond = conditioning.select(indices) if conditioning is not None else None
     t, memory = planner.start(rows, schedule, device)
-    tails = planner if isinstance(planner, FinishingPlan) else None
     anchor: Point | None = None
     state = SolverState()
     log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, t, accepted) per evaluation
@@ -140,32 +160,19 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         bad_t[active] = torch.where(new_bad, t, bad_t[active])
         observation = StepObservation(t, pred.x0, None if anchor is None else anchor.t,
                                       None if anchor is None else anchor.x0, memory)
-        finishing = tails.finishing(memory) if tails is not None else None
+        finishing = planner.finishing(memory) if isinstance(planner, FinishingPlan) else None
         decision = planner.decide(observation, schedule)
-        accept, t_next = decision.accept.to(device), decision.t_next.to(device)
-        if anchor is None:
-            accept = torch.ones_like(accept)
+        # the first evaluation of a batch is always accepted: there is nothing to retry from
+        decision = replace(decision, accept=decision.accept.to(device) | (anchor is None),
+                           t_next=decision.t_next.to(device))
         if monitor is not None or trace is not None:
-            info = StepInfo(step, t, t_next, x, pred.x0, pred.eps, indices[active_host], finishing)
+            info = StepInfo(step, t, decision.t_next, x, pred.x0, pred.eps, indices[active_host], finishing)
             if trace is not None:
-                trace.append(StepInfo(step, t.cpu(), t_next.cpu(), x.cpu(), pred.x0.cpu(), pred.eps.cpu(),
+                trace.append(StepInfo(step, t.cpu(), decision.t_next.cpu(), x.cpu(), pred.x0.cpu(), pred.eps.cpu(),
                                       info.sample_indices, None if finishing is None else finishing.cpu()))
-            verdict = monitor(info) if monitor is not None else None
-            done = _done_mask(verdict, len(t), device) if monitor is not None else None
-            factor = getattr(verdict, "step_factor", None)
-            if factor is not None:  # the monitor steers: the planner scales the rows' next steps
-                if not isinstance(planner, Steerable):
-                    raise steering_error(planner)
-                decision = planner.steer(observation, replace(decision, accept=accept, t_next=t_next),
-                                         factor.to(device), schedule)
-                t_next = decision.t_next.to(device)
-            if done is not None and tails is not None:  # done rows start their tail (see Finish)
-                no_tail = getattr(verdict, "no_tail", None)
-                decision = tails.finish(done, t, replace(decision, accept=accept, t_next=t_next),
-                                        None if no_tail is None else no_tail.to(device), schedule)
-                accept, t_next = decision.accept, decision.t_next
-            elif done is not None:
-                accept, t_next = accept | done, torch.where(done, -1, t_next)
+            if monitor is not None:
+                decision = _after_monitor(monitor(info), planner, observation, decision, schedule)
+        accept, t_next = decision.accept, decision.t_next
         if fixed_length is None:
             # a row with a non-finite output ends now: a planner could otherwise retry it forever
             accept, t_next = accept | bad, torch.where(bad, -1, t_next)
@@ -240,7 +247,7 @@ def sample(
     `monitor` may end samples early (see `StepMonitor`) and steer their step size (`MonitorDecision.step_factor`,
     for planners with a step size: `StepSizeControl`, `SteeredPlan`). `finish` says how an ended sample finishes
     (`Finish`: `"x0"` returns x̂0 of that evaluation, `"tail:K[:logsnr|t]"` takes K more steps to t = 0 with the
-    run's solver, counted in NFE; None = `planner.DEFAULT_FINISH`). Sample i draws its initial noise, then one
+    run's solver, counted in NFE; None = `finish.DEFAULT_FINISH`). Sample i draws its initial noise, then one
     η-noise per step, from its own generator seeded by (seed, i), so with the model's fixed `network_rows` it is
     bitwise identical on CPU whatever the batch size or composition. `start` makes the run samples start … start + n - 1
     of a larger one (a shard, see `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor

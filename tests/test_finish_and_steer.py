@@ -10,8 +10,8 @@ import torch
 
 from adaptive_sampler import ModelAdapter, StepSizeControl, make_solver, sample
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.finish import Finish, parse_finish, tail_timesteps
 from adaptive_sampler.monitors import AnyOf, MaxNFE, MonitorDecision, SteeringChange, monitor_from_spec
-from adaptive_sampler.planner import Finish, parse_finish, tail_timesteps
 from adaptive_sampler.policies.step_size_control import SteeredPlan
 from adaptive_sampler.step_info import StepInfo
 from helpers import TINY_SHAPE
