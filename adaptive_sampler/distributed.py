@@ -103,17 +103,6 @@ def _gather(value: Any) -> list[Any]:
     return out
 
 
-def _concat(parts: Sequence[SampleResult], shape: Sequence[int], wall_s: float) -> SampleResult:
-    empty = torch.zeros(0, dtype=torch.int64)
-    return SampleResult(
-        samples=torch.cat([p.samples for p in parts]) if parts else torch.zeros((0, *shape)),
-        timesteps=[ts for p in parts for ts in p.timesteps],
-        nfe=torch.cat([p.nfe for p in parts]) if parts else empty,
-        rejected=torch.cat([p.rejected for p in parts]) if parts else empty,
-        wall_s=wall_s,
-    )
-
-
 def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, shape: Sequence[int], n: int,
            **kwargs: Any) -> SampleResult:
     """`sampler.sample` (same arguments) over the ranks of a torchrun launch; the plain one outside torchrun.
@@ -137,7 +126,7 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
     start_time = time.perf_counter()
     error: BaseException | None = None
     status: tuple[str, ...] = ("ok",)
-    local = _concat([], shape, 0.0)
+    local = SampleResult.join([], shape, 0.0)
     if len(mine):
         try:
             local = sample_one_process(model, plan, shape, len(mine), start=offset + mine.start, **kwargs)
@@ -151,10 +140,10 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
     wall_s = time.perf_counter() - start_time
     failed = [r for r, (_, s) in enumerate(gathered) if s[0] != "ok"]
     if not failed:
-        return _concat([part for part, _ in gathered], shape, wall_s)
+        return SampleResult.join([part for part, _ in gathered], shape, wall_s)
     first, first_status = failed[0], gathered[failed[0]][1]
     if first_status[0] == "non-finite":  # the shards before `first` finished whole: one process's partial
-        partial = _concat([part for part, _ in gathered[: first + 1]], shape, wall_s)
+        partial = SampleResult.join([part for part, _ in gathered[: first + 1]], shape, wall_s)
         raise NonFiniteOutputError(int(first_status[1]), int(first_status[2]),
                                    [int(i) for i in first_status[3].split(",")], partial)
     if error is not None and not isinstance(error, NonFiniteOutputError):

@@ -69,6 +69,20 @@ class SampleResult:
     def nfe_mean(self) -> float:
         return float(self.nfe.double().mean()) if self.nfe.numel() else 0.0
 
+    @classmethod
+    def join(cls, parts: Sequence[SampleResult | _Batch], shape: Sequence[int], wall_s: float,
+             trace: list[StepInfo] | None = None) -> SampleResult:
+        """The parts (batches of one run, or shards of several processes) in order, as one result on the CPU."""
+        empty = torch.zeros(0, dtype=torch.int64)
+        return cls(
+            samples=torch.cat([p.samples.float().cpu() for p in parts]) if parts else torch.zeros((0, *shape)),
+            timesteps=[ts for p in parts for ts in p.timesteps],
+            nfe=torch.cat([p.nfe for p in parts]) if parts else empty,
+            rejected=torch.cat([p.rejected for p in parts]) if parts else empty,
+            wall_s=wall_s,
+            trace=trace,
+        )
+
 
 class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or Inf. `partial` holds the samples of the batches finished before it."""
@@ -273,21 +287,8 @@ def sample(
         bad_rows = (batch.first_bad >= 0).nonzero().flatten()
         if len(bad_rows):
             first = bad_rows[batch.first_bad[bad_rows].argmin()]
-            partial = _result(batches, shape, start_time, steps_trace)
+            partial = SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
             raise NonFiniteOutputError(int(batch.first_bad[first]), int(batch.bad_t[first]),
                                        [int(indices[i]) for i in bad_rows], partial)
         batches.append(batch)
-    return _result(batches, shape, start_time, steps_trace)
-
-
-def _result(batches: list[_Batch], shape: Sequence[int], start_time: float,
-            trace: list[StepInfo] | None) -> SampleResult:
-    empty = torch.zeros(0, dtype=torch.int64)
-    return SampleResult(
-        samples=torch.cat([b.samples.float().cpu() for b in batches]) if batches else torch.zeros((0, *shape)),
-        timesteps=[ts for b in batches for ts in b.timesteps],
-        nfe=torch.cat([b.nfe for b in batches]) if batches else empty,
-        rejected=torch.cat([b.rejected for b in batches]) if batches else empty,
-        wall_s=time.perf_counter() - start_time,
-        trace=trace,
-    )
+    return SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
