@@ -73,8 +73,9 @@ def parse_finish(finish: str | Finish | None) -> Finish:
 
 
 def tail_timesteps(t: torch.Tensor, finish: Finish, schedule: NoiseSchedule) -> torch.Tensor:
-    """The tail of each row [rows, K] (int64): strictly descending timesteps below its t, the last valid one 0,
-    padded with -1 where t has fewer than K integer timesteps below it (t = 0: no tail at all).
+    """The tail of each row [rows, K] (t's dtype): strictly descending timesteps below its t, the last valid one 0,
+    padded with -1 where t has fewer than K integer timesteps below it (t = 0: no tail at all). A fractional t
+    gets integer tail entries.
 
     Entry j (1..K) aims at a fraction j/K of the way from t to 0, in log-SNR (rounded towards t: the smallest
     timestep whose log-SNR does not pass the target) or in t (rounded down); each entry is then kept at least one
@@ -86,7 +87,7 @@ def tail_timesteps(t: torch.Tensor, finish: Finish, schedule: NoiseSchedule) -> 
         tail = (t[:, None] * (k - torch.arange(1, k + 1, device=t.device))) // k
     else:
         lam = schedule.log_snr(t.device).double()  # ascending as t falls
-        start = lam[t.clamp(min=0)][:, None]
+        start = schedule.log_snr_at(t.clamp(min=0))[:, None]
         target = start + fraction[None] * (lam[0] - start)
         ascending = lam.flip(0)
         index = torch.searchsorted(ascending, target.contiguous(), right=True) - 1

@@ -47,9 +47,29 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.shape[0])
 
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """ᾱ at integer timesteps (any shape); -1 maps to 1."""
-        table = self._table("alpha_bar", timesteps.device)
-        return torch.where(timesteps >= 0, table[timesteps.clamp(min=0)], torch.ones((), device=timesteps.device))
+        """ᾱ at timesteps (any shape, float32); -1 (any negative t) maps to 1.
+
+        Integer timesteps read the table. Fractional ones (a floating tensor) interpolate linearly in log-SNR between
+        the two neighbouring training steps, the parameterisation in which solvers such as DPM-Solver step; a
+        floating t that is a whole number reads the table exactly as its integer does.
+        """
+        device = timesteps.device
+        table = self._table("alpha_bar", device)
+        if not timesteps.is_floating_point():
+            return torch.where(timesteps >= 0, table[timesteps.clamp(min=0)], torch.ones((), device=device))
+        t = timesteps.double().clamp(0, self.num_train_timesteps - 1)
+        nearest = t.round().long()
+        exact = torch.where(t == nearest, table[nearest], torch.sigmoid(self.log_snr_at(t)).float())
+        return torch.where(timesteps >= 0, exact, torch.ones((), device=device))
+
+    def log_snr_at(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """λ_t (float64) at integer or fractional timesteps in [0, T-1], interpolated as in `alpha_bar`."""
+        if not timesteps.is_floating_point():
+            return self.log_snr(timesteps.device)[timesteps]
+        t = timesteps.double()
+        low = t.floor().long().clamp(0, max(self.num_train_timesteps - 2, 0))  # t = T-1 interpolates to weight 1
+        lam = self.log_snr(timesteps.device)
+        return torch.lerp(lam[low], lam[(low + 1).clamp(max=self.num_train_timesteps - 1)], t - low)
 
     def sigmas(self) -> torch.Tensor:
         """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) in float64, the noise level of σ-parameterised samplers (Karras et al. 2022)."""

@@ -87,7 +87,7 @@ class SampleResult:
 class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or Inf. `partial` holds the samples of the batches finished before it."""
 
-    def __init__(self, step: int, t: int, sample_indices: list[int], partial: SampleResult) -> None:
+    def __init__(self, step: int, t: int | float, sample_indices: list[int], partial: SampleResult) -> None:
         self.step, self.t, self.sample_indices, self.partial = step, t, sample_indices, partial
         shown = ", ".join(map(str, sample_indices[:10])) + (" …" if len(sample_indices) > 10 else "")
         super().__init__(
@@ -153,10 +153,11 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
     out = torch.empty_like(x)
     nfe = torch.zeros(rows, dtype=torch.int64, device=device)
     rejected = torch.zeros_like(nfe)
-    first_bad, bad_t = torch.full_like(nfe, -1), torch.full_like(nfe, -1)
+    first_bad = torch.full_like(nfe, -1)
     active, active_host = torch.arange(rows, device=device), torch.arange(rows)
     cond = conditioning.select(indices) if conditioning is not None else None
     t, memory = planner.start(rows, schedule, device)
+    bad_t = torch.full_like(t, -1)  # t's dtype: int64, or float64 for a fractional list
     anchor: Point | None = None
     state = SolverState()
     log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, t, accepted) per evaluation
@@ -166,7 +167,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         monitor.reset()
     step = 0
     while len(active_host):
-        pred = model(x, t, cond)
+        pred = model(x, t, cond, capacity=rows)  # a bucket never outgrows the batch
         nfe[active] += 1
         bad = pred.nonfinite_rows()
         new_bad = bad & (first_bad[active] < 0)
@@ -288,7 +289,7 @@ def sample(
         if len(bad_rows):
             first = bad_rows[batch.first_bad[bad_rows].argmin()]
             partial = SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
-            raise NonFiniteOutputError(int(batch.first_bad[first]), int(batch.bad_t[first]),
+            raise NonFiniteOutputError(int(batch.first_bad[first]), batch.bad_t[first].item(),
                                        [int(indices[i]) for i in bad_rows], partial)
         batches.append(batch)
     return SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)

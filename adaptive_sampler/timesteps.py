@@ -18,23 +18,33 @@ if TYPE_CHECKING:
 
 
 def validate_timesteps(
-    values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps"
+    values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps",
+    *, integers: bool = False,
 ) -> torch.Tensor:
-    """Return `values` as a 1-D int64 tensor, or raise FieldError naming the field, the value and the rule
-    (see `check_timesteps`)."""
+    """Return `values` as a 1-D tensor, int64 for an integer list and float64 for a fractional one, or raise
+    FieldError naming the field, the value and the rule (see `check_timesteps`)."""
     import torch
 
-    return torch.tensor(check_timesteps(values, num_train_timesteps, field), dtype=torch.int64)
+    checked = check_timesteps(values, num_train_timesteps, field, integers=integers)
+    return torch.tensor(checked, dtype=torch.float64 if is_fractional(checked) else torch.int64)
+
+
+def is_fractional(timesteps: Sequence[int | float]) -> bool:
+    """Whether a checked list holds a fractional timestep (`check_timesteps` returns whole numbers as ints)."""
+    return any(isinstance(v, float) for v in timesteps)
 
 
 def check_timesteps(
-    values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps"
-) -> list[int]:
-    """The one rule every timestep list obeys; returns the list as Python ints, or raises FieldError naming the
-    field, the value and the rule.
+    values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps",
+    *, integers: bool = False,
+) -> list[int | float]:
+    """The one rule every timestep list obeys; returns the list as Python numbers (whole numbers as ints, others as
+    floats), or raises FieldError naming the field, the value and the rule.
 
-    Rules: non-empty, integers, unique, strictly descending, inside [0, num_train_timesteps - 1]. Python and numpy
-    numbers, lists of them, and 1-D tensors or numpy arrays (integer or integral float) are accepted.
+    Rules: non-empty, finite numbers, unique, strictly descending, inside [0, num_train_timesteps - 1]. A timestep
+    may be fractional (ᾱ is then interpolated in log-SNR, see `NoiseSchedule.alpha_bar`) unless `integers` is set,
+    for consumers that index a table by t (diffusers' schedulers). Python and numpy numbers, lists of them, and 1-D
+    tensors or numpy arrays are accepted.
     """
     shape = getattr(values, "shape", None)  # a torch tensor or a numpy array
     if shape is not None:
@@ -43,25 +53,32 @@ def check_timesteps(
                              "timesteps must be a flat list")
         items = values.tolist()  # type: ignore[union-attr]
     elif isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise FieldError(field, values, "is not a list of timesteps; timesteps must be a flat list of integers")
+        raise FieldError(field, values, "is not a list of timesteps; timesteps must be a flat list of numbers")
     else:
         items = [v.item() if isinstance(v, np.generic) else v for v in values]
     if not items:
         raise FieldError(field, [], "is empty; at least one timestep is required")
     last = num_train_timesteps - 1
+    checked: list[int | float] = []
     for i, v in enumerate(items):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != int(v):
-            raise FieldError(f"{field}[{i}]", v, "is not an integer; timesteps are integer training steps")
-        if not 0 <= v <= last:
-            raise FieldError(f"{field}[{i}]", int(v),
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FieldError(f"{field}[{i}]", v, "is not a finite number; timesteps are training steps in "
+                             f"[0, {last}]")
+        if integers and float(v) != int(v):
+            raise FieldError(f"{field}[{i}]", v, "is not an integer; this consumer indexes its ᾱ table by "
+                             "integer timesteps (round the list, e.g. ScheduleArtifact.to_diffusers_timesteps)")
+        value: int | float = int(v) if float(v) == int(v) else float(v)
+        if not 0 <= value <= last:
+            raise FieldError(f"{field}[{i}]", value,
                              f"is outside [0, {last}] (num_train_timesteps={num_train_timesteps})")
-        if i > 0:
-            if v == items[i - 1]:
-                raise FieldError(f"{field}[{i}]", int(v), f"repeats {field}[{i - 1}]; timesteps must be unique")
-            if v > items[i - 1]:
-                raise FieldError(f"{field}[{i}]", int(v), f"is above {field}[{i - 1}]={int(items[i - 1])}; "
+        if checked:
+            if value == checked[-1]:
+                raise FieldError(f"{field}[{i}]", value, f"repeats {field}[{i - 1}]; timesteps must be unique")
+            if value > checked[-1]:
+                raise FieldError(f"{field}[{i}]", value, f"is above {field}[{i - 1}]={checked[-1]}; "
                                  "timesteps must be strictly descending")
-    return [int(v) for v in items]
+        checked.append(value)
+    return checked
 
 
 def discretize(points: np.ndarray, num_train_timesteps: int) -> torch.Tensor:

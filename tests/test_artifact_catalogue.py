@@ -77,7 +77,7 @@ def test_save_replaces_atomically_and_a_failed_write_keeps_the_old_file(tmp_path
     ("timesteps", "message"),
     [
         ([], "timesteps: [] is empty"),
-        ([999, 3.5], "timesteps[1]: 3.5 is not an integer"),
+        ([999, "3.5"], "timesteps[1]: '3.5' is not a finite number"),
         ([999, 500, 500], "timesteps[2]: 500 repeats timesteps[1]; timesteps must be unique"),
         ([10, 20], "timesteps[1]: 20 is above timesteps[0]=10; timesteps must be strictly descending"),
         ([5, -1], "timesteps[1]: -1 is outside [0, 999]"),

@@ -38,7 +38,8 @@ def test_message_is_field_value_rule_and_root_drops_the_index():
     ([10, 20], "timesteps[1]", 20),
     ([5, 5], "timesteps[1]", 5),
     ([1000, 5], "timesteps[0]", 1000),
-    ([999, 1.5], "timesteps[1]", 1.5),
+    ([999, 999.5], "timesteps[1]", 999.5),
+    ([999, float("-inf")], "timesteps[1]", float("-inf")),
     ([999, "x"], "timesteps[1]", "x"),
     ([], "timesteps", []),
     (torch.tensor([[999, 0]]), "timesteps", (1, 2)),
@@ -70,7 +71,7 @@ def test_validate_timesteps_refuses_numpy_booleans_and_fractions():
         validate_timesteps([np.int64(999), np.bool_(True)], 1000)
     assert (caught.value.field, caught.value.value) == ("timesteps[1]", True)
     with pytest.raises(FieldError, match=r"^timesteps\[1\]: 0.5 is not an integer") as caught:
-        validate_timesteps(np.array([999.0, 0.5]), 1000)
+        validate_timesteps(np.array([999.0, 0.5]), 1000, integers=True)
     assert caught.value.value == 0.5
 
 

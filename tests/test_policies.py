@@ -155,9 +155,12 @@ def test_policy_parameters_are_checked():
     ("values", "pattern"),
     [
         ([], r"^timesteps: \[\] is empty; at least one timestep is required"),
-        ([999, 3.5, 0], r"^timesteps\[1\]: 3\.5 is not an integer"),
-        ([999, "5"], r"^timesteps\[1\]: '5' is not an integer"),
-        ([999, True], r"^timesteps\[1\]: True is not an integer"),
+        ([999, "5"], r"^timesteps\[1\]: '5' is not a finite number"),
+        ([999, True], r"^timesteps\[1\]: True is not a finite number"),
+        ([999, float("nan")], r"^timesteps\[1\]: nan is not a finite number"),
+        ([999, 3.5, 3.5], r"^timesteps\[2\]: 3\.5 repeats timesteps\[1\]"),
+        ([999, 998.5, 998.75], r"^timesteps\[2\]: 998\.75 is above timesteps\[1\]=998\.5"),
+        ([999.5], r"^timesteps\[0\]: 999\.5 is outside \[0, 999\]"),
         ([999, 500, 500], r"^timesteps\[2\]: 500 repeats timesteps\[1\]; timesteps must be unique"),
         ([10, 20], r"^timesteps\[1\]: 20 is above timesteps\[0\]=10; timesteps must be strictly descending"),
         ([5, -1], r"^timesteps\[1\]: -1 is outside \[0, 999\] \(num_train_timesteps=1000\)"),
@@ -177,8 +180,16 @@ def test_validate_timesteps_accepts_integral_floats_and_tensors():
         validate_timesteps([8], 8, field="custom")
 
 
+def test_validate_timesteps_keeps_fractional_lists_as_float64_and_integer_lists_as_int64():
+    fractional = validate_timesteps([999, 450.5, 0.25], 1000)
+    assert fractional.dtype == torch.float64 and fractional.tolist() == [999.0, 450.5, 0.25]
+    assert validate_timesteps(torch.tensor([999.0, 450.0]), 1000).dtype == torch.int64
+    with pytest.raises(ValueError, match=r"^timesteps\[1\]: 450\.5 is not an integer; this consumer indexes"):
+        validate_timesteps([999, 450.5], 1000, integers=True)
+
+
 def test_validate_timesteps_rejects_infinity_with_a_value_error():
-    with pytest.raises(ValueError, match=r"^timesteps\[0\]: inf is not an integer"):
+    with pytest.raises(ValueError, match=r"^timesteps\[0\]: inf is not a finite number"):
         validate_timesteps([float("inf")], 1000)
 
 

@@ -110,16 +110,17 @@ def check_numbers(n: int, batch_size: int, seed: int, network_rows: int, eta: fl
     SamplingOptions(n=n, batch_size=batch_size, seed=seed, eta=eta)  # the library's own rules, up front
 
 
-def _parse_timesteps(text: str | None) -> list[int] | None:
+def _parse_timesteps(text: str | None) -> list[int | float] | None:
     if text is None:
         return None
     items = [v.strip() for v in text.split(",")]
     try:
         if not all(items):
             raise ValueError
-        return [int(v) for v in items]
+        return [int(v) if v.lstrip("+-").isdigit() else float(v) for v in items]
     except ValueError:
-        raise FieldError("timesteps", text, "is not a comma-separated list of integers, e.g. 999,600,300,0") from None
+        raise FieldError("timesteps", text, "is not a comma-separated list of numbers, e.g. 999,600,300,0 (fractional "
+                         "timesteps such as 450.5 are allowed)") from None
 
 
 def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.errors import FieldError, FileFieldError, validation_parts
-from adaptive_sampler.timesteps import check_timesteps
+from adaptive_sampler.timesteps import check_timesteps, discretize, is_fractional
 
 if TYPE_CHECKING:
     from adaptive_sampler.noise_schedule import NoiseSchedule
@@ -80,14 +81,16 @@ class NoiseScheduleSpec(BaseModel):
 class ScheduleArtifact(BaseModel):
     """An exported timestep schedule with its provenance.
 
-    `timesteps` obey the shared rule (non-empty, integer, unique, strictly descending, inside
-    [0, num_train_timesteps - 1]); a bad list fails validation at field `timesteps`.
+    `timesteps` obey the shared rule (non-empty, finite, unique, strictly descending, inside
+    [0, num_train_timesteps - 1]); a bad list fails validation at field `timesteps`. A list may be fractional
+    (learned by gradient descent, say); `fractional` records it, and is filled in from the list when omitted.
     """
 
     model_config = ConfigDict(extra="forbid")
     format_version: Literal[1] = 1
     num_train_timesteps: int = Field(gt=0)
-    timesteps: list[int]
+    timesteps: list[int | float]
+    fractional: bool = False
     solver: Literal["ddim", "dpmpp-2m", "unipc"] = "ddim"
     eta: float = Field(0.0, ge=0.0, le=1.0)
     model: ModelIdentity
@@ -105,6 +108,21 @@ class ScheduleArtifact(BaseModel):
         if total is None:  # num_train_timesteps itself failed; pydantic reports that error
             return value
         return check_timesteps(value, total)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_fractional(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "fractional" not in data and isinstance(data.get("timesteps"), list):
+            values = data["timesteps"]
+            data = {**data, "fractional": any(isinstance(v, float) and not v.is_integer() for v in values)}
+        return data
+
+    @model_validator(mode="after")
+    def _fractional_matches(self) -> ScheduleArtifact:
+        if self.fractional != is_fractional(self.timesteps):
+            kind = "fractional" if is_fractional(self.timesteps) else "integer"
+            raise ValueError(f"fractional={self.fractional} does not match the list, which is {kind}")
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> ScheduleArtifact:
@@ -129,8 +147,17 @@ class ScheduleArtifact(BaseModel):
         atomic_write_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
 
     def to_diffusers_timesteps(self) -> list[int]:
-        """For `pipeline(..., timesteps=...)` or `AdaptiveDDIMScheduler.set_timesteps(timesteps=...)`."""
-        return list(self.timesteps)
+        """For `pipeline(..., timesteps=...)` or `AdaptiveDDIMScheduler.set_timesteps(timesteps=...)`.
+
+        diffusers' schedulers index their tables by integer t, so a fractional list is rounded (kept strictly
+        descending, see `discretize`) with a warning; `to_sigmas` keeps the fractional values.
+        """
+        if not self.fractional:
+            return [int(t) for t in self.timesteps]
+        rounded = discretize(np.asarray(self.timesteps, dtype=np.float64), self.num_train_timesteps).tolist()
+        warnings.warn(f"timesteps: the list is fractional; diffusers' timesteps= takes integers, so it is rounded "
+                      f"to {rounded} (sigmas= keeps the fractional values)", UserWarning, stacklevel=2)
+        return rounded
 
     def to_sigmas(self, schedule: NoiseSchedule | None = None) -> list[float]:
         """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) at each timestep plus the final 0, for σ-based schedulers' `sigmas=`."""
@@ -138,7 +165,12 @@ class ScheduleArtifact(BaseModel):
         if schedule.num_train_timesteps != self.num_train_timesteps:
             raise FieldError("schedule", schedule.num_train_timesteps, "training timesteps differ from the "
                              f"artifact's num_train_timesteps={self.num_train_timesteps}")
-        sigmas = schedule.sigmas().numpy()[np.asarray(self.timesteps)]
+        if not self.fractional:
+            sigmas = schedule.sigmas().numpy()[np.asarray(self.timesteps)]
+        else:  # σ = exp(-λ/2), λ interpolated between training steps as the sampler does
+            import torch
+
+            sigmas = (-schedule.log_snr_at(torch.tensor(self.timesteps, dtype=torch.float64)) / 2).exp().numpy()
         return [float(s) for s in sigmas] + [0.0]
 
     def to_comfyui_sigmas(self, schedule: NoiseSchedule | None = None) -> str:

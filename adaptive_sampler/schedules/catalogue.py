@@ -39,7 +39,7 @@ def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
     old = np.log(np.asarray(artifact.timesteps, dtype=np.float64)[::-1] + 1)
     new = np.interp(np.linspace(0, 1, num_steps), np.linspace(0, 1, len(old)), old)
     timesteps = discretize(np.exp(new[::-1]) - 1, artifact.num_train_timesteps).tolist()
-    return artifact.model_copy(update={"timesteps": timesteps, "interpolated": True, "metrics": {},
+    return artifact.model_copy(update={"timesteps": timesteps, "fractional": False, "interpolated": True, "metrics": {},
                                        "method": f"{artifact.method}; log-linear interpolation to {num_steps} steps"})
 
 
