@@ -135,3 +135,88 @@ def start_tune_worker(workdir: Path, url: str, study_name: str, n_trials: int, *
     script.write_text(TUNE_WORKER)
     return subprocess.Popen([sys.executable, str(script), storage.__file__, url, study_name, str(n_trials),
                              str(n_warm), hang_on], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# --- model folders of every kind the loader takes (issue 11) -------------------------------------------------------
+TINY_WORDS = ("a", "photo", "of", "cat", "dog", "red", "blue", "car", "shoe", "bag")
+
+
+def write_tiny_clip_tokenizer(folder: Path, max_length: int = 16) -> Path:
+    """A CLIP BPE tokenizer over `TINY_WORDS` (vocab.json, merges.txt, tokenizer_config.json), as an SD folder's
+    tokenizer/ holds them: the special tokens, every letter (alone and word-final) and the merges that build each
+    word left to right. Unknown words fall back to letters."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in sorted(set("".join(TINY_WORDS))):
+        vocab.setdefault(letter, len(vocab))
+        vocab.setdefault(letter + "</w>", len(vocab))
+    merges: list[str] = []
+    for word in TINY_WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer",
+                                                              "model_max_length": max_length}))
+    return folder
+
+
+def sd_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """Stable Diffusion 1.x's DDIM config (scaled-linear β 0.00085…0.012, no clipping, steps offset 1)."""
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+
+
+def write_tiny_sd_dir(root: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """A Stable Diffusion-layout folder of tiny random parts: unet/ (`build_tiny_conditional_unet`, 4×8×8 latents,
+    cross-attention width 16), vae/ (AutoencoderKL, 2× downsampling: 3×16×16 images), text_encoder/ (a 2-layer
+    CLIPTextModel of width 16), tokenizer/ (`write_tiny_clip_tokenizer`), scheduler/ and model_index.json."""
+    import json
+
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    build_tiny_conditional_unet(seed).save_pretrained(root / "unet")
+    torch.manual_seed(seed + 1)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                  norm_num_groups=4, sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(root / "vae")
+    tokenizer = write_tiny_clip_tokenizer(root / "tokenizer")
+    vocab = len(json.loads((tokenizer / "vocab.json").read_text()))
+    torch.manual_seed(seed + 2)
+    CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                 vocab_size=vocab, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
+    sd_scheduler(prediction_type).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False}))
+    return root
+
+
+def write_tiny_class_unet_dir(root: Path, num_classes: int = 10, seed: int = 0) -> Path:
+    """A class-conditional 1×8×8 UNet2DModel (`num_class_embeds`) with diffusers' default DDIM config."""
+    torch.manual_seed(seed)
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_classes).save_pretrained(root)
+    DDIMScheduler().save_config(root)
+    return root
+
+
+def write_tiny_rgb_unet_dir(root: Path, size: int = 48, seed: int = 0) -> Path:
+    """A 3×48×48 pixel UNet2DModel as a DDPM pipeline folder (unet/, scheduler/)."""
+    torch.manual_seed(seed)
+    UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(root / "unet")
+    DDIMScheduler().save_pretrained(root / "scheduler")
+    return root
