@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.model_adapter import PREDICTION_TYPES, X0Processing, eps_and_x0
+from adaptive_sampler.model_adapter import PREDICTION_TYPES, eps_and_x0
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import Leading, Trailing, Uniform
@@ -22,6 +22,21 @@ from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.timesteps import validate_timesteps
 
 _SPACINGS = ("linspace", "leading", "trailing")
+_BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+              "rescale_betas_zero_snr")
+
+
+def _check_x0_settings(config: Any) -> None:
+    """The clip/threshold settings that `step` will use; unused ones are not checked (as in DDIMScheduler)."""
+    if config.thresholding:
+        if not 0 < config.dynamic_thresholding_ratio < 1:
+            raise FieldError("dynamic_thresholding_ratio", config.dynamic_thresholding_ratio,
+                             "is outside (0, 1); it is the quantile of |x̂0| that thresholding scales by")
+        if not config.sample_max_value > 0:
+            raise FieldError("sample_max_value", config.sample_max_value,
+                             "must be > 0 with thresholding=True; it caps the threshold s that x̂0 is divided by")
+    elif config.clip_sample and not config.clip_sample_range > 0:
+        raise FieldError("clip_sample_range", config.clip_sample_range, "must be > 0 with clip_sample=True")
 
 
 class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
@@ -30,20 +45,19 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
     It takes every `DDIMScheduler` config key with the same defaults and meaning, so
     `AdaptiveDDIMScheduler.from_config(pipe.scheduler.config)` works for any DDIM-compatible config, plus
     `custom_timesteps`: a list that `set_timesteps()` runs when given no other, and that `save_pretrained` keeps
-    (diffusers' own schedulers drop custom lists on save).
+    (diffusers' own schedulers drop custom lists on save). It passes diffusers' own DDIM scheduler test suite
+    (tests/diffusers_vendored).
 
-    The previous timestep of each step is the next entry of the scheduler's own list (after the last, ᾱ = 1 with
-    `set_alpha_to_one`, else ᾱ_0), never `t - T // N`. With `leading` and `trailing` spacing that is what
-    `DDIMScheduler` does, and the two agree. With `linspace` spacing `DDIMScheduler.step` assumes a stride of T // N
-    that its own list does not have (diffusers issue #12633), so this scheduler deliberately differs there and
-    follows its list.
-
-    As in diffusers' multistep schedulers, the step index is found from the timestep on the first `step` after
-    `set_timesteps` (or set by `set_begin_index`, for img2img) and then advances by one per call; the per-step ᾱ
-    come from the list, not from the `timestep` argument.
+    `step` is stateless, as in `DDIMScheduler`: it steps from its `timestep` argument t to t_prev, the next entry
+    below t in the scheduler's own list, or past the last entry to the final ᾱ (1 with `set_alpha_to_one`, else
+    ᾱ_0); never to `t - T // N`. So a pipeline may start mid-list (img2img), repeat a step, or step at a timestep
+    that is not in the list. With `leading` and `trailing` spacing that is what `DDIMScheduler` does at its own
+    timesteps, and the two agree. With `linspace` spacing `DDIMScheduler.step` assumes a stride of T // N that its
+    own list does not have (diffusers issue #12633), so this scheduler deliberately differs there and follows its
+    list.
 
     Zero-terminal-SNR configs (`rescale_betas_zero_snr=True`) use ᾱ_{T-1} = 2**-24 (see `NoiseSchedule`), where
-    `DDIMScheduler` uses 0 and so returns NaN for ε-prediction at t = T-1.
+    `DDIMScheduler` uses 0 and so returns NaN for ε-prediction at t = T-1; `betas` and `alphas` are diffusers' own.
 
     `diffusers.DDIMPipeline.__init__` converts any scheduler to `DDIMScheduler`; to use this one there, assign it
     after construction: `pipe.scheduler = AdaptiveDDIMScheduler.from_config(pipe.scheduler.config,
@@ -52,6 +66,13 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = list(DDIMScheduler._compatibles)
     order = 1
+
+    # diffusers' own code, unchanged: these read only the tables below and the config
+    scale_model_input = DDIMScheduler.scale_model_input
+    add_noise = DDIMScheduler.add_noise
+    get_velocity = DDIMScheduler.get_velocity
+    _get_variance = DDIMScheduler._get_variance
+    _threshold_sample = DDIMScheduler._threshold_sample
 
     @register_to_config
     def __init__(
@@ -79,38 +100,26 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         if timestep_spacing not in _SPACINGS:
             raise FieldError("timestep_spacing", timestep_spacing, f"is not one of {', '.join(_SPACINGS)}")
         if custom_timesteps is not None:
-            listed = validate_timesteps(custom_timesteps, num_train_timesteps, "custom_timesteps")
+            listed = validate_timesteps(custom_timesteps, num_train_timesteps, "custom_timesteps", integers=True)
             # plain ints, so that save_pretrained writes the list to JSON whatever type it came in
             self.register_to_config(custom_timesteps=listed.tolist())
-        X0Processing.from_config(self.config)  # validates the clip/threshold settings now, not at the first step
+        _check_x0_settings(self.config)  # now, not at the first step
+        diffusers_ddim = DDIMScheduler(**{k: self.config[k] for k in _BETA_KEYS})
+        self.betas, self.alphas = diffusers_ddim.betas, diffusers_ddim.alphas
         self.schedule = NoiseSchedule.from_config(self.config)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
+        self._listed: list[int] = []  # the planned list on the CPU, for `previous_timestep`
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
     @property
-    def step_index(self) -> int | None:
-        """Index into `timesteps` of the next `step`; None until the first step after `set_timesteps`."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first step, when a pipeline starts mid-list (img2img); None to find it from the timestep."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the next pass at `timesteps[begin_index]` (diffusers' img2img pipelines call this)."""
-        self._begin_index = begin_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """DDIM feeds x_t to the network unscaled."""
-        return sample
+    def final_alpha_cumprod(self) -> torch.Tensor:
+        """ᾱ after the last listed step: 1 with `set_alpha_to_one`, else ᾱ_0 (read at each step, as the config is)."""
+        return torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
 
     def set_timesteps(
         self,
@@ -132,7 +141,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps, timesteps: both are given ({num_inference_steps} and a list of "
                     f"{len(timesteps)}); give one: a timestep list sets its own step count"
                 )
-            planned = validate_timesteps(timesteps, T, "timesteps")
+            planned = validate_timesteps(timesteps, T, "timesteps", integers=True)
         elif custom is not None:
             if num_inference_steps is not None and num_inference_steps != len(custom):
                 raise FieldError(
@@ -154,35 +163,28 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             if spacing not in policy:
                 raise FieldError("timestep_spacing", spacing, f"is not one of {', '.join(_SPACINGS)}")
             planned = policy[spacing].timesteps(num_inference_steps, self.schedule)
-
-        # Settings are read here rather than in __init__: StableDiffusionPipeline.__init__ rewrites the config of
-        # the scheduler it is given (clip_sample, steps_offset) after construction.
-        final = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
-        t_prev = torch.cat([planned[1:], planned.new_full((1,), -1)])
-        self._alpha_bars = self.alphas_cumprod[planned]
-        self._alpha_bars_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], final)
-        self._x0_processing = X0Processing.from_config(self.config)
+        self._listed = planned.tolist()
         self.num_inference_steps = len(planned)
         self.timesteps = planned.to(device)
-        self._step_index = None
-        self._begin_index = None
 
-    def _init_step_index(self, timestep: int | torch.Tensor) -> int:
-        """Set and return the index of `timestep` in this pass (the pipeline's begin index if it set one)."""
-        if self._begin_index is not None:
-            self._step_index = self._begin_index
-            return self._begin_index
-        if isinstance(timestep, torch.Tensor):
-            timestep = timestep.to(self.timesteps.device)
-        matches = (self.timesteps == timestep).nonzero()
-        if len(matches) == 0:
-            raise FieldError(
-                "timestep", int(timestep), f"is not in this scheduler's timesteps {self.timesteps.tolist()}; "
-                "step through scheduler.timesteps, or run set_timesteps with the list you mean"
-            )
-        index = int(matches[0])
-        self._step_index = index
-        return index
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep that `step` goes to from `timestep`: the next entry below it in this scheduler's list, or -1
+        (the final ᾱ) below the last entry."""
+        t = self._training_step(timestep)
+        return next((s for s in self._listed if s < t), -1)
+
+    def _training_step(self, timestep: int | float | torch.Tensor) -> int:
+        """`timestep` as an int in [0, T-1], or a FieldError that says what is wrong with it."""
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise FieldError("timestep", tuple(timestep.shape), "is the shape of a tensor with more than one value; "
+                             "step takes one timestep for the whole batch")
+        value = timestep.item() if isinstance(timestep, (torch.Tensor, np.generic)) else timestep
+        T = self.config.num_train_timesteps
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise FieldError("timestep", value, "is not an integer; this scheduler indexes ᾱ by integer timesteps")
+        if not 0 <= value < T:
+            raise FieldError("timestep", int(value), f"is outside [0, {T - 1}] (num_train_timesteps={T})")
+        return int(value)
 
     def step(
         self,
@@ -195,26 +197,26 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step from `timestep` to the next entry of the list: x_{t_prev} = sqrt(ᾱ_prev)·x̂0
+        """One DDIM step from `timestep` to `previous_timestep(timestep)`: x_{t_prev} = sqrt(ᾱ_prev)·x̂0
         + sqrt(1 - ᾱ_prev - σ²)·ε̂ + σ·z, with σ = η·(DDPM posterior std).
 
         Arguments mean what they mean in `DDIMScheduler.step`: x̂0 and ε̂ come from `model_output` by
-        `config.prediction_type`, x̂0 is clipped or thresholded by the config, `use_clipped_model_output` re-derives
-        ε̂ from that x̂0, and for η > 0 z is `variance_noise`, else drawn with `generator`.
+        `config.prediction_type`, x̂0 is thresholded or clipped by the config (read here: `StableDiffusionPipeline`
+        rewrites `clip_sample` after construction), `use_clipped_model_output` re-derives ε̂ from that x̂0, and for
+        η > 0 z is `variance_noise`, else drawn with `generator`.
         """
-        steps = self.num_inference_steps
-        if steps is None:
+        if self.num_inference_steps is None:
             raise ValueError("timesteps are not set: run set_timesteps first")
-        k = self._step_index if self._step_index is not None else self._init_step_index(timestep)
-        if k >= steps:
-            raise ValueError(
-                f"step: all {steps} timesteps of this pass are done; run set_timesteps again "
-                "before the next pass"
-            )
-        a_t, a_prev = self._alpha_bars[k], self._alpha_bars_prev[k]
+        t = self._training_step(timestep)
+        t_prev = self.previous_timestep(t)
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
 
         eps, x0 = eps_and_x0(model_output, sample, a_t, self.config.prediction_type)
-        x0 = self._x0_processing(x0)
+        if self.config.thresholding:
+            x0 = self._threshold_sample(x0)
+        elif self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
         if use_clipped_model_output:
             eps = (sample - a_t.sqrt() * x0) / (1 - a_t).sqrt()
 
@@ -226,17 +228,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
         prev_sample = ddim_step(x0, eps, a_t, a_prev, eta, noise)
-        self._step_index = k + 1
 
         if not return_dict:
             return prev_sample, x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
-    ) -> torch.Tensor:
-        """Forward process q(x_t | x_0): sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·noise, one t per sample or one for all."""
-        a = self.alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)
-        a = a[timesteps.to(original_samples.device)].flatten()
-        a = a.view(-1, *([1] * (original_samples.ndim - 1)))
-        return a.sqrt() * original_samples + (1 - a).sqrt() * noise

@@ -18,6 +18,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -65,6 +66,9 @@ EQUIVALENT_CASES = [
                  False, id="trailing-vpred-eta1"),
     pytest.param(dict(timestep_spacing="leading", thresholding=True, sample_max_value=2.0), 0.5, False,
                  id="leading-thresholding-eta0.5"),
+    # below 1 the threshold is always sample_max_value (torch.clamp with min > max), as diffusers computes it
+    pytest.param(dict(timestep_spacing="trailing", thresholding=True, sample_max_value=0.5), 0.0, False,
+                 id="trailing-thresholding-max0.5"),
 ]
 
 
@@ -166,7 +170,6 @@ def test_stable_diffusion_pipeline_runs_our_list(sd_components):
 
     image = run_sd(pipe, sd_components, timesteps=CUSTOM, output_type="np", callback_on_step_end=record)
     assert seen == CUSTOM
-    assert pipe.scheduler.step_index == len(CUSTOM)
     assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
 
 
@@ -209,12 +212,23 @@ def test_from_config_of_another_scheduler_keeps_its_keys():
     assert "DDIMScheduler" in [c.__name__ for c in ours.compatibles]
 
 
-def test_add_noise_and_scale_model_input():
-    ours, ddim = AdaptiveDDIMScheduler(), DDIMScheduler()
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_tables_add_noise_and_velocity_match_ddim_scheduler(set_alpha_to_one):
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=set_alpha_to_one)
+    ours, ddim = AdaptiveDDIMScheduler(**config), DDIMScheduler(**config)
+    for name in ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod"):
+        assert torch.equal(getattr(ours, name), getattr(ddim, name)), name
+    assert torch.equal(ours._get_variance(420, 400), ddim._get_variance(420, 400))
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(N, *SHAPE, generator=g), torch.randn(N, *SHAPE, generator=g)
     t = torch.tensor([10, 700])
     assert torch.equal(ours.add_noise(x0, noise, t), ddim.add_noise(x0, noise, t))
+    assert torch.equal(ours.get_velocity(x0, noise, t), ddim.get_velocity(x0, noise, t))
+
+
+def test_add_noise_and_scale_model_input():
+    ours = AdaptiveDDIMScheduler()
+    x0 = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(0))
     assert ours.scale_model_input(x0, 10) is x0
     assert (ours.init_noise_sigma, ours.order, len(ours)) == (1.0, 1, 1000)
 
@@ -246,15 +260,82 @@ def test_bad_arguments_raise_clear_errors():
         AdaptiveDDIMScheduler(timestep_spacing="karras")
 
 
+def one_step(scheduler, t, x):
+    """`step` at t with a fixed model output, so that two results differ only by the (t, t_prev) pair."""
+    return scheduler.step(0.1 * x, t, x).prev_sample
+
+
+def test_step_is_stateless():
+    """Each step depends on its timestep argument only: repeated, out of order or in a second pass."""
+    ours = AdaptiveDDIMScheduler(custom_timesteps=CUSTOM)
+    ours.set_timesteps()
+    x = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(0))
+    first = [one_step(ours, t, x) for t in ours.timesteps]
+    again = [one_step(ours, t, x) for t in ours.timesteps]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert torch.equal(one_step(ours, 600, x), first[CUSTOM.index(600)])
+    assert torch.equal(one_step(ours, torch.tensor(600), x), first[CUSTOM.index(600)])
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_img2img_start_mid_list_matches_ddim_scheduler(unet, spacing):
+    """img2img pipelines noise the image to a mid-list timestep and step on from there."""
+    ddim = DDIMScheduler(timestep_spacing=spacing)
+    ours = AdaptiveDDIMScheduler.from_config(ddim.config)
+    results = []
+    with torch.no_grad():
+        for scheduler in (ddim, ours):
+            scheduler.set_timesteps(10)
+            x = scheduler.add_noise(initial_noise(1), initial_noise(2), scheduler.timesteps[4:5])
+            for t in scheduler.timesteps[4:]:
+                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            results.append(x)
+    assert (results[0] - results[1]).abs().max().item() < 1e-5
+
+
+def test_off_list_timestep_steps_to_the_next_entry_below():
+    ours = AdaptiveDDIMScheduler(set_alpha_to_one=False)
+    ours.set_timesteps(timesteps=[500, 20])
+    assert [ours.previous_timestep(t) for t in (999, 500, 300, 20, 5)] == [500, 20, 20, -1, -1]
+    x = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(0))
+    # the same (t, t_prev) pair as a list that holds t: 300 -> 20, and 5 -> the final ᾱ (ᾱ_0 here)
+    for t, listed in ((300, [300, 20]), (5, [5])):
+        reference = AdaptiveDDIMScheduler(set_alpha_to_one=False)
+        reference.set_timesteps(timesteps=listed)
+        assert torch.equal(one_step(ours, t, x), one_step(reference, t, x))
+
+
+def test_sample_max_value_below_one_is_accepted_when_thresholding_is_off():
+    ours = AdaptiveDDIMScheduler(sample_max_value=0.5, clip_sample_range=-1.0, clip_sample=False)
+    assert ours.config.sample_max_value == 0.5
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(thresholding=True, sample_max_value=0.0), r"sample_max_value: 0.0 must be > 0 with thresholding=True"),
+        (dict(thresholding=True, dynamic_thresholding_ratio=1.0), r"dynamic_thresholding_ratio: 1.0 is outside"),
+        (dict(clip_sample_range=0.0), r"clip_sample_range: 0.0 must be > 0 with clip_sample=True"),
+        (dict(custom_timesteps=[900.5, 10]), r"custom_timesteps\[0\]: 900.5 is not an integer"),
+    ],
+    ids=["max-value", "ratio", "clip-range", "fractional-list"],
+)
+def test_bad_settings_name_the_field(config, message):
+    with pytest.raises(FieldError, match=message):
+        AdaptiveDDIMScheduler(**config)
+
+
 def test_step_errors():
     scheduler = AdaptiveDDIMScheduler()
     x = torch.zeros(1, *SHAPE)
     with pytest.raises(ValueError, match="run set_timesteps first"):
         scheduler.step(x, 999, x)
     scheduler.set_timesteps(timesteps=[500, 20])
-    with pytest.raises(ValueError, match=r"timestep: 999 is not in this scheduler's timesteps \[500, 20\]"):
-        scheduler.step(x, 999, x)
-    for t in scheduler.timesteps:
-        scheduler.step(x, t, x)
-    with pytest.raises(ValueError, match="run set_timesteps again"):
-        scheduler.step(x, 500, x)
+    with pytest.raises(FieldError, match=r"timestep: 1000 is outside \[0, 999\]"):
+        scheduler.step(x, 1000, x)
+    with pytest.raises(FieldError, match=r"timestep: -1 is outside \[0, 999\]"):
+        scheduler.step(x, -1, x)
+    with pytest.raises(FieldError, match=r"timestep: 20.5 is not an integer"):
+        scheduler.step(x, torch.tensor(20.5), x)
+    with pytest.raises(FieldError, match=r"timestep: \(2,\) is the shape of a tensor with more than one value"):
+        scheduler.step(x, torch.tensor([500, 20]), x)
