@@ -1,7 +1,7 @@
 """The `adaptive-sampler` command line: the app, `main()`, and the one place that turns errors into one line.
 
-One module per command: `sample`, `evaluate` (`eval`), `tune`, `schedules` (`schedules list|show`); `common` holds
-what they share. The commands raise the library's errors unchanged; `FlagCommand` (every command's class) maps a
+One module per command: `sample`, `evaluate` (`eval`), `tune`, `stats`, `schedules` (`schedules list|show`); `common`
+holds what they share. The commands raise the library's errors unchanged; `FlagCommand` (every command's class) maps a
 `FieldError`'s field, or a pydantic error's location, to the flag of the command that ran, and `main()` prints
 "error: --flag: ..." with exit status 2. Nothing outside this package imports it.
 """
@@ -19,6 +19,7 @@ from adaptive_sampler.cli.common import CliError
 from adaptive_sampler.cli.evaluate import eval_command
 from adaptive_sampler.cli.sample import sample_command
 from adaptive_sampler.cli.schedules import list_command, show_command
+from adaptive_sampler.cli.stats import stats_command
 from adaptive_sampler.cli.tune import tune_command
 from adaptive_sampler.errors import FieldError
 
@@ -81,6 +82,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 app.command("sample", cls=FlagCommand)(sample_command)
 app.command("eval", cls=FlagCommand)(eval_command)
 app.command("tune", cls=FlagCommand)(tune_command)
+app.command("stats", cls=FlagCommand)(stats_command)
 schedules_app = typer.Typer(no_args_is_help=True, help="The schedule catalogue.")
 schedules_app.command("list", cls=FlagCommand)(list_command)
 schedules_app.command("show", cls=FlagCommand)(show_command)

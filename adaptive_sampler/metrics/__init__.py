@@ -1,6 +1,19 @@
-"""Sample-quality metrics: feature extractors, feature statistics, distribution distances, fidelity, and the
-evaluation of samples in the embedded feature space."""
+"""Sample-quality metrics: metric back-ends (feature spaces and per-sample scorers, `backends`), reference
+statistics (pytorch-fid's npz layout, `statistics`), distribution distances, fidelity, CLIP, and their
+accumulation over a set of samples (`scoring`)."""
 
+from adaptive_sampler.metrics.backends import (
+    BACKEND_SPECS,
+    ClipBackend,
+    EmbeddedBackend,
+    FidelityBackend,
+    InceptionBackend,
+    LabelBackend,
+    MetricBackend,
+    ScoringBatch,
+    make_backend,
+)
+from adaptive_sampler.metrics.clip import ClipFeatureExtractor, LocalClip
 from adaptive_sampler.metrics.distribution import (
     ConfidenceInterval,
     DistributionMetrics,
@@ -20,7 +33,15 @@ from adaptive_sampler.metrics.features import (
     build_fid_inception_v3,
     load_embedded_feature_net,
 )
-from adaptive_sampler.metrics.fidelity import Fidelity, fidelity, to_unit_range
+from adaptive_sampler.metrics.fidelity import Fidelity, fidelity, fidelity_per_sample, to_unit_range
+from adaptive_sampler.metrics.resize import clean_preprocess, clean_resize, quantize_uint8
+from adaptive_sampler.metrics.scoring import (
+    MetricAccumulator,
+    Reference,
+    check_fid_n,
+    embedded_reference,
+    resolve_reference,
+)
 from adaptive_sampler.metrics.statistics import (
     FeatureStatistics,
     embedded_reference_features,
@@ -28,6 +49,26 @@ from adaptive_sampler.metrics.statistics import (
 )
 
 __all__ = [
+    "BACKEND_SPECS",
+    "ClipBackend",
+    "ClipFeatureExtractor",
+    "EmbeddedBackend",
+    "FidelityBackend",
+    "InceptionBackend",
+    "LabelBackend",
+    "LocalClip",
+    "MetricAccumulator",
+    "MetricBackend",
+    "Reference",
+    "ScoringBatch",
+    "check_fid_n",
+    "clean_preprocess",
+    "clean_resize",
+    "embedded_reference",
+    "fidelity_per_sample",
+    "make_backend",
+    "quantize_uint8",
+    "resolve_reference",
     "EMBEDDED_IMAGE_SHAPE",
     "FEATURE_DIM",
     "ConfidenceInterval",

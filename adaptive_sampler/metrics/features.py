@@ -1,8 +1,9 @@
 """Feature extractors: images in [-1, 1] -> feature vectors [n, dim], the space FID/KID/precision-recall live in.
 
-Two are provided. `EmbeddedFeatureExtractor` runs the Fashion-MNIST classifier shipped in the package (offline,
-128-d). `InceptionFeatureExtractor` runs the InceptionV3 of the FID paper (Heusel et al. 2017, arXiv:1706.08500)
-as ported by pytorch-fid, from a weights file the user supplies: nothing here downloads.
+`EmbeddedFeatureExtractor` runs the Fashion-MNIST classifier shipped in the package (offline, 128-d).
+`InceptionFeatureExtractor` runs the InceptionV3 of the FID paper (Heusel et al. 2017, arXiv:1706.08500) as ported
+by pytorch-fid, from a weights file the user supplies, on images prepared by clean-fid's convention (`resize`).
+CLIP image features live in `clip`. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from piq.feature_extractors.fid_inception import FIDInceptionA, FIDInceptionC, FIDInceptionE1, FIDInceptionE2
 from safetensors.torch import load_file
 from torch import nn
@@ -19,11 +19,13 @@ from torchvision.models import inception_v3
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, FashionFeatureNet
+from adaptive_sampler.metrics.resize import check_images, clean_preprocess
 
 EMBEDDED_FEATURE_NET = Path(__file__).resolve().parent.parent / "embedded" / "feature_net.safetensors"
 FID_INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_INCEPTION_FILENAME}"
 INCEPTION_FEATURE_DIM = 2048
+INCEPTION_SIZE = 299  # the input size of the FID Inception
 
 
 @runtime_checkable
@@ -111,7 +113,8 @@ def build_fid_inception_v3() -> nn.Module:
 
 
 class _InceptionPool(nn.Module):
-    """Grayscale -> RGB, bilinear resize to 299 (as pytorch-fid), then the 2048-d final average-pool features."""
+    """clean-fid's preprocessing (`resize.clean_preprocess`: 8-bit quantisation, grayscale -> RGB, PIL-bicubic
+    resize to 299), pytorch-fid's input scaling (0-255 -> [-1, 1]), then the 2048-d final average-pool features."""
 
     def __init__(self, inception: nn.Module) -> None:
         super().__init__()
@@ -119,16 +122,13 @@ class _InceptionPool(nn.Module):
         self.inception = inception.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        # pytorch-fid resizes in [0, 1] and then maps to [-1, 1]; bilinear resizing is affine-equivariant, so
-        # resizing in [-1, 1] directly gives the same input.
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.inception(x)
+        values = clean_preprocess(x, (INCEPTION_SIZE, INCEPTION_SIZE))
+        return self.inception(values / 255 * 2 - 1)
 
 
 class InceptionFeatureExtractor:
-    """FID Inception pool features [n, 2048] for images [n, 1 or 3, H, W] in [-1, 1], from a local weights file.
+    """FID Inception pool features [n, 2048] for images [n, 1 or 3, H, W] in [-1, 1], from a local weights file,
+    with clean-fid's quantisation and resize (see `_InceptionPool`); any H, W.
 
     `weights_path` is pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a state dict; loaded with
     `weights_only=True`). Features are computed on `device` if given, else on the images' device.
@@ -159,9 +159,5 @@ class InceptionFeatureExtractor:
         self._net = _InceptionPool(inception)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise FieldError(
-                "images", tuple(images.shape), "is its shape; it must be [n, 1 or 3, H, W]: pass grayscale or RGB "
-                "images in [-1, 1]"
-            )
+        check_images(images)
         return _batched_features(self._net, images, self.device, self.batch_size)

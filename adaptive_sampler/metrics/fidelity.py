@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import piq
 import torch
+from torch import nn
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.features import FeatureExtractor
@@ -19,6 +20,42 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Images from the model range [-1, 1] to [0, 1] in float32, clamped: samplers clip x̂0 to [-1, 1], and the
     clamp absorbs round-off (and unclipped x̂0) that piq's range check would reject."""
     return ((images.detach().float() + 1) / 2).clamp(0, 1)
+
+
+SSIM_KERNEL = 11  # piq's SSIM window: images must be at least this many pixels wide
+
+
+def _check_pair(images: torch.Tensor, reference: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise FieldError("images", tuple(images.shape), "is its shape; it must be [n, C, H, W]")
+    if images.shape != reference.shape:
+        raise FieldError(
+            "reference", tuple(reference.shape), f"is its shape, which differs from the images' {tuple(images.shape)};"
+            " pass the many-step result of the same initial noise for each sample"
+        )
+
+
+def fidelity_per_sample(images: torch.Tensor, reference: torch.Tensor,
+                        lpips_model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Per-sample PSNR (dB), SSIM (images at least 11 pixels wide) and, with `lpips_model` (an `lpips.LPIPS`, see
+    `monitors.lpips_distance.build_lpips`), LPIPS of images to reference, as float64 CPU tensors [n].
+
+    Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise (and prompt) as sample i of the
+    other; PSNR and SSIM use piq on [0, 1], LPIPS takes [-1, 1] RGB (grayscale repeated).
+    """
+    _check_pair(images, reference)
+    x, y = to_unit_range(images), to_unit_range(reference).to(images.device)
+    out = {"psnr": piq.psnr(x, y, data_range=1.0, reduction="none")}
+    if min(x.shape[-2:]) >= SSIM_KERNEL:
+        out["ssim"] = piq.ssim(x, y, data_range=1.0, reduction="none")
+    if lpips_model is not None:
+        def rgb(z: torch.Tensor) -> torch.Tensor:
+            return z * 2 - 1 if z.shape[1] == 3 else (z * 2 - 1).expand(-1, 3, -1, -1)
+
+        lpips_model.to(images.device)
+        with torch.inference_mode():
+            out["lpips"] = lpips_model(rgb(x), rgb(y)).flatten()
+    return {name: value.detach().to("cpu", torch.float64) for name, value in out.items()}
 
 
 @dataclass(frozen=True)
@@ -39,13 +76,7 @@ def fidelity(
     Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise as sample i of the other.
     PSNR and SSIM use piq on [0, 1]; identical images give PSNR 80 dB (piq's 1e-8 floor on the MSE) and SSIM 1.
     """
-    if images.ndim != 4:
-        raise FieldError("images", tuple(images.shape), "is its shape; it must be [n, C, H, W]")
-    if images.shape != reference.shape:
-        raise FieldError(
-            "reference", tuple(reference.shape), f"is its shape, which differs from the images' {tuple(images.shape)};"
-            " pass the many-step result of the same initial noise for each sample"
-        )
+    _check_pair(images, reference)
     x, y = to_unit_range(images), to_unit_range(reference).to(images.device)
     feature_distance = None
     if feature_extractor is not None:

@@ -1,16 +1,21 @@
-"""Feature moments (mean, covariance) for FID, their safetensors files, and the shipped Fashion-MNIST references.
+"""Feature moments (mean, covariance) for FID, their files, and the shipped Fashion-MNIST references.
 
-The shipped references are features of the embedded feature net (see `features.EmbeddedFeatureExtractor`) for
-the 10,000 test images and for the first 10,000 training images; `experiments/compute_reference_stats.py`
-writes them.
+Two file layouts: the package's safetensors (`save`/`load`, with n), and pytorch-fid's `.npz` (`save_npz`/
+`load_npz`: float64 arrays `mu` [d] and `sigma` [d, d], read by pytorch-fid and clean-fid as `np.load(path)["mu"]`,
+`["sigma"]`), which `adaptive-sampler stats` writes and `--reference` reads. The shipped references are features
+of the embedded feature net (see `features.EmbeddedFeatureExtractor`) for the 10,000 test images and for the first
+10,000 training images; `experiments/compute_reference_stats.py` writes them.
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -31,11 +36,12 @@ def reference_statistics_path(split: Literal["test", "train"]) -> Path:
 
 @dataclass(frozen=True)
 class FeatureStatistics:
-    """Mean [d] and unbiased covariance [d, d] (float64, CPU) of n feature vectors."""
+    """Mean [d] and unbiased covariance [d, d] (float64, CPU) of n feature vectors (n None: not recorded, as in
+    pytorch-fid's npz files)."""
 
     mean: torch.Tensor
     cov: torch.Tensor
-    n: int
+    n: int | None
 
     def __post_init__(self) -> None:
         d = self.mean.shape[0] if self.mean.ndim == 1 else -1
@@ -44,7 +50,7 @@ class FeatureStatistics:
         if tuple(self.cov.shape) != (d, d):
             raise FieldError("cov", tuple(self.cov.shape),
                              f"is its shape; it must be [d, d] = [{d}, {d}] to match mean")
-        if self.n < 2:
+        if self.n is not None and self.n < 2:
             raise FieldError("n", self.n, "is below 2; a covariance needs at least two samples")
 
     @property
@@ -60,12 +66,54 @@ class FeatureStatistics:
         return cls(mean=x.mean(0), cov=torch.cov(x.T).reshape(x.shape[1], x.shape[1]), n=x.shape[0])
 
     def save(self, path: Path | str) -> None:
-        """Write as safetensors (tensors `mean`, `cov`; `n` in the metadata)."""
+        """Write as safetensors (tensors `mean`, `cov`; `n` in the metadata; use `save_npz` when n is unknown)."""
+        if self.n is None:
+            raise FieldError("n", None, "is not recorded; the safetensors layout stores n, use save_npz")
         save_file(
             {"mean": self.mean.contiguous(), "cov": self.cov.contiguous()},
             str(path),
             metadata={"format": _FORMAT, "n": str(self.n)},
         )
+
+    def npz_bytes(self) -> bytes:
+        """The moments in pytorch-fid's layout: an uncompressed `.npz` with float64 `mu` [d] and `sigma` [d, d]."""
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mean.numpy(), sigma=self.cov.numpy())
+        return buffer.getvalue()
+
+    def save_npz(self, path: Path | str) -> None:
+        """Write `npz_bytes()` to `path`."""
+        Path(path).write_bytes(self.npz_bytes())
+
+    @classmethod
+    def load_npz(cls, path: Path | str, field: str = "reference") -> FeatureStatistics:
+        """Read pytorch-fid's `.npz` layout (`mu` [d], `sigma` [d, d]; other arrays are ignored, as pytorch-fid
+        does). A missing file, another format or a bad layout raises FieldError naming `field`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FieldError(field, str(path), "does not exist; make one with `adaptive-sampler stats --images DIR "
+                                               "--features BACKEND --out ref.npz`")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in ("mu", "sigma") if key in data.files}
+                keys = list(data.files)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise FieldError(field, str(path), f"is not an .npz file of reference statistics ({exc})") from None
+        if set(arrays) != {"mu", "sigma"}:
+            raise FieldError(field, str(path), f"holds the arrays {keys}; reference statistics are pytorch-fid's "
+                                               "layout, arrays 'mu' [d] and 'sigma' [d, d]")
+        mu, sigma = arrays["mu"], arrays["sigma"]
+        d = mu.shape[0] if mu.ndim == 1 else -1
+        if d < 1 or sigma.shape != (d, d):
+            raise FieldError(field, str(path), f"has mu of shape {mu.shape} and sigma of shape {sigma.shape}; they "
+                                               "must be [d] and [d, d]")
+        if not (np.issubdtype(mu.dtype, np.floating) and np.issubdtype(sigma.dtype, np.floating)):
+            raise FieldError(field, str(path), f"has mu of dtype {mu.dtype} and sigma of dtype {sigma.dtype}; they "
+                                               "must be floating point")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise FieldError(field, str(path), "holds NaN or Inf in mu or sigma")
+        return cls(mean=torch.from_numpy(mu.astype(np.float64)), cov=torch.from_numpy(sigma.astype(np.float64)),
+                   n=None)
 
     @classmethod
     def load(cls, path: Path | str) -> FeatureStatistics:

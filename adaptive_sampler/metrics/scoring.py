@@ -1,0 +1,118 @@
+"""A back-end plus reference statistics: the metrics of a set of samples, gathered batch by batch.
+
+`MetricAccumulator(backend, reference)` takes `ScoringBatch`es (`add`) and gives the metrics of everything added
+so far (`values`): the means of the back-end's per-sample scores, and, where it has a feature space and a
+reference, FID (once n exceeds the feature dimension) — plus KID and precision/recall where the reference holds
+its features (the shipped embedded one does; an npz holds only `mu`, `sigma`). Tuning adds one chunk per rung,
+`eval` adds all its samples at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adaptive_sampler.errors import FieldError
+from adaptive_sampler.metrics.backends import EmbeddedBackend, MetricBackend, ScoringBatch
+from adaptive_sampler.metrics.distribution import KidReference, distribution_metrics, fid, kid
+from adaptive_sampler.metrics.statistics import (
+    FeatureStatistics,
+    embedded_reference_features,
+    embedded_reference_statistics,
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Reference statistics of a feature space; `features` (for KID, precision/recall) where they are known."""
+
+    statistics: FeatureStatistics
+    source: str
+    features: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.statistics.dim
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_reference() -> Reference:
+    """The shipped embedded features and moments of the 10,000 Fashion-MNIST test images."""
+    return Reference(embedded_reference_statistics("test"), "embedded:fashion-mnist-test",
+                     embedded_reference_features())
+
+
+def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Reference | None:
+    """The reference of `backend`: the npz at `path` (pytorch-fid layout, see `FeatureStatistics.load_npz`), else
+    the shipped one for `embedded`, else None. Raises FieldError("reference", ...) for a bad file, one whose
+    dimension is not the back-end's, or a back-end without a feature space."""
+    if path is None:
+        return embedded_reference() if isinstance(backend, EmbeddedBackend) else None
+    if backend.dim is None:
+        raise FieldError("reference", str(path), f"is given, but the back-end {backend.spec!r} has no feature space "
+                                                 "to compare it in (use embedded, inception:PATH or clip:PATH)")
+    stats = FeatureStatistics.load_npz(path, field="reference")
+    if stats.dim != backend.dim:
+        raise FieldError("reference", str(path), f"holds statistics of {stats.dim}-d features; the back-end "
+                                                 f"{backend.spec!r} has {backend.dim}-d features (make the file with "
+                                                 f"`adaptive-sampler stats --features {backend.spec}`)")
+    return Reference(stats, str(path))
+
+
+def check_fid_n(backend: MetricBackend, n: int, field: str = "n") -> None:
+    """FID is refused at n ≤ the feature dimension (a rank-deficient covariance): FieldError naming `field`."""
+    if backend.dim is not None and n <= backend.dim:
+        raise FieldError(field, n, f"samples is not more than the feature dimension {backend.dim} of "
+                                   f"{backend.spec!r}; FID needs n > {backend.dim}")
+
+
+class MetricAccumulator:
+    """Metrics of the samples added so far (see the module docstring)."""
+
+    def __init__(self, backend: MetricBackend, reference: Reference | None = None) -> None:
+        self.backend, self.reference = backend, reference
+        self._features: list[torch.Tensor] = []
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self.n = 0
+        self._kid_reference: KidReference | None = None
+
+    def add(self, batch: ScoringBatch, features: torch.Tensor | None = None) -> None:
+        """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks)."""
+        if self.backend.feature_extractor is not None and self.reference is not None:
+            found = features if features is not None else self.backend.feature_extractor(batch.images)
+            self._features.append(found.detach().to("cpu", torch.float64))
+        for name, values in self.backend.per_sample(batch).items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(values.sum())
+            self._counts[name] = self._counts.get(name, 0) + len(values)
+        self.n += len(batch.images)
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return torch.cat(self._features) if self._features else None
+
+    def values(self, bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
+        """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) / KID against the
+        reference; with `bootstrap` (shipped-features references), `fid_ci_low`…`kid_ci_high` too."""
+        out = {name: total / self._counts[name] for name, total in self._sums.items()}
+        features = self.features
+        if features is None or self.reference is None:
+            return out
+        ref = self.reference
+        if ref.features is not None and len(features) > features.shape[1]:
+            m = distribution_metrics(features, ref.features, ref.statistics, bootstrap=bootstrap, seed=seed)
+            out.update(fid=m.fid, kid=m.kid, precision=m.precision, recall=m.recall)
+            for name, ci in (("fid", m.fid_ci), ("kid", m.kid_ci)):
+                if ci is not None:
+                    out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci.low, ci.high
+            return out
+        if ref.features is not None and len(features) >= 2:
+            if self._kid_reference is None:
+                self._kid_reference = KidReference(ref.features)
+            out["kid"] = kid(features, self._kid_reference)
+        if len(features) > features.shape[1]:
+            out["fid"] = fid(FeatureStatistics.from_features(features), ref.statistics)
+        return out
