@@ -12,6 +12,7 @@ from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
     PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     UNet2DModel,
 )
@@ -185,6 +186,24 @@ def test_stable_diffusion_pipeline_matches_ddim_after_config_rewrite(sd_componen
     expected = run_sd(ddim_pipe, sd_components, num_inference_steps=5, output_type="latent", eta=1.0)
     got = run_sd(ours_pipe, sd_components, num_inference_steps=5, output_type="latent", eta=1.0)
     assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_stable_diffusion_img2img_pipeline_matches_ddim(sd_components, spacing):
+    """The img2img pipeline enters the list mid-way (strength < 1); ours steps on from there as DDIMScheduler does."""
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                  clip_sample=False, timestep_spacing=spacing)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    latents = []
+    for scheduler in (DDIMScheduler(**config), AdaptiveDDIMScheduler(**config)):
+        pipe = StableDiffusionImg2ImgPipeline(
+            vae=sd_components["vae"], text_encoder=None, tokenizer=None, unet=sd_components["unet"],
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        latents.append(run_sd(pipe, sd_components, image=image, strength=0.6, num_inference_steps=5,
+                              output_type="latent"))
+    assert (latents[0] - latents[1]).abs().max().item() < 1e-5
 
 
 def test_save_pretrained_round_trips_custom_timesteps(tmp_path):
