@@ -57,12 +57,17 @@ class LocalClip:
         if batch_size < 1:
             raise FieldError("batch_size", batch_size, "is not a positive integer")
         transformers = _transformers()
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # a weights-loading bar per run would clutter the CLI
         try:
             self.model = transformers.CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
             self.processor = transformers.CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FieldError(field, spec, f"could not be read as a CLIP folder: {' '.join(str(exc).split())}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         self.model.eval().requires_grad_(False)
         self.dim: int = int(self.model.config.projection_dim)
         self.max_tokens: int = int(self.model.config.text_config.max_position_embeddings)
