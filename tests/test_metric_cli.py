@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
 from metric_weights import write_tiny_clip_dir
 from PIL import Image
 from safetensors.torch import load_file
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from adaptive_sampler.datasets import to_model_range
 from adaptive_sampler.metrics import FeatureStatistics, make_backend
 from adaptive_sampler.metrics.statistics import EMBEDDED_DIR
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")

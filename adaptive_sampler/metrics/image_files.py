@@ -79,7 +79,7 @@ def image_folder(folder: Path) -> ImageSet:
 
 
 def _array_to_model_range(array: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(array))
+    x = torch.from_numpy(np.array(array))  # a copy: the batch of a read-only memory map
     if x.dtype == torch.uint8:
         if x.ndim == 3:
             x = x[:, None]
