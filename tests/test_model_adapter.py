@@ -80,7 +80,7 @@ def test_x0_matches_diffusers_ddim_pred_original_sample(prediction_type):
 def test_adapter_rejects_bad_settings():
     with pytest.raises(ValueError, match=r"^prediction_type: 'noise' is not one of"):
         ModelAdapter(constant_network, SCHEDULE, prediction_type="noise")
-    with pytest.raises(ValueError, match=r"^network_rows: 0 must be a positive integer or None"):
+    with pytest.raises(ValueError, match=r"^network_rows: 0 must be a positive integer \(fixed:N\) or None"):
         ModelAdapter(constant_network, SCHEDULE, network_rows=0)
 
 

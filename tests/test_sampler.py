@@ -285,11 +285,12 @@ class _CountHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("network_rows", ["auto", "buckets", "fixed:2", None])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_a_static_list_reads_nothing_back_to_the_host_per_step(adapter, eta):
+def test_a_static_list_reads_nothing_back_to_the_host_per_step(adapter, eta, network_rows):
     """The loop's host reads are per batch, not per step: 5 and 20 steps make the same number (the network is a
-    plain function here, so only the loop's own ops are counted)."""
-    model = ModelAdapter(lambda x, t, **kw: 0.1 * x, adapter.schedule)
+    plain function here, so only the loop's and the row policy's own ops are counted)."""
+    model = ModelAdapter(lambda x, t, **kw: 0.1 * x, adapter.schedule, network_rows=network_rows)
     counts = []
     for steps in (5, 20):
         with _CountHostReads() as reads:
