@@ -59,7 +59,10 @@ class NoiseSchedule:
             return torch.where(timesteps >= 0, table[timesteps.clamp(min=0)], torch.ones((), device=device))
         t = timesteps.double().clamp(0, self.num_train_timesteps - 1)
         nearest = t.round().long()
-        exact = torch.where(t == nearest, table[nearest], torch.sigmoid(self.log_snr_at(t)).float())
+        between = torch.sigmoid(self.log_snr_at(t)).float()
+        if timesteps.requires_grad:  # the table has no gradient in t: a learned list stays on the interpolation
+            return torch.where(timesteps >= 0, between, torch.ones((), device=device))
+        exact = torch.where(t == nearest, table[nearest], between)
         return torch.where(timesteps >= 0, exact, torch.ones((), device=device))
 
     def log_snr_at(self, timesteps: torch.Tensor) -> torch.Tensor:

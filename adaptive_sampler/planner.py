@@ -73,8 +73,11 @@ class StaticPlan:
 
     name = "static"
 
-    def __init__(self, timesteps: Sequence[int] | torch.Tensor, num_train_timesteps: int) -> None:
-        self.timesteps = validate_timesteps(timesteps, num_train_timesteps)
+    def __init__(self, timesteps: Sequence[int | float] | torch.Tensor, num_train_timesteps: int) -> None:
+        self.timesteps = validate_timesteps(
+            timesteps.detach() if isinstance(timesteps, torch.Tensor) else timesteps, num_train_timesteps)
+        if isinstance(timesteps, torch.Tensor) and timesteps.requires_grad:  # learning the list: keep its graph
+            self.timesteps = timesteps.double()
         self._next = torch.cat([self.timesteps[1:], self.timesteps.new_full((1,), -1)])  # t_next by position
 
     def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,10 +145,10 @@ def _after_monitor(verdict: object, planner: Planner, observation: StepObservati
 
 def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: torch.Tensor, shape: Sequence[int],
                options: SamplingOptions, conditioning: Conditioning | None, monitor: StepMonitor | None,
-               trace: list[StepInfo] | None) -> _Batch:
+               trace: list[StepInfo] | None, noise: torch.Tensor | None) -> _Batch:
     device, dtype, schedule = model.device, model.dtype, model.schedule
     generators = [sample_generator(options.seed, int(i)) for i in indices]
-    x = draw_noise(generators, shape).to(device=device, dtype=dtype)
+    x = (draw_noise(generators, shape) if noise is None else noise).to(device=device, dtype=dtype)
     rows = len(indices)
     out = torch.empty_like(x)
     nfe = torch.zeros(rows, dtype=torch.int64, device=device)
@@ -172,7 +172,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
         bad = pred.nonfinite_rows()
         new_bad = bad & (first_bad[active] < 0)
         first_bad[active] = torch.where(new_bad, step, first_bad[active])
-        bad_t[active] = torch.where(new_bad, t, bad_t[active])
+        bad_t[active] = torch.where(new_bad, t.detach(), bad_t[active])
         observation = StepObservation(t, pred.x0, None if anchor is None else anchor.t,
                                       None if anchor is None else anchor.x0, memory)
         finishing = planner.finishing(memory) if isinstance(planner, FinishingPlan) else None
@@ -237,7 +237,6 @@ def _accepted_timesteps(log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return [ts[(row_ids == r) & accepted].tolist() for r in range(rows)]
 
 
-@torch.inference_mode()
 def sample(
     model: ModelAdapter,
     plan: Sequence[int] | torch.Tensor | Planner,
@@ -254,6 +253,8 @@ def sample(
     progress: bool = False,
     start: int = 0,
     finish: str | Finish | None = None,
+    noise: torch.Tensor | None = None,
+    grad: bool = False,
 ) -> SampleResult:
     """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021).
 
@@ -268,8 +269,24 @@ def sample(
     of a larger one (a shard, see `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor
     indices are the global ones. Raises NonFiniteOutputError (keeping the finished batches) if the model outputs
     NaN or Inf.
+
+    `noise` [n, *shape] replaces the initial draws (e.g. a pipeline's `latents`); η-noise still comes from (seed, i).
+    `grad` keeps the autograd graph instead of running in inference mode, so that a loss on the samples reaches a
+    plan tensor that requires grad (fractional timesteps, see `tuning.ld3`) and `noise`.
     """
+    with torch.inference_mode(not grad):
+        return _sample(model, plan, shape, n, batch_size=batch_size, seed=seed, eta=eta, solver=solver,
+                       monitor=monitor, conditioning=conditioning, trace=trace, progress=progress, start=start,
+                       finish=finish, noise=noise)
+
+
+def _sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, shape: Sequence[int], n: int, *,
+            batch_size: int, seed: int, eta: float, solver: Solver | None, monitor: StepMonitor | None,
+            conditioning: Conditioning | None, trace: bool, progress: bool, start: int, finish: str | Finish | None,
+            noise: torch.Tensor | None) -> SampleResult:
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, start=start, eta=eta, trace=trace)
+    if noise is not None and tuple(noise.shape) != (n, *shape):
+        raise FieldError("noise", tuple(noise.shape), f"is not the shape of {n} samples of {tuple(shape)}")
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
     finish_mode = parse_finish(finish)
     if monitor is not None and finish_mode.mode == "tail":
@@ -284,7 +301,8 @@ def sample(
     for first in tqdm(range(options.start, stop, options.batch_size), desc="sampling", unit="batch",
                       disable=not progress):
         indices = torch.arange(first, min(first + options.batch_size, stop))
-        batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace)
+        rows = None if noise is None else noise[first - options.start:first - options.start + len(indices)]
+        batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace, rows)
         bad_rows = (batch.first_bad >= 0).nonzero().flatten()
         if len(bad_rows):
             first = bad_rows[batch.first_bad[bad_rows].argmin()]

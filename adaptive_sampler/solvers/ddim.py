@@ -10,6 +10,8 @@ from adaptive_sampler.solvers.base import Point, SolverState, replace_anchor
 
 def ddim_sigma(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """σ_t(η) = η · sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) · sqrt(1 - ᾱ_t / ᾱ_prev); η = 1 is the DDPM posterior std."""
+    if eta == 0:  # exactly 0, and no sqrt(0) on the way: its infinite slope would make gradients in t NaN
+        return torch.zeros_like(alpha_bar_t)
     return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
 
 

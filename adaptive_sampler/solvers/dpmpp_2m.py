@@ -30,6 +30,12 @@ def second_order_rows(state: SolverState, alpha_bar_to: torch.Tensor) -> torch.T
     return state.tensors["has_prev"].view_as(alpha_bar_to) & (alpha_bar_to < 1)
 
 
+def safe_ratio(rows: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """r on the second-order `rows`, 1 elsewhere: those rows discard the second-order term, and a 0 there (a step
+    to σ = 0 has h = ∞) would turn the gradients of a learned schedule into NaN through the discarded 1/r."""
+    return torch.where(rows, r, torch.ones_like(r))
+
+
 class DPMSolverPP2M:
     """DPM-Solver++(2M) over per-row (t, t_prev) pairs, deterministic, on x̂0.
 
@@ -53,7 +59,8 @@ class DPMSolverPP2M:
         h = t.lam - s.lam
         d = anchor.x0
         if "x0_prev" in state.tensors:
-            r = (s.lam - noise_level(state.tensors["alpha_bar_prev"]).lam) / h
+            rows = second_order_rows(state, alpha_bar_to)
+            r = safe_ratio(rows, (s.lam - noise_level(state.tensors["alpha_bar_prev"]).lam) / h)
             second = d + 0.5 / r * (anchor.x0 - state.tensors["x0_prev"])
-            d = torch.where(second_order_rows(state, alpha_bar_to), second, d)
+            d = torch.where(rows, second, d)
         return t.sigma / s.sigma * anchor.x - t.alpha * torch.expm1(-h) * d

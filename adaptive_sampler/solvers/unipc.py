@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from adaptive_sampler.solvers.base import Point, SolverState, push_history, replace_anchor
-from adaptive_sampler.solvers.dpmpp_2m import noise_level, second_order_rows
+from adaptive_sampler.solvers.dpmpp_2m import noise_level, safe_ratio, second_order_rows
 
 
 class UniPC:
@@ -36,10 +36,11 @@ class UniPC:
         b_h = torch.expm1(-h)  # B(h) of bh2 in the data-prediction sign convention, equal to h·φ_1 here
         x_next = t.sigma / s.sigma * anchor.x - t.alpha * b_h * anchor.x0
         if "x0_prev" in state.tensors:
-            r = (noise_level(state.tensors["alpha_bar_prev"]).lam - s.lam) / h
+            rows = second_order_rows(state, alpha_bar_to)
+            r = safe_ratio(rows, (noise_level(state.tensors["alpha_bar_prev"]).lam - s.lam) / h)
             # UniP-2 fixes ρ = 1/2 (the paper's simplified second-order predictor)
             second = x_next - t.alpha * b_h * 0.5 * (state.tensors["x0_prev"] - anchor.x0) / r
-            x_next = torch.where(second_order_rows(state, alpha_bar_to), second, x_next)
+            x_next = torch.where(rows, second, x_next)
         return x_next
 
     @staticmethod
@@ -53,11 +54,12 @@ class UniPC:
         first = x_c - s.alpha * b_h * 0.5 * (x0 - m0)
         if "x0_prev" not in state.tensors:
             return first
-        r = (noise_level(state.tensors["alpha_bar_prev"]).lam - p.lam) / -hh
+        has_prev = state.tensors["has_prev"].view_as(hh)
+        r = safe_ratio(has_prev, (noise_level(state.tensors["alpha_bar_prev"]).lam - p.lam) / -hh)
         # ρ solves [[1, 1], [r, 1]] ρ = (b_1, b_2), b_i = i!·h·φ_{i+1}(h) / B(h) (the paper's order conditions)
         phi_2 = b_h / hh - 1
         b_1, b_2 = phi_2 / b_h, (phi_2 / hh - 0.5) * 2 / b_h
         rho_1 = (b_1 - b_2) / (1 - r)
         rho_2 = b_1 - rho_1
         second = x_c - s.alpha * b_h * (rho_1 * (state.tensors["x0_prev"] - m0) / r + rho_2 * (x0 - m0))
-        return torch.where(state.tensors["has_prev"].view_as(r), second, first)
+        return torch.where(has_prev, second, first)
