@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config
 
 from adaptive_sampler import ModelAdapter, sample
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.timesteps import check_timesteps
 from adaptive_sampler.tuning.ld3 import LD3, LD3Settings, checkpointed, logits_from_timesteps, timesteps_from_logits
+from helpers import TINY_SHAPE, build_tiny_unet, tiny_scheduler_config
 
 CONFIG = {**tiny_scheduler_config(), "clip_sample": False}  # clipping would cut the gradient where it clips
 
