@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +15,8 @@ import typer
 from adaptive_sampler.errors import FieldError
 
 if TYPE_CHECKING:
+    import torch
+
     from adaptive_sampler.models import LoadedModel
     from adaptive_sampler.policies.step_size_control import StepSizeControl
     from adaptive_sampler.sampler import SampleResult
@@ -32,7 +35,10 @@ class CliError(Exception):
     """
 
 
-ModelOpt = Annotated[str, typer.Option(help="'embedded' or a diffusers model folder")]
+ModelOpt = Annotated[str, typer.Option(help=(
+    "'embedded', 'embedded-t2i', or a diffusers folder: a UNet folder or DDPM pipeline folder (unconditional or "
+    "class-conditional UNet2DModel), or a Stable Diffusion 1.x/2.x folder (unet/, vae/, text_encoder/, tokenizer/, "
+    "scheduler/)"))]
 PolicyOpt = Annotated[str, typer.Option(
     help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control)")]
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
@@ -47,19 +53,54 @@ SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (see
 RowsOpt = Annotated[int, typer.Option(help="rows per network call, fixed for batch-size invariance; 0 = unbucketed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, …")]
 PickleOpt = Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")]
-SaveOpt = Annotated[Path | None, typer.Option(help=".npy float32 array (n, C, H, W) in the model's range")]
+SaveOpt = Annotated[Path | None, typer.Option(help=(
+    ".npy float32 array (n, C, H, W) of the images in [-1, 1] (a latent model's decoded by its VAE)"))]
+SaveLatentsOpt = Annotated[Path | None, typer.Option(help=(
+    ".npy float32 array (n, c, h, w) of a latent model's latents"))]
+PromptOpt = Annotated[str | None, typer.Option(help="the prompt of every sample (text-to-image models)")]
+PromptsOpt = Annotated[Path | None, typer.Option(help=(
+    "a text file of prompts, one per line (blank lines skipped); sample i takes prompt i mod P"))]
+NegativePromptOpt = Annotated[str | None, typer.Option(help=(
+    "the prompt of guidance's unconditional branch (default: the empty prompt)"))]
+GuidanceOpt = Annotated[float | None, typer.Option(help=(
+    "classifier-free guidance scale >= 1; default 7.5 for text-to-image models, 1 (no guidance) otherwise"))]
+ClassLabelsOpt = Annotated[str | None, typer.Option(help=(
+    "class labels of a class-conditional model, e.g. 0,3,7; sample i takes label i mod L"))]
+ClassesOpt = Annotated[str | None, typer.Option(help=(
+    "'all': sample i takes class i mod the class count (the default of a class-conditional model)"))]
+HeightOpt = Annotated[int | None, typer.Option(help="image height in pixels (default: from the UNet and VAE configs)")]
+WidthOpt = Annotated[int | None, typer.Option(help="image width in pixels (default: from the UNet and VAE configs)")]
+
+
+@dataclass(frozen=True)
+class ConditionFlags:
+    """The conditioning flags of a command as typed (checked by `pipeline.Conditions.from_flags`)."""
+
+    prompt: str | None = None
+    prompts: Path | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    class_labels: str | None = None
+    classes: str | None = None
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the run's report as JSON")]
 
 
 @dataclass
 class Drawn:
-    """What `draw` produced: the model, the policy's name, the samples and which monitor stopped each one."""
+    """What `draw` produced: the model, the policy's name, the samples (a latent model's latents) and their
+    `images` (decoded; the samples themselves for a pixel model), which monitor stopped each one, and per sample
+    its prompt and class label (None for a model without them)."""
 
     loaded: LoadedModel
     policy: str
     result: SampleResult
     planned: list[int] | None  # the policy's list; None when every sample chose its own timesteps
     stopped_by: list[str | None]  # per sample: the monitor that stopped it early, None if it ran to the end
+    images: torch.Tensor | None = None  # [n, C, H, W] in [-1, 1]; None only when built without `draw`
+    prompts: list[str] | None = None
+    labels: list[int] | None = None
+    decode_s: float = 0.0  # the VAE decode of the final latents (not in result.wall_s)
+    monitor_decode: tuple[int, float] = field(default=(0, 0.0))  # space=image monitors: rows decoded, seconds
 
     @property
     def steps(self) -> int | None:
@@ -76,10 +117,22 @@ class Drawn:
             timesteps = {"timesteps_per_sample": result.timesteps, "rejected_per_sample": result.rejected.tolist()}
         else:
             timesteps = {"timesteps": self.planned}
+        conditions = self.loaded.conditions
+        conditioned: dict[str, Any] = {}
+        if self.prompts is not None and conditions is not None:
+            conditioned = {"prompts": self.prompts, "negative_prompt": conditions.negative_prompt,
+                           "guidance_scale": conditions.guidance_scale}
+        elif self.labels is not None:
+            conditioned = {"labels": self.labels}
+        if self.loaded.decoder is not None:
+            # the wall time includes the monitors' decodes (space=image) but not the final decode
+            conditioned.update(latent_shape=list(self.loaded.sample_shape), image_shape=list(self.loaded.image_shape),
+                               decode_s=self.decode_s, monitor_decoded_rows=self.monitor_decode[0],
+                               monitor_decode_s=self.monitor_decode[1])
         return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
                 "stopped_by": self.stopped_by, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
-                "policy": self.policy, "steps": self.steps, **extra}
+                "policy": self.policy, "steps": self.steps, **conditioned, **extra}
 
 
 # Upper bounds of the numbers `sample` and `eval` take: far above any real run, low enough that nothing overflows or
@@ -125,15 +178,20 @@ def _parse_timesteps(text: str | None) -> list[int | float] | None:
 
 def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
          monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: int, device: str,
-         allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None) -> Drawn:
-    """Check, load, plan and sample. Bad input raises the library's `FieldError` (the CLI names the flag), all of it
-    before the first network call; `check` runs on the loaded model after the plan and the monitors are built. The
-    samples are returned, not written (the command writes its outputs, see `outputs.py`); if the model produces NaN
-    or Inf, the batches finished before it are saved next to `save`, as <save>.partial.npy."""
+         allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None, *,
+         conditions: ConditionFlags | None = None, height: int | None = None, width: int | None = None) -> Drawn:
+    """Check, load, condition, plan, sample and decode. Bad input raises the library's `FieldError` (the CLI names
+    the flag), all of it before the first network call; `check` runs on the loaded model (bound to its
+    `conditions`) after the plan and the monitors are built. Sample i takes prompt i mod P or label i mod L and
+    its noise from (seed, i), whatever its batch. The samples are returned, not written (the command writes its
+    outputs, see `outputs.py`); if the model produces NaN or Inf, the batches finished before it are saved next to
+    `save`, as <save>.partial.npy (a latent model's latents)."""
     # the library, torch included, is imported only when a command runs (`--help` stays fast)
     from adaptive_sampler import distributed
     from adaptive_sampler.models import load_model, resolve_device
     from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
+    from adaptive_sampler.monitors.space import decode_cost
+    from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.policies import make_policy
     from adaptive_sampler.policies.learned import check_solver
     from adaptive_sampler.policies.step_size_control import parse_dynamic_policy
@@ -149,10 +207,13 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
         raise FieldError("steps", steps, f"is not allowed with --policy {policy}; the controller picks each sample's "
                                          "steps")
     policy_name = "explicit" if timesteps is not None else policy
+    wanted = Conditions.from_flags(**asdict(conditions or ConditionFlags()))  # a prompts file is read here
+    rows = network_rows or 8  # the VAE decodes in fixed chunks too
     try:
         update_rule = make_solver(solver)
         controller = parse_dynamic_policy(policy) if policy.startswith("adaptive") else None
-        loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device)
+        loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width)
+        loaded = loaded.with_conditions(wanted)  # checked against the model; each distinct prompt encoded once
         adapter = loaded.adapter(network_rows=network_rows or None)
         planned: list[int] | None = None
         plan: StepSizeControl | list[int]
@@ -164,12 +225,14 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
         else:
             plan = controller
         # one AnyOf over every --monitor, so it can say which of them stopped each sample
-        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None)
-                        for spec in monitor)) if monitor else None
+        decode = (lambda x: loaded.decode(x, rows)) if loaded.decoder is not None else None
+        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None,
+                                          decode=decode) for spec in monitor)) if monitor else None
         if check is not None:
             check(loaded)
         result = distributed.sample(adapter, plan, loaded.sample_shape, n, batch_size=batch_size, seed=seed,
-                        eta=eta, progress=True, solver=update_rule, monitor=watch)
+                        eta=eta, progress=True, solver=update_rule, monitor=watch,
+                        conditioning=loaded.conditioning)
     except LPIPSWeightsMissingError as exc:
         raise CliError(f"--monitor: {exc}") from None
     except NonFiniteOutputError as exc:  # the finished batches are kept in .partial
@@ -182,4 +245,12 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
     if watch is not None:
         stopped = distributed.gather_stopped_by(watch.stopped_by)  # under torchrun: every rank's samples
         stopped_by = [stopped.get(i) for i in range(n)]
-    return Drawn(loaded, controller.name if controller else policy_name, result, planned, stopped_by)
+    start = time.perf_counter()
+    images = loaded.decode(result.samples.to(torch_device), rows).float().cpu()
+    indices = range(n)
+    bound = loaded.conditions
+    return Drawn(loaded, controller.name if controller else policy_name, result, planned, stopped_by, images=images,
+                 prompts=bound.prompts_for(indices) if bound is not None else None,
+                 labels=bound.labels_for(indices) if bound is not None else None,
+                 decode_s=time.perf_counter() - start if loaded.decoder is not None else 0.0,
+                 monitor_decode=decode_cost(watch))

@@ -79,14 +79,18 @@ class OutputPaths:
     paths: Mapping[str, Path]
 
     @classmethod
-    def check(cls, *, save: Path | None = None, json: Path | None = None, out: Path | None = None) -> OutputPaths:
-        """Check every given path (see the module docstring); `save` becomes the .npy path np.save would use.
+    def check(cls, *, save: Path | None = None, json: Path | None = None, out: Path | None = None,
+              save_latents: Path | None = None) -> OutputPaths:
+        """Check every given path (see the module docstring); `save` and `save_latents` become the .npy paths
+        np.save would use.
 
-        Raises FieldError("save" | "json" | "out", path, rule) for the first bad one.
+        Raises FieldError("save" | "json" | "out" | "save_latents", path, rule) for the first bad one.
         """
         paths: dict[str, Path] = {}
         if save is not None:
             paths["save"] = _check_path("save", npy_path(Path(save)))
+        if save_latents is not None:
+            paths["save_latents"] = _check_path("save_latents", npy_path(Path(save_latents)))
         if json is not None:
             paths["json"] = _check_path("json", Path(json))
         if out is not None:
@@ -101,7 +105,8 @@ class OutputPaths:
         for field, path in paths.items():
             key = Path(os.path.realpath(path))
             if key in seen:
-                raise FieldError(field, str(path), f"is the same file as --{seen[key]}; give each output its own path")
+                raise FieldError(field, str(path), f"is the same file as --{seen[key].replace('_', '-')}; give each "
+                                                  "output its own path")
             seen[key] = field
         return cls(paths)
 

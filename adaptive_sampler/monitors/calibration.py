@@ -10,6 +10,10 @@ bitwise identically whether or not other samples leave its batch (the adapter's 
 `network_rows=None` the two may differ by float round-off), and a monitor's score of a sample depends only on that
 sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run prices every threshold,
 at no further network cost.
+
+A latent model calibrates in either space (`space`, or the spec's `space=` option): the monitor replays on latent
+x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the fidelity
+target is measured on decoded images, the ones the user gets.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, Fidelity, fidelity
 from adaptive_sampler.metrics.features import FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
-from adaptive_sampler.model_adapter import ModelAdapter
+from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.monitors.base import Monitor, ThresholdMonitor
-from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec
+from adaptive_sampler.monitors.space import Decode
+from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec, split_space
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
 
@@ -37,8 +42,10 @@ _PSNR_EPS = 1e-8
 
 @dataclass
 class X0Trace:
-    """x̂0 of every step of full runs (no exits): `x0` [n, K, *shape] float32 on the CPU, the final `samples`
-    [n, *shape], the walked `timesteps` [K], which (seed, index) each row is, and the sampling wall time."""
+    """x̂0 of every step of full runs (no exits): `x0` [n, K, *shape] float32 on the CPU (in the monitor's space),
+    the final `samples` [n, *shape], the walked `timesteps` [K], which (seed, index) each row is, and the sampling
+    wall time. For a latent model traced in latent space, `images` [n, K, *image shape] and `image_samples` hold
+    the decoded x̂0 and samples the fidelity is measured on (None: `x0` and `samples` are images)."""
 
     x0: torch.Tensor
     samples: torch.Tensor
@@ -46,6 +53,16 @@ class X0Trace:
     seeds: list[tuple[int, int]]
     wall_s: float
     cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    images: torch.Tensor | None = None
+    image_samples: torch.Tensor | None = None
+
+    @property
+    def image_x0(self) -> torch.Tensor:
+        return self.x0 if self.images is None else self.images
+
+    @property
+    def final_images(self) -> torch.Tensor:
+        return self.samples if self.image_samples is None else self.image_samples
 
     @property
     def n(self) -> int:
@@ -71,8 +88,8 @@ class X0Trace:
         return infos
 
     def exit_x0(self, exit_step: torch.Tensor) -> torch.Tensor:
-        """x̂0 of each row at its exit step [n, *shape]."""
-        return self.x0[torch.arange(self.n), exit_step]
+        """x̂0 of each row at its exit step [n, *shape], as an image."""
+        return self.image_x0[torch.arange(self.n), exit_step]
 
 
 class _X0Recorder:
@@ -90,33 +107,48 @@ class _X0Recorder:
 
 def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequence[int] | torch.Tensor,
                     seeds: Sequence[int], samples_per_seed: int, *, batch_size: int = 64,
-                    progress: bool = False) -> X0Trace:
-    """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s)` for each seed s, keeping x̂0 of
-    every step (through a monitor that never stops a sample; cheaper than `trace=True`, which keeps x_t and ε̂)."""
+                    progress: bool = False, conditioning: Conditioning | None = None, decode: Decode | None = None,
+                    space: str = "latent") -> X0Trace:
+    """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s, conditioning=conditioning)` for each
+    seed s, keeping x̂0 of every step (through a monitor that never stops a sample; cheaper than `trace=True`,
+    which keeps x_t and ε̂). With `decode` (a latent model) every x̂0 and sample is decoded too: the trace's `x0`
+    is then decoded (`space="image"`) or latent with the decoded copy in `images` (`space="latent"`)."""
     if samples_per_seed < 1:
         raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
     if not seeds:
         raise FieldError("seeds", list(seeds), "is empty; give at least one seed")
     planned = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
-    x0s, samples, keys, wall = [], [], [], 0.0
+    if space not in ("latent", "image"):
+        raise FieldError("space", space, "is not one of latent, image")
+    x0s, samples, images, image_samples, keys, wall = [], [], [], [], [], 0.0
     for seed in tqdm(list(seeds), desc="recording x̂0 traces", unit="seed", disable=not progress):
         recorder = _X0Recorder()
         result = sample(adapter, planned, shape, samples_per_seed, batch_size=batch_size, seed=seed,
-                        monitor=recorder)
+                        monitor=recorder, conditioning=conditioning)
         # every row of a batch walks every planned step: [rows, K, *shape] per batch
         x0s += [torch.stack(steps, dim=1) for steps in recorder.batches]
         samples.append(result.samples.float())
+        if decode is not None:
+            device = adapter.device
+            images += [torch.stack([decode(x.to(device)).float().cpu() for x in steps], dim=1)
+                       for steps in recorder.batches]
+            image_samples.append(decode(result.samples.to(device)).float().cpu())
         keys += [(int(seed), i) for i in range(samples_per_seed)]
         wall += result.wall_s
-    return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall)
+    if decode is None:
+        return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall)
+    if space == "image":
+        return X0Trace(torch.cat(images), torch.cat(image_samples), planned, keys, wall)
+    return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall, images=torch.cat(images),
+                   image_samples=torch.cat(image_samples))
 
 
 def mse_matrix(trace: X0Trace) -> torch.Tensor:
     """Mean squared error [n, K] of x̂0 of every step to the final sample, on [0, 1] as `metrics.fidelity` maps
     images (cached in `trace.cache`, so monitors calibrated on one trace share it)."""
     if "mse" not in trace.cache:
-        target = to_unit_range(trace.samples).flatten(1)
-        trace.cache["mse"] = torch.stack([(to_unit_range(trace.x0[:, k]).flatten(1) - target).pow(2).mean(1)
+        target = to_unit_range(trace.final_images).flatten(1)
+        trace.cache["mse"] = torch.stack([(to_unit_range(trace.image_x0[:, k]).flatten(1) - target).pow(2).mean(1)
                                           for k in range(trace.num_steps)], dim=1)
     return trace.cache["mse"]
 
@@ -130,8 +162,8 @@ def feature_distance_matrix(trace: X0Trace, feature_extractor: FeatureExtractor)
     """L2 distance [n, K] between features of x̂0 of every step and of the final sample (cached per extractor)."""
     key = f"features-{id(feature_extractor)}"
     if key not in trace.cache:
-        target = feature_extractor(trace.samples).float().cpu()
-        trace.cache[key] = torch.stack([(feature_extractor(trace.x0[:, k]).float().cpu() - target).norm(dim=1)
+        target = feature_extractor(trace.final_images).float().cpu()
+        trace.cache[key] = torch.stack([(feature_extractor(trace.image_x0[:, k]).float().cpu() - target).norm(dim=1)
                                         for k in range(trace.num_steps)], dim=1)
     return trace.cache[key]
 
@@ -264,6 +296,9 @@ def calibrate_threshold(
     heldout_trace: X0Trace | None = None,
     grid_size: int = 256,
     progress: bool = False,
+    conditioning: Conditioning | None = None,
+    decode: Decode | None = None,
+    space: str | None = None,
 ) -> CalibrationResult:
     """The threshold of `monitor` that exits earliest while the mean fidelity to the full run meets the target.
 
@@ -280,6 +315,10 @@ def calibrate_threshold(
     the target, so the answer does not rest on a lucky bump of a noisy fidelity curve. Exits are simulated offline
     from the trace; see the module docstring for why that equals the online run. Held-out seeds report what the
     chosen threshold achieves on samples it was not chosen on.
+
+    A conditional model samples with `conditioning`; a latent model passes `decode` (`LoadedModel.decode`) and
+    calibrates in `space` (default: the spec's `space=` option, else `latent`; see the module docstring). The
+    result's `monitor` spec then carries `space=image` where it applies.
     """
     if (target_psnr is None) == (target_feature_distance is None):
         raise ValueError("target_psnr, target_feature_distance: give exactly one fidelity target")
@@ -293,6 +332,12 @@ def calibrate_threshold(
         raise FieldError("heldout_seeds", overlap, "are also calibration seeds; held-out seeds must be disjoint")
     if grid_size < 2:
         raise FieldError("grid_size", grid_size, "is below 2")
+    if isinstance(monitor, str):
+        monitor, spec_space = split_space(monitor)
+        space = space or spec_space
+    space = space or "latent"
+    if space not in ("latent", "image"):
+        raise FieldError("space", space, "is not one of latent, image")
     mon = _calibration_monitor(monitor, monitor_options)
     if target_feature_distance is not None and feature_extractor is None:
         feature_extractor = EmbeddedFeatureExtractor()
@@ -304,7 +349,7 @@ def calibrate_threshold(
                                  f"recorded for, not {what}_seeds {sorted(set(seeds))}")
             return given
         return record_x0_trace(adapter, shape, timesteps, list(seeds), samples_per_seed, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress, conditioning=conditioning, decode=decode, space=space)
 
     cal, held = trace_of(calibration_seeds, calibration_trace, "calibration"), trace_of(heldout_seeds, heldout_trace,
                                                                                        "heldout")
@@ -343,10 +388,11 @@ def calibrate_threshold(
     held_mse, held_feat = fidelity_matrices(held)
     held_scores = mon.replay_scores(held.step_infos(batch_size), held.n, num_steps)
     held_sim, held_exit = _simulate(mon, held_scores, chosen.threshold, held_mse, held_feat)
-    held_fidelity = fidelity(held.exit_x0(held_exit), held.samples, feature_extractor)
+    held_fidelity = fidelity(held.exit_x0(held_exit), held.final_images, feature_extractor)
     final = mon.with_threshold(chosen.threshold)
+    suffix = ",space=image" if space == "image" and decode is not None else ""
     return CalibrationResult(
-        monitor=final.spec(), name=mon.name, threshold=chosen.threshold,
+        monitor=final.spec() + suffix, name=mon.name, threshold=chosen.threshold,
         guardrails=mon.guardrails.model_dump(exclude_defaults=True), num_steps=num_steps,
         target_psnr=target_psnr, target_feature_distance=target_feature_distance, met_target=met,
         calibration=chosen, heldout=held_sim, heldout_fidelity=held_fidelity, heldout_met_target=meets(held_sim),

@@ -1,7 +1,9 @@
 """Monitors from strings (`x0-l2:0.01`, `sharpness,patience=2`, `ssim:0.002|max-nfe:30`) and calibrated defaults.
 
 Grammar: SPEC := TERM ('|' TERM)* for AnyOf, or TERM ('&' TERM)* for AllOf (not mixed); TERM := NAME[:THRESHOLD]
-(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every). A steering term is
+(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every) and `space`: `latent` (the
+default: x̂0 as the network predicts it, latents for a latent model) or `image` (x̂0 decoded by the model's VAE at the
+steps the monitor reads it, see `monitors.space`; the same as `latent` for a pixel model). A steering term is
 `steer-NAME:LOW:HIGH` (NAME a change monitor, e.g. `steer-x0-l2:0.005:0.05`, a `SteeringChange`): it doubles a
 sample's next step when the change is below LOW and halves it above HIGH, and never ends a sample. Without a threshold a
 quality monitor takes the default calibrated for the model and the step count (`calibrated_defaults.json` next to
@@ -24,6 +26,7 @@ from adaptive_sampler.monitors.budget import Deadline, MaxNFE
 from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor, SteeringChange
 from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.distances import DISTANCES
+from adaptive_sampler.monitors.space import SPACES, Decode, ImageSpace
 
 # spec name -> distance name of the change monitors (one per registered distance)
 CHANGE_DISTANCES = {SPEC_NAMES.get(d, d): d for d in DISTANCES}
@@ -38,7 +41,7 @@ DEFAULTS_FORMAT = "adaptive_sampler.calibrated_defaults/1"
 _RULE = ("NAME[:THRESHOLD][,KEY=VALUE...] with NAME one of " + ", ".join(MONITOR_NAMES) +
          ", THRESHOLD a number >= 0 (max-nfe: a positive integer; deadline: seconds > 0; steer-NAME: LOW:HIGH), "
          "KEY one of "
-         + ", ".join(Guardrails.model_fields))
+         + ", ".join(Guardrails.model_fields) + ", or space=latent|image")
 
 
 def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
@@ -54,7 +57,8 @@ def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
 
 def calibrated_default(name: str, model: str | None, num_steps: int | None,
                        path: Path | None = None) -> dict[str, Any]:
-    """The stored {"threshold", "guardrails", ...} of monitor `name` for `model` at `num_steps` steps.
+    """The stored {"threshold", "guardrails", ...} of monitor `name` for `model` at `num_steps` steps (an
+    image-space monitor of a latent model is stored as `NAME,space=image`).
 
     Raises FieldError (field `monitor`) saying what exists and how to calibrate when there is none.
     """
@@ -89,7 +93,32 @@ def _number(text: str, term: str, what: str) -> float:
     return value
 
 
-def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str, Any]) -> Monitor:
+def split_space(term: str) -> tuple[str, str]:
+    """(the term without its `space=` option, the space it asks for: `latent` unless it says `image`)."""
+    head, *options = [part.strip() for part in term.split(",")]
+    space = "latent"
+    kept = [head]
+    for option in options:
+        key, eq, value = option.partition("=")
+        if key.strip() != "space" or not eq:
+            kept.append(option)
+            continue
+        space = value.strip()
+        if space not in SPACES:
+            raise FieldError("monitor", term, f"has space = {space!r}, which is not one of {', '.join(SPACES)}")
+    return ",".join(kept), space
+
+
+def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str, Any],
+          decode: Decode | None) -> Monitor:
+    bare, space = split_space(term)
+    if space == "image" and bare.split(",")[0].partition(":")[0].strip() in BUDGET_NAMES:
+        raise FieldError("monitor", term, "is a budget, which reads no x̂0; space=image applies to quality monitors")
+    built = _parse_term(bare, model, num_steps, kwargs, space if decode is not None else "latent")
+    return ImageSpace(built, decode) if space == "image" and decode is not None else built
+
+
+def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str, Any], space: str) -> Monitor:
     head, *options = [part.strip() for part in term.split(",")]
     name, sep, threshold_text = head.partition(":")
     name = name.strip()
@@ -128,7 +157,7 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
         example = "max-nfe:30" if name == "max-nfe" else "deadline:2.5"
         raise FieldError("monitor", term, f"is a budget and needs its number, e.g. {example}; write {_RULE}")
     else:
-        entry = calibrated_default(name, model, num_steps)
+        entry = calibrated_default(name if space == "latent" else f"{name},space=image", model, num_steps)
         calibrated = Guardrails(**entry.get("guardrails", {}))
         if fields and Guardrails(**{**calibrated.model_dump(), **fields}) != calibrated:
             raise FieldError("monitor", term, "changes the guardrails the default threshold was calibrated with "
@@ -145,13 +174,15 @@ def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str,
 
 
 def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | None = None,
-                      options: dict[str, dict[str, Any]] | None = None) -> Monitor:
+                      options: dict[str, dict[str, Any]] | None = None, decode: Decode | None = None) -> Monitor:
     """Build a monitor from a spec string; see the module docstring for the grammar.
 
     `model` (a `LoadedModel.name`, e.g. "fashion-mnist" for the embedded model) and `num_steps` pick calibrated
     defaults for terms without a threshold. `options` passes constructor keywords per monitor name, e.g.
     {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}} (for change monitors: options of their
-    distance). Bad input raises FieldError (field "monitor") that names the value and the rule.
+    distance). `decode` (latents -> images; a latent model's `LoadedModel.decode`) serves the `space=image` terms;
+    without it (a pixel model) x̂0 already is the image. Bad input raises FieldError (field "monitor") that names
+    the value and the rule.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise FieldError("monitor", spec, f"is empty; write {_RULE}")
@@ -162,7 +193,7 @@ def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | N
     terms = [t.strip() for t in spec.split(joiner)]
     if any(not t for t in terms):
         raise FieldError("monitor", spec, f"has an empty term around {joiner!r}; write TERM{joiner}TERM")
-    monitors = [_term(t, model, num_steps, kwargs) for t in terms]
+    monitors = [_term(t, model, num_steps, kwargs, decode) for t in terms]
     if len(monitors) == 1:
         return monitors[0]
     return AnyOf(*monitors) if joiner == "|" else AllOf(*monitors)
