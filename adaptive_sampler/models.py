@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 
 from adaptive_sampler.errors import FieldError, FileFieldError, validation_parts
-from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
+from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, RowSpec, network_dtype
 from adaptive_sampler.schedules.artifact import read_json_object
 
 if TYPE_CHECKING:
@@ -56,8 +56,11 @@ class LoadedModel:
     num_classes: int | None = None
     conditions: BoundConditions | None = None
 
-    def adapter(self, network_rows: int | None = 8) -> ModelAdapter:
-        return ModelAdapter.from_diffusers(self.network, self.scheduler_config, network_rows=network_rows)
+    def adapter(self, network_rows: RowSpec = "auto", cuda_graphs: bool = False) -> ModelAdapter:
+        """The adapter of `network` (row policy `network_rows`, default fixed:8 on CPU and buckets on CUDA; see
+        ModelAdapter)."""
+        return ModelAdapter.from_diffusers(self.network, self.scheduler_config, network_rows=network_rows,
+                                           cuda_graphs=cuda_graphs)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -161,7 +164,8 @@ def _weights(folder: Path, spec: str, allow_pickle: bool, safe: str, pickled_nam
 
 
 def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | torch.device = "cpu",
-               height: int | None = None, width: int | None = None) -> LoadedModel:
+               height: int | None = None, width: int | None = None,
+               dtype: str | torch.dtype = "float32") -> LoadedModel:
     """Load `embedded`, `embedded-t2i` or a diffusers folder: a UNet folder or DDPM pipeline folder
     (UNet2DModel, optionally class-conditional through `num_class_embeds`, or UNet2DConditionModel, plus a
     scheduler config), or a Stable Diffusion 1.x/2.x pipeline folder (unet/, vae/ AutoencoderKL, text_encoder/
@@ -174,10 +178,12 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
     `FileFieldError` naming `model`, the file and the field inside it for a bad file (corrupt or truncated weights,
     a config that is not a JSON object, channels that do not match the weights or the other components, an unknown
     β schedule, …); all of it, in every sub-folder, is checked before any weights are loaded into a network.
-    Nothing is downloaded (local files only).
+    Nothing is downloaded (local files only). `dtype` (float32, float16 or bfloat16) is the denoising network's
+    weights; the VAE, the text encoder and the sampler's state stay float32.
     """
     from adaptive_sampler.pipeline import LatentDecoder
 
+    weights_dtype = network_dtype(dtype)
     path = _model_path(spec)
     shown = str(spec)
     unet_dir, scheduler_file = _locate(path)
@@ -212,7 +218,7 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
     sample_size = _sample_size(config, factor, height, width)
 
     torch_device = resolve_device(device)
-    network = _load_diffusers(_CLASSES[class_name], unet_dir, weights, config_file.name, torch_device)
+    network = _load_diffusers(_CLASSES[class_name], unet_dir, weights, config_file.name, torch_device, weights_dtype)
     decoder = text_encoder = None
     if vae_parts is not None:
         vae_weights, vae_config = vae_parts
@@ -236,10 +242,11 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
     )
 
 
-def _load_diffusers(cls: Any, folder: Path, weights: Path, shown: str, device: torch.device) -> torch.nn.Module:
+def _load_diffusers(cls: Any, folder: Path, weights: Path, shown: str, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     try:
         network = cls.from_pretrained(folder, use_safetensors=weights.suffix == ".safetensors",
-                                      low_cpu_mem_usage=False, local_files_only=True)
+                                      low_cpu_mem_usage=False, local_files_only=True, torch_dtype=dtype)
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
         raise FileFieldError("model", str(weights), f"cannot be loaded into the {cls.__name__} of {shown} "
                              f"({_first_line(exc)})") from None

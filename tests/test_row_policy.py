@@ -229,3 +229,12 @@ def test_half_precision_networks_get_their_conditioning_in_their_dtype(tiny_conf
     pred = ModelAdapter.from_diffusers(unet, tiny_config)(_randn(2, 4, 8, 8, seed=1), torch.tensor([999, 10]),
                                                           Conditioning({"encoder_hidden_states": cond}))
     assert pred.eps.dtype == torch.float32 and bool(torch.isfinite(pred.eps).all())
+
+
+def test_load_model_puts_the_weights_in_the_asked_dtype(tiny_model_dir):
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+        model = load_model(tiny_model_dir, dtype=name)
+        assert {p.dtype for p in model.network.parameters()} == {dtype}
+        assert model.adapter().network_dtype == dtype and model.adapter().dtype == torch.float32
+    with pytest.raises(FieldError, match=r"^dtype: 'half' is not one of float32, float16, bfloat16"):
+        load_model(tiny_model_dir, dtype="half")
