@@ -76,7 +76,9 @@ def _tune(options: TuneOptions) -> None:
 
     settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
     options.check_outputs()  # every output writable, the storage usable: before the model loads or a trial runs
-    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device)
+    conditions = options.conditions()  # a prompts file is read here
+    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device,
+                        height=options.height, width=options.width).with_conditions(conditions)
     store = open_storage(storage)
     tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None, cache_dir=options.cache_dir)
     if options.fail_running:

@@ -62,24 +62,25 @@ def calibrated_default(name: str, model: str | None, num_steps: int | None,
 
     Raises FieldError (field `monitor`) saying what exists and how to calibrate when there is none.
     """
-    how = ("give a threshold (e.g. {name}:0.01) or calibrate one with adaptive_sampler.monitors.calibration."
+    how = ("give a threshold (e.g. {example}) or calibrate one with adaptive_sampler.monitors.calibration."
            "calibrate_threshold (experiments/bench_early_exit.py --write-defaults for the embedded model)")
+    example = name.replace(",", ":0.01,", 1) if "," in name else f"{name}:0.01"
     if model is None or num_steps is None:
         raise FieldError("monitor", name, "has no threshold, and without a model name and a step count there is no "
-                         "calibrated default to use; " + how.format(name=name))
+                         "calibrated default to use; " + how.format(example=example))
     models = load_calibrated_defaults(path)["models"]
     if model not in models:
         known = ", ".join(sorted(models)) or "none"
         raise FieldError("monitor", name, f"has no threshold and model {model!r} has no calibrated defaults "
                          f"(models with defaults: {known}); thresholds do not transfer between models, so "
-                         + how.format(name=name))
+                         + how.format(example=example))
     steps = models[model]["steps"]
     entry = steps.get(str(num_steps), {}).get("monitors", {}).get(name)
     if entry is None:
         have = sorted(int(s) for s, e in steps.items() if name in e.get("monitors", {}))
         raise FieldError("monitor", name, f"has no threshold and no calibrated default for model {model!r} at "
                          f"{num_steps} steps (calibrated at: {', '.join(map(str, have)) or 'no step count'}); "
-                         "thresholds do not transfer between step counts, so " + how.format(name=name))
+                         "thresholds do not transfer between step counts, so " + how.format(example=example))
     return entry
 
 

@@ -110,7 +110,8 @@ def build_cost_matrix(
     fine = fine.flip(0)
 
     def compute() -> dict[str, torch.Tensor]:
-        result = sample(adapter, fine, model.sample_shape, n, batch_size=n, seed=seed, trace=True)
+        result = sample(adapter, fine, model.sample_shape, n, batch_size=n, seed=seed, trace=True,
+                        conditioning=model.conditioning)
         trace = {int(info.t[0]): info for info in result.trace or []}
         states = torch.stack([trace[int(t)].x_t for t in grid] + [result.samples]).double()  # [G+1, n, ...]
         x0 = torch.stack([trace[int(t)].x0 for t in grid]).double()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from adaptive_sampler.errors import FieldError
 
 if TYPE_CHECKING:
+    from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.tuning.objectives import Objective
 
 
@@ -54,6 +55,16 @@ class TuneSettings(BaseModel):
     sampler_seed: int | None = Field(None, ge=0, le=2**32 - 1, description=(
         "TPE seed in [0, 2^32 - 1] (give each worker its own); default random"))
     pruner_startup_trials: int = Field(5, ge=0, description="trials the median pruner lets finish before pruning")
+    method: Literal["tpe", "cmaes", "tpe+cmaes", "ld3"] = Field("tpe", description=(
+        "tpe (Optuna's TPE over the space), cmaes (CMA-ES from the best warm start), tpe+cmaes (TPE for half the "
+        "trials, then CMA-ES from the best), or ld3 (timesteps learned by gradient descent through the solver; each "
+        "trial is one learning run, and Optuna searches its learning rate, ball radius, teacher steps, loss and "
+        "warm start)"))
+    cmaes_sigma0: float = Field(0.05, gt=0, le=1, description=(
+        "CMA-ES initial step size, in the search space scaled to [0, 1] per parameter"))
+    ld3_iterations: int = Field(60, ge=1, description="ld3: optimiser steps per learning run")
+    ld3_train_n: int = Field(100, ge=1, description="ld3: training noises (their own seed, never a scoring one)")
+    ld3_batch_size: int = Field(20, ge=1, description="ld3: training noises per optimiser step")
     study_name: str | None = Field(None, min_length=1, description=(
         "study name; default <model>-<solver>-<objective>-<space>"))
 
@@ -113,7 +124,24 @@ class TuneSettings(BaseModel):
 class TuneOptions(TuneSettings):
     """Every option of `adaptive-sampler tune`: the settings, plus what only the command needs."""
 
-    model: str = Field("embedded", description="'embedded' or a diffusers model folder")
+    model: str = Field("embedded", description=(
+        "'embedded', 'embedded-t2i', or a diffusers folder: a UNet folder or DDPM pipeline folder (unconditional or "
+        "class-conditional UNet2DModel), or a Stable Diffusion 1.x/2.x folder"))
+    # the conditions every trial samples with (sample i of a chunk takes prompt i mod P / label i mod L); part of
+    # the model's identity, so a study resumes only with the same ones
+    prompt: str | None = Field(None, description="the prompt of every sample (text-to-image models)")
+    prompts: Path | None = Field(None, description=(
+        "a text file of prompts, one per line (blank lines skipped); sample i takes prompt i mod P"))
+    negative_prompt: str | None = Field(None, description=(
+        "the prompt of guidance's unconditional branch (default: the empty prompt)"))
+    guidance_scale: float | None = Field(None, description=(
+        "classifier-free guidance scale >= 1; default 7.5 for text-to-image models, 1 (no guidance) otherwise"))
+    class_labels: str | None = Field(None, description=(
+        "class labels of a class-conditional model, e.g. 0,3,7; sample i takes label i mod L"))
+    classes: str | None = Field(None, description=(
+        "'all': sample i takes class i mod the class count (the default of a class-conditional model)"))
+    height: int | None = Field(None, description="image height in pixels (default: from the UNet and VAE configs)")
+    width: int | None = Field(None, description="image width in pixels (default: from the UNet and VAE configs)")
     storage: str | None = Field(None, description=(
         "Optuna storage shared by all workers: a journal file (journal:FILE, or FILE.log/.journal/.jsonl; the "
         "default, runs/tune.journal, for workers on one machine) or an RDB URL (postgresql://…, mysql://…, "
@@ -137,6 +165,14 @@ class TuneOptions(TuneSettings):
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""
         return TuneSettings.model_validate({k: getattr(self, k) for k in TuneSettings.model_fields})
+
+    def conditions(self) -> Conditions:
+        """The prompts / labels / guidance of the options, checked on their own (FieldError naming the field)."""
+        from adaptive_sampler.pipeline import Conditions
+
+        return Conditions.from_flags(prompt=self.prompt, prompts=self.prompts, negative_prompt=self.negative_prompt,
+                                     guidance_scale=self.guidance_scale, class_labels=self.class_labels,
+                                     classes=self.classes)
 
     def check_outputs(self) -> None:
         """Check, before any model is loaded or trial run, that every place the run writes to can be written: the
