@@ -6,6 +6,7 @@ bfloat16/float16 weights with a float32 sampler state."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from adaptive_sampler.model_adapter import (
 )
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.sampler import sample
-from helpers import TINY_SHAPE, build_tiny_conditional_unet
+from helpers import TINY_SHAPE, build_tiny_conditional_unet, run_cli
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device name only: nothing here runs on CUDA
 TS = list(range(900, -1, -100))
@@ -238,3 +239,17 @@ def test_load_model_puts_the_weights_in_the_asked_dtype(tiny_model_dir):
         assert model.adapter().network_dtype == dtype and model.adapter().dtype == torch.float32
     with pytest.raises(FieldError, match=r"^dtype: 'half' is not one of float32, float16, bfloat16"):
         load_model(tiny_model_dir, dtype="half")
+
+
+def test_the_cli_samples_with_bfloat16_weights_and_names_the_flag_of_a_bad_dtype(tiny_model_dir, tmp_path):
+    from adaptive_sampler.cli.common import DTYPE_NAMES
+    from adaptive_sampler.model_adapter import NETWORK_DTYPES
+
+    assert DTYPE_NAMES == tuple(NETWORK_DTYPES)
+    report = tmp_path / "run.json"
+    args = ["sample", "--model", tiny_model_dir, "--steps", 3, "--n", 2, "--device", "cpu"]
+    run = run_cli(*args, "--dtype", "bfloat16", "--json", report, "--save", tmp_path / "s.npy")
+    assert run.code == 0, run.err
+    assert json.loads(report.read_text())["dtype"] == "bfloat16"
+    bad = run_cli(*args, "--dtype", "half")
+    assert bad.code != 0 and bad.err_lines[-1].startswith("error: --dtype: 'half' is not one of float32, float16")

@@ -52,6 +52,10 @@ BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
 SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")]
 RowsOpt = Annotated[int, typer.Option(help="rows per network call, fixed for batch-size invariance; 0 = unbucketed")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, …")]
+# spelled out so that `--help` imports no torch; a test checks them against model_adapter.NETWORK_DTYPES
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+DtypeOpt = Annotated[str, typer.Option(help=f"the network's weights: {', '.join(DTYPE_NAMES)} (the sampler's state "
+                                            "stays float32)")]
 PickleOpt = Annotated[bool, typer.Option(help="allow pickled .bin/.pt weights (they can run code)")]
 SaveOpt = Annotated[Path | None, typer.Option(help=(
     ".npy float32 array (n, C, H, W) of the images in [-1, 1] (a latent model's decoded by its VAE)"))]
@@ -179,7 +183,8 @@ def _parse_timesteps(text: str | None) -> list[int | float] | None:
 def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
          monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: int, device: str,
          allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None, *,
-         conditions: ConditionFlags | None = None, height: int | None = None, width: int | None = None) -> Drawn:
+         conditions: ConditionFlags | None = None, height: int | None = None, width: int | None = None,
+         dtype: str = "float32") -> Drawn:
     """Check, load, condition, plan, sample and decode. Bad input raises the library's `FieldError` (the CLI names
     the flag), all of it before the first network call; `check` runs on the loaded model (bound to its
     `conditions`) after the plan and the monitors are built. Sample i takes prompt i mod P or label i mod L and
@@ -212,7 +217,8 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
     try:
         update_rule = make_solver(solver)
         controller = parse_dynamic_policy(policy) if policy.startswith("adaptive") else None
-        loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width)
+        loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width,
+                            dtype=dtype)
         loaded = loaded.with_conditions(wanted)  # checked against the model; each distinct prompt encoded once
         adapter = loaded.adapter(network_rows=network_rows or None)
         planned: list[int] | None = None

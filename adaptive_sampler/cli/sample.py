@@ -15,6 +15,7 @@ from adaptive_sampler.cli.common import (
     ClassLabelsOpt,
     ConditionFlags,
     DeviceOpt,
+    DtypeOpt,
     EtaOpt,
     GuidanceOpt,
     HeightOpt,
@@ -54,7 +55,7 @@ def sample_command(
     save: SaveOpt = None, save_latents: SaveLatentsOpt = None, json_path: JsonOpt = None,
     prompt: PromptOpt = None, prompts: PromptsOpt = None, negative_prompt: NegativePromptOpt = None,
     guidance_scale: GuidanceOpt = None, class_labels: ClassLabelsOpt = None, classes: ClassesOpt = None,
-    height: HeightOpt = None, width: WidthOpt = None,
+    height: HeightOpt = None, width: WidthOpt = None, dtype: DtypeOpt = "float32",
 ) -> None:
     """Draw samples with a solver (DDIM by default) over a policy's timesteps; a latent model's are decoded."""
     from adaptive_sampler import distributed
@@ -68,7 +69,7 @@ def sample_command(
                              "pixels, which --save writes")
 
     drawn = draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
-                 allow_pickle, outputs.get("save"), check, height=height, width=width,
+                 allow_pickle, outputs.get("save"), check, height=height, width=width, dtype=dtype,
                  conditions=ConditionFlags(prompt, prompts, negative_prompt, guidance_scale, class_labels, classes))
     images = drawn.images if drawn.images is not None else drawn.result.samples
     result = drawn.result
@@ -76,7 +77,7 @@ def sample_command(
         return
     samples_per_s = n / result.wall_s if result.wall_s > 0 else None
     report = drawn.report(n=n, seed=seed, eta=eta, solver=solver, batch_size=batch_size,
-                          network_rows=network_rows or None, samples_per_s=samples_per_s)
+                          network_rows=network_rows or None, dtype=dtype, samples_per_s=samples_per_s)
     contents: dict[str, bytes] = {}
     if "save" in outputs.paths:
         contents["save"] = npy_bytes(images.numpy().astype(np.float32))
