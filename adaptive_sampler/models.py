@@ -430,7 +430,7 @@ def _check_text_encoder(text_dir: Path, tokenizer_dir: Path, spec: str, allow_pi
     file, config = _config_of(text_dir, spec, "a transformers CLIPTextModel config")
     where = str(file)
     kind = config.get("model_type")
-    if kind != "clip_text_model" and "CLIPTextModel" not in (config.get("architectures") or ()):
+    if kind != "clip_text_model":
         raise FileFieldError("model", where, "is not a CLIP text model (model_type clip_text_model)", "model_type",
                              kind)
     for key in ("hidden_size", "vocab_size", "max_position_embeddings", "num_hidden_layers", "num_attention_heads"):

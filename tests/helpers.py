@@ -202,10 +202,11 @@ def write_tiny_sd_dir(root: Path, prediction_type: str = "epsilon", seed: int = 
     return root
 
 
-def write_tiny_class_unet_dir(root: Path, num_classes: int = 10, seed: int = 0) -> Path:
-    """A class-conditional 1×8×8 UNet2DModel (`num_class_embeds`) with diffusers' default DDIM config."""
+def write_tiny_class_unet_dir(root: Path, num_classes: int = 10, seed: int = 0, size: int = 32) -> Path:
+    """A class-conditional 1×32×32 UNet2DModel (`num_class_embeds`; the embedded classifier's image shape, so the
+    `label` metric applies) with diffusers' default DDIM config."""
     torch.manual_seed(seed)
-    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+    UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                 norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_classes).save_pretrained(root)
     DDIMScheduler().save_config(root)
