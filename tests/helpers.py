@@ -221,3 +221,24 @@ def write_tiny_rgb_unet_dir(root: Path, size: int = 48, seed: int = 0) -> Path:
                 up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(root / "unet")
     DDIMScheduler().save_pretrained(root / "scheduler")
     return root
+
+
+def stable_diffusion_images(folder: Path, timesteps: list[int], prompts: list[str], guidance: float,
+                            negative: str | None, seed: int = 0) -> torch.Tensor:
+    """diffusers' StableDiffusionPipeline over `timesteps` through the drop-in scheduler, from the noise the
+    project's sampler draws for samples 0 … n-1 (passed as `latents=`), as images in [-1, 1]."""
+    from diffusers import StableDiffusionPipeline
+
+    from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+    from adaptive_sampler.seeding import draw_noise, sample_generator
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    # ᾱ = 1 after the last step: the project's sampler returns x̂0 there (SD's own config ends at ᾱ_0)
+    pipe.scheduler = AdaptiveDDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    pipe.set_progress_bar_config(disable=True)
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    latents = draw_noise([sample_generator(seed, i) for i in range(len(prompts))], shape)
+    out = pipe(prompt=prompts, negative_prompt=[negative] * len(prompts) if negative else None, timesteps=timesteps,
+               guidance_scale=guidance, latents=latents, output_type="pt").images
+    return out * 2 - 1

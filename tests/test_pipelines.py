@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
-from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.models import load_model
 from adaptive_sampler.pipeline import Conditions
 from adaptive_sampler.sampler import sample
-from adaptive_sampler.seeding import draw_noise, sample_generator
-from helpers import run_cli, write_tiny_sd_dir
+from helpers import run_cli, stable_diffusion_images, write_tiny_sd_dir
 
 PROMPTS = ("a photo of cat", "a red car", "a blue shoe")
 LIST = [961, 700, 451, 250, 81]  # non-uniform, as a learned list is
@@ -97,22 +94,6 @@ def test_the_vae_decodes_in_fixed_row_chunks(tiny_sd_dir):
     assert torch.equal(images[1], model.decode(latents[1:2])[0])
     expected = model.decoder.vae.decode(latents / model.decoder.scaling_factor).sample.clamp(-1, 1)
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
-
-
-def stable_diffusion_images(folder: Path, timesteps: list[int], prompts: list[str], guidance: float,
-                            negative: str | None, seed: int = 0) -> torch.Tensor:
-    """diffusers' StableDiffusionPipeline over `timesteps` through the drop-in scheduler, from the noise the
-    project's sampler draws for samples 0 … n-1 (passed as `latents=`), as images in [-1, 1]."""
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, local_files_only=True)
-    # ᾱ = 1 after the last step: the project's sampler returns x̂0 there (SD's own config ends at ᾱ_0)
-    pipe.scheduler = AdaptiveDDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
-    pipe.set_progress_bar_config(disable=True)
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    latents = draw_noise([sample_generator(seed, i) for i in range(len(prompts))], shape)
-    out = pipe(prompt=prompts, negative_prompt=[negative] * len(prompts) if negative else None, timesteps=timesteps,
-               guidance_scale=guidance, latents=latents, output_type="pt").images
-    return out * 2 - 1
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
