@@ -243,7 +243,7 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
 
 
 def _load_diffusers(cls: Any, folder: Path, weights: Path, shown: str, device: torch.device,
-                    dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                    dtype: torch.dtype = torch.float32) -> Any:
     try:
         network = cls.from_pretrained(folder, use_safetensors=weights.suffix == ".safetensors",
                                       low_cpu_mem_usage=False, local_files_only=True, torch_dtype=dtype)
@@ -262,7 +262,7 @@ def _load_text_encoder(text_dir: Path, weights: Path, tokenizer: Any, device: to
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # no "Loading weights" bar per command
     try:
-        encoder = CLIPTextModel.from_pretrained(text_dir, use_safetensors=weights.suffix == ".safetensors",
+        encoder: Any = CLIPTextModel.from_pretrained(text_dir, use_safetensors=weights.suffix == ".safetensors",
                                                 local_files_only=True)
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
         raise FileFieldError("model", str(weights), f"cannot be loaded into the CLIPTextModel of "

@@ -53,7 +53,7 @@ class TextEncoder:
 class LatentDecoder:
     """A diffusers AutoencoderKL that turns latents into images; `factor` is its spatial downsampling."""
 
-    def __init__(self, vae: torch.nn.Module, factor: int) -> None:
+    def __init__(self, vae: Any, factor: int) -> None:
         self.vae, self.factor = vae, factor
         self.scaling_factor = float(vae.config.scaling_factor)
         shift = getattr(vae.config, "shift_factor", None)
