@@ -1,12 +1,13 @@
 """The DDIM core on a GPU (issue 13): throughput against diffusers and a bare loop, determinism, half precision.
 
-GPU run, prepared for the device tool (an H200; its image lacks diffusers, pydantic and importlib_metadata):
-  here, once, in the repo root (pure-Python wheels except pydantic-core; about 6 MiB in all):
+GPU run, prepared for the device tool (an H200; its image lacks diffusers, pydantic, importlib_metadata and piq,
+which adaptive_sampler.metrics imports):
+  here, once, in the repo root (pure-Python wheels except pydantic-core; 9 MiB in all):
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
       diffusers==0.42.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-      typing-extensions==4.16.0 importlib-metadata==10.2.0
+      typing-extensions==4.16.0 importlib-metadata==10.2.0 piq==0.8.0
   then one `run` with carry [".whl"] and timeout_s 480 (the script takes about 5 minutes; sections are written to
   the JSON as they finish, so a cut-off run keeps what it measured):
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
