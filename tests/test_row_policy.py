@@ -253,3 +253,10 @@ def test_the_cli_samples_with_bfloat16_weights_and_names_the_flag_of_a_bad_dtype
     assert json.loads(report.read_text())["dtype"] == "bfloat16"
     bad = run_cli(*args, "--dtype", "half")
     assert bad.code != 0 and bad.err_lines[-1].startswith("error: --dtype: 'half' is not one of float32, float16")
+
+
+def test_a_row_policy_built_directly_is_checked_too():
+    for kind, size in (("bogus", 8), ("fixed", 0), ("buckets", -2)):
+        with pytest.raises(FieldError) as caught:
+            RowPolicy(kind, size)  # type: ignore[arg-type]
+        assert caught.value.field == "network_rows"
