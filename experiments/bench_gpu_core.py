@@ -174,7 +174,7 @@ def bare(task: Task, dtype: str = "fp32", our_noise: bool = False) -> Run:
     """DDIM (Song et al. 2021, eq. 12, η = 0) over explicit (t, t_prev) pairs, x̂0 clipped as the config asks, the
     network on the whole batch in `dtype`, the state in float32, no checks: the floor. Noise from one device
     generator per batch, or our per-sample streams (`our_noise`) for the equivalence check."""
-    eps_of, net_dtype = task.eps(dtype), task.networks[dtype].dtype
+    eps_of, net_dtype = task.eps(dtype), next(task.networks[dtype].parameters()).dtype
     alphas = NoiseSchedule.from_config(task.scheduler_config).alphas_cumprod.to(task.device)
     clip = task.scheduler_config.get("clip_sample", False)
 
@@ -209,6 +209,7 @@ def diffusers_loop(task: Task, dtype: str = "fp32") -> Run:
     from diffusers import DDIMPipeline, DDIMScheduler
 
     net = task.networks[dtype]
+    net_dtype = next(net.parameters()).dtype
     scheduler = DDIMScheduler.from_config(task.scheduler_config)
     if task.embeddings is None:
         pipe = DDIMPipeline(unet=net, scheduler=scheduler)
@@ -233,7 +234,7 @@ def diffusers_loop(task: Task, dtype: str = "fp32") -> Run:
         for lo in range(0, n, batch_size):
             gen = torch.Generator(task.device).manual_seed(SEED + lo)
             latents = torch.randn((min(batch_size, n - lo), *task.shape), generator=gen, device=task.device,
-                                  dtype=net.dtype) * scheduler.init_noise_sigma
+                                  dtype=net_dtype) * scheduler.init_noise_sigma
             for t in scheduler.timesteps:
                 eps = eps_of(scheduler.scale_model_input(latents, t), t)
                 latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
@@ -398,7 +399,8 @@ def determinism(task: Task, settings: Settings) -> dict[str, Any]:
                 return sample(a, ts, task.shape, n, batch_size=batch_size, seed=SEED, monitor=monitor).samples[:k]
 
             reference = draw(largest, largest)
-            entry = {f"batch_{bs}": _compare(draw(max(bs, k), bs), reference) for bs in sizes if bs != largest}
+            entry: dict[str, Any] = {f"batch_{bs}": _compare(draw(max(bs, k), bs), reference)
+                                     for bs in sizes if bs != largest}
             entry[f"rerun_batch_{largest}"] = _compare(draw(largest, largest), reference)
             even = [i for i in range(k) if i % 2 == 0]
             entry[f"neighbours_exit_batch_{largest}"] = _compare(draw(largest, largest, odd_exit)[even],
