@@ -19,6 +19,7 @@ _EXPORTS = {
     "Conditioning": "model_adapter", "ModelAdapter": "model_adapter", "Prediction": "model_adapter",
     "X0Processing": "model_adapter",
     "LoadedModel": "models", "embedded_model_dir": "models", "load_model": "models",
+    "Conditions": "pipeline",
     "NoiseSchedule": "noise_schedule",
     "Finish": "finish", "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner",
     "StepObservation": "planner",
@@ -34,8 +35,8 @@ _EXPORTS = {
     "FieldError": "errors",
 }
 __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
-    "AdaptiveDDIMScheduler", "Conditioning", "DDIM", "FieldError", "Finish", "LoadedModel", "ModelAdapter",
-    "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy",
+    "AdaptiveDDIMScheduler", "Conditioning", "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel",
+    "ModelAdapter", "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy",
     "Prediction", "SampleResult", "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan",
     "StepDecision", "StepInfo", "StepObservation", "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step",
     "discretize", "embedded_model_dir", "interpolate", "list_entries", "load_entry", "load_model", "make_policy",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
     from adaptive_sampler.models import LoadedModel, embedded_model_dir, load_model
     from adaptive_sampler.noise_schedule import NoiseSchedule
+    from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.planner import Planner, StaticPlan, StepDecision, StepObservation
     from adaptive_sampler.policies import Policy, make_policy
     from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
