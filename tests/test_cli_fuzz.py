@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import stat
@@ -277,15 +278,24 @@ def test_a_device_this_machine_lacks_names_device(tiny_model_dir, work, command,
 # ---------------------------------------------------------------- timestep lists
 
 
-def is_valid_list(items: list[int]) -> bool:
+def is_valid_list(items: list[int] | list[float]) -> bool:
     return all(0 <= v <= 999 for v in items) and all(a > b for a, b in zip(items, items[1:], strict=False))
 
 
 int_lists = st.lists(st.one_of(st.integers(-2000, 2000), st.integers(7, 30).map(lambda k: 10**k)), min_size=1,
                      max_size=8).filter(lambda v: not is_valid_list(v)).map(lambda v: ",".join(map(str, v)))
-bad_items = st.lists(st.one_of(st.integers(0, 999).map(str), st.just(""), junk, st.sampled_from(["5.5", "1e3", "x"])),
-                     min_size=1, max_size=6).filter(lambda items: any(not i.strip() or not i.strip().lstrip("+-")
-                                                                      .isdigit() for i in items)).map(",".join)
+def is_valid_text_list(items: list[str]) -> bool:
+    """The rule on a --timesteps list: finite numbers (fractional ones allowed) in [0, 999], strictly descending."""
+    try:
+        values = [float(i) for i in items]
+    except ValueError:
+        return False
+    return all(math.isfinite(v) for v in values) and is_valid_list(values)
+
+
+bad_items = st.lists(st.one_of(st.integers(0, 999).map(str), st.just(""), junk,
+                               st.sampled_from(["5.5", "1e3", "x", "nan", "-inf", "999.5"])),
+                     min_size=1, max_size=6).filter(lambda items: not is_valid_text_list(items)).map(",".join)
 
 
 @settings(FUZZ, max_examples=60)
