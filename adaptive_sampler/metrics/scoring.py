@@ -37,6 +37,11 @@ class Reference:
     def dim(self) -> int:
         return self.statistics.dim
 
+    @functools.cached_property
+    def kid_reference(self) -> KidReference | None:
+        """The reference side of KID, computed once per reference (None without features)."""
+        return KidReference(self.features) if self.features is not None else None
+
 
 @functools.lru_cache(maxsize=1)
 def embedded_reference() -> Reference:
@@ -78,7 +83,6 @@ class MetricAccumulator:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self.n = 0
-        self._kid_reference: KidReference | None = None
 
     def add(self, batch: ScoringBatch, features: torch.Tensor | None = None) -> None:
         """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks)."""
@@ -94,25 +98,24 @@ class MetricAccumulator:
     def features(self) -> torch.Tensor | None:
         return torch.cat(self._features) if self._features else None
 
-    def values(self, bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
-        """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) / KID against the
-        reference; with `bootstrap` (shipped-features references), `fid_ci_low`…`kid_ci_high` too."""
+    def values(self, bootstrap: int = 0, seed: int = 0, precision_recall: bool = True) -> dict[str, float]:
+        """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) and KID against the
+        reference; where the reference has features and n > dim, precision/recall too (unless `precision_recall`
+        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`."""
         out = {name: total / self._counts[name] for name, total in self._sums.items()}
         features = self.features
         if features is None or self.reference is None:
             return out
-        ref = self.reference
-        if ref.features is not None and len(features) > features.shape[1]:
+        ref, (n, d) = self.reference, features.shape
+        if ref.features is not None and n > d and (precision_recall or bootstrap):
             m = distribution_metrics(features, ref.features, ref.statistics, bootstrap=bootstrap, seed=seed)
             out.update(fid=m.fid, kid=m.kid, precision=m.precision, recall=m.recall)
             for name, ci in (("fid", m.fid_ci), ("kid", m.kid_ci)):
                 if ci is not None:
                     out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci.low, ci.high
             return out
-        if ref.features is not None and len(features) >= 2:
-            if self._kid_reference is None:
-                self._kid_reference = KidReference(ref.features)
-            out["kid"] = kid(features, self._kid_reference)
-        if len(features) > features.shape[1]:
+        if ref.kid_reference is not None and n >= 2:
+            out["kid"] = kid(features, ref.kid_reference)
+        if n > d:
             out["fid"] = fid(FeatureStatistics.from_features(features), ref.statistics)
         return out

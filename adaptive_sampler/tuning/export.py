@@ -71,7 +71,7 @@ def _noise_schedule_spec(config: dict[str, Any]) -> NoiseScheduleSpec | None:
 def heldout_evaluator(tuner: Tuner) -> ScheduleEvaluator:
     """The tuner's objective on its held-out seeds (same solver, reference steps and batch size)."""
     s = tuner.settings
-    return ScheduleEvaluator(tuner.model, s.objective, tuner.heldout_seeds, solver=s.solver,
+    return ScheduleEvaluator(tuner.model, tuner.objective, tuner.heldout_seeds, solver=s.solver,
                              reference_steps=s.reference_steps, batch_size=s.batch_size, cache_dir=tuner.cache_dir,
                              adapter=tuner.adapter)
 

@@ -6,13 +6,22 @@ Every evaluation of every trial draws the same initial noise (sample i of chunk 
 Objectives are plug-ins: an `Objective` has a name, a direction, the fewest samples it is defined for, a
 sample-shape check, its tuning seed set, and one abstract method, `evaluate`, which turns the samples of each chunk
 into a running `Score`. `register_objective` adds one to `OBJECTIVES` (name -> object); `get_objective` looks one
-up. Three ship here:
+up, and `Objective.configured(features, reference, fid_limit)` binds it to a metric back-end (see
+`adaptive_sampler.metrics.backends`) and reference statistics (`tune --features/--reference/--fid-limit`). The
+shipped ones score with a `MetricObjective`: a metric of the back-end's `MetricAccumulator`, chunk by chunk.
 
-- `fid`, `kid`: FID (Heusel et al. 2017) / KID (Bińkowski et al. 2018) of the samples against the 10,000
-  Fashion-MNIST test images in the embedded feature space (models with (1, 32, 32) samples only).
+- `fid`, `kid`: FID (Heusel et al. 2017) / KID (Bińkowski et al. 2018) in a back-end's feature space: by default
+  the embedded Fashion-MNIST one against its 10,000 test images ((1, 32, 32) models); with `--features
+  inception:PATH|clip:PATH --reference ref.npz`, any images (KID needs the reference's features: embedded only).
 - `fidelity`: mean PSNR of each sample to the many-step DDIM result of the same noise (a cheap proxy that needs
-  no reference data and works for any model). The references are computed once and cached on disk, keyed by the
-  model's weights and scheduler config, the seeds and the reference step count.
+  no reference data and works for any model); `fidelity-lpips` the mean LPIPS to it (local LPIPS weights). The
+  references are computed once and cached on disk, keyed by the model's weights and scheduler config, the seeds,
+  the conditioning and the reference step count.
+- `clip-score`: mean CLIP score of each sample against its prompt (`--features clip:PATH`).
+- `label`: the fraction of samples the embedded classifier puts in their requested class.
+- `clip-at-fid`: CLIP score at a fixed FID (both in the CLIP space, `--features clip:PATH --reference ref.npz
+  --fid-limit F`): the CLIP score where FID ≤ F, else F - FID (< 0), so every schedule within the FID limit ranks
+  above every one outside it — guidance-aware quality under a distribution constraint.
 
 Samples are drawn chunk by chunk; after each chunk the objective over the samples so far is passed to `on_rung`,
 which is how a per-budget study reports successive sample counts to its pruner.
@@ -21,40 +30,37 @@ which is how a per-budget study reports successive sample counts to its pruner.
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import piq
 import torch
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics import (
     EMBEDDED_IMAGE_SHAPE,
     FEATURE_DIM,
-    EmbeddedFeatureExtractor,
-    FeatureStatistics,
-    KidReference,
-    embedded_reference_features,
-    embedded_reference_statistics,
-    fid,
-    kid,
-    to_unit_range,
+    MetricAccumulator,
+    MetricBackend,
+    Reference,
+    ScoringBatch,
+    make_backend,
+    resolve_reference,
 )
-from adaptive_sampler.model_adapter import ModelAdapter
+from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.policies import Uniform
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.timesteps import validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR, cached_tensors
-
-_SSIM_KERNEL = 11
 
 
 @dataclass(frozen=True)
@@ -113,17 +119,33 @@ class Objective(abc.ABC):
     Subclasses set `name`, `direction` and `label` and implement `evaluate`; the rest are defaults and no-op hooks.
     `min_n` is the fewest samples the objective is defined for (no value is reported to the pruner before that),
     `default_n` / `default_heldout_n` the tuning and held-out sample counts when none are given, and `rungs` the
-    number of chunks the tuning samples come in (the pruner's steps).
+    number of chunks the tuning samples come in (the pruner's steps). A configured copy (`configured`) may set
+    them per instance (FID needs more samples than its feature dimension).
     """
 
     name: ClassVar[str]
     direction: ClassVar[Literal["minimize", "maximize"]]
     label: ClassVar[str]
-    min_n: ClassVar[int] = 1
-    default_n: ClassVar[int] = 64
-    default_heldout_n: ClassVar[int] = 256
-    rungs: ClassVar[int] = 4
+    min_n: int = 1
+    default_n: int = 64
+    default_heldout_n: int = 256
+    rungs: int = 4
     uses_reference: ClassVar[bool] = False  # scores against `ScheduleEvaluator.reference` (a study key then)
+
+    def configured(self, features: str | None = None, reference: Path | None = None,
+                   fid_limit: float | None = None) -> Objective:
+        """This objective bound to a metric back-end spec, reference statistics and an FID limit; the default
+        takes none of them (FieldError naming the one given)."""
+        for name, value in (("features", features), ("reference", reference), ("fid_limit", fid_limit)):
+            if value is not None:
+                raise FieldError(name, str(value) if isinstance(value, Path) else value,
+                                 f"is not used by objective {self.name!r}")
+        return self
+
+    def study_identity(self) -> dict[str, object]:
+        """What besides the settings' STUDY_KEYS a resumed study must share (e.g. the reference file); default:
+        nothing."""
+        return {}
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
         """Raise ValueError (naming `objective`) if samples of `sample_shape` cannot be scored; default: any."""
@@ -163,11 +185,15 @@ def get_objective(name: str) -> Objective:
 
 
 def model_identity(model: LoadedModel) -> dict[str, object]:
-    """What determines a model's samples besides the schedule: its weights, scheduler config and sample shape."""
+    """What determines a model's samples besides the schedule: its weights, scheduler config and sample shape, and
+    the prompts or labels it is conditioned on (absent for an unconditional model)."""
     scheduler = json.dumps(model.scheduler_config, sort_keys=True, default=str)
-    return {"name": model.name, "weights_sha256": model.weights_sha256,
-            "scheduler_sha256": hashlib.sha256(scheduler.encode()).hexdigest(),
-            "sample_shape": list(model.sample_shape)}
+    identity: dict[str, object] = {"name": model.name, "weights_sha256": model.weights_sha256,
+                                   "scheduler_sha256": hashlib.sha256(scheduler.encode()).hexdigest(),
+                                   "sample_shape": list(model.sample_shape)}
+    if model.conditions is not None:
+        identity["conditions"] = model.conditions.identity()
+    return identity
 
 
 @dataclass(frozen=True)
@@ -181,34 +207,21 @@ class Evaluation:
     wall_s: float
 
 
-@functools.lru_cache(maxsize=1)
-def _embedded_kid_reference() -> KidReference:
-    return KidReference(embedded_reference_features())
-
-
-@functools.lru_cache(maxsize=1)
-def _embedded_statistics() -> FeatureStatistics:
-    return embedded_reference_statistics("test")
-
-
-@functools.lru_cache(maxsize=1)
-def _embedded_extractor() -> EmbeddedFeatureExtractor:
-    return EmbeddedFeatureExtractor()
-
-
 @dataclass
 class ScheduleEvaluator:
     """Scores timestep lists for one model, solver, objective and seed set.
 
     `evaluate(timesteps, on_rung)` samples the seed set chunk by chunk with `solver` (η = 0) and returns an
     `Evaluation`; after each chunk, `on_rung(samples_so_far, value_so_far)` is called where the objective is defined
-    (it may raise `optuna.TrialPruned`). `objective` names a registered `Objective`. `reference(chunk)` is the
-    many-step result of a chunk (`reference_steps` uniform steps of the same solver from the same noise), cached
-    under `cache_dir` (None: in memory only); the fidelity objective scores against it.
+    (it may raise `optuna.TrialPruned`). `objective` is a registered objective's name or an `Objective` (e.g. a
+    `configured` one). `reference(chunk)` is the many-step result of a chunk (`reference_steps` uniform steps of the
+    same solver from the same noise), cached under `cache_dir` (None: in memory only); the fidelity objectives score
+    against it. `conditioning` is passed to the sampler for every chunk (sample i of a chunk takes row i), and
+    sample i of a chunk is scored against `prompts[i % P]` and `labels[i % L]` (`conditions`).
     """
 
     model: LoadedModel
-    objective: str
+    objective: str | Objective
     seeds: SeedSet
     solver: str = "ddim"
     reference_steps: int = 200
@@ -216,10 +229,14 @@ class ScheduleEvaluator:
     network_rows: int | None = 8
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     adapter: ModelAdapter | None = None
+    conditioning: Conditioning | None = None
+    prompts: Sequence[str] | None = None
+    labels: Sequence[int] | None = None
     _references: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.scorer: Objective = get_objective(self.objective)
+        self.scorer: Objective = (self.objective if isinstance(self.objective, Objective)
+                                  else get_objective(self.objective))
         self.solver_impl = make_solver(self.solver)
         self.model_adapter: ModelAdapter = self.adapter or self.model.adapter(network_rows=self.network_rows)
         T = self.model_adapter.schedule.num_train_timesteps
@@ -228,27 +245,49 @@ class ScheduleEvaluator:
         if self.batch_size < 1:
             raise FieldError("batch_size", self.batch_size, "is not a positive integer")
         if self.seeds.n < self.scorer.min_n:
-            raise FieldError("n", self.seeds.n, f"samples is below the {self.scorer.min_n} that {self.objective} needs")
-        self.scorer.check_shape(self.model.sample_shape)
+            raise FieldError("n", self.seeds.n, f"samples is below the {self.scorer.min_n} that {self.scorer.name} "
+                                                "needs")
+        self.scorer.check_shape(self.model.image_shape)
+        bound = self.model.conditions  # a model bound to prompts or labels (LoadedModel.with_conditions)
+        if bound is not None:
+            self.conditioning = self.conditioning or bound.conditioning
+            self.prompts = self.prompts or bound.prompts
+            self.labels = self.labels or bound.labels
 
     @property
     def direction(self) -> str:
         return self.scorer.direction
 
     def sample(self, timesteps: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Chunk `chunk` of the seed set sampled over `timesteps` with the evaluator's solver."""
+        """Chunk `chunk` of the seed set sampled over `timesteps` with the evaluator's solver, as images (a latent
+        model's decoded)."""
         result = sample(self.model_adapter, timesteps, self.model.sample_shape, self.seeds.chunks[chunk],
-                        batch_size=self.batch_size, seed=self.seeds.seed + chunk, solver=self.solver_impl)
-        return result.samples
+                        batch_size=self.batch_size, seed=self.seeds.seed + chunk, solver=self.solver_impl,
+                        conditioning=self.conditioning)
+        if self.model.decoder is None:
+            return result.samples
+        return self.model.decode(result.samples.to(self.model_adapter.device), self.network_rows or 8).cpu()
+
+    def conditions(self, chunk: int) -> tuple[list[str] | None, list[int] | None]:
+        """The prompt and the class label of each sample of chunk `chunk` (None where the run has none)."""
+        n = self.seeds.chunks[chunk]
+        prompts = [self.prompts[i % len(self.prompts)] for i in range(n)] if self.prompts else None
+        labels = [int(self.labels[i % len(self.labels)]) for i in range(n)] if self.labels else None
+        return prompts, labels
 
     def reference(self, chunk: int) -> torch.Tensor:
         """The many-step result for chunk `chunk` of the seed set (cached on disk and in memory)."""
         if chunk not in self._references:
             schedule = self.model_adapter.schedule
             steps = Uniform().timesteps(self.reference_steps, schedule)
-            key = {"model": model_identity(self.model), "solver": self.solver, "policy": "uniform",
-                   "reference_steps": self.reference_steps, "seed": self.seeds.seed + chunk,
-                   "n": self.seeds.chunks[chunk], "num_train_timesteps": schedule.num_train_timesteps}
+            key: dict[str, object] = {
+                "model": model_identity(self.model), "solver": self.solver, "policy": "uniform",
+                "reference_steps": self.reference_steps, "seed": self.seeds.seed + chunk,
+                "n": self.seeds.chunks[chunk], "num_train_timesteps": schedule.num_train_timesteps}
+            if self.conditioning is not None:  # the same noise under other prompts is another reference
+                prompts, labels = self.conditions(chunk)
+                key["conditions"] = {"prompts": prompts, "labels": labels,
+                                     "guidance_scale": self.conditioning.guidance_scale}
             tensors = cached_tensors(self.cache_dir, "fidelity-references", key,
                                      lambda: {"samples": self.sample(steps, chunk)})
             self._references[chunk] = tensors["samples"]
@@ -258,7 +297,7 @@ class ScheduleEvaluator:
         """Compute (or load) everything that does not depend on the schedule (the objective's `prepare`)."""
         self.scorer.prepare(self)
 
-    def evaluate(self, timesteps: Sequence[int] | torch.Tensor,
+    def evaluate(self, timesteps: Sequence[int | float] | torch.Tensor,
                  on_rung: Callable[[int, float], None] | None = None) -> Evaluation:
         """Sample the seed set over `timesteps` and score it (see the class docstring)."""
         ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
@@ -272,75 +311,226 @@ class ScheduleEvaluator:
                           wall_s=time.perf_counter() - start)
 
 
-class EmbeddedFeatureObjective(Objective):
-    """FID or KID in the embedded Fashion-MNIST feature space; reports both where each is defined."""
+@functools.lru_cache(maxsize=4)
+def _backend(spec: str) -> MetricBackend:
+    """One back-end per spec and process: tuning and held-out scoring share its network (and CLIP, its load)."""
+    return make_backend(spec)
 
-    default_heldout_n = 500
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class MetricObjective(Objective):
+    """A metric of a back-end's `MetricAccumulator` over the chunks so far (see the module docstring).
+
+    Subclasses set `metric` (the key of `MetricAccumulator.values`) and `default_features` (the back-end when
+    `--features` is not given; None: it must be given, one of `allowed`). `value` turns the metrics into the
+    objective (default: `metrics[metric]`, NaN while undefined). A `configured` copy holds the spec, the reference
+    path and the FID limit; the back-end and the reference load on first use, once per process.
+    """
+
+    metric: ClassVar[str]
+    default_features: ClassVar[str | None]
+    allowed: ClassVar[tuple[str, ...]]  # spec prefixes this objective can score with
+    needs_features: ClassVar[bool] = False  # FID/KID: the back-end's feature space and a reference
+    uses_fid: ClassVar[bool] = False  # defined only for more samples than the feature dimension
+    features: str | None = None
+    reference_path: Path | None = None
+    fid_limit: float | None = None
+
+    def _allowed(self) -> str:
+        return " or ".join(a + "PATH" if a.endswith(":") else a for a in self.allowed)
+
+    @property
+    def spec(self) -> str:
+        spec = self.features or self.default_features
+        if spec is None:
+            raise FieldError("features", None, f"given; objective {self.name!r} needs --features {self._allowed()}")
+        return spec
+
+    def configured(self, features: str | None = None, reference: Path | None = None,
+                   fid_limit: float | None = None) -> Objective:
+        out = copy.copy(self)
+        out.__dict__.pop("reference_stats", None)  # loaded for the unconfigured objective, if it ever was
+        out.features, out.reference_path, out.fid_limit = features, reference, fid_limit
+        spec = out.spec
+        if not any(spec == a or (a.endswith(":") and spec.startswith(a)) for a in self.allowed):
+            raise FieldError("features", spec, f"cannot give objective {self.name!r} its metric {self.metric!r}; "
+                                               f"use {self._allowed()}")
+        if reference is not None and not self.needs_features:
+            raise FieldError("reference", str(reference), f"is not used by objective {self.name!r}")
+        if self.needs_features and reference is None and not spec == "embedded":
+            raise FieldError("reference", None, f"given; objective {self.name!r} with --features {spec} needs "
+                                                "reference statistics: make them with `adaptive-sampler stats "
+                                                f"--images DIR --features {spec} --out ref.npz`")
+        if fid_limit is not None and self.name != "clip-at-fid":
+            raise FieldError("fid_limit", fid_limit, f"is not used by objective {self.name!r}")
+        dim = FEATURE_DIM if spec == "embedded" else out.backend.dim  # the embedded net loads only when used
+        if self.uses_fid and dim is not None:
+            out.min_n = max(self.min_n, dim + 1)
+            out.default_n = max(self.default_n, self.rungs * out.min_n)
+        return out
+
+    @property
+    def backend(self) -> MetricBackend:
+        return _backend(self.spec)
+
+    @functools.cached_property
+    def reference_stats(self) -> Reference | None:
+        if not self.needs_features:
+            return None
+        reference = resolve_reference(self.backend, self.reference_path)
+        if self.metric == "kid" and (reference is None or reference.features is None):
+            raise FieldError("objective", self.name, "needs the reference's features, which an .npz (mu, sigma) "
+                                                     "does not hold; use objective 'fid' with --reference")
+        return reference
+
+    def study_identity(self) -> dict[str, object]:
+        if self.features is None and self.reference_path is None and self.fid_limit is None:
+            return {}  # the objective's own back-end: the study config of today
+        identity: dict[str, object] = {"features": self.spec}
+        if self.reference_path is not None:
+            identity["reference_sha256"] = _sha256(self.reference_path)
+        if self.fid_limit is not None:
+            identity["fid_limit"] = self.fid_limit
+        return identity
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
-        if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
+        if self.features is None and self.spec in ("embedded", "label") and \
+                tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
             raise FieldError(
                 "objective", self.name, f"scores samples in the embedded Fashion-MNIST feature space, which takes "
-                f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity'"
+                f"{EMBEDDED_IMAGE_SHAPE}; this model's samples are {tuple(sample_shape)}; use objective 'fidelity' "
+                "or --features inception:PATH|clip:PATH with --reference"
             )
+        self.backend.check_shape(sample_shape)
 
     def prepare(self, evaluator: ScheduleEvaluator) -> None:
-        _embedded_kid_reference()
+        if self.reference_stats is not None:
+            _ = self.reference_stats.kid_reference
+        if self.backend.needs_reference_images:
+            for chunk in range(len(evaluator.seeds.chunks)):
+                evaluator.reference(chunk)
+
+    def value(self, metrics: dict[str, float]) -> float:
+        return metrics.get(self.metric, math.nan)
 
     def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
-        extractor = _embedded_extractor()
-        parts: list[torch.Tensor] = []
-        for _chunk, samples in chunks:
-            parts.append(extractor(samples).cpu())
-            features = torch.cat(parts)
-            metrics = {"kid": kid(features, _embedded_kid_reference())}
-            if len(features) >= FidObjective.min_n:
-                metrics["fid"] = fid(FeatureStatistics.from_features(features), _embedded_statistics())
-            yield Score(metrics.get(self.name, float("nan")), metrics)
+        backend = self.backend
+        accumulator = MetricAccumulator(backend, self.reference_stats)
+        for chunk, samples in chunks:
+            prompts, labels = evaluator.conditions(chunk)
+            accumulator.add(ScoringBatch(samples, prompts=prompts, labels=labels,
+                                         reference_images=evaluator.reference(chunk)
+                                         if backend.needs_reference_images else None))
+            metrics = accumulator.values(precision_recall=False)
+            yield Score(self.value(metrics), metrics)
 
 
-class FidObjective(EmbeddedFeatureObjective):
+class FidObjective(MetricObjective):
     name = "fid"
     direction = "minimize"
-    label = "FID (embedded features, lower is better)"
-    min_n = FEATURE_DIM + 1  # a full-rank covariance
+    label = "FID (lower is better)"
+    metric = "fid"
+    default_features = "embedded"
+    allowed = ("embedded", "inception:", "clip:")
+    needs_features = True
+    uses_fid = True
+    min_n = 129  # more samples than the embedded feature dimension (128): a full-rank covariance
     default_n = 512
+    default_heldout_n = 500
     rungs = 2  # each rung must hold more samples than the feature dimension
 
 
-class KidObjective(EmbeddedFeatureObjective):
+class KidObjective(MetricObjective):
     name = "kid"
     direction = "minimize"
     label = "KID (embedded features, lower is better)"
+    metric = "kid"
+    default_features = "embedded"
+    allowed = ("embedded",)
+    needs_features = True
     min_n = 2
     default_n = 256
+    default_heldout_n = 500
 
 
-class FidelityObjective(Objective):
+class FidelityObjective(MetricObjective):
     """Mean PSNR (and SSIM, for images at least 11 pixels wide) to the evaluator's many-step reference."""
 
     name = "fidelity"
     direction = "maximize"
     label = "PSNR to the many-step reference (dB, higher is better)"
     uses_reference = True
-
-    def prepare(self, evaluator: ScheduleEvaluator) -> None:
-        for chunk in range(len(evaluator.seeds.chunks)):
-            evaluator.reference(chunk)
-
-    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
-        psnr_sum = ssim_sum = 0.0
-        n = 0
-        for chunk, samples in chunks:
-            x, y = to_unit_range(samples), to_unit_range(evaluator.reference(chunk))
-            n += len(x)
-            psnr_sum += float(piq.psnr(x, y, data_range=1.0, reduction="sum"))
-            metrics = {"psnr": psnr_sum / n}
-            if min(x.shape[-2:]) >= _SSIM_KERNEL:  # piq's SSIM window needs images at least 11 pixels wide
-                ssim_sum += float(piq.ssim(x, y, data_range=1.0, reduction="sum"))
-                metrics["ssim"] = ssim_sum / n
-            yield Score(metrics["psnr"], metrics)
+    metric = "psnr"
+    default_features = "fidelity"
+    allowed = ("fidelity", "fidelity:")
 
 
-for _objective in (FidObjective(), KidObjective(), FidelityObjective()):
+class FidelityLpipsObjective(MetricObjective):
+    """Mean LPIPS to the evaluator's many-step reference (LPIPS weights from local files)."""
+
+    name = "fidelity-lpips"
+    direction = "minimize"
+    label = "LPIPS to the many-step reference (lower is better)"
+    uses_reference = True
+    metric = "lpips"
+    default_features = "fidelity:lpips"
+    allowed = ("fidelity:",)
+
+
+class ClipScoreObjective(MetricObjective):
+    """Mean CLIP score of each sample against its prompt (needs prompts)."""
+
+    name = "clip-score"
+    direction = "maximize"
+    label = "CLIP score (100 · cos, higher is better)"
+    metric = "clip_score"
+    default_features = None
+    allowed = ("clip:",)
+
+
+class LabelObjective(MetricObjective):
+    """The fraction of samples the embedded classifier puts in their requested class (needs labels)."""
+
+    name = "label"
+    direction = "maximize"
+    label = "label agreement (embedded classifier, higher is better)"
+    metric = "label_agreement"
+    default_features = "label"
+    allowed = ("label",)
+
+
+class ClipAtFidObjective(MetricObjective):
+    """CLIP score at a fixed FID in the CLIP space (see the module docstring): CLIP score where FID ≤ `fid_limit`,
+    else `fid_limit` - FID."""
+
+    name = "clip-at-fid"
+    direction = "maximize"
+    label = "CLIP score at FID ≤ limit (FID excess below 0)"
+    metric = "fid-constraint"
+    default_features = None
+    allowed = ("clip:",)
+    needs_features = True
+    uses_fid = True
+    default_n = 64
+    rungs = 2
+
+    def configured(self, features: str | None = None, reference: Path | None = None,
+                   fid_limit: float | None = None) -> Objective:
+        if fid_limit is None or not fid_limit > 0:
+            raise FieldError("fid_limit", fid_limit, f"must be a positive FID for objective {self.name!r} (the FID "
+                                                     "that the CLIP score is maximised under)")
+        return super().configured(features, reference, fid_limit)
+
+    def value(self, metrics: dict[str, float]) -> float:
+        if "fid" not in metrics or "clip_score" not in metrics or self.fid_limit is None:
+            return math.nan
+        excess = metrics["fid"] - self.fid_limit
+        return metrics["clip_score"] if excess <= 0 else -excess
+
+
+for _objective in (FidObjective(), KidObjective(), FidelityObjective(), FidelityLpipsObjective(),
+                   ClipScoreObjective(), LabelObjective(), ClipAtFidObjective()):
     register_objective(_objective)

@@ -32,8 +32,17 @@ class TuneSettings(BaseModel):
         "finished trials (COMPLETE + PRUNED; failed and surplus ones are not counted) per budget (per-budget mode) "
         "or in all (pareto mode); a re-run tops up to this"))
     objective: str = Field("fid", description=(
-        "a registered objective: fid or kid (embedded feature space, (1, 32, 32) models) or fidelity (PSNR to a "
-        "many-step reference from the same noise; any model)"))
+        "a registered objective: fid or kid (embedded feature space by default, (1, 32, 32) models; fid also in "
+        "--features inception:PATH|clip:PATH with --reference), fidelity or fidelity-lpips (PSNR / LPIPS to a "
+        "many-step reference from the same noise; any model), clip-score (--features clip:PATH, prompts), label "
+        "(class agreement, class-conditional models) or clip-at-fid (CLIP score at FID <= --fid-limit)"))
+    features: str | None = Field(None, description=(
+        "metric back-end of the objective: embedded, inception:PATH, clip:PATH, fidelity[:lpips[:NET]] or label; "
+        "default the objective's own"))
+    reference: Path | None = Field(None, description=(
+        "reference statistics .npz (mu, sigma; from `adaptive-sampler stats`) in the --features space, for fid and "
+        "clip-at-fid"))
+    fid_limit: float | None = Field(None, gt=0, description="clip-at-fid: the FID the CLIP score is maximised under")
     space: Literal["free", "power", "karras", "logsnr"] = Field(
         "free", description="free (N increments), power, karras or logsnr (2-parameter families)")
     mode: Literal["per-budget", "pareto"] = Field("per-budget", description=(
@@ -107,10 +116,10 @@ class TuneSettings(BaseModel):
 
     @property
     def scorer(self) -> Objective:
-        """The registered objective these settings name."""
+        """The registered objective these settings name, bound to `features`, `reference` and `fid_limit`."""
         from adaptive_sampler.tuning.objectives import get_objective
 
-        return get_objective(self.objective)
+        return get_objective(self.objective).configured(self.features, self.reference, self.fid_limit)
 
     @property
     def tuning_n(self) -> int:

@@ -130,7 +130,7 @@ class Tuner:
                 "heldout_seed", settings.heldout_seed, f"falls among the tuning seeds {self.tuning_seeds.seeds.start}…"
                 f"{self.tuning_seeds.seeds.stop - 1}; held-out samples must be ones tuning never saw"
             )
-        self.evaluator = ScheduleEvaluator(model, settings.objective, self.tuning_seeds, solver=settings.solver,
+        self.evaluator = ScheduleEvaluator(model, self.objective, self.tuning_seeds, solver=settings.solver,
                                            reference_steps=settings.reference_steps, batch_size=settings.batch_size,
                                            cache_dir=cache_dir, adapter=self.adapter)
         self.base_name = settings.study_name or f"{model.name}-{settings.solver}-{settings.objective}-{settings.space}"
@@ -159,6 +159,7 @@ class Tuner:
         })
         if self.objective.uses_reference:
             config["reference_steps"] = s.reference_steps
+        config.update(self.objective.study_identity())  # a metric back-end and reference other than the default
         return config
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
