@@ -29,6 +29,7 @@ from adaptive_sampler.metrics import (
     make_backend,
     quantize_uint8,
     resolve_reference,
+    score_images,
 )
 from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.metrics.statistics import EMBEDDED_DIR
@@ -244,6 +245,10 @@ def test_embedded_backend_is_todays_score_samples_with_a_golden_fid():
     today = score_samples(images)
     assert values == {"fid": today.fid, "kid": today.kid, "precision": today.precision, "recall": today.recall}
     assert values["fid"] == pytest.approx(28.160, abs=0.005)  # golden
+    assert score_images(images) == values  # the one-call form benchmarks use
+    with pytest.raises(FieldError, match=r"^n: 128 samples is not more than the feature dimension 128 of "
+                                         r"'embedded'; FID needs n > 128"):
+        score_images(images[:128])
 
 
 def test_running_values_give_kid_first_and_fid_once_n_exceeds_the_dimension():

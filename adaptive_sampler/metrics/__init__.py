@@ -41,6 +41,7 @@ from adaptive_sampler.metrics.scoring import (
     check_fid_n,
     embedded_reference,
     resolve_reference,
+    score_images,
 )
 from adaptive_sampler.metrics.statistics import (
     FeatureStatistics,
@@ -69,6 +70,7 @@ __all__ = [
     "make_backend",
     "quantize_uint8",
     "resolve_reference",
+    "score_images",
     "EMBEDDED_IMAGE_SHAPE",
     "FEATURE_DIM",
     "ConfidenceInterval",

@@ -4,19 +4,20 @@
 so far (`values`): the means of the back-end's per-sample scores, and, where it has a feature space and a
 reference, FID (once n exceeds the feature dimension) — plus KID and precision/recall where the reference holds
 its features (the shipped embedded one does; an npz holds only `mu`, `sigma`). Tuning adds one chunk per rung,
-`eval` adds all its samples at once.
+`eval` adds all its samples at once; `score_images` is the one-call form for benchmarks and scripts.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.metrics.backends import EmbeddedBackend, MetricBackend, ScoringBatch
+from adaptive_sampler.metrics.backends import EmbeddedBackend, MetricBackend, ScoringBatch, make_backend
 from adaptive_sampler.metrics.distribution import KidReference, distribution_metrics, fid, kid
 from adaptive_sampler.metrics.statistics import (
     FeatureStatistics,
@@ -119,3 +120,20 @@ class MetricAccumulator:
         if n > d:
             out["fid"] = fid(FeatureStatistics.from_features(features), ref.statistics)
         return out
+
+
+def score_images(images: torch.Tensor, features: str | MetricBackend = "embedded", reference: Path | str | None = None,
+                 *, prompts: Sequence[str] | None = None, labels: Sequence[int] | None = None,
+                 reference_images: torch.Tensor | None = None, bootstrap: int = 0, seed: int = 0,
+                 device: torch.device | str | None = None) -> dict[str, float]:
+    """The metrics of images [n, C, H, W] in [-1, 1] with a back-end (a spec or a built one, reused across calls)
+    against `reference` (npz; default the back-end's shipped one), with per-sample prompts, labels and many-step
+    reference images where the back-end scores them. FID is refused at n ≤ the feature dimension (FieldError)."""
+    backend = make_backend(features, device=device) if isinstance(features, str) else features
+    ref = resolve_reference(backend, reference)
+    backend.check_shape(tuple(images.shape[1:]))
+    if ref is not None:
+        check_fid_n(backend, len(images))
+    accumulator = MetricAccumulator(backend, ref)
+    accumulator.add(ScoringBatch(images, prompts=prompts, labels=labels, reference_images=reference_images))
+    return accumulator.values(bootstrap=bootstrap, seed=seed)
