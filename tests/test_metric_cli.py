@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from adaptive_sampler.datasets import to_model_range
-from adaptive_sampler.metrics import FeatureStatistics, make_backend
+from adaptive_sampler.metrics import FeatureStatistics, ScoringBatch, make_backend
 from adaptive_sampler.metrics.statistics import EMBEDDED_DIR
 from helpers import run_cli
 
@@ -148,3 +148,41 @@ def test_eval_metric_errors_name_the_flag_before_sampling(tmp_path, tiny_model_d
     assert run.code == 2
     assert run.err_lines[0].startswith(message.format(tmp=tmp_path, clip=clip_dir)), run.err
     assert "sampling" not in run.err  # refused before the first batch
+
+
+def test_eval_label_agreement_on_a_class_conditional_model(tmp_path):
+    """A tiny random class-conditional 1x32x32 UNet (built in the test) and the shipped classifier: the reported
+    agreement is the classifier's on the saved images with the labels sample i took (i mod 10)."""
+    from helpers import write_tiny_class_unet_dir
+
+    model = write_tiny_class_unet_dir(tmp_path / "class-unet")
+    run = run_cli("eval", "--model", model, "--features", "label", "--classes", "all", "--n", "12", "--steps", "2",
+                  "--save", tmp_path / "s.npy", "--json", tmp_path / "r.json", "--device", "cpu")
+    assert run.code == 0, run.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    images = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    agreement = make_backend("label").per_sample(ScoringBatch(images, labels=[i % 10 for i in range(12)]))
+    assert report["label_agreement"] == pytest.approx(float(agreement["label_agreement"].mean()))
+    refused = run_cli("eval", "--model", tmp_path / "class-unet", "--features", "label", "--n", "4", "--steps", "2",
+                      "--features", "clip:nowhere", "--device", "cpu")
+    assert refused.code == 2 and refused.err_lines[-1].startswith("error: --features: 'clip:nowhere' names")
+
+
+def test_eval_clip_score_of_a_text_to_image_model_against_its_prompt(tmp_path, clip_dir):
+    """A tiny random Stable Diffusion folder (tests/helpers.py) and the tiny CLIP: the reported CLIP score is the
+    back-end's on the saved decoded images and the prompt each sample took."""
+    from helpers import write_tiny_sd_dir
+
+    model = write_tiny_sd_dir(tmp_path / "sd")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a shirt\na bag\n")
+    run = run_cli("eval", "--model", model, "--prompts", prompts, "--features", f"clip:{clip_dir}", "--n", "3",
+                  "--steps", "2", "--save", tmp_path / "s.npy", "--json", tmp_path / "r.json", "--device", "cpu")
+    assert run.code == 0, run.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    images = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    assert images.shape == (3, 3, 16, 16)
+    expected = make_backend(f"clip:{clip_dir}").clip.clip_score(images, ["a photo of a shirt", "a bag",
+                                                                        "a photo of a shirt"])
+    assert report["clip_score"] == pytest.approx(float(expected.double().mean()), rel=1e-5, abs=1e-6)
+    assert "fid" not in report and report["reference"] is None

@@ -13,19 +13,28 @@ import typer
 from adaptive_sampler.cli.common import (
     MAX_BOOTSTRAP,
     BatchOpt,
+    ClassesOpt,
+    ClassLabelsOpt,
+    ConditionFlags,
     DeviceOpt,
     EtaOpt,
+    GuidanceOpt,
+    HeightOpt,
     JsonOpt,
     ModelOpt,
     MonitorOpt,
+    NegativePromptOpt,
     PickleOpt,
     PolicyOpt,
+    PromptOpt,
+    PromptsOpt,
     RowsOpt,
     SaveOpt,
     SeedOpt,
     SolverOpt,
     StepsOpt,
     TimestepsOpt,
+    WidthOpt,
     draw,
 )
 from adaptive_sampler.cli.outputs import OutputPaths, npy_bytes
@@ -60,6 +69,9 @@ def eval_command(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamplings for 95% intervals of FID and KID")] = 0,
     features: FeaturesOpt = "embedded", reference: ReferenceOpt = None, reference_steps: ReferenceStepsOpt = 200,
     save: SaveOpt = None, json_path: JsonOpt = None,
+    prompt: PromptOpt = None, prompts: PromptsOpt = None, negative_prompt: NegativePromptOpt = None,
+    guidance_scale: GuidanceOpt = None, class_labels: ClassLabelsOpt = None, classes: ClassesOpt = None,
+    height: HeightOpt = None, width: WidthOpt = None,
 ) -> None:
     """Sample, then score them: FID/KID/precision/recall in the embedded Fashion-MNIST feature space by default,
     or with another metric back-end (--features) against reference statistics (--reference)."""
@@ -73,16 +85,19 @@ def eval_command(
         raise FieldError("bootstrap", bootstrap, f"is outside [0, {MAX_BOOTSTRAP}]; pass 0 for no intervals or a "
                                                  "number of resamplings")
     outputs = OutputPaths.check(save=save, json=json_path)  # before any work; written all-or-nothing
+    conditions = ConditionFlags(prompt, prompts, negative_prompt, guidance_scale, class_labels, classes)
     if features != "embedded" or reference is not None:
         _eval_with_backend(outputs, features, reference, reference_steps, bootstrap, dict(
             model=model, policy=policy, steps=steps, timesteps=timesteps, eta=eta, solver=solver, monitor=monitor,
             n=n, batch_size=batch_size, seed=seed, network_rows=network_rows, device=device,
-            allow_pickle=allow_pickle))
+            allow_pickle=allow_pickle, height=height, width=width, conditions=conditions))
         return
     drawn = draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
-                 allow_pickle, outputs.get("save"), check=lambda m: check_embedded_space(m.sample_shape, n))
+                 allow_pickle, outputs.get("save"), check=lambda m: check_embedded_space(m.image_shape, n),
+                 conditions=conditions, height=height, width=width)
     loaded, policy_name, result = drawn.loaded, drawn.policy, drawn.result
-    metrics = distributed.score(result.samples, bootstrap=bootstrap, seed=seed)  # torchrun: features gathered
+    images = drawn.images if drawn.images is not None else result.samples
+    metrics = distributed.score(images, bootstrap=bootstrap, seed=seed)  # torchrun: features gathered
     if not distributed.is_main():  # under torchrun, rank 0 writes and prints
         return
     report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
@@ -93,7 +108,7 @@ def eval_command(
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
     contents: dict[str, bytes] = {}
     if "save" in outputs.paths:
-        contents["save"] = npy_bytes(result.samples.numpy().astype(np.float32))
+        contents["save"] = npy_bytes(images.numpy().astype(np.float32))
     if "json" in outputs.paths:
         payload = {**drawn.report(solver=solver, eta=eta), **report.to_json()}
         contents["json"] = (json.dumps(payload, indent=2, default=vars) + "\n").encode()
@@ -102,16 +117,19 @@ def eval_command(
 
 
 def _reference_images(drawn: Drawn, options: dict[str, Any], reference_steps: int) -> torch.Tensor:
-    """The many-step result of the same noise: `reference_steps` uniform steps of the run's solver, η = 0."""
+    """The many-step result of the same noise and conditions: `reference_steps` uniform steps of the run's solver,
+    η = 0, as images (a latent model's decoded)."""
     from adaptive_sampler import distributed
     from adaptive_sampler.policies import Uniform
     from adaptive_sampler.solvers import make_solver
 
     adapter = drawn.loaded.adapter(network_rows=options["network_rows"] or None)
     plan = Uniform().timesteps(reference_steps, adapter.schedule).tolist()
-    return distributed.sample(adapter, plan, drawn.loaded.sample_shape, options["n"],
-                              batch_size=options["batch_size"], seed=options["seed"],
-                              solver=make_solver(options["solver"]), progress=True).samples
+    samples = distributed.sample(adapter, plan, drawn.loaded.sample_shape, options["n"],
+                                 batch_size=options["batch_size"], seed=options["seed"],
+                                 solver=make_solver(options["solver"]), progress=True,
+                                 conditioning=drawn.loaded.conditioning).samples
+    return drawn.loaded.decode(samples.to(adapter.device), options["network_rows"] or 8).cpu()
 
 
 def _check_backend(backend: MetricBackend, ref: Reference | None, n: int, loaded: LoadedModel,
@@ -120,7 +138,7 @@ def _check_backend(backend: MetricBackend, ref: Reference | None, n: int, loaded
     the many-step reference's step count, bootstrap intervals without reference features."""
     from adaptive_sampler.metrics.scoring import check_fid_n
 
-    backend.check_shape(loaded.sample_shape)
+    backend.check_shape(loaded.image_shape)
     if ref is not None:
         check_fid_n(backend, n)
     elif backend.feature_extractor is not None and not backend.metric_names:
@@ -152,10 +170,8 @@ def _eval_with_backend(outputs: OutputPaths, features: str, reference: Path | No
     drawn = draw(**options, save=outputs.get("save"),
                  check=lambda m: _check_backend(backend, ref, n, m, reference_steps, bootstrap))
     result = drawn.result
-    # a latent model's decoded images, where the run has them (cli.common.Drawn), else the samples themselves
-    images = getattr(drawn, "images", None)
-    images = result.samples if images is None else images
-    batch = ScoringBatch(images, prompts=getattr(drawn, "prompts", None), labels=getattr(drawn, "labels", None),
+    images = drawn.images if drawn.images is not None else result.samples  # a latent model's decoded
+    batch = ScoringBatch(images, prompts=drawn.prompts, labels=drawn.labels,
                          reference_images=(_reference_images(drawn, options, reference_steps)
                                            if backend.needs_reference_images else None))
     accumulator = MetricAccumulator(backend, ref)
@@ -180,7 +196,7 @@ def _eval_with_backend(outputs: OutputPaths, features: str, reference: Path | No
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
     contents: dict[str, bytes] = {}
     if "save" in outputs.paths:
-        contents["save"] = npy_bytes(result.samples.numpy().astype(np.float32))
+        contents["save"] = npy_bytes(images.numpy().astype(np.float32))
     if "json" in outputs.paths:
         payload = {**drawn.report(solver=solver, eta=eta), "features": backend.spec,
                    "reference": ref.source if ref is not None else None, **values, "nfe_mean": result.nfe_mean,
