@@ -170,3 +170,21 @@ def test_tune_with_fid_in_the_clip_space_runs_and_exports(tmp_path, tiny_model_d
                   tmp_path / "u.journal", "--device", "cpu")
     assert bad.code == 2 and bad.err_lines[-1].startswith("error: --features: None given; objective 'clip-score' "
                                                          "needs --features clip:PATH"), bad.err
+
+
+def test_tune_clip_at_fid_on_a_text_to_image_model(tmp_path, clip_dir, clip_reference):
+    """A tiny random Stable Diffusion folder (tests/helpers.py) tuned for CLIP score at a fixed FID in the tiny CLIP
+    space: the exported held-out metrics carry both terms, and the value is the CLIP score within the limit."""
+    from helpers import write_tiny_sd_dir
+
+    model = write_tiny_sd_dir(tmp_path / "sd")
+    run = run_cli("tune", "--model", model, "--prompt", "a photo of a shirt", "--steps", "2", "--trials", "2",
+                  "--objective", "clip-at-fid", "--features", f"clip:{clip_dir}", "--reference", clip_reference,
+                  "--fid-limit", "1e9", "--n", "6", "--heldout-n", "6", "--no-warm-start", "--no-baselines",
+                  "--storage", tmp_path / "t.journal", "--export", tmp_path / "schedules", "--plots",
+                  tmp_path / "plots", "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    assert run.code == 0, run.err
+    (exported,) = (tmp_path / "schedules").rglob("*.json")
+    metrics = json.loads(exported.read_text())["metrics"]
+    assert metrics["heldout_fid"] > 0 and 0 <= metrics["heldout_clip_score"] <= 100
+    assert metrics["tuning_clip-at-fid"] >= 0  # within the limit: a CLIP score
