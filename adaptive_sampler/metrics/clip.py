@@ -24,11 +24,11 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.resize import check_images, quantize_uint8, to_rgb
 
 
-def _transformers() -> Any:
+def _transformers(field: str, spec: str) -> Any:
     try:
         import transformers
-    except ImportError as exc:  # transformers is only a test dependency of the package
-        raise ImportError("the clip metrics need the `transformers` package: pip install transformers") from exc
+    except ImportError:  # an optional dependency: only CLIP (and Stable Diffusion folders) need it
+        raise FieldError(field, spec, "needs the `transformers` package: pip install transformers") from None
     return transformers
 
 
@@ -56,7 +56,7 @@ class LocalClip:
                                           "CLIPProcessor save_pretrained write (safetensors weights only)")
         if batch_size < 1:
             raise FieldError("batch_size", batch_size, "is not a positive integer")
-        transformers = _transformers()
+        transformers = _transformers(field, spec)
         bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # a weights-loading bar per run would clutter the CLI
         try:
