@@ -32,7 +32,7 @@ STATIC_POLICIES: dict[str, type] = {
 POLICY_NAMES = (*STATIC_POLICIES, "explicit", "learned:<model>/<family>-<N>", "file:<path>")
 
 
-def make_policy(name: str, timesteps: Sequence[int] | None = None) -> Policy:
+def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Policy:
     """Build a policy from its name: a built-in (`uniform`, `karras`, …), `explicit` (needs `timesteps`),
     `learned:<catalogue entry>` or `file:<schedule.json>`."""
     if name == "explicit":

@@ -114,7 +114,7 @@ class FrontLoaded:
 class Explicit:
     """A user's own list, validated; its length is the step count."""
 
-    values: Sequence[int]
+    values: Sequence[int | float]
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         t = validate_timesteps(self.values, schedule.num_train_timesteps)

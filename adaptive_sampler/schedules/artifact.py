@@ -103,7 +103,7 @@ class ScheduleArtifact(BaseModel):
 
     @field_validator("timesteps", mode="before")
     @classmethod
-    def _valid_timesteps(cls, value: list[int], info: ValidationInfo) -> list[int]:
+    def _valid_timesteps(cls, value: list[int | float], info: ValidationInfo) -> list[int | float]:
         total = info.data.get("num_train_timesteps")
         if total is None:  # num_train_timesteps itself failed; pydantic reports that error
             return value

@@ -81,7 +81,12 @@ def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleAr
     metrics = {f"heldout_{k}": float(v) for k, v in heldout.metrics.items()}
     metrics.update({"heldout_n": float(heldout.n), "heldout_seed": float(tuner.heldout_seeds.seed),
                     f"tuning_{s.objective}": float(best.value), "nfe": float(best.steps)})
-    method = (f"optuna TPE search over the '{s.space}' space ({s.mode} study {best.study_name!r}, trial "
+    how = {"tpe": f"optuna TPE search over the '{s.space}' space",
+           "cmaes": f"optuna CMA-ES search over the '{s.space}' space from the best warm start",
+           "tpe+cmaes": f"optuna TPE then CMA-ES search over the '{s.space}' space",
+           "ld3": f"LD3 discretisation learning through {s.solver} ({s.ld3_iterations} iterations on "
+                  f"{s.ld3_train_n} training noises), its hyperparameters searched by optuna TPE"}[s.method]
+    method = (f"{how} ({s.mode} study {best.study_name!r}, trial "
               f"{best.trial_number}{', warm start ' + best.warm_start if best.warm_start else ''})")
     objective = (f"{s.objective} on tuning seeds {seeds.seeds.start}..{seeds.seeds.stop - 1} "
                  f"(n={seeds.n}{f', reference {s.reference_steps} steps' if tuner.objective.uses_reference else ''})")

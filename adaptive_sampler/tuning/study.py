@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -34,6 +35,7 @@ from adaptive_sampler.schedules.catalogue import load_entry
 from adaptive_sampler.timesteps import discretize
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
 from adaptive_sampler.tuning.dp_init import build_cost_matrix
+from adaptive_sampler.tuning.ld3 import LD3, LD3Settings
 from adaptive_sampler.tuning.objectives import Objective, ScheduleEvaluator, SeedSet, model_identity
 from adaptive_sampler.tuning.search_space import SearchSpace, encode_params, make_space, suggest_timesteps
 from adaptive_sampler.tuning.settings import TuneSettings
@@ -122,7 +124,7 @@ class Tuner:
             raise FieldError("steps", too_many[0], f"is above the model's {T} training timesteps")
         self.space: SearchSpace = make_space(settings.space)
         self.objective: Objective = settings.scorer
-        self.objective.check_shape(model.sample_shape)
+        self.objective.check_shape(model.image_shape)
         self.tuning_seeds: SeedSet = self.objective.tuning_seeds(settings.tuning_n, settings.seed)
         self.heldout_seeds = SeedSet(settings.heldout_seed, (settings.heldout_samples,))
         if self.heldout_seeds.overlaps(self.tuning_seeds):
@@ -133,8 +135,19 @@ class Tuner:
         self.evaluator = ScheduleEvaluator(model, self.objective, self.tuning_seeds, solver=settings.solver,
                                            reference_steps=settings.reference_steps, batch_size=settings.batch_size,
                                            cache_dir=cache_dir, adapter=self.adapter)
-        self.base_name = settings.study_name or f"{model.name}-{settings.solver}-{settings.objective}-{settings.space}"
+        if settings.method != "tpe" and settings.mode == "pareto":
+            raise FieldError("method", settings.method, "needs --mode per-budget: CMA-ES and LD3 optimise one "
+                                                        "objective per budget")
+        kind = "ld3" if settings.method == "ld3" else settings.space
+        self.base_name = settings.study_name or f"{model.name}-{settings.solver}-{settings.objective}-{kind}"
         self._dp: dict[int, torch.Tensor] | None = None
+        self.ld3: LD3 | None = None
+        if settings.method == "ld3":
+            self.ld3 = LD3(self.adapter, model.sample_shape, settings.solver)
+            train = SeedSet(LD3Settings().train_seed, (settings.ld3_train_n,))
+            if train.overlaps(self.tuning_seeds) or train.overlaps(self.heldout_seeds):
+                raise FieldError("seed", settings.seed, f"makes the tuning or held-out seeds reach LD3's training "
+                                                        f"seed {train.seed}; training noises must be their own")
 
     # --- names and configuration -----------------------------------------------------------------------------
     def study_names(self) -> dict[int | None, str]:
@@ -160,11 +173,23 @@ class Tuner:
         if self.objective.uses_reference:
             config["reference_steps"] = s.reference_steps
         config.update(self.objective.study_identity())  # a metric back-end and reference other than the default
+        if s.method == "ld3":  # its trials are learning runs: their parameters are LD3's, not timesteps
+            config["method"] = "ld3"
+            config["ld3"] = {"iterations": s.ld3_iterations, "train_n": s.ld3_train_n,
+                             "batch_size": s.ld3_batch_size}
         return config
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
+    def _sampler(self, cmaes_from: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+        """TPE, or CMA-ES (the `cmaes` package through Optuna) started at the parameters `cmaes_from`."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # x0 and sigma0 are deprecated since Optuna 4.9 (removal planned for 6.0, hence optuna<6) in favour of
+            # source_trials, which estimates the start from a whole population; a local search from one known good
+            # list needs exactly x0 and a small sigma0
+            warnings.simplefilter("ignore", FutureWarning)
+            if cmaes_from is not None:  # {}: no trial to start from, CMA-ES starts at the centre of the space
+                return optuna.samplers.CmaEsSampler(x0=cmaes_from or None, sigma0=self.settings.cmaes_sigma0,
+                                                    seed=self.settings.sampler_seed, warn_independent_sampling=False)
             return optuna.samplers.TPESampler(seed=self.settings.sampler_seed, multivariate=True, group=True,
                                               constant_liar=True)
 
@@ -230,6 +255,48 @@ class Tuner:
 
         return objective
 
+    def _ld3_objective(self, steps: int) -> Callable[[optuna.Trial], float]:
+        """One LD3 learning run per trial, from a warm start; Optuna picks LD3's hyperparameters and the start."""
+        starts = self.warm_start_lists(steps)
+        losses = ["pixel", "features"] if tuple(self.model.sample_shape) == EMBEDDED_IMAGE_SHAPE else ["pixel"]
+        s = self.settings
+        assert self.ld3 is not None  # noqa: S101 - set in __init__ for method ld3
+
+        def objective(trial: optuna.Trial) -> float:
+            start = time.perf_counter()
+            hyper = LD3Settings(lr=trial.suggest_float("lr", 0.005, 0.2, log=True),
+                                ball_radius=trial.suggest_float("ball_radius", 0.0, 0.1),
+                                teacher_steps=trial.suggest_categorical("teacher_steps", [50, 100, 200]),
+                                loss=trial.suggest_categorical("loss", losses), iterations=s.ld3_iterations,
+                                train_n=s.ld3_train_n, batch_size=s.ld3_batch_size)
+            init = str(trial.suggest_categorical("init", list(starts)))
+            trial.set_user_attr("steps", steps)
+            try:
+                learned = self.ld3.learn(starts[init], hyper)  # type: ignore[union-attr]
+                trial.set_user_attr("timesteps", learned.timesteps)
+                trial.set_user_attr("ld3_loss", {"first": learned.initial_loss, "last": learned.losses[-1]})
+
+                def on_rung(samples: int, value: float) -> None:
+                    trial.report(value, samples)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"{s.objective}={value:.4g} after {samples} samples")
+
+                result = self.evaluator.evaluate(learned.timesteps, on_rung)
+            finally:
+                trial.set_user_attr("wall_s", time.perf_counter() - start)
+            trial.set_user_attr("metrics", result.metrics)
+            return result.value
+
+        return objective
+
+    def _ld3_warm_start(self, steps: int) -> list[WarmStart]:
+        """The first LD3 trial: LD3's defaults from the first warm start (the DP initialiser's list, if any)."""
+        d = LD3Settings()
+        first = next(iter(self.warm_start_lists(steps)))
+        return [WarmStart(tag=f"ld3 defaults from {first}", params={
+            "lr": d.lr, "ball_radius": d.ball_radius, "teacher_steps": d.teacher_steps, "loss": d.loss,
+            "init": first})]
+
     def _pareto_objective(self) -> Callable[[optuna.Trial], tuple[float, float]]:
         def objective(trial: optuna.Trial) -> tuple[float, float]:
             start = time.perf_counter()
@@ -247,8 +314,9 @@ class Tuner:
         return objective
 
     # --- running -----------------------------------------------------------------------------------------------
-    def open(self, steps: int | None) -> optuna.Study:
-        """Create or resume the study for `steps` (None: the pareto study), warm starts enqueued first."""
+    def open(self, steps: int | None, cmaes_from: dict[str, Any] | None = None) -> optuna.Study:
+        """Create or resume the study for `steps` (None: the pareto study), warm starts enqueued first; with
+        `cmaes_from`, its trials are sampled by CMA-ES started there."""
         s = self.settings
         pareto = steps is None
         name = self.study_names()[steps]
@@ -257,9 +325,13 @@ class Tuner:
             else optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=0)
         )
         budgets: list[int] = list(s.steps) if steps is None else [steps]
-        warm = functools.partial(self._warm_starts, budgets, pareto) if s.warm_start else None
+        warm: Callable[[], list[WarmStart]] | None = None
+        if s.method == "ld3" and steps is not None:
+            warm = functools.partial(self._ld3_warm_start, steps)
+        elif s.warm_start:
+            warm = functools.partial(self._warm_starts, budgets, pareto)
         return open_study(self.storage, name, self._directions(), config=self._config(steps),
-                          provenance={"settings": s.model_dump(mode="json")}, sampler=self._sampler(),
+                          provenance={"settings": s.model_dump(mode="json")}, sampler=self._sampler(cmaes_from),
                           pruner=pruner, warm_starts=warm).study
 
     def studies(self) -> dict[int | None, optuna.Study]:
@@ -278,9 +350,15 @@ class Tuner:
             if self.settings.warm_start:
                 self.dp_schedules()
         workers: dict[str, WorkerSummary] = {}
+        s = self.settings
         for steps, name in self.study_names().items():
             study = self.open(steps)
-            objective = self._pareto_objective() if steps is None else self._per_budget_objective(steps)
+            if steps is None:
+                objective: Callable[[optuna.Trial], Any] = self._pareto_objective()
+            elif s.method == "ld3":
+                objective = self._ld3_objective(steps)
+            else:
+                objective = self._per_budget_objective(steps)
 
             def callback(study: optuna.Study, trial: FrozenTrial, steps: int | None = steps) -> None:
                 if on_trial is None or trial.user_attrs.get(SURPLUS):
@@ -292,9 +370,17 @@ class Tuner:
                                      self.settings.trials))
 
             # a schedule whose samples turn NaN/Inf is a failed trial, not a reason to stop the search
-            workers[name] = run_trials(study, objective, self.settings.trials, callbacks=[callback],
-                                       on_wait=functools.partial(on_wait, name) if on_wait else None,
-                                       catch=(NonFiniteOutputError,))
+            run = functools.partial(run_trials, callbacks=[callback], catch=(NonFiniteOutputError,),
+                                    on_wait=functools.partial(on_wait, name) if on_wait else None)
+            if steps is not None and s.method in ("cmaes", "tpe+cmaes"):
+                # CMA-ES is a local search: it starts from the best trial so far (the best warm start for cmaes,
+                # the best of TPE's first half for tpe+cmaes), with a small step size
+                warm_count = len(self._warm_starts([steps], False)) if s.warm_start else 0
+                handover = warm_count if s.method == "cmaes" else max(s.trials // 2, warm_count)
+                run(study, objective, min(handover, s.trials))
+                best = _best_trial(study, self.objective.direction == "maximize")
+                study = self.open(steps, cmaes_from=best.params if best is not None else {})
+            workers[name] = run(study, objective, s.trials)
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
 
     def trial_counts(self) -> dict[str, TrialCounts]:
@@ -328,6 +414,12 @@ class Tuner:
                                       metrics=dict(best.user_attrs.get("metrics", {})), trial_number=best.number,
                                       warm_start=best.user_attrs.get(WARM_START), study_name=name))
         return sorted(out, key=lambda b: b.steps)
+
+
+def _best_trial(study: optuna.Study, maximize: bool) -> FrozenTrial | None:
+    """The best complete trial (ties to the earlier one), or None."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number), default=None)
 
 
 __all__ = ["BudgetBest", "TrialReport", "TuneRun", "Tuner", "builtin_warm_starts"]

@@ -1,0 +1,188 @@
+"""Schedule search methods compared on the embedded model: TPE, CMA-ES and LD3, by held-out FID and search time.
+
+For each solver and budget N (`--combos ddim-5,unipc-5,...`), each method searches a list and the list is scored
+on 2,000 held-out samples (seed 1000) in the embedded feature space, the protocol of `bench_quality.py`:
+- `cmaes`: `tune --method cmaes` (FID on 512 tuning samples, seeds 0-1, pruned; the warm starts first, then CMA-ES
+  from the best of them with σ0 = 0.05 in the space scaled to [0, 1]).
+- `ld3`: `tune --method ld3` (each trial one LD3 run from a warm start, scored by FID on the same tuning samples;
+  its first trial takes LD3's defaults).
+- `tpe`: the shipped TPE list (`learned:fashion-mnist/<solver>-<N>`) where one exists, scored by bench_quality.py
+  on the same held-out samples; TPE is not re-run here. Its search time is the README's (61 min for the DDIM 5 and
+  10 studies together, one thread); the UniPC study's was not recorded.
+The uniform, best built-in and uniform 2N rows, and the model's converged FID (1000-step DDPM), are read from
+`bench_quality.json` and `quality_table.json`: the same seeds and protocol, and sampling is bitwise
+deterministic on CPU, so re-running them would give the same numbers.
+
+Resumable: each (combo, method) row is saved to the JSON as it finishes, and the studies live in a journal under
+runs/bench_search/ (an interrupted search resumes its trials). Run with one thread:
+    OMP_NUM_THREADS=1 python experiments/bench_search.py --combos ddim-5,dpmpp-2m-5,unipc-5,ddim-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from adaptive_sampler import sample
+from adaptive_sampler.metrics.evaluation import score_samples
+from adaptive_sampler.models import load_model
+from adaptive_sampler.policies import make_policy
+from adaptive_sampler.solvers import make_solver
+from adaptive_sampler.tuning.settings import TuneSettings
+from adaptive_sampler.tuning.storage import open_storage
+from adaptive_sampler.tuning.study import Tuner
+
+RESULTS = Path(__file__).parent / "results"
+HELDOUT_N, HELDOUT_SEED, BATCH = 2000, 1000, 64
+TPE_REPORT = RESULTS / "tune_fashion_mnist_fid" / "report.json"  # DDIM 5/10, 60 trials each
+TPE_UNIPC_REPORT = RESULTS / "tune_fashion_mnist_fid_unipc" / "report.json"  # UniPC 5, 30 trials
+
+
+def heldout(model, solver: str, timesteps: list[float]) -> dict:
+    start = time.perf_counter()
+    out = sample(model.adapter(), timesteps, model.sample_shape, HELDOUT_N, batch_size=BATCH, seed=HELDOUT_SEED,
+                 solver=make_solver(solver), progress=True)
+    metrics = score_samples(out.samples)
+    return {"fid": metrics.fid, "kid": metrics.kid, "timesteps": timesteps, "n": HELDOUT_N, "seed": HELDOUT_SEED,
+            "score_wall_s": time.perf_counter() - start}
+
+
+def search(model, solver: str, steps: int, method: str, trials: int, storage_dir: Path) -> tuple[list[float], float]:
+    """Run (or resume) the method's study; its best list and the study's summed trial wall time."""
+    settings = TuneSettings(steps=(steps,), trials=trials, objective="fid", solver=solver, method=method,
+                            sampler_seed=0, study_name=f"bench-{solver}-{method}")
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    tuner = Tuner(model, settings, open_storage(f"journal:{storage_dir / 'studies.journal'}"),
+                  cache_dir=storage_dir / "cache")
+    start = time.perf_counter()
+    run = tuner.run(on_trial=lambda r: print(f"  {method} {solver}-{steps} trial {r.number} {r.state} "
+                                             f"fid={r.value} ({r.wall_s or 0:.0f} s)", flush=True))
+    study = tuner.open(steps)
+    trial_wall = sum(t.user_attrs.get("wall_s", 0.0) for t in study.trials)
+    print(f"  {method} {solver}-{steps}: this run {time.perf_counter() - start:.0f} s, all trials {trial_wall:.0f} s")
+    best = next(b for b in run.best if b.steps == steps)
+    return [float(t) for t in best.timesteps], trial_wall
+
+
+def tpe_row(solver: str, steps: int) -> dict | None:
+    report = TPE_UNIPC_REPORT if solver == "unipc" else TPE_REPORT
+    data = json.loads(report.read_text())
+    if data["settings"]["solver"] != solver:
+        return None
+    learned = next((x for x in data["learned"] if x["steps"] == steps), None)
+    if learned is None:
+        return None
+    return {"timesteps": learned["timesteps"], "search_wall_s": None, "trials": data["settings"]["trials"],
+            "source": str(report.relative_to(RESULTS.parent.parent))}
+
+
+def baselines(solver: str, steps: int) -> dict:
+    """Held-out FID of uniform, the best built-in (chosen on calibration seeds) and the TPE list at N, and of
+    uniform at 2N, from bench_quality.json."""
+    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    pick = {}
+    for row in rows.values():
+        if row["solver"] != solver:
+            continue
+        if row["nfe"] == steps:
+            label = {"uniform": "uniform", "learned": "tpe (bench_quality)"}.get(row["kind"],
+                                                                              f"best built-in: {row['policy']}")
+            pick[label] = row["fid"]
+        if row["nfe"] == 2 * steps and row["kind"] == "uniform":
+            pick[f"uniform {2 * steps}"] = row["fid"]
+    return pick
+
+
+def floors() -> dict:
+    """The real-vs-real floor and the model's converged FID: the best many-step result measured (1000-step DDPM,
+    quality_table.json; the many-step solver rows of bench_quality.json)."""
+    table = json.loads((RESULTS / "quality_table.json").read_text())
+    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    many = {key: row["fid"] for key, row in rows.items() if row["nfe"] >= 10}
+    best_key = min(many, key=many.__getitem__)
+    return {"real_vs_real": table["real-vs-real"]["fid"], "ddpm_1000": table["ddpm-1000"]["fid"],
+            "best_solver_row": {best_key: many[best_key]},
+            "converged": min(table["ddpm-1000"]["fid"], many[best_key])}
+
+
+def plot(results: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    markers = {"tpe": "o", "cmaes": "s", "ld3": "^"}
+    for combo, rows in results["combos"].items():
+        for method, row in rows.get("methods", {}).items():
+            if row.get("search_wall_s") and "fid" in row:
+                ax.scatter(row["search_wall_s"] / 60, row["fid"], marker=markers[method], s=60,
+                           label=f"{method} {combo}")
+                ax.annotate(combo, (row["search_wall_s"] / 60, row["fid"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel("search wall time on this 2-core CPU, one thread (min)")
+    ax.set_ylabel(f"held-out FID (n={HELDOUT_N}, embedded features)")
+    ax.set_title("schedule search: FID against search time", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--combos", default="ddim-5,dpmpp-2m-5,unipc-5,ddim-10")
+    p.add_argument("--methods", default="ld3,cmaes")
+    p.add_argument("--cmaes-extra-trials", type=int, default=10, help="CMA-ES trials after the warm starts")
+    p.add_argument("--ld3-trials", type=int, default=1)
+    p.add_argument("--json", type=Path, default=RESULTS / "bench_search.json")
+    p.add_argument("--workdir", type=Path, default=Path("runs/bench_search"))
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.manual_seed(0)
+    results = json.loads(args.json.read_text()) if args.json.exists() else {"combos": {}}
+    results["command"] = "OMP_NUM_THREADS=1 python experiments/bench_search.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("combos", "methods"))
+    results["floors"] = floors()
+    model = load_model("embedded")
+
+    def save() -> None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, args.json.with_suffix(".png"))
+
+    for combo in args.combos.split(","):
+        solver, steps_text = combo.rsplit("-", 1)
+        steps = int(steps_text)
+        entry = results["combos"].setdefault(combo, {"methods": {}})
+        entry["baselines"] = baselines(solver, steps)
+        tpe = tpe_row(solver, steps)
+        if tpe is not None:  # its held-out score is bench_quality's (same seeds, same list)
+            entry["methods"]["tpe"] = {**tpe, "fid": entry["baselines"]["tpe (bench_quality)"]}
+            if solver == "ddim":
+                entry["methods"]["tpe"].update(search_wall_s=61 * 60, search_wall_note="DDIM 5 and 10 together")
+        for method in args.methods.split(","):
+            if method in entry["methods"]:
+                continue
+            print(f"{combo}: {method}", flush=True)
+            if method == "cmaes":
+                warm = len(Tuner(model, TuneSettings(steps=(steps,), trials=1, objective="fid", solver=solver),
+                                 optuna.storages.InMemoryStorage(), cache_dir=args.workdir / "cache"
+                                 ).warm_start_lists(steps))
+                trials = warm + args.cmaes_extra_trials
+            else:
+                trials = args.ld3_trials
+            timesteps, wall = search(model, solver, steps, method, trials, args.workdir)
+            entry["methods"][method] = {"trials": trials, "search_wall_s": wall, **heldout(model, solver, timesteps)}
+            save()
+        uniform = make_policy("uniform").timesteps(steps, model.adapter().schedule).tolist()
+        entry["uniform_timesteps"] = uniform
+        save()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

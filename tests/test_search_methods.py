@@ -1,0 +1,69 @@
+"""Search methods beyond TPE: CMA-ES from the best warm start, the TPE -> CMA-ES hand-over, and LD3 trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from adaptive_sampler.errors import FieldError
+from adaptive_sampler.models import load_model
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.tuning.export import export_best
+from adaptive_sampler.tuning.settings import TuneSettings
+from adaptive_sampler.tuning.study import Tuner
+
+FAST = dict(steps=(3,), objective="fidelity", n=4, heldout_n=4, reference_steps=10, dp_grid=8, dp_trajectories=2,
+            dp_fine_steps=20, sampler_seed=0)
+
+
+def _cma_sampled(trial: optuna.trial.FrozenTrial) -> bool:
+    return any(key.startswith("cma:") for key in trial.system_attrs)
+
+
+def _tuner(model_dir: Path, tmp_path: Path, **settings: object) -> Tuner:
+    return Tuner(load_model(model_dir), TuneSettings(**{**FAST, **settings}), optuna.storages.InMemoryStorage(),
+                 cache_dir=tmp_path)
+
+
+def test_cmaes_runs_the_warm_starts_then_samples_with_cma_es(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tuner = _tuner(tiny_model_dir, tmp_path, method="cmaes", trials=1)
+    warm = len(tuner.warm_start_lists(3))
+    tuner = _tuner(tiny_model_dir, tmp_path, method="cmaes", trials=warm + 3)
+    tuner.run()
+    trials = sorted(tuner.open(3).trials, key=lambda t: t.number)
+    assert len(trials) == warm + 3
+    assert all("warm_start" in t.user_attrs and not _cma_sampled(t) for t in trials[:warm])
+    assert all(_cma_sampled(t) for t in trials[warm:])
+
+
+def test_tpe_then_cmaes_hands_over_at_half_the_trials(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tuner = _tuner(tiny_model_dir, tmp_path, method="tpe+cmaes", trials=4, warm_start=False)
+    tuner.run()
+    trials = sorted(tuner.open(3).trials, key=lambda t: t.number)
+    assert [_cma_sampled(t) for t in trials] == [False, False, True, True]
+
+
+def test_cmaes_and_ld3_refuse_the_pareto_mode(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for method in ("cmaes", "ld3"):
+        with pytest.raises(FieldError, match=rf"^method: '{method}' needs --mode per-budget"):
+            _tuner(tiny_model_dir, tmp_path, method=method, mode="pareto", steps=(2, 3), trials=2)
+
+
+def test_ld3_trials_learn_fractional_lists_and_export_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tuner = _tuner(tiny_model_dir, tmp_path, method="ld3", trials=2, ld3_iterations=3, ld3_train_n=4,
+                   ld3_batch_size=4)
+    assert tuner.base_name.endswith("-fidelity-ld3")
+    tuner.run()
+    trials = sorted(tuner.open(3).trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 or TrialState.PRUNED in {t.state for t in trials}
+    first = trials[0]
+    assert first.user_attrs["warm_start"].startswith("ld3 defaults from ")
+    assert {"lr", "ball_radius", "teacher_steps", "loss", "init"} == set(first.params)
+    assert len(first.user_attrs["timesteps"]) == 3
+    assert any(t != int(t) for t in first.user_attrs["timesteps"])
+    result = export_best(tuner, tmp_path / "export", baselines=False)
+    artifact = ScheduleArtifact.load(result.schedules[3])
+    assert artifact.fractional and artifact.timesteps == tuner.best()[0].timesteps
