@@ -16,10 +16,10 @@ FeaturesOpt = Annotated[str, typer.Option(
 
 
 def stats_command(
-    out: Annotated[Path, typer.Option(help="the .npz file to write (arrays mu [d] and sigma [d, d], float64)")],
+    out: Annotated[Path, typer.Option(help="the .npz file to write (arrays mu (d) and sigma (d, d), float64)")],
     images: Annotated[Path | None, typer.Option(help="a folder of image files (all one size; searched recursively)")
                       ] = None,
-    npy: Annotated[Path | None, typer.Option(help=".npy array: float [n, C, H, W] in [-1, 1] (as sample --save "
+    npy: Annotated[Path | None, typer.Option(help=".npy array: float (n, C, H, W) in -1..1 (as sample --save "
                                                   "writes) or uint8 0-255")] = None,
     features: FeaturesOpt = "embedded",
     batch_size: Annotated[int, typer.Option(help="images per feature batch")] = 50,
