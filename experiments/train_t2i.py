@@ -346,7 +346,10 @@ def prompt_table(tokenizer: CLIPTokenizer) -> tuple[torch.Tensor, torch.Tensor, 
 def train_t2i(args: argparse.Namespace) -> None:
     out = args.out / "t2i"
     setup(out, args.seed)
-    tokenizer = build_tokenizer(out / "tokenizer")
+    # Built once per run: the BPE trainer breaks frequency ties in no fixed order, and the text encoder's
+    # embedding rows belong to the ids of the first build.
+    folder = out / "tokenizer"
+    tokenizer = CLIPTokenizer.from_pretrained(folder) if (folder / "vocab.json").exists() else build_tokenizer(folder)
     latents, scaling_factor = load_latents(args)
     mean, std, labels = latents["mean"], latents["std"], latents["labels"]
     prompt_ids, prompt_class, empty_ids = prompt_table(tokenizer)
