@@ -96,6 +96,8 @@ def main() -> None:
     def metrics(images: torch.Tensor) -> dict:
         return {k: v for k, v in asdict(score_samples(images, args.bootstrap, args.seed)).items() if v is not None}
 
+    step_file = args.model / "training_step.json"  # written by train_t2i.py export: which checkpoint this is
+    trained = json.loads(step_file.read_text()).get("t2i_step") if step_file.exists() else None
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     if "real-vs-real" not in rows or "vae-floor" not in rows:
@@ -120,7 +122,7 @@ def main() -> None:
             record(name, **metrics(images), label_agreement=label_agreement(images, labels),
                    nfe=steps * (2 if guidance > 1 else 1), samples_per_s=args.n / wall, wall_s=wall,
                    guidance_scale=guidance, steps=steps, solver=solver, threads=torch.get_num_threads(),
-                   prompts="a photo of a {class name}, classes uniform", seed=args.seed)
+                   prompts="a photo of a {class name}, classes uniform", seed=args.seed, t2i_step=trained)
 
 
 if __name__ == "__main__":
