@@ -34,7 +34,8 @@ def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
     if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
         raise FieldError(
             "model", tuple(sample_shape), "is its sample shape, which the embedded Fashion-MNIST feature space cannot "
-            f"score: it takes {EMBEDDED_IMAGE_SHAPE}; reference statistics for other data are not supported yet"
+            f"score: it takes {EMBEDDED_IMAGE_SHAPE}; score other images with --features inception:PATH or clip:PATH "
+            "and --reference ref.npz (from `adaptive-sampler stats`), or --features fidelity"
         )
     if n <= FEATURE_DIM:
         raise FieldError("n", n, f"samples is not more than the feature dimension {FEATURE_DIM}; "
