@@ -208,6 +208,21 @@ class RowPolicy:
 RowSpec = RowPolicy | str | int | None
 
 
+def row_spec_from_text(text: str | int, largest: int) -> str | int | None:
+    """A row policy as a command line gives it: an integer N (0 = all rows, else fixed:N) or a policy name, checked
+    (sizes up to `largest`); a bad one raises FieldError naming `network_rows`."""
+    value = str(text).strip()
+    if value.lstrip("+-").isdigit():
+        rows = int(value)
+        if not 0 <= rows <= largest:
+            raise FieldError("network_rows", rows, f"is outside [0, {largest}] (rows per network call; 0 = all rows)")
+        return rows or None
+    policy = RowPolicy.parse(value, torch.device("cpu"))
+    if policy.size > largest:
+        raise FieldError("network_rows", value, f"has a size above {largest}")
+    return value
+
+
 class ModelAdapter:
     """Calls the network and converts its output (ε, v or x0 prediction) into a `Prediction`.
 

@@ -260,3 +260,27 @@ def test_a_row_policy_built_directly_is_checked_too():
         with pytest.raises(FieldError) as caught:
             RowPolicy(kind, size)  # type: ignore[arg-type]
         assert caught.value.field == "network_rows"
+
+
+# ---------------------------------------------------------------- the --network-rows flag
+
+
+@pytest.mark.parametrize("flag", ["auto", "buckets", "buckets:4", "fixed:4", "all", "0", "8"])
+def test_network_rows_flag_takes_every_row_policy(tiny_model_dir, tmp_path, flag):
+    from helpers import run_cli
+
+    run = run_cli("sample", "--model", tiny_model_dir, "--steps", 2, "--n", 3, "--network-rows", flag,
+                  "--out", tmp_path / "g.png", "--json", tmp_path / "r.json")
+    assert run.code == 0, run.err
+
+
+@pytest.mark.parametrize(("command", "flag", "rule"), [
+    ("sample", "bogus", "is not a row policy"), ("sample", "4097", "is outside [0, 4096]"),
+    ("sample", "fixed:5000", "has a size above 4096"), ("eval", "buckets:0", "is not a row policy"),
+    ("tune", "nope", "is not a row policy")])
+def test_a_bad_network_rows_flag_names_it(tiny_model_dir, tmp_path, command, flag, rule):
+    from helpers import run_cli
+
+    extra = ["--trials", 1, "--storage", tmp_path / "t.journal", "--cache-dir", tmp_path] if command == "tune" else []
+    run = run_cli(command, "--model", tiny_model_dir, "--steps", 2, "--network-rows", flag, *extra)
+    assert run.code == 2 and "--network-rows" in run.err and rule in run.err, run.err

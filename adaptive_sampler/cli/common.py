@@ -50,7 +50,9 @@ SolverOpt = Annotated[str, typer.Option(help=f"update rule, one of: {', '.join(S
                                              "η > 0)")]
 BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
 SeedOpt = Annotated[int, typer.Option(help="sample i uses the random stream (seed, i)")]
-RowsOpt = Annotated[int, typer.Option(help="rows per network call, fixed for batch-size invariance; 0 = unbucketed")]
+RowsOpt = Annotated[str, typer.Option(help=(
+    "row policy of the network calls: auto (fixed:8 on CPU, buckets on CUDA), N or fixed:N (chunks of N rows: "
+    "bitwise batch-size invariant), buckets[:MIN] (padded to a power of two), all or 0 (no padding)"))]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, …")]
 # spelled out so that `--help` imports no torch; a test checks them against model_adapter.NETWORK_DTYPES
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -153,13 +155,29 @@ def _check_int(field: str, value: int, low: int, high: int, what: str) -> None:
         raise FieldError(field, value, f"is outside [{low}, {high}] ({what})")
 
 
-def check_numbers(n: int, batch_size: int, seed: int, network_rows: int, eta: float) -> None:
+def row_spec(network_rows: str | int) -> str | int | None:
+    """`--network-rows` as the adapter's row policy (see `model_adapter.row_spec_from_text`)."""
+    from adaptive_sampler.model_adapter import row_spec_from_text
+
+    return row_spec_from_text(network_rows, MAX_NETWORK_ROWS)
+
+
+def decode_rows(network_rows: str | int) -> int:
+    """The fixed chunk the VAE decodes in: the fixed row count if one is given, else 8 (a sample's image then does
+    not depend on its batch either)."""
+    spec = row_spec(network_rows)
+    if isinstance(spec, int):
+        return spec
+    return int(spec.partition(":")[2]) if isinstance(spec, str) and spec.startswith("fixed:") else 8
+
+
+def check_numbers(n: int, batch_size: int, seed: int, network_rows: str | int, eta: float) -> None:
     """The numeric options of `sample`/`eval`, checked before anything is loaded: FieldError naming the first bad
     one (`n`, `batch_size`, `seed`, `network_rows`, `eta`)."""
     _check_int("n", n, 1, MAX_N, "the number of samples; split larger runs")
     _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE, "samples per batch")
     _check_int("seed", seed, 0, SEED_LIMIT - 1, "a seed is a non-negative 63-bit integer")
-    _check_int("network_rows", network_rows, 0, MAX_NETWORK_ROWS, "rows per network call; 0 = unbucketed")
+    row_spec(network_rows)
     if not 0.0 <= eta <= 1.0:  # NaN included
         raise FieldError("eta", eta, "is not a number in [0, 1]; 0 is deterministic, 1 is DDPM-like")
     from adaptive_sampler.sampler import SamplingOptions
@@ -181,7 +199,7 @@ def _parse_timesteps(text: str | None) -> list[int | float] | None:
 
 
 def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
-         monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: int, device: str,
+         monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: str | int, device: str,
          allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None, *,
          conditions: ConditionFlags | None = None, height: int | None = None, width: int | None = None,
          dtype: str = "float32") -> Drawn:
@@ -213,14 +231,14 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
                                          "steps")
     policy_name = "explicit" if timesteps is not None else policy
     wanted = Conditions.from_flags(**asdict(conditions or ConditionFlags()))  # a prompts file is read here
-    rows = network_rows or 8  # the VAE decodes in fixed chunks too
+    rows = decode_rows(network_rows)  # the VAE decodes in fixed chunks too
     try:
         update_rule = make_solver(solver)
         controller = parse_dynamic_policy(policy) if policy.startswith("adaptive") else None
         loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width,
                             dtype=dtype)
         loaded = loaded.with_conditions(wanted)  # checked against the model; each distinct prompt encoded once
-        adapter = loaded.adapter(network_rows=network_rows or None)
+        adapter = loaded.adapter(network_rows=row_spec(network_rows))
         planned: list[int] | None = None
         plan: StepSizeControl | list[int]
         if controller is None:

@@ -35,7 +35,9 @@ from adaptive_sampler.cli.common import (
     StepsOpt,
     TimestepsOpt,
     WidthOpt,
+    decode_rows,
     draw,
+    row_spec,
 )
 from adaptive_sampler.cli.outputs import OutputPaths, npy_bytes
 from adaptive_sampler.errors import FieldError
@@ -64,7 +66,7 @@ def eval_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
     timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
     n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
-    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = "auto", device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamplings for 95% intervals of FID and KID")] = 0,
     features: FeaturesOpt = "embedded", reference: ReferenceOpt = None, reference_steps: ReferenceStepsOpt = 200,
@@ -123,13 +125,13 @@ def _reference_images(drawn: Drawn, options: dict[str, Any], reference_steps: in
     from adaptive_sampler.policies import Uniform
     from adaptive_sampler.solvers import make_solver
 
-    adapter = drawn.loaded.adapter(network_rows=options["network_rows"] or None)
+    adapter = drawn.loaded.adapter(network_rows=row_spec(options["network_rows"]))
     plan = Uniform().timesteps(reference_steps, adapter.schedule).tolist()
     samples = distributed.sample(adapter, plan, drawn.loaded.sample_shape, options["n"],
                                  batch_size=options["batch_size"], seed=options["seed"],
                                  solver=make_solver(options["solver"]), progress=True,
                                  conditioning=drawn.loaded.conditioning).samples
-    return drawn.loaded.decode(samples.to(adapter.device), options["network_rows"] or 8).cpu()
+    return drawn.loaded.decode(samples.to(adapter.device), decode_rows(options["network_rows"])).cpu()
 
 
 def _check_backend(backend: MetricBackend, ref: Reference | None, n: int, loaded: LoadedModel,

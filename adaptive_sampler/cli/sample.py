@@ -36,6 +36,7 @@ from adaptive_sampler.cli.common import (
     TimestepsOpt,
     WidthOpt,
     draw,
+    row_spec,
 )
 from adaptive_sampler.cli.outputs import OutputPaths, grid_bytes, npy_bytes
 from adaptive_sampler.errors import FieldError
@@ -48,7 +49,7 @@ def sample_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
     timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
     n: Annotated[int, typer.Option(help="number of samples")] = 16,
-    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = 8, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = "auto", device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
     out: Annotated[Path | None, typer.Option(help="image grid of the samples (.png, .jpg, .bmp, .gif, .tif, .webp)")]
     = None,
@@ -77,7 +78,7 @@ def sample_command(
         return
     samples_per_s = n / result.wall_s if result.wall_s > 0 else None
     report = drawn.report(n=n, seed=seed, eta=eta, solver=solver, batch_size=batch_size,
-                          network_rows=network_rows or None, dtype=dtype, samples_per_s=samples_per_s)
+                          network_rows=row_spec(network_rows), dtype=dtype, samples_per_s=samples_per_s)
     contents: dict[str, bytes] = {}
     if "save" in outputs.paths:
         contents["save"] = npy_bytes(images.numpy().astype(np.float32))

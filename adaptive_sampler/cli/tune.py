@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from adaptive_sampler.cli.common import CliError
+from adaptive_sampler.cli.common import CliError, row_spec
 from adaptive_sampler.tuning.settings import TuneOptions
 
 
@@ -80,7 +80,7 @@ def _tune(options: TuneOptions) -> None:
     loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device,
                         height=options.height, width=options.width).with_conditions(conditions)
     store = open_storage(storage)
-    tuner = Tuner(loaded, settings, store, network_rows=options.network_rows or None, cache_dir=options.cache_dir)
+    tuner = Tuner(loaded, settings, store, network_rows=row_spec(options.network_rows), cache_dir=options.cache_dir)
     if options.fail_running:
         for name, numbers in tuner.fail_running().items():
             if numbers:

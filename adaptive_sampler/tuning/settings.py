@@ -162,7 +162,9 @@ class TuneOptions(TuneSettings):
     plots: Path | None = Field(None, description=(
         "folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>"))
     baselines: bool = Field(True, description="score every built-in policy on the held-out seeds for the Pareto plot")
-    network_rows: int = Field(8, ge=0, description="rows per network call; 0 = unbucketed")
+    network_rows: str = Field("auto", description=(
+        "row policy of the network calls: auto (fixed:8 on CPU, buckets on CUDA), N or fixed:N, buckets[:MIN], all "
+        "or 0"))
     device: str = Field("auto", description="auto, cpu, cuda, …")
     allow_pickle: bool = Field(False, description="allow pickled .bin/.pt weights (they can run code)")
     cache_dir: Path = Field(Path("runs/cache"), description="cache of fidelity references and DP cost matrices")
@@ -170,6 +172,17 @@ class TuneOptions(TuneSettings):
         "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive); needed "
         "only for a journal on a disk shared between machines: RDB storages do this by heartbeat, and a run on "
         "the killed worker's machine by itself"))
+
+    @field_validator("network_rows")
+    @classmethod
+    def _valid_network_rows(cls, value: str) -> str:
+        from adaptive_sampler.model_adapter import row_spec_from_text
+
+        try:
+            row_spec_from_text(value, 4096)
+        except FieldError as exc:
+            raise ValueError(exc.rule) from None
+        return value
 
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE
+from adaptive_sampler.model_adapter import RowSpec
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -112,7 +113,7 @@ class Tuner:
         settings: TuneSettings,
         storage: BaseStorage,
         *,
-        network_rows: int | None = 8,
+        network_rows: RowSpec = "auto",
         cache_dir: Path | None = DEFAULT_CACHE_DIR,
     ) -> None:
         self.model, self.settings, self.storage, self.cache_dir = model, settings, storage, cache_dir
