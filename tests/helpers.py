@@ -141,19 +141,19 @@ def start_tune_worker(workdir: Path, url: str, study_name: str, n_trials: int, *
 TINY_WORDS = ("a", "photo", "of", "cat", "dog", "red", "blue", "car", "shoe", "bag")
 
 
-def write_tiny_clip_tokenizer(folder: Path, max_length: int = 16) -> Path:
-    """A CLIP BPE tokenizer over `TINY_WORDS` (vocab.json, merges.txt, tokenizer_config.json), as an SD folder's
+def write_tiny_clip_tokenizer(folder: Path, max_length: int = 16, words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """A CLIP BPE tokenizer over `words` (vocab.json, merges.txt, tokenizer_config.json), as an SD folder's
     tokenizer/ holds them: the special tokens, every letter (alone and word-final) and the merges that build each
     word left to right. Unknown words fall back to letters."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for letter in sorted(set("".join(TINY_WORDS))):
+    for letter in sorted(set("".join(words))):
         vocab.setdefault(letter, len(vocab))
         vocab.setdefault(letter + "</w>", len(vocab))
     merges: list[str] = []
-    for word in TINY_WORDS:
+    for word in words:
         pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:
             merges.append(f"{pieces[0]} {pieces[1]}")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from helpers import write_tiny_clip_tokenizer
+
 CLIP_WORDS = ("a", "photo", "of", "shirt", "shoe", "bag", "dress")
 
 
@@ -35,19 +37,8 @@ def write_tiny_clip_dir(folder: Path, projection_dim: int = 4, image_size: int =
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    merges: list[str] = []
-    for letter in sorted(set("".join(CLIP_WORDS))):
-        vocab.setdefault(letter, len(vocab))
-        vocab.setdefault(letter + "</w>", len(vocab))
-    for word in CLIP_WORDS:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
-            vocab.setdefault(pieces[0], len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    write_tiny_clip_tokenizer(folder, words=CLIP_WORDS)
+    vocab = json.loads((folder / "vocab.json").read_text())
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     config = CLIPConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
