@@ -39,7 +39,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for FID/KID intervals")
     p.add_argument("--data", type=Path, default=None, help="folder with the four Fashion-MNIST idx files")
     p.add_argument("--json", type=Path, default=Path("experiments/results/t2i_quality_table.json"))
+    p.add_argument("--markdown", action="store_true", help="print the rows in --json as a Markdown table and exit")
     return p.parse_args()
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    """The table for the model card and the README: floors first, then guidance x solver."""
+    floor = rows.get("vae-floor", {}).get("fid")
+    lines = ["| row | guidance | NFE | FID | × VAE floor | label agreement | samples/s (1 thread) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        times = f"{r['fid'] / floor:.2f}" if floor else ""
+        agree = f"{100 * r['label_agreement']:.1f} %" if "label_agreement" in r else ""
+        speed = f"{r['samples_per_s']:.1f}" if "samples_per_s" in r else ""
+        guidance = f"{r['guidance_scale']:g}" if "guidance_scale" in r else ""
+        lines.append(f"| {name} | {guidance} | {r['nfe']} | {r['fid']:.2f} | {times} | {agree} | {speed} |")
+    return "\n".join(lines)
 
 
 def prompt_labels(n: int, seed: int) -> torch.Tensor:
@@ -85,6 +100,9 @@ def generate(pipe: StableDiffusionPipeline, labels: torch.Tensor, steps: int, gu
 def main() -> None:
     args = parse_args()
     rows: dict[str, dict] = json.loads(args.json.read_text()) if args.json.exists() else {}
+    if args.markdown:
+        print(markdown(rows))
+        return
 
     def record(name: str, **row: object) -> None:
         rows[name] = row
