@@ -1,6 +1,6 @@
 #!/bin/bash
 # held-out comparisons for the embedded-t2i learned lists (the tuner's held-out seed and n), one after another
-cd /work/main
+cd "$(dirname "$0")/.." && mkdir -p runs/t2i_tune experiments/results/tune_t2i
 common="--model embedded-t2i --prompts experiments/data/t2i_prompts.txt --guidance-scale 3 --solver dpmpp-2m --n 2000 --seed 1000000"
 for job in "learned:embedded-t2i/dpmpp-2m-10 0" "uniform 10" "uniform 8" "karras 10" "karras 8"; do
   set -- $job
