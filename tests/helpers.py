@@ -110,7 +110,8 @@ import optuna
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 url, name, n_trials, n_warm, hang_on = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 warm = [storage.WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(n_warm)]
-study = storage.open_study(storage.open_storage(url, heartbeat_interval=1, grace_period=2), name, ["minimize"],
+# a 6 s grace: a live worker starved of CPU for a few seconds must not be taken for a dead one
+study = storage.open_study(storage.open_storage(url, heartbeat_interval=1, grace_period=6), name, ["minimize"],
                            config={"k": 1}, warm_starts=lambda: warm).study
 def objective(trial):
     x = trial.suggest_float("x", -10, 10)
