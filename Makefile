@@ -13,11 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: a short schedule search on the embedded model (fidelity objective, steps 5 and 10), exported as
+# The main job: a short schedule search on the embedded model (fidelity objective, steps 5 and 10; CMA-ES from the
+# best warm start, the method that gained most per minute in experiments/bench_search.py), exported as
 # schedule files and plots, then a grid sampled with the learned 10-step schedule.
 demo: $(VENV)/.installed
 	mkdir -p runs/demo
-	$(CLI) tune --model embedded --steps 5,10 --trials 30 --objective fidelity --n 32 --heldout-n 128 \
+	$(CLI) tune --model embedded --steps 5,10 --trials 30 --method cmaes --objective fidelity --n 32 --heldout-n 128 \
 	  --reference-steps 100 --storage sqlite:///runs/demo/tune.db --export runs/demo/schedules --plots runs/demo/plots
 	$(CLI) sample --model embedded --policy file:runs/demo/schedules/fashion-mnist/ddim-10.json --n 64 --seed 0 \
 	  --out runs/demo/grid.png --save runs/demo/samples.npy --json runs/demo/sample.json
