@@ -95,7 +95,8 @@ class Prediction:
         return ~(torch.isfinite(self.eps).flatten(1).all(1) & torch.isfinite(self.x0).flatten(1).all(1))
 
 
-def _tensor_output(out: Any) -> torch.Tensor:
+def tensor_output(out: Any) -> torch.Tensor:
+    """The output tensor of a network call: a tensor, a diffusers output's `.sample`, or a tuple's first item."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
@@ -105,7 +106,7 @@ def _tensor_output(out: Any) -> torch.Tensor:
 
 def _unwrapped_call(network: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor
                     ) -> torch.Tensor:
-    return _tensor_output(network(x, t, **kwargs))
+    return tensor_output(network(x, t, **kwargs))
 
 
 def _pad(rows: torch.Tensor, count: int) -> torch.Tensor:
@@ -208,18 +209,22 @@ class RowPolicy:
 RowSpec = RowPolicy | str | int | None
 
 
-def row_spec_from_text(text: str | int, largest: int) -> str | int | None:
+MAX_NETWORK_ROWS = 4096  # far above any real call, low enough that a typo cannot allocate terabytes
+
+
+def row_spec_from_text(text: str | int) -> str | int | None:
     """A row policy as a command line gives it: an integer N (0 = all rows, else fixed:N) or a policy name, checked
-    (sizes up to `largest`); a bad one raises FieldError naming `network_rows`."""
+    (sizes up to MAX_NETWORK_ROWS); a bad one raises FieldError naming `network_rows`."""
     value = str(text).strip()
     if value.lstrip("+-").isdigit():
         rows = int(value)
-        if not 0 <= rows <= largest:
-            raise FieldError("network_rows", rows, f"is outside [0, {largest}] (rows per network call; 0 = all rows)")
+        if not 0 <= rows <= MAX_NETWORK_ROWS:
+            raise FieldError("network_rows", rows, f"is outside [0, {MAX_NETWORK_ROWS}] (rows per network call; 0 = "
+                                                   "all rows)")
         return rows or None
     policy = RowPolicy.parse(value, torch.device("cpu"))
-    if policy.size > largest:
-        raise FieldError("network_rows", value, f"has a size above {largest}")
+    if policy.size > MAX_NETWORK_ROWS:
+        raise FieldError("network_rows", value, f"has a size above {MAX_NETWORK_ROWS}")
     return value
 
 
@@ -285,7 +290,7 @@ class ModelAdapter:
     def _call(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = x.to(self.network_dtype)
         kwargs = {k: v.to(self.network_dtype) if v.is_floating_point() else v for k, v in kwargs.items()}
-        out = self._graphs(x, t, kwargs) if self._graphs is not None else _tensor_output(self.network(x, t, **kwargs))
+        out = self._graphs(x, t, kwargs) if self._graphs is not None else tensor_output(self.network(x, t, **kwargs))
         return out.to(self.dtype)
 
     def network_output(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor],

@@ -274,16 +274,6 @@ def sample(
     `grad` keeps the autograd graph instead of running in inference mode, so that a loss on the samples reaches a
     plan tensor that requires grad (fractional timesteps, see `tuning.ld3`) and `noise`.
     """
-    with torch.inference_mode(not grad):
-        return _sample(model, plan, shape, n, batch_size=batch_size, seed=seed, eta=eta, solver=solver,
-                       monitor=monitor, conditioning=conditioning, trace=trace, progress=progress, start=start,
-                       finish=finish, noise=noise)
-
-
-def _sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, shape: Sequence[int], n: int, *,
-            batch_size: int, seed: int, eta: float, solver: Solver | None, monitor: StepMonitor | None,
-            conditioning: Conditioning | None, trace: bool, progress: bool, start: int, finish: str | Finish | None,
-            noise: torch.Tensor | None) -> SampleResult:
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, start=start, eta=eta, trace=trace)
     if noise is not None and tuple(noise.shape) != (n, *shape):
         raise FieldError("noise", tuple(noise.shape), f"is not the shape of {n} samples of {tuple(shape)}")
@@ -294,20 +284,22 @@ def _sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, s
     solver = solver or DDIM()
     if options.eta > 0 and not solver.supports_eta:
         raise FieldError("eta", options.eta, f"needs a stochastic solver; {solver.name!r} is deterministic (eta=0)")
-    steps_trace: list[StepInfo] | None = [] if options.trace else None
-    batches: list[_Batch] = []
-    start_time = time.perf_counter()
-    stop = options.start + options.n
-    for first in tqdm(range(options.start, stop, options.batch_size), desc="sampling", unit="batch",
-                      disable=not progress):
-        indices = torch.arange(first, min(first + options.batch_size, stop))
-        rows = None if noise is None else noise[first - options.start:first - options.start + len(indices)]
-        batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace, rows)
-        bad_rows = (batch.first_bad >= 0).nonzero().flatten()
-        if len(bad_rows):
-            first = bad_rows[batch.first_bad[bad_rows].argmin()]
-            partial = SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
-            raise NonFiniteOutputError(int(batch.first_bad[first]), batch.bad_t[first].item(),
-                                       [int(indices[i]) for i in bad_rows], partial)
-        batches.append(batch)
-    return SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
+    with torch.inference_mode(not grad):  # grad: the graph reaches the plan and `noise`
+        steps_trace: list[StepInfo] | None = [] if options.trace else None
+        batches: list[_Batch] = []
+        start_time = time.perf_counter()
+        stop = options.start + options.n
+        for first in tqdm(range(options.start, stop, options.batch_size), desc="sampling", unit="batch",
+                          disable=not progress):
+            indices = torch.arange(first, min(first + options.batch_size, stop))
+            rows = None if noise is None else noise[first - options.start:first - options.start + len(indices)]
+            batch = _run_batch(model, planner, solver, indices, shape, options, conditioning, monitor, steps_trace,
+                               rows)
+            bad_rows = (batch.first_bad >= 0).nonzero().flatten()
+            if len(bad_rows):
+                first = bad_rows[batch.first_bad[bad_rows].argmin()]
+                partial = SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)
+                raise NonFiniteOutputError(int(batch.first_bad[first]), batch.bad_t[first].item(),
+                                           [int(indices[i]) for i in bad_rows], partial)
+            batches.append(batch)
+        return SampleResult.join(batches, shape, time.perf_counter() - start_time, steps_trace)

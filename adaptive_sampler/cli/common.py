@@ -145,7 +145,6 @@ class Drawn:
 # tries to allocate terabytes before it starts.
 MAX_N = 10**7
 MAX_BATCH_SIZE = 10**5
-MAX_NETWORK_ROWS = 4096
 SEED_LIMIT = 2**63  # seeds are 0 ... 2**63 - 1
 MAX_BOOTSTRAP = 10**5
 
@@ -159,16 +158,18 @@ def row_spec(network_rows: str | int) -> str | int | None:
     """`--network-rows` as the adapter's row policy (see `model_adapter.row_spec_from_text`)."""
     from adaptive_sampler.model_adapter import row_spec_from_text
 
-    return row_spec_from_text(network_rows, MAX_NETWORK_ROWS)
+    return row_spec_from_text(network_rows)
 
 
 def decode_rows(network_rows: str | int) -> int:
     """The fixed chunk the VAE decodes in: the fixed row count if one is given, else 8 (a sample's image then does
     not depend on its batch either)."""
-    spec = row_spec(network_rows)
-    if isinstance(spec, int):
-        return spec
-    return int(spec.partition(":")[2]) if isinstance(spec, str) and spec.startswith("fixed:") else 8
+    import torch
+
+    from adaptive_sampler.model_adapter import RowPolicy
+
+    policy = RowPolicy.parse(row_spec(network_rows), torch.device("cpu"))
+    return policy.size if policy.kind == "fixed" else 8
 
 
 def check_numbers(n: int, batch_size: int, seed: int, network_rows: str | int, eta: float) -> None:

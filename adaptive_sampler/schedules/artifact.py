@@ -109,17 +109,11 @@ class ScheduleArtifact(BaseModel):
             return value
         return check_timesteps(value, total)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_fractional(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "fractional" not in data and isinstance(data.get("timesteps"), list):
-            values = data["timesteps"]
-            data = {**data, "fractional": any(isinstance(v, float) and not v.is_integer() for v in values)}
-        return data
-
     @model_validator(mode="after")
     def _fractional_matches(self) -> ScheduleArtifact:
-        if self.fractional != is_fractional(self.timesteps):
+        if "fractional" not in self.model_fields_set:  # omitted: taken from the list
+            self.fractional = is_fractional(self.timesteps)
+        elif self.fractional != is_fractional(self.timesteps):
             kind = "fractional" if is_fractional(self.timesteps) else "integer"
             raise ValueError(f"fractional={self.fractional} does not match the list, which is {kind}")
         return self

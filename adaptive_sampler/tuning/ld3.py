@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.checkpoint import checkpoint
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.model_adapter import ModelAdapter
+from adaptive_sampler.model_adapter import ModelAdapter, tensor_output
 from adaptive_sampler.policies import make_policy
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -84,11 +84,7 @@ class _CheckpointedNetwork(torch.nn.Module):
         self.inner = network
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> Any:
-        return checkpoint(lambda a, b: _output(self.inner(a, b, **kwargs)), x, t, use_reentrant=False)
-
-
-def _output(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.sample if hasattr(out, "sample") else out[0]
+        return checkpoint(lambda a, b: tensor_output(self.inner(a, b, **kwargs)), x, t, use_reentrant=False)
 
 
 def checkpointed(adapter: ModelAdapter) -> ModelAdapter:

@@ -179,7 +179,7 @@ class TuneOptions(TuneSettings):
         from adaptive_sampler.model_adapter import row_spec_from_text
 
         try:
-            row_spec_from_text(value, 4096)
+            row_spec_from_text(value)
         except FieldError as exc:
             raise ValueError(exc.rule) from None
         return value

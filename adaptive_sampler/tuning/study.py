@@ -379,7 +379,8 @@ class Tuner:
                 warm_count = len(self._warm_starts([steps], False)) if s.warm_start else 0
                 handover = warm_count if s.method == "cmaes" else max(s.trials // 2, warm_count)
                 run(study, objective, min(handover, s.trials))
-                best = _best_trial(study, self.objective.direction == "maximize")
+                best = _best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                                   self.objective.direction == "maximize")
                 study = self.open(steps, cmaes_from=best.params if best is not None else {})
             workers[name] = run(study, objective, s.trials)
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
@@ -406,21 +407,19 @@ class Tuner:
             complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                         if "timesteps" in t.user_attrs]
             for n in ([steps] if steps is not None else list(self.settings.steps)):
-                candidates = [t for t in complete if t.user_attrs.get("steps") == n]
-                if not candidates:
+                best = _best_trial([t for t in complete if t.user_attrs.get("steps") == n], maximize)
+                if best is None:
                     continue
-                # ties go to the earlier trial (a warm start before a search trial that found the same score)
-                best = min(candidates, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
                 out.append(BudgetBest(steps=n, timesteps=list(best.user_attrs["timesteps"]), value=best.values[0],
                                       metrics=dict(best.user_attrs.get("metrics", {})), trial_number=best.number,
                                       warm_start=best.user_attrs.get(WARM_START), study_name=name))
         return sorted(out, key=lambda b: b.steps)
 
 
-def _best_trial(study: optuna.Study, maximize: bool) -> FrozenTrial | None:
-    """The best complete trial (ties to the earlier one), or None."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(complete, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number), default=None)
+def _best_trial(trials: Sequence[FrozenTrial], maximize: bool) -> FrozenTrial | None:
+    """The best of complete `trials`, or None; ties go to the earlier trial (a warm start before a search trial
+    that found the same score)."""
+    return min(trials, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number), default=None)
 
 
 __all__ = ["BudgetBest", "TrialReport", "TuneRun", "Tuner", "builtin_warm_starts"]
