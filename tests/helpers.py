@@ -127,7 +127,7 @@ print(storage.run_trials(study, objective, n_trials), flush=True)
 
 def start_tune_worker(workdir: Path, url: str, study_name: str, n_trials: int, *, n_warm: int = 8,
                       hang_on: str = "none") -> subprocess.Popen[str]:
-    """A process running `run_trials` on study `study_name` in storage `url` (heartbeat 1 s, grace period 2 s), on
+    """A process running `run_trials` on study `study_name` in storage `url` (heartbeat 1 s, grace period 6 s), on
     x² with warm starts x = 0, 1, … tagged w0, w1, …. `hang_on` ('any', a warm-start tag, or 'none'): the trial on
     which the worker prints `running <number> <tag>` and sleeps, to be killed. It prints its WorkerSummary last."""
     from adaptive_sampler.tuning import storage

@@ -67,6 +67,21 @@ def test_a_trial_of_a_live_worker_is_left_running(tmp_path: Path) -> None:
         worker.wait(timeout=30)
 
 
+def test_a_trial_waiting_below_a_running_one_keeps_its_slot(tmp_path: Path, monkeypatch) -> None:
+    # The race CI met on PostgreSQL (25 trials where 24 were asked): worker A reads the waiting list just before a
+    # retry is enqueued, so A's new trial is numbered above the waiting retry, and both once took the last slot.
+    study = open_study(open_storage(f"journal:{tmp_path / 'race.log'}"), "s", ["minimize"], config={"k": 1}).study
+    study.enqueue_trial({"x": 3.0})  # trial 0, waiting: the retry
+    pop = optuna.Study._pop_waiting_trial_id
+    calls = iter([lambda self: None])  # the first ask misses it, as A did; later asks pop it
+    monkeypatch.setattr(optuna.Study, "_pop_waiting_trial_id", lambda self: next(calls, pop)(self))
+    summary = run_trials(study, _quadratic, 1)
+    retry, first = sorted(study.trials, key=lambda t: t.number)
+    assert summary.finished == 1 and summary.surplus == 1
+    assert retry.number == 0 and retry.state == TrialState.COMPLETE and retry.params == {"x": 3.0}
+    assert first.state == TrialState.FAIL and first.user_attrs["surplus"]
+
+
 def test_the_tune_command_killed_mid_run_loses_no_trial_and_exports_whole_files(tiny_model_dir: Path,
                                                                                tmp_path: Path) -> None:
     """SIGKILL the real `adaptive-sampler tune` once some trials are stored, run the same command again: the

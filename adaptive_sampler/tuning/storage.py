@@ -23,8 +23,8 @@ Several workers (`run_trials`)
     Start the same command in several processes or machines on one storage. `study.optimize` runs trials until
     `MaxTrialsCallback` sees the target among finished (complete or pruned) plus running trials. That alone can
     overshoot by a trial per worker (two workers start their trials at the same moment), so each trial first checks
-    that fewer than `n_trials` trials numbered below it are finished or running, and that no such trial already
-    evaluates its warm start; one that loses that race is not evaluated and is recorded as FAIL with user
+    that fewer than `n_trials` trials numbered below it are finished, running or waiting, and that no such trial
+    already evaluates its warm start; one that loses that race is not evaluated and is recorded as FAIL with user
     attribute `surplus`. Together the workers finish exactly `n_trials` trials, none twice.
 
 Interruptions
@@ -336,8 +336,13 @@ def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -
     return retried
 
 
+# A waiting trial (a retry, a warm start enqueued late) may be numbered below a running one and still run: every
+# worker pops waiting trials before it makes a new one. So it holds its slot as a running trial does.
+HOLDING = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+
+
 def _counted(trial: FrozenTrial) -> bool:
-    return trial.state in (*FINISHED, TrialState.RUNNING) and not trial.user_attrs.get(SURPLUS)
+    return trial.state in HOLDING and not trial.user_attrs.get(SURPLUS)
 
 
 @dataclass(frozen=True)
@@ -486,7 +491,7 @@ def run_trials(
     def guarded(trial: optuna.Trial) -> float | Sequence[float]:
         ran.append(trial.number)
         trial.set_user_attr(WORKER, worker)  # lets a later run on this machine retry the trial if this one dies
-        ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        ahead = [t for t in study.get_trials(deepcopy=False, states=HOLDING)
                  if t.number < trial.number and _counted(t)]
         tag = trial.user_attrs.get(WARM_START)
         repeat = tag is not None and any(t.user_attrs.get(WARM_START) == tag for t in ahead)
