@@ -35,6 +35,7 @@ from adaptive_sampler.monitors.base import Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.space import Decode
 from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec, split_space
 from adaptive_sampler.sampler import sample
+from adaptive_sampler.solvers import Solver
 from adaptive_sampler.step_info import StepInfo
 
 _PSNR_EPS = 1e-8
@@ -108,11 +109,12 @@ class _X0Recorder:
 def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequence[int] | torch.Tensor,
                     seeds: Sequence[int], samples_per_seed: int, *, batch_size: int = 64,
                     progress: bool = False, conditioning: Conditioning | None = None, decode: Decode | None = None,
-                    space: str = "latent") -> X0Trace:
-    """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s, conditioning=conditioning)` for each
-    seed s, keeping x̂0 of every step (through a monitor that never stops a sample; cheaper than `trace=True`,
-    which keeps x_t and ε̂). With `decode` (a latent model) every x̂0 and sample is decoded too: the trace's `x0`
-    is then decoded (`space="image"`) or latent with the decoded copy in `images` (`space="latent"`)."""
+                    space: str = "latent", solver: Solver | None = None) -> X0Trace:
+    """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s, conditioning=conditioning,
+    solver=solver)` for each seed s, keeping x̂0 of every step (through a monitor that never stops a sample;
+    cheaper than `trace=True`, which keeps x_t and ε̂). With `decode` (a latent model) every x̂0 and sample is
+    decoded too: the trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`
+    (`space="latent"`)."""
     if samples_per_seed < 1:
         raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
     if not seeds:
@@ -124,7 +126,7 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
     for seed in tqdm(list(seeds), desc="recording x̂0 traces", unit="seed", disable=not progress):
         recorder = _X0Recorder()
         result = sample(adapter, planned, shape, samples_per_seed, batch_size=batch_size, seed=seed,
-                        monitor=recorder, conditioning=conditioning)
+                        monitor=recorder, conditioning=conditioning, solver=solver)
         # every row of a batch walks every planned step: [rows, K, *shape] per batch
         x0s += [torch.stack(steps, dim=1) for steps in recorder.batches]
         samples.append(result.samples.float())
@@ -299,6 +301,7 @@ def calibrate_threshold(
     conditioning: Conditioning | None = None,
     decode: Decode | None = None,
     space: str | None = None,
+    solver: Solver | None = None,
 ) -> CalibrationResult:
     """The threshold of `monitor` that exits earliest while the mean fidelity to the full run meets the target.
 
@@ -316,9 +319,9 @@ def calibrate_threshold(
     from the trace; see the module docstring for why that equals the online run. Held-out seeds report what the
     chosen threshold achieves on samples it was not chosen on.
 
-    A conditional model samples with `conditioning`; a latent model passes `decode` (`LoadedModel.decode`) and
-    calibrates in `space` (default: the spec's `space=` option, else `latent`; see the module docstring). The
-    result's `monitor` spec then carries `space=image` where it applies.
+    The full runs use `solver` (default DDIM). A conditional model samples with `conditioning`; a latent model
+    passes `decode` (`LoadedModel.decode`) and calibrates in `space` (default: the spec's `space=` option, else
+    `latent`; see the module docstring). The result's `monitor` spec then carries `space=image` where it applies.
     """
     if (target_psnr is None) == (target_feature_distance is None):
         raise ValueError("target_psnr, target_feature_distance: give exactly one fidelity target")
@@ -349,7 +352,8 @@ def calibrate_threshold(
                                  f"recorded for, not {what}_seeds {sorted(set(seeds))}")
             return given
         return record_x0_trace(adapter, shape, timesteps, list(seeds), samples_per_seed, batch_size=batch_size,
-                               progress=progress, conditioning=conditioning, decode=decode, space=space)
+                               progress=progress, conditioning=conditioning, decode=decode, space=space,
+                               solver=solver)
 
     cal, held = trace_of(calibration_seeds, calibration_trace, "calibration"), trace_of(heldout_seeds, heldout_trace,
                                                                                        "heldout")
