@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,10 @@ from adaptive_sampler.errors import FieldError
 if TYPE_CHECKING:
     import torch
 
+    from adaptive_sampler.finish import Finish
     from adaptive_sampler.models import LoadedModel
-    from adaptive_sampler.policies.step_size_control import StepSizeControl
+    from adaptive_sampler.monitors import Monitor
+    from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
     from adaptive_sampler.sampler import SampleResult
 
 # The names the options' help lists. They are spelled out so that `--help` imports no torch; a test checks them
@@ -26,6 +29,11 @@ if TYPE_CHECKING:
 POLICY_NAMES = ("uniform", "leading", "trailing", "quadratic", "karras", "logsnr", "front-loaded", "explicit",
                 "learned:<model>/<family>-<N>", "file:<path>")
 SOLVER_NAMES = ("ddim", "dpmpp-2m", "unipc")
+# `--finish` when not given: the spec of adaptive_sampler.finish.DEFAULT_FINISH (spelled out for the same reason; the
+# same test checks it)
+DEFAULT_FINISH_SPEC = "x0"
+# the policies whose samples pick their own steps while sampling: adaptive:TOLERANCE and steered:N
+DYNAMIC_POLICIES = ("adaptive", "steered")
 
 
 class CliError(Exception):
@@ -40,12 +48,16 @@ ModelOpt = Annotated[str, typer.Option(help=(
     "class-conditional UNet2DModel), or a Stable Diffusion 1.x/2.x folder (unet/, vae/, text_encoder/, tokenizer/, "
     "scheduler/)"))]
 PolicyOpt = Annotated[str, typer.Option(
-    help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control)")]
+    help=f"one of: {', '.join(POLICY_NAMES)}, or adaptive:TOLERANCE (per-sample step-size control), or steered:N "
+         "(N steps uniform in log-SNR that a steering --monitor steer-NAME:LOW:HIGH doubles or halves per sample)")]
 StepsOpt = Annotated[int | None, typer.Option(help="number of steps (NFE); optional with --timesteps")]
 TimestepsOpt = Annotated[str | None, typer.Option(help="explicit list, e.g. 999,950,900,800 (policy 'explicit')")]
 EtaOpt = Annotated[float, typer.Option(help="DDIM η in [0, 1]; 0 is deterministic, 1 is DDPM-like")]
 MonitorOpt = Annotated[list[str] | None, typer.Option(
     help="early-exit monitor NAME[:THRESHOLD] on x̂0, repeatable (any fires); no threshold = calibrated default")]
+FinishOpt = Annotated[str | None, typer.Option(help=(
+    "how a sample a --monitor ends finishes: x0 (return x̂0 at once) or tail[:K[:t|logsnr]] (K more solver steps to "
+    f"t = 0, counted in NFE; tail = tail:3:t); default {DEFAULT_FINISH_SPEC}; needs --monitor"))]
 SolverOpt = Annotated[str, typer.Option(help=f"update rule, one of: {', '.join(SOLVER_NAMES)} (only ddim takes "
                                              "η > 0)")]
 BatchOpt = Annotated[int, typer.Option(help="samples per batch")]
@@ -106,6 +118,7 @@ class Drawn:
     prompts: list[str] | None = None
     labels: list[int] | None = None
     decode_s: float = 0.0  # the VAE decode of the final latents (not in result.wall_s)
+    finish: str | None = None  # the finish spec of the samples a monitor ends; None without a monitor
     monitor_decode: tuple[int, float] = field(default=(0, 0.0))  # space=image monitors: rows decoded, seconds
 
     @property
@@ -136,7 +149,7 @@ class Drawn:
                                decode_s=self.decode_s, monitor_decoded_rows=self.monitor_decode[0],
                                monitor_decode_s=self.monitor_decode[1])
         return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
-                "stopped_by": self.stopped_by, "wall_s": result.wall_s,
+                "stopped_by": self.stopped_by, "finish": self.finish, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
                 "policy": self.policy, "steps": self.steps, **conditioned, **extra}
 
@@ -199,17 +212,69 @@ def _parse_timesteps(text: str | None) -> list[int | float] | None:
                          "timesteps such as 450.5 are allowed)") from None
 
 
+def check_finish(finish: str | None, monitor: list[str] | None) -> Finish:
+    """`--finish` as the library's Finish (not given: `finish.DEFAULT_FINISH`); FieldError("finish") for a value
+    `finish.parse_finish` refuses, or for any `--finish` without a `--monitor` (no sample would end early)."""
+    from adaptive_sampler.finish import parse_finish
+
+    chosen = parse_finish(finish)
+    if finish is not None and not monitor:
+        raise FieldError("finish", finish, "is given without --monitor; it says how a sample a monitor ends early "
+                                           "finishes, so add a --monitor or drop --finish")
+    return chosen
+
+
+_STEERED_RULE = "write steered:N with N a whole number of steps, at least 1, e.g. steered:20"
+
+
+def dynamic_plan(policy: str) -> StepSizeControl | SteeredPlan:
+    """`--policy adaptive:TOLERANCE` (`StepSizeControl`) or `steered:N` (`SteeredPlan(steps=N)`) as its planner;
+    FieldError("policy") for a bad one. N's upper bound, the model's timesteps, is `check_steered`'s."""
+    from adaptive_sampler.policies.step_size_control import SteeredPlan, parse_dynamic_policy
+
+    if not policy.startswith("steered"):
+        return parse_dynamic_policy(policy)
+    name, colon, text = policy.partition(":")
+    if name != "steered" or not colon:
+        raise FieldError("policy", policy, f"is not a steered policy; {_STEERED_RULE}")
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise FieldError("policy", policy, f"has N = {text!r}, which is not a whole number; {_STEERED_RULE}")
+    steps = int(text)
+    if steps < 1:
+        raise FieldError("policy", policy, f"has N = {steps}; {_STEERED_RULE}")
+    return SteeredPlan(steps=steps)
+
+
+def check_steered(plan: SteeredPlan, policy: str, timesteps: int) -> None:
+    """FieldError("policy") if `steered:N` asks for more steps than the model has timesteps."""
+    if plan.steps > timesteps:
+        raise FieldError("policy", policy, f"has N = {plan.steps}, above the model's {timesteps} training timesteps; "
+                                           f"{_STEERED_RULE.replace('at least 1', f'from 1 to {timesteps}')}")
+
+
+def steering_terms(monitor: Monitor) -> list[str]:
+    """The specs of the steering monitors (`Monitor.steers`) in `monitor`, composites searched."""
+    from adaptive_sampler.monitors import AllOf, AnyOf
+
+    if monitor.steers:
+        return [monitor.spec()]
+    if isinstance(monitor, AnyOf | AllOf):
+        return [spec for child in monitor.monitors for spec in steering_terms(child)]
+    return []
+
+
 def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta: float, solver: str,
          monitor: list[str] | None, n: int, batch_size: int, seed: int, network_rows: str | int, device: str,
          allow_pickle: bool, save: Path | None, check: Callable[[LoadedModel], None] | None = None, *,
          conditions: ConditionFlags | None = None, height: int | None = None, width: int | None = None,
-         dtype: str = "float32") -> Drawn:
+         dtype: str = "float32", finish: str | None = None) -> Drawn:
     """Check, load, condition, plan, sample and decode. Bad input raises the library's `FieldError` (the CLI names
-    the flag), all of it before the first network call; `check` runs on the loaded model (bound to its
-    `conditions`) after the plan and the monitors are built. Sample i takes prompt i mod P or label i mod L and
-    its noise from (seed, i), whatever its batch. The samples are returned, not written (the command writes its
-    outputs, see `outputs.py`); if the model produces NaN or Inf, the batches finished before it are saved next to
-    `save`, as <save>.partial.npy (a latent model's latents)."""
+    the flag), all of it before the first network call (a steering monitor with a static policy included); `check`
+    runs on the loaded model (bound to its `conditions`) after the plan and the monitors are built. `finish` is the
+    `--finish` spec of monitor-ended samples (None: `finish.DEFAULT_FINISH`). Sample i takes prompt i mod P or label
+    i mod L and its noise from (seed, i), whatever its batch. The samples are returned, not written (the command
+    writes its outputs, see `outputs.py`); if the model produces NaN or Inf, the batches finished before it are saved
+    next to `save`, as <save>.partial.npy (a latent model's latents)."""
     # the library, torch included, is imported only when a command runs (`--help` stays fast)
     from adaptive_sampler import distributed
     from adaptive_sampler.models import load_model, resolve_device
@@ -218,30 +283,34 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
     from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.policies import make_policy
     from adaptive_sampler.policies.learned import check_solver
-    from adaptive_sampler.policies.step_size_control import parse_dynamic_policy
+    from adaptive_sampler.policies.step_size_control import SteeredPlan
     from adaptive_sampler.sampler import NonFiniteOutputError
     from adaptive_sampler.solvers import make_solver
 
     check_numbers(n, batch_size, seed, network_rows, eta)
+    finish_mode = check_finish(finish, monitor)
     torch_device = resolve_device(device)
     if timesteps is not None and policy not in ("uniform", "explicit"):
         raise FieldError("timesteps", timesteps,
                          f"is given together with --policy {policy!r}; an explicit list is its own policy")
-    if policy.startswith("adaptive") and steps is not None:
-        raise FieldError("steps", steps, f"is not allowed with --policy {policy}; the controller picks each sample's "
-                                         "steps")
+    dynamic = policy.startswith(DYNAMIC_POLICIES)
+    if dynamic and steps is not None:
+        raise FieldError("steps", steps, f"is not allowed with --policy {policy}; each sample picks its own steps "
+                                         "(adaptive: the controller; steered:N: N to start with, then the monitor)")
     policy_name = "explicit" if timesteps is not None else policy
     wanted = Conditions.from_flags(**asdict(conditions or ConditionFlags()))  # a prompts file is read here
     rows = decode_rows(network_rows)  # the VAE decodes in fixed chunks too
     try:
         update_rule = make_solver(solver)
-        controller = parse_dynamic_policy(policy) if policy.startswith("adaptive") else None
+        controller = dynamic_plan(policy) if dynamic else None
         loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width,
                             dtype=dtype)
         loaded = loaded.with_conditions(wanted)  # checked against the model; each distinct prompt encoded once
         adapter = loaded.adapter(network_rows=row_spec(network_rows))
+        if isinstance(controller, SteeredPlan):
+            check_steered(controller, policy, adapter.schedule.num_train_timesteps)
         planned: list[int] | None = None
-        plan: StepSizeControl | list[int]
+        plan: StepSizeControl | SteeredPlan | list[int]
         if controller is None:
             chosen = make_policy(policy_name, _parse_timesteps(timesteps))
             check_solver(chosen, solver)  # a schedule file or catalogue entry made for another solver is refused
@@ -251,13 +320,21 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
             plan = controller
         # one AnyOf over every --monitor, so it can say which of them stopped each sample
         decode = (lambda x: loaded.decode(x, rows)) if loaded.decoder is not None else None
-        watch = AnyOf(*(monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None,
-                                          decode=decode) for spec in monitor)) if monitor else None
+        built = [monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None,
+                                   decode=decode) for spec in monitor or ()]
+        for spec, built_monitor in zip(monitor or (), built, strict=True):
+            steering = steering_terms(built_monitor) if planned is not None else []
+            if steering:  # the core would refuse it at the first step; refused here before any network call
+                term = f" ({', '.join(steering)})" if steering != [built_monitor.spec()] else ""  # in a composite
+                raise FieldError("monitor", spec, f"steers step sizes{term}, but policy {policy_name!r} is a static "
+                                                  "list, which cannot change its steps; use --policy steered:N or "
+                                                  "adaptive:TOLERANCE")
+        watch = AnyOf(*built) if built else None
         if check is not None:
             check(loaded)
         result = distributed.sample(adapter, plan, loaded.sample_shape, n, batch_size=batch_size, seed=seed,
                         eta=eta, progress=True, solver=update_rule, monitor=watch,
-                        conditioning=loaded.conditioning)
+                        conditioning=loaded.conditioning, finish=finish_mode)
     except LPIPSWeightsMissingError as exc:
         raise CliError(f"--monitor: {exc}") from None
     except NonFiniteOutputError as exc:  # the finished batches are kept in .partial
@@ -278,4 +355,4 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
                  prompts=bound.prompts_for(indices) if bound is not None else None,
                  labels=bound.labels_for(indices) if bound is not None else None,
                  decode_s=time.perf_counter() - start if loaded.decoder is not None else 0.0,
-                 monitor_decode=decode_cost(watch))
+                 finish=finish_mode.spec() if watch is not None else None, monitor_decode=decode_cost(watch))

@@ -18,6 +18,7 @@ from adaptive_sampler.cli.common import (
     ConditionFlags,
     DeviceOpt,
     EtaOpt,
+    FinishOpt,
     GuidanceOpt,
     HeightOpt,
     JsonOpt,
@@ -65,6 +66,7 @@ _COLUMNS = {"fid": ("FID", ".3f"), "kid": ("KID", ".4f"), "precision": ("precisi
 def eval_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
     timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
+    finish: FinishOpt = None,
     n: Annotated[int, typer.Option(help="number of samples; must exceed the feature dimension (128)")] = 2000,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = "auto", device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
@@ -91,12 +93,12 @@ def eval_command(
     if features != "embedded" or reference is not None:
         _eval_with_backend(outputs, features, reference, reference_steps, bootstrap, dict(
             model=model, policy=policy, steps=steps, timesteps=timesteps, eta=eta, solver=solver, monitor=monitor,
-            n=n, batch_size=batch_size, seed=seed, network_rows=network_rows, device=device,
+            finish=finish, n=n, batch_size=batch_size, seed=seed, network_rows=network_rows, device=device,
             allow_pickle=allow_pickle, height=height, width=width, conditions=conditions))
         return
     drawn = draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
                  allow_pickle, outputs.get("save"), check=lambda m: check_embedded_space(m.image_shape, n),
-                 conditions=conditions, height=height, width=width)
+                 conditions=conditions, height=height, width=width, finish=finish)
     loaded, policy_name, result = drawn.loaded, drawn.policy, drawn.result
     images = drawn.images if drawn.images is not None else result.samples
     metrics = distributed.score(images, bootstrap=bootstrap, seed=seed)  # torchrun: features gathered

@@ -17,6 +17,7 @@ from adaptive_sampler.cli.common import (
     DeviceOpt,
     DtypeOpt,
     EtaOpt,
+    FinishOpt,
     GuidanceOpt,
     HeightOpt,
     JsonOpt,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 def sample_command(
     model: ModelOpt = "embedded", policy: PolicyOpt = "uniform", steps: StepsOpt = None,
     timesteps: TimestepsOpt = None, eta: EtaOpt = 0.0, solver: SolverOpt = "ddim", monitor: MonitorOpt = None,
+    finish: FinishOpt = None,
     n: Annotated[int, typer.Option(help="number of samples")] = 16,
     batch_size: BatchOpt = 64, seed: SeedOpt = 0, network_rows: RowsOpt = "auto", device: DeviceOpt = "auto",
     allow_pickle: PickleOpt = False,
@@ -70,7 +72,7 @@ def sample_command(
                              "pixels, which --save writes")
 
     drawn = draw(model, policy, steps, timesteps, eta, solver, monitor, n, batch_size, seed, network_rows, device,
-                 allow_pickle, outputs.get("save"), check, height=height, width=width, dtype=dtype,
+                 allow_pickle, outputs.get("save"), check, height=height, width=width, dtype=dtype, finish=finish,
                  conditions=ConditionFlags(prompt, prompts, negative_prompt, guidance_scale, class_labels, classes))
     images = drawn.images if drawn.images is not None else drawn.result.samples
     result = drawn.result
