@@ -322,9 +322,10 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
         decode = (lambda x: loaded.decode(x, rows)) if loaded.decoder is not None else None
         built = [monitor_from_spec(spec, model=loaded.name, num_steps=len(planned) if planned else None,
                                    decode=decode) for spec in monitor or ()]
+        # a static list cannot be steered: the core would refuse it at the first step, this before any network call
         for spec, built_monitor in zip(monitor or (), built, strict=True):
             steering = steering_terms(built_monitor) if planned is not None else []
-            if steering:  # the core would refuse it at the first step; refused here before any network call
+            if steering:
                 term = f" ({', '.join(steering)})" if steering != [built_monitor.spec()] else ""  # in a composite
                 raise FieldError("monitor", spec, f"steers step sizes{term}, but policy {policy_name!r} is a static "
                                                   "list, which cannot change its steps; use --policy steered:N or "
