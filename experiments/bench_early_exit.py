@@ -1,34 +1,29 @@
-"""Early-exit monitors against the full run on the embedded model, side by side on the same seeds, in one run.
+"""Early exit judged at equal cost: every adaptive row against the best static schedule of the same solver and NFE.
 
-For each step count (default 50, uniform DDIM, η = 0):
-  1. calibration: record the full run's x̂0 trace once on calibration seeds and once on held-out seeds (both
-     disjoint from the evaluation seed), and calibrate each monitor's threshold against the fidelity target
-     (`adaptive_sampler.monitors.calibrate_threshold`: PSNR of the mean squared error to the full run, by
-     default 30 dB); `max-nfe` is calibrated the same way and is the baseline "stop every sample after N steps";
-  2. evaluation on n samples of the evaluation seed: the full run, then each calibrated monitor online
-     (`sample(..., monitor=monitor)`, exited samples leave the network batch), then a plain DDIM run with 30 %
-     fewer steps (the competitor that needs no monitor), then the runtime-adaptive step-size control
-     (`sample(adapter, StepSizeControl(tol), ...)` at each --adaptive-tolerances value and with each
-     --adaptive-solvers solver; its NFE includes rejected steps) and, for a multistep solver, the static run of
-     that solver over uniform timesteps at the same mean NFE (rounded), then the full run again (its two timings
-     bracket the others; the speed-up uses their mean).
+For each solver (default DDIM and DPM-Solver++(2M), η = 0) at --steps (default 20) uniform steps, in one run:
+  1. calibration: the full run's x̂0 trace is recorded once on calibration seeds and once on held-out seeds (both
+     disjoint from the evaluation seed); each monitor's threshold is calibrated for each --target-psnr (PSNR of
+     the mean squared error to the full run, `adaptive_sampler.monitors.calibrate_threshold`) and checked on the
+     held-out trace. `--steering auto` derives `steer-x0-l2:LOW:HIGH` from the calibration trace.
+  2. evaluation on n samples of the evaluation seed (the same noise in every row):
+     - the full run, and the longer uniform runs of --reference-steps (e.g. 50);
+     - each calibrated monitor, finished by each --finish mode (`tail` = tail:3:t, or `x0`);
+     - each steering monitor on `SteeredPlan(steps)` (the monitor alone sets the step sizes);
+     - the runtime-adaptive step-size control (`adaptive:TOL`; its NFE counts rejected steps);
+     - for every one of those adaptive rows, the static competitors at its mean NFE (rounded): uniform, the
+       solver's best built-in (--best-builtin) and the learned catalogue list where one exists at that NFE.
 
-Per row: mean NFE (and its reduction), FID/KID/precision/recall in the embedded feature space (and the FID change
-vs the full run), fidelity to the full run (PSNR of the mean MSE, mean per-sample PSNR, 10th-percentile PSNR,
-SSIM, feature distance), wall time with the monitor's own cost included (and that cost alone), and the wall-clock
-speed-up over the full run. A monitor "pays for itself" when its wall time beats the full run; the goal of the
-issue is >= 30 % fewer network evaluations at <= 5 % FID increase for the best monitor, and the summary says
-whether any monitor reached it — and whether fewer plain DDIM steps did as well. LPIPS is skipped (with the
-reason) when its backbone weights are not in the torch hub cache; `deadline` is a wall-clock budget and is only
-run when given with its seconds (e.g. `deadline:0.5`). Rows are written to the JSON as they finish and reused when
-the same command is run again (`--restart` to discard them); the full run's samples are kept next to the JSON so
-that a resumed run can still compute fidelity.
+Per adaptive row: mean NFE, FID/KID in the embedded feature space, fidelity to the full run, wall time with the
+monitor's own cost, its FID against the best static row of equal NFE (the test of adaptivity: the goal is >= 5 %
+lower FID), and NFE reduction, FID change and wall-clock speed-up (and speed-up / NFE ratio) against the full
+run and the reference runs. Rows go into the JSON as they finish and are reused when the same command runs again
+(`--restart` discards them); the full run's samples are kept next to the JSON for fidelity on resume.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_early_exit.py --json experiments/results/bench_early_exit.json
-    # smoke: --n 200 --steps 20 --samples-per-seed 32
-    # calibrate only and ship the thresholds as package defaults:
+    # smoke: --n 200 --steps 8 --samples-per-seed 32 --reference-steps
+    # calibrate only and ship the DDIM thresholds as package defaults (once per step count):
     .venv/bin/python experiments/bench_early_exit.py --json runs/calib.json --calibrate-only --write-defaults \\
-        --steps 20 50 --samples-per-seed 128
+        --solvers ddim --steps 20 --samples-per-seed 128 --monitors x0-l2 ssim haarpsi gmsd features sharpness
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +42,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from adaptive_sampler.errors import FieldError
+from adaptive_sampler.finish import parse_finish
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, fidelity
 from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.models import LoadedModel, load_model
@@ -59,14 +55,17 @@ from adaptive_sampler.monitors import (
     load_calibrated_defaults,
     monitor_from_spec,
 )
+from adaptive_sampler.monitors.base import ThresholdMonitor
 from adaptive_sampler.monitors.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
 from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
+from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.policies.builtin import Uniform
-from adaptive_sampler.policies.step_size_control import StepSizeControl
+from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
 from adaptive_sampler.sampler import sample
+from adaptive_sampler.schedules.catalogue import list_entries
 from adaptive_sampler.solvers import SOLVERS, make_solver
 
-DEFAULT_MONITORS = ["x0-l2", "ssim", "haarpsi", "gmsd", "features", "sharpness", "lpips", "max-nfe"]
+DEFAULT_MONITORS = ["x0-l2", "features", "sharpness", "lpips"]
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -133,11 +132,11 @@ class Report:
         self.data = {"settings": settings, "calibration": {}, "rows": {}, "summary": {}, **data}
         self.data["settings"] = settings
 
-    def get(self, section: str, steps: int, key: str) -> dict[str, Any] | None:
-        return self.data[section].get(str(steps), {}).get(key)
+    def get(self, kind: str, section: str, key: str) -> dict[str, Any] | None:
+        return self.data[kind].get(section, {}).get(key)
 
-    def put(self, section: str, steps: int, key: str, value: dict[str, Any]) -> None:
-        self.data[section].setdefault(str(steps), {})[key] = value
+    def put(self, kind: str, section: str, key: str, value: dict[str, Any]) -> None:
+        self.data[kind].setdefault(section, {})[key] = value
         self.save()
 
     def save(self) -> None:
@@ -148,47 +147,56 @@ class Report:
 
 
 # -------------------------------------------------------------------------------------------------- calibration
-def calibrate_all(model: LoadedModel, adapter: Any, steps: int, args: argparse.Namespace, report: Report,
-                  extractor: EmbeddedFeatureExtractor, bar: tqdm) -> dict[str, dict[str, Any]]:
+def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.Namespace, report: Report,
+                  extractor: EmbeddedFeatureExtractor, bar: tqdm) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each monitor calibrated on `solver`'s traces for each --target-psnr (keys `SPEC@PSNRdB`; a spec with its own
+    threshold is used as given), and the steering specs (--steering, `auto` from the calibration trace)."""
+    steps, section = args.steps, _section(solver, args.steps)
     timesteps = Uniform().timesteps(steps, adapter.schedule)
     traces: dict[str, X0Trace] = {}
 
     def trace(which: str) -> X0Trace:
         if which not in traces:
             seeds = args.calibration_seeds if which == "calibration" else args.heldout_seeds
-            bar.set_postfix_str(f"{steps} steps: recording {which} traces")
+            bar.set_postfix_str(f"{solver}: recording {which} traces")
             traces[which] = record_x0_trace(adapter, model.sample_shape, timesteps, seeds, args.samples_per_seed,
-                                            batch_size=args.batch_size)
+                                            batch_size=args.batch_size, solver=make_solver(solver))
         return traces[which]
 
     results: dict[str, dict[str, Any]] = {}
     for spec in args.monitors:
-        done = report.get("calibration", steps, spec)
-        if done is None:
-            bar.set_postfix_str(f"{steps} steps: calibrating {spec}")
-            if _has_threshold(spec):
-                done = {"spec": spec, "calibrated": False, "reason": "threshold given on the command line"}
-            elif not MONITORS[_name(spec)].calibratable:
-                done = {"spec": spec, "skipped": f"{_name(spec)} is a wall-clock budget: give its seconds, e.g. "
-                                                 f"{_name(spec)}:0.5"}
-            else:
-                try:
-                    start = time.perf_counter()
-                    result = calibrate_threshold(
-                        adapter, model.sample_shape, timesteps, spec, target_psnr=args.target_psnr,
-                        target_feature_distance=args.target_feature_distance,
-                        calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
-                        samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
-                        feature_extractor=extractor, calibration_trace=trace("calibration"),
-                        heldout_trace=trace("heldout"))
-                    done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
-                            **result.to_json()}
-                except LPIPSWeightsMissingError as e:
-                    done = {"spec": spec, "skipped": f"{type(e).__name__}: {e}"}
-            report.put("calibration", steps, spec, done)
-        results[spec] = done
-        bar.update(1)
-    return results
+        for target in ([None] if _has_threshold(spec) else args.target_psnr):
+            key = spec if target is None else f"{spec}@{target:g}dB"
+            done = report.get("calibration", section, key)
+            if done is None:
+                bar.set_postfix_str(f"{solver}: calibrating {key}")
+                if target is None:
+                    done = {"spec": spec, "calibrated": False, "reason": "threshold given on the command line"}
+                elif not MONITORS[_name(spec)].calibratable:
+                    done = {"spec": spec, "skipped": f"{_name(spec)} is a wall-clock budget: give its seconds, "
+                                                     f"e.g. {_name(spec)}:0.5"}
+                else:
+                    try:
+                        start = time.perf_counter()
+                        result = calibrate_threshold(
+                            adapter, model.sample_shape, timesteps, spec, target_psnr=target,
+                            calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
+                            samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
+                            feature_extractor=extractor, calibration_trace=trace("calibration"),
+                            heldout_trace=trace("heldout"), solver=make_solver(solver))
+                        done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
+                                **result.to_json()}
+                    except LPIPSWeightsMissingError as e:
+                        done = {"spec": spec, "skipped": f"{type(e).__name__}: {e}"}
+                report.put("calibration", section, key, done)
+            results[key] = done
+            bar.update(1)
+    steering = report.get("calibration", section, "steering")
+    if steering is None:
+        specs = [steering_spec(trace("calibration"), args.batch_size) if s == "auto" else s for s in args.steering]
+        steering = {"specs": specs}
+        report.put("calibration", section, "steering", steering)
+    return results, steering["specs"]
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
@@ -208,184 +216,207 @@ def _row(samples: torch.Tensor, nfe: torch.Tensor, wall_s: float, full: torch.Te
     return row
 
 
-def evaluate_all(model: LoadedModel, adapter: Any, steps: int, calibration: dict[str, dict[str, Any]],
-                 args: argparse.Namespace, report: Report, extractor: EmbeddedFeatureExtractor, device: torch.device,
-                 bar: tqdm) -> None:
-    timesteps = Uniform().timesteps(steps, adapter.schedule)
-    shape = model.sample_shape
-    full_file = args.json.with_name(f"{args.json.stem}.full-{steps}.safetensors")
+def steering_spec(calibration_trace: X0Trace, batch_size: int) -> str:
+    """`steer-x0-l2:LOW:HIGH` from the calibration trace: LOW and HIGH are the 25th and 75th percentiles of the
+    per-step relative L2 change of x̂0 (steps after the first), so a sample whose x̂0 moves less than most doubles
+    its next step and one that moves more than most halves it."""
+    monitor = monitor_from_spec("x0-l2:1")
+    assert isinstance(monitor, ThresholdMonitor)  # noqa: S101
+    scores = monitor.replay_scores(calibration_trace.step_infos(batch_size), calibration_trace.n,
+                                   calibration_trace.num_steps)[:, 1:]
+    finite = scores[torch.isfinite(scores)].double()
+    low, high = (float(torch.quantile(finite, q)) for q in (0.25, 0.75))
+    return f"steer-x0-l2:{low:.4g}:{high:.4g}"
 
-    def wall_timed(draw: Callable[[], Any]) -> tuple[Any, float]:
-        """draw()'s result and its wall time, synchronised on GPUs."""
+
+def _learned_entry(solver: str, steps: int) -> str | None:
+    name = f"fashion-mnist/{solver}-{steps}"
+    return f"learned:{name}" if name in list_entries() else None
+
+
+def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: dict[str, dict[str, Any]],
+                    steering: list[str], args: argparse.Namespace, report: Report,
+                    extractor: EmbeddedFeatureExtractor, device: torch.device, bar: tqdm) -> None:
+    """Every row of one solver at `args.steps` steps: the full runs, the adaptive rows and their static competitors
+    of equal NFE (uniform, the solver's best built-in, learned where the catalogue has that step count)."""
+    steps, shape, section = args.steps, model.sample_shape, _section(solver, args.steps)
+    full_file = args.json.with_name(f"{args.json.stem}.{solver}-full-{steps}.safetensors")
+
+    def timed(draw: Callable[[], Any]) -> tuple[Any, float]:
         _sync(device)
         start = time.perf_counter()
         result = draw()
         _sync(device)
         return result, time.perf_counter() - start
 
-    def run(monitor: Any = None, ts: torch.Tensor = timesteps) -> tuple[Any, float]:
-        return wall_timed(lambda: sample(adapter, ts, shape, args.n, batch_size=args.batch_size, seed=args.seed,
-                                         monitor=monitor))
+    def run(plan: Any, monitor: Any = None, finish: str | None = None) -> tuple[Any, float]:
+        return timed(lambda: sample(adapter, plan, shape, args.n, batch_size=args.batch_size, seed=args.seed,
+                                    solver=make_solver(solver), monitor=monitor, finish=finish))
+
+    def static_row(key: str, policy: str, num_steps: int, full: torch.Tensor | None) -> None:
+        if report.get("rows", section, key) is None:
+            bar.set_postfix_str(f"{solver}: {key}")
+            result, wall = run(make_policy(policy).timesteps(num_steps, adapter.schedule))
+            report.put("rows", section, key, {"kind": "static", "policy": policy, "steps": num_steps,
+                                              **_row(result.samples, result.nfe, wall, full, extractor)})
 
     # the full run: its samples are the fidelity reference of every other row
-    full_row = report.get("rows", steps, "full")
-    if full_row is None or not full_file.is_file():
-        bar.set_postfix_str(f"{steps} steps: full run")
-        result, wall = run()
+    if report.get("rows", section, "full") is None or not full_file.is_file():
+        bar.set_postfix_str(f"{solver}: full run, {steps} steps")
+        result, wall = run(Uniform().timesteps(steps, adapter.schedule))
         save_file({"samples": result.samples.contiguous()}, str(full_file))
-        full_row = {"kind": "full", **_row(result.samples, result.nfe, wall, None, extractor), "resumed": False}
-        report.put("rows", steps, "full", full_row)
+        report.put("rows", section, "full", {"kind": "full", "policy": "uniform", "steps": steps,
+                                             **_row(result.samples, result.nfe, wall, None, extractor)})
     full = load_file(str(full_file))["samples"]
     bar.update(1)
-
-    for spec in args.monitors:
-        cal = calibration[spec]
-        if report.get("rows", steps, spec) is None:
-            bar.set_postfix_str(f"{steps} steps: {spec}")
-            if "skipped" in cal:
-                row: dict[str, Any] = {"kind": "monitor", "skipped": cal["skipped"]}
-            else:
-                monitor = monitor_from_spec(cal["spec"])
-                timed = TimedCallback(monitor, device)
-                result, wall = run(timed)
-                row = {"kind": "monitor", "spec": cal["spec"], "calibrated": cal.get("calibrated", False),
-                       **_row(result.samples, result.nfe, wall, full, extractor, timed.seconds)}
-            report.put("rows", steps, spec, row)
+    for long_steps in args.reference_steps:
+        static_row(f"full-{long_steps}", "uniform", long_steps, full)
         bar.update(1)
 
-    fewer = max(1, round(steps * (1 - args.nfe_goal)))
-    key = f"ddim-{fewer}"
-    if report.get("rows", steps, key) is None:
-        bar.set_postfix_str(f"{steps} steps: plain DDIM, {fewer} steps")
-        result, wall = run(None, Uniform().timesteps(fewer, adapter.schedule))
-        report.put("rows", steps, key, {"kind": "fewer-steps", "spec": f"uniform DDIM, {fewer} steps",
-                                        **_row(result.samples, result.nfe, wall, full, extractor)})
-    bar.update(1)
-
-    for solver in args.adaptive_solvers:
-        for tolerance in args.adaptive_tolerances:
-            policy = StepSizeControl(tolerance=tolerance)
-            key = policy.name if solver == "ddim" else f"{policy.name}/{solver}"
-            if report.get("rows", steps, key) is None:
-                bar.set_postfix_str(f"{steps} steps: {key}")
-                adaptive, wall = wall_timed(lambda policy=policy, solver=solver: sample(
-                    adapter, policy, shape, args.n, batch_size=args.batch_size, seed=args.seed,
-                    solver=make_solver(solver)))
-                report.put("rows", steps, key, {
-                    "kind": "adaptive", "spec": f"step-size control, tolerance {tolerance:g}, {solver}",
-                    "solver": solver, "rejected_mean": float(adaptive.rejected.double().mean()),
-                    **_row(adaptive.samples, adaptive.nfe, wall, full, extractor)})
+    adaptive: list[str] = []
+    for key, cal in calibration.items():  # calibrated monitors, each finished by every --finish mode
+        for finish in args.finish:
+            row_key = f"{key}/{finish}"
+            adaptive.append(row_key)
+            if report.get("rows", section, row_key) is None:
+                bar.set_postfix_str(f"{solver}: {row_key}")
+                if "skipped" in cal:
+                    row: dict[str, Any] = {"kind": "monitor", "skipped": cal["skipped"]}
+                else:
+                    monitor = TimedCallback(monitor_from_spec(cal["spec"]), device)
+                    result, wall = run(Uniform().timesteps(steps, adapter.schedule), monitor, finish)
+                    row = {"kind": "monitor", "spec": cal["spec"], "finish": finish,
+                           "calibrated": cal.get("calibrated", False),
+                           **_row(result.samples, result.nfe, wall, full, extractor, monitor.seconds)}
+                report.put("rows", section, row_key, row)
             bar.update(1)
-            if solver == "ddim":
-                continue
-            # the static competitor: the same solver over uniform timesteps, at the adaptive row's mean NFE
-            equal = max(1, round(report.get("rows", steps, key)["nfe_mean"]))
-            static_key = f"{solver}-{equal}"
-            if report.get("rows", steps, static_key) is None:
-                bar.set_postfix_str(f"{steps} steps: {static_key}")
-                result, wall = wall_timed(lambda equal=equal, solver=solver: sample(
-                    adapter, Uniform().timesteps(equal, adapter.schedule), shape, args.n,
-                    batch_size=args.batch_size, seed=args.seed, solver=make_solver(solver)))
-                report.put("rows", steps, static_key, {
-                    "kind": "equal-nfe", "spec": f"uniform {solver}, {equal} steps", "solver": solver,
-                    "versus": key, **_row(result.samples, result.nfe, wall, full, extractor)})
-            bar.update(1)
+    for spec in steering:  # steering monitors on a plan whose steps only they change
+        row_key = f"{spec}/steered:{steps}"
+        adaptive.append(row_key)
+        if report.get("rows", section, row_key) is None:
+            bar.set_postfix_str(f"{solver}: {row_key}")
+            monitor = TimedCallback(monitor_from_spec(spec), device)
+            result, wall = run(SteeredPlan(steps=steps), monitor)
+            report.put("rows", section, row_key, {"kind": "steering", "spec": spec,
+                                                  **_row(result.samples, result.nfe, wall, full, extractor,
+                                                         monitor.seconds)})
+        bar.update(1)
+    for tolerance in args.adaptive_tolerances:
+        policy = StepSizeControl(tolerance=tolerance)
+        adaptive.append(policy.name)
+        if report.get("rows", section, policy.name) is None:
+            bar.set_postfix_str(f"{solver}: {policy.name}")
+            result, wall = run(policy)
+            report.put("rows", section, policy.name, {
+                "kind": "adaptive", "spec": policy.name, "rejected_mean": float(result.rejected.double().mean()),
+                **_row(result.samples, result.nfe, wall, full, extractor)})
+        bar.update(1)
 
-    if report.get("rows", steps, "full-again") is None:
-        bar.set_postfix_str(f"{steps} steps: full run again (timing)")
-        result, wall = run()
-        report.put("rows", steps, "full-again", {"kind": "timing", "wall_s": wall,
-                                                 "same_samples": bool(torch.equal(result.samples, full))})
-    bar.update(1)
-
-
-def summarise(steps: int, report: Report, args: argparse.Namespace) -> dict[str, Any]:
-    rows = report.data["rows"][str(steps)]
-    full = rows["full"]
-    full_walls = [full["wall_s"], rows["full-again"]["wall_s"]]
-    full_wall = statistics.mean(full_walls)
-    table = {}
-    for key, row in rows.items():
-        if key in ("full", "full-again") or "skipped" in row:
+    # the static competitors of every adaptive row, at its mean NFE (rounded); shared between rows of equal NFE
+    for key in adaptive:
+        row = report.get("rows", section, key)
+        if row is None or "skipped" in row:
             continue
-        fid_increase = (row["fid"] / full["fid"] - 1) * 100
-        nfe_reduction = (1 - row["nfe_mean"] / full["nfe_mean"]) * 100
-        speedup = full_wall / row["wall_s"]
-        table[key] = {**row, "nfe_reduction_pct": nfe_reduction, "fid_increase_pct": fid_increase,
-                      "speedup_vs_full": speedup, "ideal_speedup_from_nfe": full["nfe_mean"] / row["nfe_mean"],
-                      "monitor_share_pct": 100 * row["monitor_s"] / row["wall_s"],
-                      "pays_for_itself": speedup > 1.0,
-                      "meets_goal": nfe_reduction >= 100 * args.nfe_goal and fid_increase <= args.fid_tolerance}
-    monitors = {k: v for k, v in table.items() if v["kind"] == "monitor"}
-    best = max(monitors, key=lambda k: (monitors[k]["meets_goal"], monitors[k]["nfe_reduction_pct"]
-                                        - 100 * max(0.0, monitors[k]["fid_increase_pct"] - args.fid_tolerance)),
-               default=None)
-    return {"full_wall_s": full_walls, "full_wall_drift_pct": (full_walls[1] / full_walls[0] - 1) * 100,
-            "full_fid": full["fid"], "rows": table, "best_monitor": best,
-            "goal": f">= {100 * args.nfe_goal:.0f} % fewer NFE at <= {args.fid_tolerance:.0f} % FID increase",
-            "goal_met_by": sorted(k for k, v in monitors.items() if v["meets_goal"]),
-            "goal_met_by_fewer_steps": sorted(k for k, v in table.items() if v["kind"] == "fewer-steps"
-                                              and v["meets_goal"]),
-            "goal_met_by_adaptive": sorted(k for k, v in table.items() if v["kind"] == "adaptive" and v["meets_goal"]),
-            "adaptive_vs_static_at_equal_nfe": {
-                v["versus"]: {"static": k, "adaptive_fid": table[v["versus"]]["fid"], "static_fid": v["fid"],
-                              "fid_ratio_adaptive_over_static": table[v["versus"]]["fid"] / v["fid"],
-                              "adaptive_nfe": table[v["versus"]]["nfe_mean"], "static_nfe": v["nfe_mean"],
-                              "wall_ratio_adaptive_over_static": table[v["versus"]]["wall_s"] / v["wall_s"]}
-                for k, v in table.items() if v["kind"] == "equal-nfe"},
+        equal = max(1, round(row["nfe_mean"]))
+        static_row(f"uniform-{equal}", "uniform", equal, full)
+        static_row(f"{args.best_builtin[solver]}-{equal}", args.best_builtin[solver], equal, full)
+        learned = _learned_entry(solver, equal)
+        if learned is not None:
+            static_row(f"{learned}", learned, equal, full)
+        bar.update(1)
+
+
+def _section(solver: str, steps: int) -> str:
+    return f"{solver}/{steps}"
+
+
+def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str, Any]:
+    """Per adaptive row: NFE and FID against the full runs, the best static row of equal NFE and the goals."""
+    rows = report.data["rows"][_section(solver, args.steps)]
+    full = rows["full"]
+    references = {"full": full, **{f"full-{s}": rows[f"full-{s}"] for s in args.reference_steps}}
+    statics = {k: v for k, v in rows.items() if v.get("kind") == "static" and k not in references}
+    table: dict[str, Any] = {}
+    for key, row in rows.items():
+        if row.get("kind") not in ("monitor", "steering", "adaptive") or "skipped" in row:
+            continue
+        equal = max(1, round(row["nfe_mean"]))
+        rivals = {k: v["fid"] for k, v in statics.items() if v["steps"] == equal}
+        best = min(rivals, key=rivals.__getitem__)
+        entry: dict[str, Any] = {
+            "kind": row["kind"], "nfe_mean": row["nfe_mean"], "fid": row["fid"], "kid": row["kid"],
+            "wall_s": row["wall_s"], "monitor_s": row["monitor_s"], "psnr_to_full": row["psnr_of_mean_mse"],
+            "static_rivals": rivals, "best_static": best,
+            "fid_vs_best_static_pct": (row["fid"] / rivals[best] - 1) * 100,
+            "beats_best_static_by_5pct": row["fid"] <= 0.95 * rivals[best],
+            "wall_vs_best_static": row["wall_s"] / statics[best]["wall_s"]}
+        for ref_key, ref in references.items():
+            nfe_ratio = ref["nfe_mean"] / row["nfe_mean"]
+            speedup = ref["wall_s"] / row["wall_s"]
+            entry[ref_key] = {"nfe_reduction_pct": (1 - row["nfe_mean"] / ref["nfe_mean"]) * 100,
+                              "fid_change_pct": (row["fid"] / ref["fid"] - 1) * 100, "speedup": speedup,
+                              "nfe_ratio": nfe_ratio, "speedup_over_nfe_ratio": speedup / nfe_ratio}
+        vs_full = entry["full"]
+        entry["meets_nfe_goal"] = (vs_full["nfe_reduction_pct"] >= 100 * args.nfe_goal
+                                   and vs_full["fid_change_pct"] <= args.fid_tolerance)
+        table[key] = entry
+    monitors = [k for k, v in table.items() if v["kind"] in ("monitor", "steering")]
+    return {"full_fid": full["fid"], "full_wall_s": full["wall_s"],
+            "references": {k: {"fid": v["fid"], "nfe_mean": v["nfe_mean"], "wall_s": v["wall_s"]}
+                           for k, v in references.items()},
+            "rows": table,
+            "goal_equal_nfe": ">= 5 % lower FID than the best static schedule of equal mean NFE (an x̂0 monitor)",
+            "goal_equal_nfe_met_by": sorted(k for k in monitors if table[k]["beats_best_static_by_5pct"]),
+            "goal_nfe": f">= {100 * args.nfe_goal:.0f} % fewer NFE than the full {args.steps}-step run at <= "
+                        f"{args.fid_tolerance:g} % FID increase",
+            "goal_nfe_met_by": sorted(k for k, v in table.items() if v["meets_nfe_goal"]),
             "skipped": {k: v["skipped"] for k, v in rows.items() if "skipped" in v}}
 
 
-def print_summary(steps: int, summary: dict[str, Any], calibration: dict[str, dict[str, Any]]) -> None:
-    print(f"\n== {steps} steps: full run FID {summary['full_fid']:.3f}, wall {summary['full_wall_s'][0]:.1f} s / "
-          f"{summary['full_wall_s'][1]:.1f} s (before / after; drift {summary['full_wall_drift_pct']:+.1f} %)")
-    print(f"{'row':<22}{'threshold':>11}{'NFE':>7}{'-NFE%':>7}{'FID':>8}{'dFID%':>8}{'PSNR':>7}{'p10':>6}"
-          f"{'featd':>7}{'wall s':>8}{'mon s':>7}{'speedup':>8}  goal")
+def print_summary(solver: str, summary: dict[str, Any]) -> None:
+    refs = ", ".join(f"{k} FID {v['fid']:.3f} ({v['nfe_mean']:.0f} NFE, {v['wall_s']:.0f} s)"
+                     for k, v in summary["references"].items())
+    print(f"\n== {solver}: {refs}")
+    print(f"{'row':<44}{'NFE':>6}{'FID':>8}{'best static':>24}{'vs static':>10}{'-NFE%':>7}{'dFID%':>7}"
+          f"{'speedup':>8}{'/NFE':>6}{'mon s':>7}")
     for key, r in summary["rows"].items():
-        cal = calibration.get(key, {})
-        threshold = f"{cal['threshold']:.4g}" if cal.get("calibrated") else ("given" if r["kind"] == "monitor"
-                                                                               else "-")
-        print(f"{key:<22}{threshold:>11}{r['nfe_mean']:>7.1f}{r['nfe_reduction_pct']:>7.1f}{r['fid']:>8.3f}"
-              f"{r['fid_increase_pct']:>+8.1f}{r['psnr_of_mean_mse']:>7.1f}{r['psnr_p10']:>6.1f}"
-              f"{r['feature_distance']:>7.2f}{r['wall_s']:>8.1f}{r['monitor_s']:>7.2f}{r['speedup_vs_full']:>8.2f}"
-              f"  {'MET' if r['meets_goal'] else '-'}{'' if r['pays_for_itself'] else '  (slower than full)'}")
+        best = f"{r['best_static']} {r['static_rivals'][r['best_static']]:.3f}"
+        f = r["full"]
+        print(f"{key[:43]:<44}{r['nfe_mean']:>6.1f}{r['fid']:>8.3f}{best:>24}{r['fid_vs_best_static_pct']:>+9.1f}%"
+              f"{f['nfe_reduction_pct']:>7.1f}{f['fid_change_pct']:>+7.1f}{f['speedup']:>8.2f}"
+              f"{f['speedup_over_nfe_ratio']:>6.2f}{r['monitor_s']:>7.1f}")
     for key, why in summary["skipped"].items():
-        print(f"{key:<22}skipped: {why.splitlines()[0][:160]}")
-    print(f"goal ({summary['goal']}): monitors meeting it: {', '.join(summary['goal_met_by']) or 'none'}; "
-          f"best monitor: {summary['best_monitor']}; plain DDIM with fewer steps meeting it: "
-          f"{', '.join(summary['goal_met_by_fewer_steps']) or 'none'}; adaptive step allocation meeting it: "
-          f"{', '.join(summary['goal_met_by_adaptive']) or 'none'}")
-    for adaptive, cmp in summary["adaptive_vs_static_at_equal_nfe"].items():
-        print(f"{adaptive} (NFE {cmp['adaptive_nfe']:.1f}) vs {cmp['static']} (NFE {cmp['static_nfe']:.0f}): FID "
-              f"{cmp['adaptive_fid']:.3f} vs {cmp['static_fid']:.3f}, ratio {cmp['fid_ratio_adaptive_over_static']:.3f}"
-              f"; wall-time ratio {cmp['wall_ratio_adaptive_over_static']:.2f}")
+        print(f"{key:<44}skipped: {why.splitlines()[0][:150]}")
+    print(f"goal ({summary['goal_equal_nfe']}): {', '.join(summary['goal_equal_nfe_met_by']) or 'none'}")
+    print(f"goal ({summary['goal_nfe']}): {', '.join(summary['goal_nfe_met_by']) or 'none'}")
 
 
 def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace) -> None:
+    """The DDIM calibration at the first --target-psnr as the package's defaults for --steps."""
+    target = args.target_psnr[0]
     data = load_calibrated_defaults()
     entry = data["models"].setdefault(model.name, {"weights_sha256": model.weights_sha256, "steps": {}})
     if entry.get("weights_sha256") != model.weights_sha256:
         entry = data["models"][model.name] = {"weights_sha256": model.weights_sha256, "steps": {}}
-    for steps in args.steps:
-        monitors = {}
-        for cal in report.data["calibration"].get(str(steps), {}).values():
-            if cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
-                monitors[cal["name"]] = {
-                    "threshold": cal["threshold"], "guardrails": cal["guardrails"],
-                    "target_psnr": cal["target_psnr"], "target_feature_distance": cal["target_feature_distance"],
-                    "calibration_nfe_mean": cal["calibration"]["nfe_mean"],
-                    "heldout_nfe_mean": cal["heldout"]["nfe_mean"], "heldout_psnr": cal["heldout"]["psnr"],
-                    "heldout_psnr_p10": cal["heldout"]["psnr_p10"],
-                    "heldout_feature_distance": cal["heldout"]["feature_distance"],
-                }
-        entry["steps"][str(steps)] = {
-            "policy": "uniform", "solver": "ddim", "eta": 0.0, "network_rows": args.network_rows,
-            "calibration_seeds": args.calibration_seeds, "heldout_seeds": args.heldout_seeds,
-            "samples_per_seed": args.samples_per_seed, "command": _command(), "monitors": monitors,
-        }
+    monitors = {}
+    for key, cal in report.data["calibration"].get(_section("ddim", args.steps), {}).items():
+        if key.endswith(f"@{target:g}dB") and cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
+            monitors[cal["name"]] = {
+                "threshold": cal["threshold"], "guardrails": cal["guardrails"],
+                "target_psnr": cal["target_psnr"], "target_feature_distance": cal["target_feature_distance"],
+                "calibration_nfe_mean": cal["calibration"]["nfe_mean"],
+                "heldout_nfe_mean": cal["heldout"]["nfe_mean"], "heldout_psnr": cal["heldout"]["psnr"],
+                "heldout_psnr_p10": cal["heldout"]["psnr_p10"],
+                "heldout_feature_distance": cal["heldout"]["feature_distance"],
+            }
+    entry["steps"][str(args.steps)] = {
+        "policy": "uniform", "solver": "ddim", "eta": 0.0, "network_rows": args.network_rows,
+        "calibration_seeds": args.calibration_seeds, "heldout_seeds": args.heldout_seeds,
+        "samples_per_seed": args.samples_per_seed, "command": _command(), "monitors": monitors,
+    }
     data["format"] = DEFAULTS_FORMAT
     DEFAULTS_PATH.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote calibrated defaults for {model.name} at {', '.join(map(str, args.steps))} steps to {DEFAULTS_PATH}")
+    print(f"wrote calibrated defaults for {model.name} at {args.steps} steps ({target:g} dB) to {DEFAULTS_PATH}")
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -393,36 +424,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, required=True, help="results file (resumed if it exists)")
     parser.add_argument("--n", type=int, default=2000, help="evaluation samples (> 128 for FID)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[50], help="uniform DDIM step counts")
+    parser.add_argument("--steps", type=int, default=20, help="steps of the full run the monitors watch")
+    parser.add_argument("--reference-steps", type=int, nargs="*", default=[50],
+                        help="longer uniform runs reported beside the full run")
+    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), default=["ddim", "dpmpp-2m"])
+    parser.add_argument("--best-builtin", nargs="*", default=["ddim:leading", "dpmpp-2m:karras", "unipc:karras"],
+                        help="SOLVER:POLICY, the built-in static competitor per solver (default: the best built-in "
+                             "at 20 steps in experiments/results/bench_quality.json)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
     parser.add_argument("--calibration-seeds", type=int, nargs="+", default=[1000])
     parser.add_argument("--heldout-seeds", type=int, nargs="+", default=[2000])
     parser.add_argument("--samples-per-seed", type=int, default=256, help="calibration samples per seed")
-    parser.add_argument("--target-psnr", type=float, default=None,
-                        help="fidelity target: PSNR (dB) of the mean MSE to the full run (default 30)")
-    parser.add_argument("--target-feature-distance", type=float, default=None,
-                        help="fidelity target instead: mean embedded-feature distance to the full run")
+    parser.add_argument("--target-psnr", type=float, nargs="+", default=[30.0],
+                        help="fidelity targets: PSNR (dB) of the mean MSE to the full run; each calibrates a row")
     parser.add_argument("--monitors", nargs="*", default=DEFAULT_MONITORS,
                         help="monitor specs; without a threshold they are calibrated (default: %(default)s)")
-    parser.add_argument("--adaptive-tolerances", type=float, nargs="*", default=[0.002, 0.005, 0.01],
+    parser.add_argument("--finish", nargs="+", default=["tail"],
+                        help="how a monitored sample ends (x0, tail, tail:K[:t|logsnr]); each makes a row")
+    parser.add_argument("--steering", nargs="*", default=["auto"],
+                        help="steering monitor specs on steered:STEPS (auto: steer-x0-l2 at the 25th/75th "
+                             "percentile of its score on the calibration trace)")
+    parser.add_argument("--adaptive-tolerances", type=float, nargs="*", default=[0.012],
                         help="tolerances of the runtime-adaptive step-size control rows (none: skip them)")
-    parser.add_argument("--adaptive-solvers", nargs="+", choices=list(SOLVERS), default=["ddim"],
-                        help="solvers of the adaptive rows; a multistep one also gets its static equal-NFE row")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--network-rows", type=int, default=8,
                         help="fixed network chunk (bitwise batch invariance: online exits equal the simulation)")
-    parser.add_argument("--nfe-goal", type=float, default=0.30, help="goal: this fraction fewer NFE")
-    parser.add_argument("--fid-tolerance", type=float, default=5.0, help="goal: at most this %% FID increase")
+    parser.add_argument("--nfe-goal", type=float, default=0.25, help="goal: this fraction fewer NFE than the full run")
+    parser.add_argument("--fid-tolerance", type=float, default=3.0, help="goal: at most this %% FID increase")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--calibrate-only", action="store_true", help="calibrate, skip the evaluation runs")
     parser.add_argument("--write-defaults", action="store_true",
-                        help=f"store the calibrated thresholds as package defaults ({DEFAULTS_PATH.name})")
+                        help=f"store the DDIM thresholds as package defaults ({DEFAULTS_PATH.name})")
     parser.add_argument("--restart", action="store_true", help="discard the rows already in --json")
     args = parser.parse_args()
-    if args.target_psnr is None and args.target_feature_distance is None:
-        args.target_psnr = 30.0
-    if args.target_psnr is not None and args.target_feature_distance is not None:
-        parser.error("--target-psnr, --target-feature-distance: give one fidelity target")
     if not args.calibrate_only and args.n <= 128:
         parser.error(f"--n: {args.n} is not above 128, the feature dimension FID needs")
     if args.seed in args.calibration_seeds + args.heldout_seeds:
@@ -430,46 +464,61 @@ def main() -> None:
     for spec in args.monitors:
         if _name(spec) not in MONITORS:
             parser.error(f"--monitors: {spec!r} is not one of {', '.join(MONITORS)} (optionally :THRESHOLD)")
+    for finish in args.finish:
+        try:
+            parse_finish(finish)
+        except FieldError as e:
+            parser.error(f"--finish: {e}")
+    try:
+        builtin = dict(item.split(":", 1) for item in args.best_builtin)
+    except ValueError:
+        parser.error(f"--best-builtin: {args.best_builtin} is not a list of SOLVER:POLICY")
+    for solver in args.solvers:
+        if builtin.get(solver) not in STATIC_POLICIES:
+            parser.error(f"--best-builtin: solver {solver} needs SOLVER:POLICY with POLICY one of "
+                         f"{', '.join(STATIC_POLICIES)}")
+    args.best_builtin = builtin
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("json", "restart", "write_defaults", "calibrate_only", "device")}
+    # what every row depends on; rows are keyed by their own spec, so more monitors, targets, finishes, steering
+    # specs, tolerances, reference runs or solvers can be added to a results file later
+    settings = {k: getattr(args, k) for k in ("n", "steps", "seed", "calibration_seeds", "heldout_seeds",
+                                              "samples_per_seed", "batch_size", "network_rows", "best_builtin")}
     report = Report(args.json, settings, args.restart)
     report.data["environment"] = _environment(device)
     model = load_model("embedded", device=device)
     adapter = model.adapter(network_rows=args.network_rows)
     extractor = EmbeddedFeatureExtractor(device=device)
-    target = (f"PSNR {args.target_psnr} dB" if args.target_psnr is not None
-              else f"feature distance {args.target_feature_distance}")
-    print(f"device={device} n={args.n} steps={args.steps} target: {target}"
-          f" calibration seeds {args.calibration_seeds} x {args.samples_per_seed}, held-out {args.heldout_seeds}, "
+    print(f"device={device} n={args.n} steps={args.steps} solvers={args.solvers} targets {args.target_psnr} dB, "
+          f"calibration seeds {args.calibration_seeds} x {args.samples_per_seed}, held-out {args.heldout_seeds}, "
           f"evaluation seed {args.seed}")
 
-    tasks = len(args.steps) * len(args.monitors) * (1 if args.calibrate_only else 2) + \
-        (0 if args.calibrate_only else (3 + len(args.adaptive_tolerances) * sum(1 if s == "ddim" else 2 for s in
-                                                                             args.adaptive_solvers)) * len(args.steps))
-    with tqdm(total=tasks, desc="bench_early_exit", unit="task") as bar:
-        for steps in args.steps:
-            calibration = calibrate_all(model, adapter, steps, args, report, extractor, bar)
+    calibrations = sum(1 if _has_threshold(s) else len(args.target_psnr) for s in args.monitors)
+    adaptive = calibrations * len(args.finish) + len(args.steering) + len(args.adaptive_tolerances)
+    per_solver = calibrations + (0 if args.calibrate_only else 1 + len(args.reference_steps) + 2 * adaptive)
+    with tqdm(total=per_solver * len(args.solvers), desc="bench_early_exit", unit="task") as bar:
+        for solver in args.solvers:
+            calibration, steering = calibrate_all(model, adapter, solver, args, report, extractor, bar)
             if not args.calibrate_only:
-                evaluate_all(model, adapter, steps, calibration, args, report, extractor, device, bar)
-                report.data["summary"][str(steps)] = summarise(steps, report, args)
+                evaluate_solver(model, adapter, solver, calibration, steering, args, report, extractor, device, bar)
+                report.data["summary"][_section(solver, args.steps)] = summarise(solver, report, args)
                 report.save()
 
-    for steps in args.steps:
-        calibration = report.data["calibration"].get(str(steps), {})
-        print(f"\n-- calibration at {steps} steps (calibration / held-out: NFE, PSNR of mean MSE, p10 PSNR)")
-        for spec, cal in calibration.items():
+    for solver in args.solvers:
+        section = _section(solver, args.steps)
+        print(f"\n-- calibration, {solver}, {args.steps} steps (calibration / held-out: NFE, PSNR of mean MSE)")
+        for key, cal in report.data["calibration"].get(section, {}).items():
             if cal.get("calibrated"):
-                print(f"   {cal['spec']:<34} NFE {cal['calibration']['nfe_mean']:5.1f}"
-                      f" / {cal['heldout']['nfe_mean']:5.1f}"
-                      f"   PSNR {cal['calibration']['psnr']:5.1f} / {cal['heldout']['psnr']:5.1f}"
-                      f"   p10 {cal['heldout']['psnr_p10']:5.1f}{'' if cal['met_target'] else '   (target not met)'}")
+                print(f"   {key:<24}{cal['spec']:<34} NFE {cal['calibration']['nfe_mean']:5.1f}"
+                      f" / {cal['heldout']['nfe_mean']:5.1f}   PSNR {cal['calibration']['psnr']:5.1f}"
+                      f" / {cal['heldout']['psnr']:5.1f}{'' if cal['met_target'] else '   (target not met)'}")
+            elif key == "steering":
+                print(f"   steering: {', '.join(cal['specs']) or 'none'}")
             else:
-                print(f"   {spec:<34} {cal.get('skipped', cal.get('reason', ''))[:150]}")
+                print(f"   {key:<24}{cal.get('skipped', cal.get('reason', ''))[:150]}")
         if not args.calibrate_only:
-            print_summary(steps, report.data["summary"][str(steps)], calibration)
+            print_summary(solver, report.data["summary"][section])
     report.data["environment"]["loadavg_end"] = os.getloadavg()
     report.save()
     if args.write_defaults:
