@@ -217,6 +217,32 @@ def test_sharpness_looks_at_the_plateau_not_the_size():
     assert _first_done(_run(ChangeMonitor("sharpness", 0.01), growing)) is None
 
 
+def test_sharpness_is_the_relative_change_of_the_laplacian_map():
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 1, 16, 16, generator=g)
+    # x̂0_k = a_k * noise: the Laplacian scales with a_k, so the score is |a_k - a_{k-1}| / a_{k-1}
+    decisions = _run(ChangeMonitor("sharpness", 0.1), [a * noise for a in (1.0, 1.5, 1.6)])
+    assert math.isnan(float(decisions[0].score[0]))
+    torch.testing.assert_close(decisions[1].score, torch.full((2,), 0.5), rtol=1e-5, atol=0)
+    torch.testing.assert_close(decisions[2].score, torch.full((2,), 0.1 / 1.5), rtol=1e-5, atol=0)
+    assert _first_done(decisions) == 2
+    stencil = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    # the summary is the valid 4-neighbour Laplacian; of the stencil itself: 16 + 4 * 1
+    assert torch.equal(Sharpness().summary(stencil), torch.full((1, 1, 1, 1), 20.0))
+
+
+def test_sharpness_sees_detail_move_where_the_laplacian_variance_is_flat():
+    # the variance of the Laplacian, one number, is the same for x̂0 and -x̂0 (and is flat where it turns from
+    # falling noise to rising detail); the map it summarises is not: the old rule fired here, this one does not
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(1, 1, 16, 16, generator=g)
+    seq = [x0, -x0, x0, -x0]
+    assert torch.equal(laplacian_variance(x0), laplacian_variance(-x0))
+    decisions = _run(ChangeMonitor("sharpness", 0.5), seq)
+    assert _first_done(decisions) is None
+    torch.testing.assert_close(decisions[1].score, torch.tensor([2.0]), rtol=1e-6, atol=0)
+
+
 def test_max_nfe_fires_at_its_budget():
     seq = [torch.zeros(3, 1, 4, 4)] * 6
     decisions = _run(MaxNFE(3), seq)
