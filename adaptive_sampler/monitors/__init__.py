@@ -13,6 +13,7 @@ from adaptive_sampler.monitors.base import Guardrails, Monitor, MonitorDecision,
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
 from adaptive_sampler.monitors.calibration import (
     CalibrationResult,
+    DistributionTarget,
     ExitSimulation,
     X0Trace,
     calibrate_threshold,
@@ -61,6 +62,7 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "CalibrationResult",
+    "DistributionTarget",
     "ChangeMonitor",
     "Deadline",
     "Distance",

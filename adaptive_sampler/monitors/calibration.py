@@ -14,6 +14,10 @@ at no further network cost.
 A latent model calibrates in either space (`space`, or the spec's `space=` option): the monitor replays on latent
 x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the fidelity
 target is measured on decoded images, the ones the user gets.
+
+A distribution target (`DistributionTarget`: FID or KID of the exits at most X % above the full run's, on the same
+seeds) is priced the same way, from the features of every step's x̂0. That is exact for `finish="x0"`; a tail
+finish returns samples closer to the full run than x̂0, so a threshold calibrated this way is conservative for it.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics import EmbeddedFeatureExtractor, Fidelity, fidelity
+from adaptive_sampler.metrics.distribution import KidReference, fid, kid
 from adaptive_sampler.metrics.features import FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
+from adaptive_sampler.metrics.statistics import FeatureStatistics, embedded_reference_features
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.monitors.base import Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.space import Decode
@@ -171,10 +177,65 @@ def feature_distance_matrix(trace: X0Trace, feature_extractor: FeatureExtractor)
 
 
 @dataclass(frozen=True)
+class DistributionTarget:
+    """FID or KID of the exit x̂0s at most `max_increase_pct` % above the full run's on the same seeds.
+
+    Both are measured against `reference_features` [m, d] in the space of `feature_extractor` (default: the
+    embedded Fashion-MNIST net and its 10,000 test images). FID needs more samples per seed set than feature
+    dimensions. A relative KID target means little where the full run's KID is near 0; use FID there.
+    """
+
+    metric: Literal["fid", "kid"]
+    max_increase_pct: float
+    feature_extractor: FeatureExtractor | None = None
+    reference_features: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("fid", "kid"):
+            raise FieldError("target_distribution.metric", self.metric, "is not one of fid, kid")
+        if not isinstance(self.max_increase_pct, (int, float)) or not math.isfinite(self.max_increase_pct) or \
+                self.max_increase_pct < 0:
+            raise FieldError("target_distribution.max_increase_pct", self.max_increase_pct,
+                             "is not a finite number >= 0 (a percentage)")
+        if (self.feature_extractor is None) != (self.reference_features is None):
+            raise FieldError("target_distribution.reference_features", None if self.reference_features is None
+                             else tuple(self.reference_features.shape),
+                             "must come with its feature_extractor (and the extractor with its reference)")
+
+
+class _DistributionScorer:
+    """FID or KID of any choice of one x̂0 per sample of a trace: every step's features are computed once."""
+
+    def __init__(self, target: DistributionTarget, trace: X0Trace) -> None:
+        extractor = target.feature_extractor or EmbeddedFeatureExtractor()
+        reference = (embedded_reference_features() if target.reference_features is None
+                     else target.reference_features).double().cpu()
+        dim = reference.shape[1]
+        if target.metric == "fid" and trace.n <= dim:
+            raise FieldError("samples_per_seed", trace.n, f"samples per seed set are too few for FID in a {dim}-"
+                             f"dimensional feature space; give more than {dim}, or use a KID target")
+        self.metric = target.metric
+        self.features = torch.stack([extractor(trace.image_x0[:, k]).double().cpu()
+                                     for k in range(trace.num_steps)], dim=1)  # [n, K, d]
+        self.reference = FeatureStatistics.from_features(reference) if self.metric == "fid" else KidReference(
+            reference)
+        self.full = self._score(extractor(trace.final_images).double().cpu())
+
+    def _score(self, features: torch.Tensor) -> float:
+        if isinstance(self.reference, FeatureStatistics):
+            return fid(FeatureStatistics.from_features(features), self.reference)
+        return kid(features, self.reference)
+
+    def __call__(self, exit_step: torch.Tensor) -> float:
+        return self._score(self.features[torch.arange(len(exit_step)), exit_step])
+
+
+@dataclass(frozen=True)
 class ExitSimulation:
     """One threshold simulated on a trace: mean NFE and the fidelity of the exit x̂0s to the full run.
 
-    `psnr` is the PSNR of the mean squared error over all samples (what `target_psnr` constrains); `mean_psnr` is
+    `psnr` is the PSNR of the mean squared error over all samples (what `target_psnr` constrains); `distribution`
+    the FID or KID of the exits (what a `DistributionTarget` constrains); `mean_psnr` is
     the mean of per-sample PSNRs, as `metrics.fidelity` reports it. The mean of per-sample PSNRs is easy to game:
     a sample that never exits scores 80 dB and hides another that exits far too early; an MSE averaged over the
     samples is not fooled that way. `psnr_p10`: the 10th percentile of per-sample PSNR.
@@ -186,6 +247,7 @@ class ExitSimulation:
     mean_psnr: float
     psnr_p10: float
     feature_distance: float | None
+    distribution: float | None = None  # FID or KID of the exits, under a distribution target
 
 
 @dataclass
@@ -205,6 +267,8 @@ class CalibrationResult:
     num_steps: int
     target_psnr: float | None
     target_feature_distance: float | None
+    target_distribution: dict[str, Any] | None  # metric and max_increase_pct of a DistributionTarget
+    full_distribution: dict[str, float] | None  # the full run's FID or KID on the calibration and held-out seeds
     met_target: bool
     calibration: ExitSimulation
     heldout: ExitSimulation
@@ -217,6 +281,7 @@ class CalibrationResult:
     curve: list[ExitSimulation] = field(default_factory=list)
 
     def to_json(self, with_curve: bool = False) -> dict[str, Any]:
+        """The result as JSON-ready data (the per-candidate curve only if asked)."""
         data = asdict(self)
         if not with_curve:
             data.pop("curve")
@@ -227,6 +292,7 @@ class CalibrationResult:
         return {
             "threshold": self.threshold, "guardrails": self.guardrails, "target_psnr": self.target_psnr,
             "target_feature_distance": self.target_feature_distance,
+            "target_distribution": self.target_distribution, "heldout_distribution": self.heldout.distribution,
             "calibration_nfe_mean": self.calibration.nfe_mean, "heldout_nfe_mean": self.heldout.nfe_mean,
             "heldout_psnr": self.heldout.psnr, "heldout_psnr_p10": self.heldout.psnr_p10,
             "heldout_feature_distance": self.heldout.feature_distance,
@@ -265,7 +331,8 @@ def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int,
 
 
 def _simulate(monitor: ThresholdMonitor, scores: torch.Tensor, threshold: float, mse: torch.Tensor,
-              feature: torch.Tensor | None) -> tuple[ExitSimulation, torch.Tensor]:
+              feature: torch.Tensor | None, distribution: _DistributionScorer | None
+              ) -> tuple[ExitSimulation, torch.Tensor]:
     exit_step = monitor.simulate_exits(scores, threshold)
     rows = torch.arange(len(exit_step))
     exit_mse = mse[rows, exit_step].double()
@@ -277,6 +344,7 @@ def _simulate(monitor: ThresholdMonitor, scores: torch.Tensor, threshold: float,
         mean_psnr=float(per_sample.mean()),
         psnr_p10=float(torch.quantile(per_sample, 0.1)),
         feature_distance=None if feature is None else float(feature[rows, exit_step].double().mean()),
+        distribution=None if distribution is None else distribution(exit_step),
     ), exit_step
 
 
@@ -288,6 +356,7 @@ def calibrate_threshold(
     *,
     target_psnr: float | None = None,
     target_feature_distance: float | None = None,
+    target_distribution: DistributionTarget | None = None,
     calibration_seeds: Sequence[int],
     heldout_seeds: Sequence[int],
     samples_per_seed: int = 16,
@@ -308,8 +377,9 @@ def calibrate_threshold(
     `monitor` is a name or spec without threshold (`"x0-l2"`, `"sharpness,patience=2"`) or a ThresholdMonitor whose
     guardrails are kept (its threshold is replaced). Give exactly one target: `target_psnr` (PSNR in dB of the
     mean squared error, over the samples, of the exit x̂0 to the full run's sample on [0, 1]; >= target; see
-    `ExitSimulation`) or `target_feature_distance` (mean L2 distance of their features, <= target; default
-    extractor: the embedded Fashion-MNIST net).
+    `ExitSimulation`), `target_feature_distance` (mean L2 distance of their features, <= target; default
+    extractor: the embedded Fashion-MNIST net) or `target_distribution` (FID or KID of the exits at most X % above
+    the full run's on the same seeds; see `DistributionTarget` and the module docstring).
 
     The full run is recorded once per seed set (`samples_per_seed` samples for each of `calibration_seeds`, then
     of `heldout_seeds`; pass `calibration_trace`/`heldout_trace` from `record_x0_trace` to share recordings between
@@ -323,13 +393,14 @@ def calibrate_threshold(
     passes `decode` (`LoadedModel.decode`) and calibrates in `space` (default: the spec's `space=` option, else
     `latent`; see the module docstring). The result's `monitor` spec then carries `space=image` where it applies.
     """
-    if (target_psnr is None) == (target_feature_distance is None):
-        raise ValueError("target_psnr, target_feature_distance: give exactly one fidelity target")
-    target = target_psnr if target_psnr is not None else target_feature_distance
-    if not isinstance(target, (int, float)) or not math.isfinite(target) or (target_feature_distance is not None
-                                                                             and target < 0):
-        name = "target_psnr" if target_psnr is not None else "target_feature_distance"
-        raise FieldError(name, target, "is not a finite number (a distance must be >= 0)")
+    if [target_psnr, target_feature_distance, target_distribution].count(None) != 2:
+        raise ValueError("target_psnr, target_feature_distance, target_distribution: give exactly one target")
+    if target_distribution is None:
+        target = target_psnr if target_psnr is not None else target_feature_distance
+        if not isinstance(target, (int, float)) or not math.isfinite(target) or (target_feature_distance is not None
+                                                                                 and target < 0):
+            name = "target_psnr" if target_psnr is not None else "target_feature_distance"
+            raise FieldError(name, target, "is not a finite number (a distance must be >= 0)")
     overlap = sorted(set(calibration_seeds) & set(heldout_seeds))
     if overlap:
         raise FieldError("heldout_seeds", overlap, "are also calibration seeds; held-out seeds must be disjoint")
@@ -365,21 +436,27 @@ def calibrate_threshold(
         return mse_matrix(trace), (feature_distance_matrix(trace, feature_extractor)
                                     if feature_extractor is not None else None)
 
-    limit = float(target)
-    meets: Callable[[ExitSimulation], bool]
-    if target_psnr is not None:
-        def meets(s: ExitSimulation) -> bool:
-            return s.psnr >= limit
-    else:
-        def meets(s: ExitSimulation) -> bool:
-            return s.feature_distance is not None and s.feature_distance <= limit
+    cal_dist = held_dist = None
+    if target_distribution is not None:
+        cal_dist, held_dist = _DistributionScorer(target_distribution, cal), _DistributionScorer(
+            target_distribution, held)
 
+    def meets_on(dist: _DistributionScorer | None) -> Callable[[ExitSimulation], bool]:
+        if target_psnr is not None:
+            return lambda s: s.psnr >= target_psnr
+        if target_feature_distance is not None:
+            return lambda s: s.feature_distance is not None and s.feature_distance <= target_feature_distance
+        assert dist is not None and target_distribution is not None  # noqa: S101
+        limit = dist.full * (1 + target_distribution.max_increase_pct / 100)
+        return lambda s: s.distribution is not None and s.distribution <= limit
+
+    meets = meets_on(cal_dist)
     cal_mse, cal_feat = fidelity_matrices(cal)
     cal_scores = mon.replay_scores(cal.step_infos(batch_size), cal.n, num_steps)
     curve: list[ExitSimulation] = []
     chosen: ExitSimulation | None = None
     for threshold in _candidates(mon, cal_scores, num_steps, grid_size):
-        simulated, _ = _simulate(mon, cal_scores, threshold, cal_mse, cal_feat)
+        simulated, _ = _simulate(mon, cal_scores, threshold, cal_mse, cal_feat, cal_dist)
         curve.append(simulated)
         if not meets(simulated):
             break
@@ -391,21 +468,26 @@ def calibrate_threshold(
 
     held_mse, held_feat = fidelity_matrices(held)
     held_scores = mon.replay_scores(held.step_infos(batch_size), held.n, num_steps)
-    held_sim, held_exit = _simulate(mon, held_scores, chosen.threshold, held_mse, held_feat)
+    held_sim, held_exit = _simulate(mon, held_scores, chosen.threshold, held_mse, held_feat, held_dist)
     held_fidelity = fidelity(held.exit_x0(held_exit), held.final_images, feature_extractor)
     final = mon.with_threshold(chosen.threshold)
     suffix = ",space=image" if space == "image" and decode is not None else ""
     return CalibrationResult(
         monitor=final.spec() + suffix, name=mon.name, threshold=chosen.threshold,
         guardrails=mon.guardrails.model_dump(exclude_defaults=True), num_steps=num_steps,
-        target_psnr=target_psnr, target_feature_distance=target_feature_distance, met_target=met,
-        calibration=chosen, heldout=held_sim, heldout_fidelity=held_fidelity, heldout_met_target=meets(held_sim),
+        target_psnr=target_psnr, target_feature_distance=target_feature_distance,
+        target_distribution=None if target_distribution is None else {
+            "metric": target_distribution.metric, "max_increase_pct": target_distribution.max_increase_pct},
+        full_distribution=None if cal_dist is None or held_dist is None else {
+            "calibration": cal_dist.full, "heldout": held_dist.full},
+        met_target=met, calibration=chosen, heldout=held_sim, heldout_fidelity=held_fidelity,
+        heldout_met_target=meets_on(held_dist)(held_sim),
         n_calibration=cal.n, n_heldout=held.n, calibration_seeds=sorted({s for s, _ in cal.seeds}),
         heldout_seeds=sorted({s for s, _ in held.seeds}), curve=curve,
     )
 
 
 __all__ = [
-    "CalibrationResult", "ExitSimulation", "X0Trace", "calibrate_threshold",
+    "CalibrationResult", "DistributionTarget", "ExitSimulation", "X0Trace", "calibrate_threshold",
     "feature_distance_matrix", "mse_matrix", "psnr_of", "record_x0_trace",
 ]
