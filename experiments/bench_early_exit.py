@@ -2,9 +2,10 @@
 
 For each solver (default DDIM and DPM-Solver++(2M), η = 0) at --steps (default 20) uniform steps, in one run:
   1. calibration: the full run's x̂0 trace is recorded once on calibration seeds and once on held-out seeds (both
-     disjoint from the evaluation seed); each monitor's threshold is calibrated for each --target-psnr (PSNR of
-     the mean squared error to the full run, `adaptive_sampler.monitors.calibrate_threshold`) and checked on the
-     held-out trace. `--steering auto` derives `steer-x0-l2:LOW:HIGH` from the calibration trace.
+     disjoint from the evaluation seed); each monitor's threshold is calibrated for each --targets entry
+     (`psnr:DB`: PSNR of the mean squared error to the full run; `fid:PCT` / `kid:PCT`: FID / KID of the exits at
+     most PCT % above the full run's, priced at x̂0 exits; `adaptive_sampler.monitors.calibrate_threshold`) and
+     checked on the held-out trace. `--steering auto` derives `steer-x0-l2:LOW:HIGH` from the calibration trace.
   2. evaluation on n samples of the evaluation seed (the same noise in every row):
      - the full run, and the longer uniform runs of --reference-steps (e.g. 50);
      - each calibrated monitor, finished by each --finish mode (`tail` = tail:3:t, or `x0`);
@@ -56,7 +57,13 @@ from adaptive_sampler.monitors import (
     monitor_from_spec,
 )
 from adaptive_sampler.monitors.base import ThresholdMonitor
-from adaptive_sampler.monitors.calibration import X0Trace, calibrate_threshold, psnr_of, record_x0_trace
+from adaptive_sampler.monitors.calibration import (
+    DistributionTarget,
+    X0Trace,
+    calibrate_threshold,
+    psnr_of,
+    record_x0_trace,
+)
 from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.policies.builtin import Uniform
@@ -147,10 +154,36 @@ class Report:
 
 
 # -------------------------------------------------------------------------------------------------- calibration
+def _parse_target(text: str) -> tuple[str, float]:
+    kind, _, value = text.partition(":")
+    if kind not in ("psnr", "fid", "kid"):
+        raise ValueError(f"{text!r} is not psnr:DB, fid:PCT or kid:PCT")
+    return kind, float(value)
+
+
+def _target_label(target: tuple[str, float]) -> str:
+    kind, value = target
+    return f"{value:g}dB" if kind == "psnr" else f"{kind}+{value:g}%"
+
+
+def _target_arguments(target: tuple[str, float]) -> dict[str, Any]:
+    kind, value = target
+    return {"target_psnr": value} if kind == "psnr" else {"target_distribution": DistributionTarget(kind, value)}
+
+
+def _distribution_text(cal: dict[str, Any]) -> str:
+    if cal.get("target_distribution") is None:
+        return ""
+    metric, full = cal["target_distribution"]["metric"].upper(), cal["full_distribution"]
+    return (f"   {metric} {cal['calibration']['distribution']:.4g} / {cal['heldout']['distribution']:.4g}"
+            f" (full run {full['calibration']:.4g} / {full['heldout']:.4g})")
+
+
 def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.Namespace, report: Report,
                   extractor: EmbeddedFeatureExtractor, bar: tqdm) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Each monitor calibrated on `solver`'s traces for each --target-psnr (keys `SPEC@PSNRdB`; a spec with its own
-    threshold is used as given), and the steering specs (--steering, `auto` from the calibration trace)."""
+    """Each monitor calibrated on `solver`'s traces for each --targets entry (keys `SPEC@30dB`, `SPEC@fid+3%`; a spec
+    with its own threshold is used as given), and the steering specs (--steering, `auto` from the calibration
+    trace)."""
     steps, section = args.steps, _section(solver, args.steps)
     timesteps = Uniform().timesteps(steps, adapter.schedule)
     traces: dict[str, X0Trace] = {}
@@ -165,8 +198,8 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
 
     results: dict[str, dict[str, Any]] = {}
     for spec in args.monitors:
-        for target in ([None] if _has_threshold(spec) else args.target_psnr):
-            key = spec if target is None else f"{spec}@{target:g}dB"
+        for target in ([None] if _has_threshold(spec) else args.targets):
+            key = spec if target is None else f"{spec}@{_target_label(target)}"
             done = report.get("calibration", section, key)
             if done is None:
                 bar.set_postfix_str(f"{solver}: calibrating {key}")
@@ -179,7 +212,7 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                     try:
                         start = time.perf_counter()
                         result = calibrate_threshold(
-                            adapter, model.sample_shape, timesteps, spec, target_psnr=target,
+                            adapter, model.sample_shape, timesteps, spec, **_target_arguments(target),
                             calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
                             samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
                             feature_extractor=extractor, calibration_trace=trace("calibration"),
@@ -392,15 +425,17 @@ def print_summary(solver: str, summary: dict[str, Any]) -> None:
 
 
 def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace) -> None:
-    """The DDIM calibration at the first --target-psnr as the package's defaults for --steps."""
-    target = args.target_psnr[0]
+    """The DDIM calibration at the first --targets entry (a PSNR) as the package's defaults for --steps."""
+    target = args.targets[0]
+    if target[0] != "psnr":
+        raise SystemExit(f"--write-defaults: the first --targets entry must be psnr:DB, not {target}")
     data = load_calibrated_defaults()
     entry = data["models"].setdefault(model.name, {"weights_sha256": model.weights_sha256, "steps": {}})
     if entry.get("weights_sha256") != model.weights_sha256:
         entry = data["models"][model.name] = {"weights_sha256": model.weights_sha256, "steps": {}}
     monitors = {}
     for key, cal in report.data["calibration"].get(_section("ddim", args.steps), {}).items():
-        if key.endswith(f"@{target:g}dB") and cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
+        if key.endswith(f"@{_target_label(target)}") and cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
             monitors[cal["name"]] = {
                 "threshold": cal["threshold"], "guardrails": cal["guardrails"],
                 "target_psnr": cal["target_psnr"], "target_feature_distance": cal["target_feature_distance"],
@@ -416,7 +451,7 @@ def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace)
     }
     data["format"] = DEFAULTS_FORMAT
     DEFAULTS_PATH.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote calibrated defaults for {model.name} at {args.steps} steps ({target:g} dB) to {DEFAULTS_PATH}")
+    print(f"wrote calibrated defaults for {model.name} at {args.steps} steps ({target[1]:g} dB) to {DEFAULTS_PATH}")
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -435,8 +470,9 @@ def main() -> None:
     parser.add_argument("--calibration-seeds", type=int, nargs="+", default=[1000])
     parser.add_argument("--heldout-seeds", type=int, nargs="+", default=[2000])
     parser.add_argument("--samples-per-seed", type=int, default=256, help="calibration samples per seed")
-    parser.add_argument("--target-psnr", type=float, nargs="+", default=[30.0],
-                        help="fidelity targets: PSNR (dB) of the mean MSE to the full run; each calibrates a row")
+    parser.add_argument("--targets", type=_parse_target, nargs="+", default=[("psnr", 30.0)],
+                        help="calibration targets, each a row per monitor: psnr:DB (PSNR of the mean MSE to the full "
+                             "run), fid:PCT or kid:PCT (at most PCT %% above the full run's, x̂0-priced)")
     parser.add_argument("--monitors", nargs="*", default=DEFAULT_MONITORS,
                         help="monitor specs; without a threshold they are calibrated (default: %(default)s)")
     parser.add_argument("--finish", nargs="+", default=["tail"],
@@ -490,11 +526,12 @@ def main() -> None:
     model = load_model("embedded", device=device)
     adapter = model.adapter(network_rows=args.network_rows)
     extractor = EmbeddedFeatureExtractor(device=device)
-    print(f"device={device} n={args.n} steps={args.steps} solvers={args.solvers} targets {args.target_psnr} dB, "
+    targets = ", ".join(_target_label(t) for t in args.targets)
+    print(f"device={device} n={args.n} steps={args.steps} solvers={args.solvers} targets {targets}, "
           f"calibration seeds {args.calibration_seeds} x {args.samples_per_seed}, held-out {args.heldout_seeds}, "
           f"evaluation seed {args.seed}")
 
-    calibrations = sum(1 if _has_threshold(s) else len(args.target_psnr) for s in args.monitors)
+    calibrations = sum(1 if _has_threshold(s) else len(args.targets) for s in args.monitors)
     adaptive = calibrations * len(args.finish) + len(args.steering) + len(args.adaptive_tolerances)
     per_solver = calibrations + (0 if args.calibrate_only else 1 + len(args.reference_steps) + 2 * adaptive)
     with tqdm(total=per_solver * len(args.solvers), desc="bench_early_exit", unit="task") as bar:
@@ -512,7 +549,9 @@ def main() -> None:
             if cal.get("calibrated"):
                 print(f"   {key:<24}{cal['spec']:<34} NFE {cal['calibration']['nfe_mean']:5.1f}"
                       f" / {cal['heldout']['nfe_mean']:5.1f}   PSNR {cal['calibration']['psnr']:5.1f}"
-                      f" / {cal['heldout']['psnr']:5.1f}{'' if cal['met_target'] else '   (target not met)'}")
+                      f" / {cal['heldout']['psnr']:5.1f}{_distribution_text(cal)}"
+                      f"{'' if cal['met_target'] else '   (target not met)'}"
+                      f"{'' if cal['heldout_met_target'] else '   (held-out: missed)'}")
             elif key == "steering":
                 print(f"   steering: {', '.join(cal['specs']) or 'none'}")
             else:
