@@ -36,6 +36,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ from adaptive_sampler.monitors.calibration import (
     record_x0_trace,
 )
 from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
+from adaptive_sampler.pipeline import Conditions, read_prompts
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.policies.builtin import Uniform
 from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
@@ -179,6 +181,13 @@ def _distribution_text(cal: dict[str, Any]) -> str:
             f" (full run {full['calibration']:.4g} / {full['heldout']:.4g})")
 
 
+def _latent_arguments(model: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
+    """What sampling and calibration need for a conditional latent model (nothing for the pixel model)."""
+    if model.decoder is None:
+        return {}
+    return {"conditioning": model.conditioning, "decode": model.decode, "space": args.space}
+
+
 def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.Namespace, report: Report,
                   extractor: EmbeddedFeatureExtractor, bar: tqdm) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Each monitor calibrated on `solver`'s traces for each --targets entry (keys `SPEC@30dB`, `SPEC@fid+3%`; a spec
@@ -193,7 +202,8 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
             seeds = args.calibration_seeds if which == "calibration" else args.heldout_seeds
             bar.set_postfix_str(f"{solver}: recording {which} traces")
             traces[which] = record_x0_trace(adapter, model.sample_shape, timesteps, seeds, args.samples_per_seed,
-                                            batch_size=args.batch_size, solver=make_solver(solver))
+                                            batch_size=args.batch_size, solver=make_solver(solver),
+                                            **_latent_arguments(model, args))
         return traces[which]
 
     results: dict[str, dict[str, Any]] = {}
@@ -216,7 +226,8 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                             calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
                             samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
                             feature_extractor=extractor, calibration_trace=trace("calibration"),
-                            heldout_trace=trace("heldout"), solver=make_solver(solver))
+                            heldout_trace=trace("heldout"), solver=make_solver(solver),
+                            **_latent_arguments(model, args))
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
                                 **result.to_json()}
                     except LPIPSWeightsMissingError as e:
@@ -235,6 +246,7 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
 # --------------------------------------------------------------------------------------------------- evaluation
 def _row(samples: torch.Tensor, nfe: torch.Tensor, wall_s: float, full: torch.Tensor | None,
          extractor: EmbeddedFeatureExtractor, monitor_s: float = 0.0) -> dict[str, Any]:
+    """Scores of images (a latent model's samples decoded first) against the test set and the full run."""
     metrics = score_samples(samples)
     row: dict[str, Any] = {"nfe_mean": float(nfe.double().mean()), "nfe_min": int(nfe.min()),
                            "nfe_median": float(nfe.double().median()), "nfe_max": int(nfe.max()),
@@ -262,8 +274,8 @@ def steering_spec(calibration_trace: X0Trace, batch_size: int) -> str:
     return f"steer-x0-l2:{low:.4g}:{high:.4g}"
 
 
-def _learned_entry(solver: str, steps: int) -> str | None:
-    name = f"fashion-mnist/{solver}-{steps}"
+def _learned_entry(model: str, solver: str, steps: int) -> str | None:
+    name = f"{model}/{solver}-{steps}"
     return f"learned:{name}" if name in list_entries() else None
 
 
@@ -283,8 +295,13 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         return result, time.perf_counter() - start
 
     def run(plan: Any, monitor: Any = None, finish: str | None = None) -> tuple[Any, float]:
-        return timed(lambda: sample(adapter, plan, shape, args.n, batch_size=args.batch_size, seed=args.seed,
-                                    solver=make_solver(solver), monitor=monitor, finish=finish))
+        """Samples as images (decoded inside the timing: a latent model's user pays for it) and the wall time."""
+        def draw() -> Any:
+            result = sample(adapter, plan, shape, args.n, batch_size=args.batch_size, seed=args.seed,
+                            solver=make_solver(solver), monitor=monitor, finish=finish,
+                            conditioning=model.conditioning)
+            return replace(result, samples=model.decode(result.samples.to(device)).cpu())
+        return timed(draw)
 
     def static_row(key: str, policy: str, num_steps: int, full: torch.Tensor | None) -> None:
         if report.get("rows", section, key) is None:
@@ -316,7 +333,7 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
                 if "skipped" in cal:
                     row: dict[str, Any] = {"kind": "monitor", "skipped": cal["skipped"]}
                 else:
-                    monitor = TimedCallback(monitor_from_spec(cal["spec"]), device)
+                    monitor = TimedCallback(monitor_from_spec(cal["spec"], decode=model.decode), device)
                     result, wall = run(Uniform().timesteps(steps, adapter.schedule), monitor, finish)
                     row = {"kind": "monitor", "spec": cal["spec"], "finish": finish,
                            "calibrated": cal.get("calibrated", False),
@@ -353,7 +370,7 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         equal = max(1, round(row["nfe_mean"]))
         static_row(f"uniform-{equal}", "uniform", equal, full)
         static_row(f"{args.best_builtin[solver]}-{equal}", args.best_builtin[solver], equal, full)
-        learned = _learned_entry(solver, equal)
+        learned = _learned_entry(model.name, solver, equal)
         if learned is not None:
             static_row(f"{learned}", learned, equal, full)
         bar.update(1)
@@ -459,6 +476,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, required=True, help="results file (resumed if it exists)")
     parser.add_argument("--n", type=int, default=2000, help="evaluation samples (> 128 for FID)")
+    parser.add_argument("--model", default="embedded", choices=["embedded", "embedded-t2i"],
+                        help="the embedded pixel model, or the embedded text-to-image model (scored on decoded images)")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="embedded-t2i: one prompt per line, sample i takes prompt i mod P (default: 'a photo of "
+                             "a NAME' for the ten classes)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="embedded-t2i: classifier-free guidance")
+    parser.add_argument("--space", choices=["latent", "image"], default="latent",
+                        help="embedded-t2i: monitors read latent x̂0 or decoded x̂0 (its decode is timed)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the full run the monitors watch")
     parser.add_argument("--reference-steps", type=int, nargs="*", default=[50],
                         help="longer uniform runs reported beside the full run")
@@ -519,11 +544,18 @@ def main() -> None:
 
     # what every row depends on; rows are keyed by their own spec, so more monitors, targets, finishes, steering
     # specs, tolerances, reference runs or solvers can be added to a results file later
-    settings = {k: getattr(args, k) for k in ("n", "steps", "seed", "calibration_seeds", "heldout_seeds",
+    settings = {k: getattr(args, k) for k in ("model", "n", "steps", "seed", "calibration_seeds", "heldout_seeds",
                                               "samples_per_seed", "batch_size", "network_rows", "best_builtin")}
+    if args.model == "embedded-t2i":
+        settings.update(prompts=str(args.prompts), guidance_scale=args.guidance_scale, space=args.space)
     report = Report(args.json, settings, args.restart)
     report.data["environment"] = _environment(device)
-    model = load_model("embedded", device=device)
+    model = load_model(args.model, device=device)
+    if model.text_encoder is not None:
+        prompts = read_prompts(args.prompts) if args.prompts else tuple(
+            f"a photo of a {name}" for name in ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                                                "sneaker", "bag", "ankle boot"))
+        model = model.with_conditions(Conditions(prompts=prompts, guidance_scale=args.guidance_scale))
     adapter = model.adapter(network_rows=args.network_rows)
     extractor = EmbeddedFeatureExtractor(device=device)
     targets = ", ".join(_target_label(t) for t in args.targets)
