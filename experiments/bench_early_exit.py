@@ -65,7 +65,7 @@ from adaptive_sampler.monitors.calibration import (
     psnr_of,
     record_x0_trace,
 )
-from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT
+from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT, split_space
 from adaptive_sampler.pipeline import Conditions, read_prompts
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.policies.builtin import Uniform
@@ -181,11 +181,12 @@ def _distribution_text(cal: dict[str, Any]) -> str:
             f" (full run {full['calibration']:.4g} / {full['heldout']:.4g})")
 
 
-def _latent_arguments(model: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
-    """What sampling and calibration need for a conditional latent model (nothing for the pixel model)."""
+def _latent_arguments(model: LoadedModel, space: str) -> dict[str, Any]:
+    """What tracing and calibration need for a conditional latent model, monitors reading x̂0 in `space` (nothing
+    for the pixel model)."""
     if model.decoder is None:
         return {}
-    return {"conditioning": model.conditioning, "decode": model.decode, "space": args.space}
+    return {"conditioning": model.conditioning, "decode": model.decode, "space": space}
 
 
 def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.Namespace, report: Report,
@@ -195,16 +196,16 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
     trace)."""
     steps, section = args.steps, _section(solver, args.steps)
     timesteps = Uniform().timesteps(steps, adapter.schedule)
-    traces: dict[str, X0Trace] = {}
+    traces: dict[tuple[str, str], X0Trace] = {}
 
-    def trace(which: str) -> X0Trace:
-        if which not in traces:
+    def trace(which: str, space: str = "latent") -> X0Trace:
+        if (which, space) not in traces:
             seeds = args.calibration_seeds if which == "calibration" else args.heldout_seeds
             bar.set_postfix_str(f"{solver}: recording {which} traces")
-            traces[which] = record_x0_trace(adapter, model.sample_shape, timesteps, seeds, args.samples_per_seed,
-                                            batch_size=args.batch_size, solver=make_solver(solver),
-                                            **_latent_arguments(model, args))
-        return traces[which]
+            traces[which, space] = record_x0_trace(
+                adapter, model.sample_shape, timesteps, seeds, args.samples_per_seed, batch_size=args.batch_size,
+                solver=make_solver(solver), **_latent_arguments(model, space))
+        return traces[which, space]
 
     results: dict[str, dict[str, Any]] = {}
     for spec in args.monitors:
@@ -221,13 +222,14 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                 else:
                     try:
                         start = time.perf_counter()
+                        space = split_space(spec)[1]
                         result = calibrate_threshold(
                             adapter, model.sample_shape, timesteps, spec, **_target_arguments(target),
                             calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
                             samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
-                            feature_extractor=extractor, calibration_trace=trace("calibration"),
-                            heldout_trace=trace("heldout"), solver=make_solver(solver),
-                            **_latent_arguments(model, args))
+                            feature_extractor=extractor, calibration_trace=trace("calibration", space),
+                            heldout_trace=trace("heldout", space), solver=make_solver(solver),
+                            **_latent_arguments(model, space))
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
                                 **result.to_json()}
                     except LPIPSWeightsMissingError as e:
@@ -304,6 +306,9 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         return timed(draw)
 
     def static_row(key: str, policy: str, num_steps: int, full: torch.Tensor | None) -> None:
+        if policy == "uniform" and num_steps == steps and key != "full":
+            report.put("rows", section, key, {**report.get("rows", section, "full"), "kind": "static",
+                                              "same_as": "full"})  # the full run itself
         if report.get("rows", section, key) is None:
             bar.set_postfix_str(f"{solver}: {key}")
             result, wall = run(make_policy(policy).timesteps(num_steps, adapter.schedule))
@@ -482,8 +487,6 @@ def main() -> None:
                         help="embedded-t2i: one prompt per line, sample i takes prompt i mod P (default: 'a photo of "
                              "a NAME' for the ten classes)")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="embedded-t2i: classifier-free guidance")
-    parser.add_argument("--space", choices=["latent", "image"], default="latent",
-                        help="embedded-t2i: monitors read latent x̂0 or decoded x̂0 (its decode is timed)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the full run the monitors watch")
     parser.add_argument("--reference-steps", type=int, nargs="*", default=[50],
                         help="longer uniform runs reported beside the full run")
@@ -547,7 +550,7 @@ def main() -> None:
     settings = {k: getattr(args, k) for k in ("model", "n", "steps", "seed", "calibration_seeds", "heldout_seeds",
                                               "samples_per_seed", "batch_size", "network_rows", "best_builtin")}
     if args.model == "embedded-t2i":
-        settings.update(prompts=str(args.prompts), guidance_scale=args.guidance_scale, space=args.space)
+        settings.update(prompts=str(args.prompts), guidance_scale=args.guidance_scale)
     report = Report(args.json, settings, args.restart)
     report.data["environment"] = _environment(device)
     model = load_model(args.model, device=device)
