@@ -12,7 +12,8 @@ For each solver (default DDIM and DPM-Solver++(2M), η = 0) at --steps (default 
      - each steering monitor on `SteeredPlan(steps)` (the monitor alone sets the step sizes);
      - the runtime-adaptive step-size control (`adaptive:TOL`; its NFE counts rejected steps);
      - for every one of those adaptive rows, the static competitors at its mean NFE (rounded): uniform, the
-       solver's best built-in (--best-builtin) and the learned catalogue list where one exists at that NFE.
+       solver's best built-in (--best-builtin) and the learned catalogue list where one exists at that NFE; a row
+       that costs more NFE than the full run is compared with the static lists of the full run's step count.
 
 Per adaptive row: mean NFE, FID/KID in the embedded feature space, fidelity to the full run, wall time with the
 monitor's own cost, its FID against the best static row of equal NFE (the test of adaptivity: the goal is >= 5 %
@@ -367,18 +368,23 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
                 **_row(result.samples, result.nfe, wall, full, extractor)})
         bar.update(1)
 
-    # the static competitors of every adaptive row, at its mean NFE (rounded); shared between rows of equal NFE
+    # the static competitors of every adaptive row, at its mean NFE (rounded; shared between rows of equal NFE),
+    # or the full run's for a row that costs more than the full run: a static list with fewer NFE is then the rival
     for key in adaptive:
         row = report.get("rows", section, key)
         if row is None or "skipped" in row:
             continue
-        equal = max(1, round(row["nfe_mean"]))
+        equal = _rival_steps(row, steps)
         static_row(f"uniform-{equal}", "uniform", equal, full)
         static_row(f"{args.best_builtin[solver]}-{equal}", args.best_builtin[solver], equal, full)
         learned = _learned_entry(model.name, solver, equal)
         if learned is not None:
             static_row(f"{learned}", learned, equal, full)
         bar.update(1)
+
+
+def _rival_steps(row: dict[str, Any], steps: int) -> int:
+    return min(max(1, round(row["nfe_mean"])), steps)
 
 
 def _section(solver: str, steps: int) -> str:
@@ -395,7 +401,7 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
     for key, row in rows.items():
         if row.get("kind") not in ("monitor", "steering", "adaptive") or "skipped" in row:
             continue
-        equal = max(1, round(row["nfe_mean"]))
+        equal = _rival_steps(row, args.steps)
         rivals = {k: v["fid"] for k, v in statics.items() if v["steps"] == equal}
         best = min(rivals, key=rivals.__getitem__)
         entry: dict[str, Any] = {
