@@ -329,11 +329,9 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         static_row(f"full-{long_steps}", "uniform", long_steps, full)
         bar.update(1)
 
-    adaptive: list[str] = []
     for key, cal in calibration.items():  # calibrated monitors, each finished by every --finish mode
         for finish in args.finish:
             row_key = f"{key}/{finish}"
-            adaptive.append(row_key)
             if report.get("rows", section, row_key) is None:
                 bar.set_postfix_str(f"{solver}: {row_key}")
                 if "skipped" in cal:
@@ -348,7 +346,6 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
             bar.update(1)
     for spec in steering:  # steering monitors on a plan whose steps only they change
         row_key = f"{spec}/steered:{steps}"
-        adaptive.append(row_key)
         if report.get("rows", section, row_key) is None:
             bar.set_postfix_str(f"{solver}: {row_key}")
             monitor = TimedCallback(monitor_from_spec(spec), device)
@@ -359,7 +356,6 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         bar.update(1)
     for tolerance in args.adaptive_tolerances:
         policy = StepSizeControl(tolerance=tolerance)
-        adaptive.append(policy.name)
         if report.get("rows", section, policy.name) is None:
             bar.set_postfix_str(f"{solver}: {policy.name}")
             result, wall = run(policy)
@@ -370,9 +366,8 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
 
     # the static competitors of every adaptive row, at its mean NFE (rounded; shared between rows of equal NFE),
     # or the full run's for a row that costs more than the full run: a static list with fewer NFE is then the rival
-    for key in adaptive:
-        row = report.get("rows", section, key)
-        if row is None or "skipped" in row:
+    for row in list(report.data["rows"][section].values()):  # this pass's rows and those of earlier passes
+        if row.get("kind") not in ("monitor", "steering", "adaptive") or "skipped" in row:
             continue
         equal = _rival_steps(row, steps)
         static_row(f"uniform-{equal}", "uniform", equal, full)
