@@ -426,6 +426,21 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
             "skipped": {k: v["skipped"] for k, v in rows.items() if "skipped" in v}}
 
 
+def markdown(solver: str, summary: dict[str, Any]) -> str:
+    """The README table of one solver: each adaptive row against its best static rival of equal NFE and the full
+    run (wall times: experiments/time_early_exit.py)."""
+    lines = [f"| {solver} row | NFE | FID | KID | best static at that NFE | FID vs it | NFE vs full | FID vs full |"
+             " PSNR to full |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in sorted(summary["rows"].items(), key=lambda kv: kv[1]["nfe_mean"]):
+        best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
+        psnr = f"{r['psnr_to_full']:.1f}" if r["psnr_to_full"] is not None else "—"
+        mark = "**" if r["beats_best_static_by_5pct"] else ""
+        lines.append(f"| `{key}` | {r['nfe_mean']:.1f} | {mark}{r['fid']:.2f}{mark} | {r['kid']:.3f} | {best} | "
+                     f"{r['fid_vs_best_static_pct']:+.1f} % | {-r['full']['nfe_reduction_pct']:+.1f} % | "
+                     f"{r['full']['fid_change_pct']:+.1f} % | {psnr} |")
+    return "\n".join(lines)
+
+
 def print_summary(solver: str, summary: dict[str, Any]) -> None:
     refs = ", ".join(f"{k} FID {v['fid']:.3f} ({v['nfe_mean']:.0f} NFE, {v['wall_s']:.0f} s)"
                      for k, v in summary["references"].items())
@@ -518,7 +533,13 @@ def main() -> None:
     parser.add_argument("--write-defaults", action="store_true",
                         help=f"store the DDIM thresholds as package defaults ({DEFAULTS_PATH.name})")
     parser.add_argument("--restart", action="store_true", help="discard the rows already in --json")
+    parser.add_argument("--markdown", action="store_true", help="print the README tables of --json and exit")
     args = parser.parse_args()
+    if args.markdown:
+        data = json.loads(args.json.read_text())
+        for section, summary in data["summary"].items():
+            print(markdown(section, summary) + "\n")
+        return
     if not args.calibrate_only and args.n <= 128:
         parser.error(f"--n: {args.n} is not above 128, the feature dimension FID needs")
     if args.seed in args.calibration_seeds + args.heldout_seeds:
