@@ -593,7 +593,7 @@ def test_calibration_meets_the_target_on_calibration_seeds_and_matches_the_onlin
 
 def test_calibration_rejects_bad_requests(tiny):
     common = dict(calibration_seeds=[1], heldout_seeds=[2], samples_per_seed=2)
-    with pytest.raises(ValueError, match="^target_psnr, target_feature_distance, target_distribution: give exactly one"):
+    with pytest.raises(ValueError, match="^target_psnr, target_feature_distance, target_distribution: give exactly"):
         calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", **common)
     with pytest.raises(ValueError, match=r"^heldout_seeds: \[1\] are also calibration seeds"):
         calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_psnr=30, calibration_seeds=[1],
