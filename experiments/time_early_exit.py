@@ -24,7 +24,7 @@ import torch
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import monitor_from_spec
 from adaptive_sampler.policies.builtin import Uniform
-from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
+from adaptive_sampler.policies.step_size_control import SteeredPlan, parse_dynamic_policy
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import make_solver
 
@@ -35,7 +35,7 @@ def plan_of(row: dict[str, Any], steps: int, schedule: Any) -> tuple[Any, Any, s
         return Uniform().timesteps(steps, schedule), monitor_from_spec(row["spec"]), row["finish"]
     if row["kind"] == "steering":
         return SteeredPlan(steps=steps), monitor_from_spec(row["spec"]), None
-    return StepSizeControl(tolerance=float(row["spec"].split(":")[1])), None, None
+    return parse_dynamic_policy(row["spec"]), None, None
 
 
 def main() -> None:

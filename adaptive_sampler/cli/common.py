@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -224,34 +223,6 @@ def check_finish(finish: str | None, monitor: list[str] | None) -> Finish:
     return chosen
 
 
-_STEERED_RULE = "write steered:N with N a whole number of steps, at least 1, e.g. steered:20"
-
-
-def dynamic_plan(policy: str) -> StepSizeControl | SteeredPlan:
-    """`--policy adaptive:TOLERANCE` (`StepSizeControl`) or `steered:N` (`SteeredPlan(steps=N)`) as its planner;
-    FieldError("policy") for a bad one. N's upper bound, the model's timesteps, is `check_steered`'s."""
-    from adaptive_sampler.policies.step_size_control import SteeredPlan, parse_dynamic_policy
-
-    if not policy.startswith("steered"):
-        return parse_dynamic_policy(policy)
-    name, colon, text = policy.partition(":")
-    if name != "steered" or not colon:
-        raise FieldError("policy", policy, f"is not a steered policy; {_STEERED_RULE}")
-    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
-        raise FieldError("policy", policy, f"has N = {text!r}, which is not a whole number; {_STEERED_RULE}")
-    steps = int(text)
-    if steps < 1:
-        raise FieldError("policy", policy, f"has N = {steps}; {_STEERED_RULE}")
-    return SteeredPlan(steps=steps)
-
-
-def check_steered(plan: SteeredPlan, policy: str, timesteps: int) -> None:
-    """FieldError("policy") if `steered:N` asks for more steps than the model has timesteps."""
-    if plan.steps > timesteps:
-        raise FieldError("policy", policy, f"has N = {plan.steps}, above the model's {timesteps} training timesteps; "
-                                           f"{_STEERED_RULE.replace('at least 1', f'from 1 to {timesteps}')}")
-
-
 def steering_terms(monitor: Monitor) -> list[str]:
     """The specs of the steering monitors (`Monitor.steers`) in `monitor`, composites searched."""
     from adaptive_sampler.monitors import AllOf, AnyOf
@@ -283,7 +254,7 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
     from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.policies import make_policy
     from adaptive_sampler.policies.learned import check_solver
-    from adaptive_sampler.policies.step_size_control import SteeredPlan
+    from adaptive_sampler.policies.step_size_control import SteeredPlan, check_steered, parse_dynamic_policy
     from adaptive_sampler.sampler import NonFiniteOutputError
     from adaptive_sampler.solvers import make_solver
 
@@ -302,7 +273,7 @@ def draw(model: str, policy: str, steps: int | None, timesteps: str | None, eta:
     rows = decode_rows(network_rows)  # the VAE decodes in fixed chunks too
     try:
         update_rule = make_solver(solver)
-        controller = dynamic_plan(policy) if dynamic else None
+        controller = parse_dynamic_policy(policy) if dynamic else None
         loaded = load_model(model, allow_pickle=allow_pickle, device=torch_device, height=height, width=width,
                             dtype=dtype)
         loaded = loaded.with_conditions(wanted)  # checked against the model; each distinct prompt encoded once

@@ -19,6 +19,7 @@ planner whose step only a monitor changes (it starts uniform in λ; the monitor 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -147,8 +148,14 @@ def _timestep_at(lam: torch.Tensor, target: torch.Tensor, below: torch.Tensor) -
     return torch.minimum(len(lam) - 1 - index, below - 1).clamp(min=0)
 
 
-def parse_dynamic_policy(name: str) -> StepSizeControl:
-    """`adaptive:TOLERANCE` (e.g. `adaptive:0.002`) -> StepSizeControl; errors name the policy field."""
+_STEERED_RULE = "write steered:N with N a whole number of steps, at least 1, e.g. steered:20"
+
+
+def parse_dynamic_policy(name: str) -> StepSizeControl | SteeredPlan:
+    """`adaptive:TOLERANCE` (e.g. `adaptive:0.002`) -> StepSizeControl, `steered:N` -> SteeredPlan(steps=N); errors
+    name the policy field. N's upper bound, the model's timesteps, is `check_steered`'s."""
+    if name.startswith("steered"):
+        return _parse_steered(name)
     if not name.startswith("adaptive:"):
         raise FieldError("policy", name, "is not a dynamic policy; write adaptive:TOLERANCE, e.g. adaptive:0.002")
     text = name.split(":", 1)[1]
@@ -159,3 +166,22 @@ def parse_dynamic_policy(name: str) -> StepSizeControl:
     if not (tolerance > 0 and math.isfinite(tolerance)):
         raise FieldError("policy", name, f"has tolerance {tolerance}; it must be a positive finite number")
     return StepSizeControl(tolerance=tolerance)
+
+
+def _parse_steered(policy: str) -> SteeredPlan:
+    name, colon, text = policy.partition(":")
+    if name != "steered" or not colon:
+        raise FieldError("policy", policy, f"is not a steered policy; {_STEERED_RULE}")
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise FieldError("policy", policy, f"has N = {text!r}, which is not a whole number; {_STEERED_RULE}")
+    steps = int(text)
+    if steps < 1:
+        raise FieldError("policy", policy, f"has N = {steps}; {_STEERED_RULE}")
+    return SteeredPlan(steps=steps)
+
+
+def check_steered(plan: SteeredPlan, policy: str, timesteps: int) -> None:
+    """FieldError("policy") if `steered:N` asks for more steps than the model has timesteps."""
+    if plan.steps > timesteps:
+        raise FieldError("policy", policy, f"has N = {plan.steps}, above the model's {timesteps} training timesteps; "
+                                           f"{_STEERED_RULE.replace('at least 1', f'from 1 to {timesteps}')}")
