@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.planner import Planner, Steerable, StepDecision, StepObservation, steering_error
+from adaptive_sampler.planner import Countable, Planner, Steerable, StepDecision, StepObservation, steering_error
 
 
 class Finish(BaseModel):
@@ -25,7 +25,8 @@ class Finish(BaseModel):
     walks `steps` more evaluations with the run's solver over a tail from the row's t down to t = 0 (then -1, which
     returns x̂0 at t = 0, like a list ending at 0), spaced uniformly in log-SNR (`spacing="logsnr"`) or in t
     (`"t"`); they count in NFE. A tail can be shorter where t has fewer integer timesteps below it, and a row done
-    at t = 0 or at the last step of its plan has none. Budget monitors (`max-nfe`, `deadline`) finish with x̂0:
+    at t = 0 or at the last step of its plan has none. A row whose static list has at most `steps` evaluations left
+    walks the list to its end instead: the same cost or less, and the full run's sample. Budget monitors (`max-nfe`, `deadline`) finish with x̂0:
     their evaluations are spent; they also cut a tail at their cap. Strings: `x0`, `tail`, `tail:K`, `tail:K:SPACING`.
     """
 
@@ -160,13 +161,16 @@ class FinishingPlan:
     def finish(self, done: torch.Tensor, t: torch.Tensor, decision: StepDecision, no_tail: torch.Tensor | None,
                schedule: NoiseSchedule) -> StepDecision:
         """`decision` after a monitor marked `done` rows at their evaluation `t`: rows not yet finishing start their
-        tail there (accepted; `no_tail` rows and rows whose plan ends anyway go to -1); finishing rows go on with
-        their tail unless a budget cut it (`no_tail`: they go to -1 and return x̂0 of this tail evaluation)."""
+        tail there (accepted; `no_tail` rows and rows whose plan ends anyway go to -1; rows whose `Countable` plan
+        has at most K evaluations left go on with it); finishing rows go on with their tail unless a budget cut it
+        (`no_tail`: they go to -1 and return x̂0 of this tail evaluation)."""
         memory = decision.memory
         assert isinstance(memory, FinishMemory)  # noqa: S101
         fresh = done & (memory.position < 0)
         ends = fresh & (decision.t_next < 0) if no_tail is None else (done & no_tail) | (fresh & (decision.t_next < 0))
         begin = fresh & ~ends
+        if isinstance(self.inner, Countable):  # a plan with at most K evaluations left is cheaper walked to its end
+            begin &= self.inner.evaluations_left(memory.inner) > self.finish_mode.steps
         tail = tail_timesteps(t, self.finish_mode, schedule)
         t_next = torch.where(begin, tail[:, 0], torch.where(ends, -1, decision.t_next))
         memory = FinishMemory(memory.inner, torch.where(begin, 1, memory.position),

@@ -91,6 +91,17 @@ class StaticPlan:
         accept = torch.ones_like(position, dtype=torch.bool)
         return StepDecision(accept, t_next, position + 1, torch.zeros(len(position), device=position.device))
 
+    def evaluations_left(self, memory: torch.Tensor) -> torch.Tensor:
+        """Per row, the evaluations its list has left after a decision that returned `memory`."""
+        return len(self.timesteps) - memory
+
+
+@runtime_checkable
+class Countable(Protocol):
+    """A planner that knows how many evaluations each row's plan has left (a tail is then never longer)."""
+
+    def evaluations_left(self, memory: Any) -> torch.Tensor: ...
+
 
 @runtime_checkable
 class Steerable(Protocol):

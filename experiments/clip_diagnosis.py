@@ -1,12 +1,20 @@
-"""Is the non-monotone DDIM curve of the embedded model caused by clip_sample? Same seeds, n=300, uniform DDIM at
-100 and 20 steps, with the config's x̂0 clipping on and off.
+"""Should the embedded model's scheduler config keep `clip_sample=True`? The same n samples (seed 0, the quality
+table's) with x̂0 clipping on and off: uniform DDIM (η = 0) at 10/20/50/100 steps and DPM-Solver++(2M) at 10/20.
 
-    python experiments/clip_diagnosis.py   (writes experiments/results/clip_diagnosis.json)
+Resumable: finished rows are kept in the JSON and skipped when the command is run again. Rows named in --import are
+copied from another results file of the same protocol (per-sample bitwise determinism on CPU makes them the same
+samples); recompute one of them here to check it.
+
+    python experiments/clip_diagnosis.py --n 2000 --json experiments/results/clip_diagnosis.json \
+        --import experiments/results/quality_table.json:ddim-50,ddim-100
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -14,22 +22,50 @@ from adaptive_sampler.model_adapter import ModelAdapter, X0Processing
 from adaptive_sampler.models import load_model
 from adaptive_sampler.policies import Uniform
 from adaptive_sampler.sampler import sample
+from adaptive_sampler.solvers import make_solver
 
-OUT = Path(__file__).parent / "results" / "clip_diagnosis.json"
+RUNS = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp-2m", 10), ("dpmpp-2m", 20)]
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=50)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--import", dest="imports", default=None,
+                   help="FILE:ROW,ROW: clip=True DDIM rows (named ddim-N there) taken from FILE")
+    args = p.parse_args()
+    rows = json.loads(args.json.read_text()) if args.json.exists() else {}
+
+    def record(name: str, row: dict) -> None:
+        rows[name] = row
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"{name}: fid={row['fid']:.4g}, ci={row.get('fid_ci')}", flush=True)
+
+    if args.imports:
+        path, names = args.imports.split(":")
+        source = json.loads(Path(path).read_text())
+        for name in names.split(","):
+            if f"{name} clip=True" not in rows:
+                record(f"{name} clip=True", {**source[name], "imported_from": path})
+
     model = load_model("embedded")
     schedule = model.adapter().schedule
-    fids = {}
-    for steps in (100, 20):
+    for solver, steps in RUNS:
         for clip in (True, False):
+            name = f"{solver}-{steps} clip={clip}"
+            if name in rows:
+                continue
             adapter = ModelAdapter(model.network, schedule, x0_processing=X0Processing(clip_sample=clip))
-            result = sample(adapter, Uniform().timesteps(steps, schedule), model.sample_shape, 300, seed=0,
-                            progress=True)
-            fids[f"ddim-{steps} clip={clip}"] = score_samples(result.samples).fid
-            print(fids, flush=True)
-    OUT.write_text(json.dumps(fids, indent=2) + "\n")
+            start = time.perf_counter()
+            result = sample(adapter, Uniform().timesteps(steps, schedule), model.sample_shape, args.n, seed=args.seed,
+                            solver=make_solver(solver), progress=True)
+            metrics = {k: v for k, v in asdict(score_samples(result.samples, args.bootstrap, args.seed)).items()
+                       if v is not None}
+            record(name, {**metrics, "nfe": steps, "wall_s": time.perf_counter() - start,
+                          "source": f"{solver}, uniform {steps} steps, clip_sample={clip}, CPU, seed {args.seed}"})
 
 
 if __name__ == "__main__":

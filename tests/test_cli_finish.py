@@ -29,6 +29,8 @@ EXIT = "x0-l2:0.22"
 STEER = "steer-x0-l2:0.2:1"  # the tiny model's x̂0 moves a lot: halved above 1, doubled below 0.2
 ROWS = ("--network-rows", "8", "--device", "cpu")
 UNIFORM_6 = [999, 799, 599, 400, 200, 0]
+EARLY_EXIT = "x0-l2:0.5"  # with uniform 10 steps, samples 0-3 end after 6, 6, 8 and 7 evaluations
+UNIFORM_10 = [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
 
 
 def _library(model_dir: Path, plan: list[int] | SteeredPlan, n: int, spec: str | None,
@@ -66,9 +68,9 @@ def test_sample_finishes_monitor_ended_samples_as_the_library_does(tiny_model_di
     assert data["nfe_per_sample"] == expected.nfe.tolist()
     assert np.array_equal(np.load(save), expected.samples.numpy())
     plan, tail = UNIFORM_6, parse_finish(finish)
-    for i in (1, 3):  # ended at step 4 (t = 200): x̂0 there, or a tail to 0 that counts in NFE
+    for i in (1, 3):  # ended at step 4 (t = 200): x̂0 there; with one evaluation left, a tail walks the plan's last
         assert expected.timesteps[i][:5] == plan[:5]
-        assert data["nfe_per_sample"][i] == len(expected.timesteps[i]) == 5 + (tail.steps if tail.mode == "tail" else 0)
+        assert data["nfe_per_sample"][i] == len(expected.timesteps[i]) == (5 if tail.mode == "x0" else 6)
     assert data["nfe_per_sample"][0] == data["nfe_per_sample"][2] == 6
 
 
@@ -80,10 +82,11 @@ def test_without_a_monitor_the_report_has_no_finish(tiny_model_dir, tmp_path):
 
 def test_eval_takes_finish_and_a_steered_policy(tiny_model_dir, tmp_path):
     fidelity = ("eval", "--model", tiny_model_dir, "--n", 4, "--features", "fidelity", "--reference-steps", 6, *ROWS)
-    _ok(*fidelity, "--steps", 6, "--monitor", EXIT, "--finish", "tail:2", "--json", tmp_path / "finish.json")
+    _ok(*fidelity, "--steps", 10, "--monitor", EARLY_EXIT, "--finish", "tail:2", "--json", tmp_path / "finish.json")
     data = json.loads((tmp_path / "finish.json").read_text())
-    expected, _ = _library(tiny_model_dir, UNIFORM_6, 4, EXIT, "tail:2")
-    assert data["finish"] == "tail:2:t" and data["nfe_per_sample"] == expected.nfe.tolist() == [6, 7, 6, 7]
+    expected, _ = _library(tiny_model_dir, UNIFORM_10, 4, EARLY_EXIT, "tail:2")
+    # done after 6, 6, 8 and 7 of 10 evaluations: tails of 2, except sample 2 (2 left), which walks the plan
+    assert data["finish"] == "tail:2:t" and data["nfe_per_sample"] == expected.nfe.tolist() == [8, 8, 10, 9]
     _ok(*fidelity, "--policy", "steered:4", "--monitor", STEER, "--json", tmp_path / "steered.json")
     data = json.loads((tmp_path / "steered.json").read_text())
     expected, _ = _library(tiny_model_dir, SteeredPlan(steps=4), 4, STEER)

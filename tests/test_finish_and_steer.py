@@ -114,6 +114,15 @@ def test_a_row_done_at_the_last_step_of_its_plan_takes_no_tail(adapter):
     assert torch.equal(result.samples, plain.samples) and result.nfe.tolist() == [len(LIST)] * 2
 
 
+def test_a_row_with_at_most_k_evaluations_left_walks_its_list_instead_of_a_longer_tail(adapter):
+    # done at steps 5..8 of 10: 4, 3, 2 and 1 evaluations left; a 3-step tail only pays for the first
+    result = sample(adapter, LIST, TINY_SHAPE, 4, monitor=_scripted({5: {0}, 6: {1}, 7: {2}, 8: {3}}),
+                    finish="tail:3")
+    plain = sample(adapter, LIST, TINY_SHAPE, 4)
+    assert result.nfe.tolist() == [9, 10, 10, 10]
+    assert torch.equal(result.samples[1:], plain.samples[1:]) and result.timesteps[1:] == [LIST] * 3
+
+
 def test_a_budget_finishes_with_x0_and_cuts_a_tail_at_its_cap(adapter):
     capped = sample(adapter, LIST, TINY_SHAPE, 3, monitor=MaxNFE(4), finish="tail:3")
     assert capped.nfe.tolist() == [4, 4, 4]
