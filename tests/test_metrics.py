@@ -126,6 +126,14 @@ def test_embedded_feature_extractor_batches_and_checks_shape():
         extractor(images[:, :, 2:-2, 2:-2])
 
 
+def test_embedded_features_see_overshooting_pixels_as_a_saved_image_would():
+    images = to_model_range(load_file(EMBEDDED_DIR / "real_test_images.safetensors")["images"].numpy())
+    overshoot = images * 1.3  # an unclipped sampler's background lands below -1
+    extractor = EmbeddedFeatureExtractor()
+    assert torch.equal(extractor(overshoot), extractor(overshoot.clamp(-1, 1)))
+    assert not torch.equal(extractor(overshoot), extractor(images * 0.7))
+
+
 def test_shipped_reference_statistics_and_features_load():
     for split in ("test", "train"):
         stats = embedded_reference_statistics(split)

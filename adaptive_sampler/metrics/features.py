@@ -72,7 +72,9 @@ class _PenultimateFeatures(nn.Module):
 class EmbeddedFeatureExtractor:
     """Penultimate features (FEATURE_DIM = 128) of the shipped classifier for images [n, 1, 32, 32] in [-1, 1].
 
-    Features are computed on `device` if given, else on the images' device, and returned there as float32.
+    Values outside [-1, 1] are clamped first, as saving the images would (an unclipped sampler's background
+    overshoots -1). Features are computed on `device` if given, else on the images' device, and returned there as
+    float32.
     """
 
     def __init__(self, device: torch.device | str | None = None, batch_size: int = 1000) -> None:
@@ -88,7 +90,7 @@ class EmbeddedFeatureExtractor:
                 "images", tuple(images.shape), "is its shape; it must be [n, 1, 32, 32]: the embedded feature net "
                 "takes Fashion-MNIST-sized images in [-1, 1] (pad 28x28 with datasets.to_model_range)"
             )
-        return _batched_features(self._net, images, self.device, self.batch_size)
+        return _batched_features(self._net, images.clamp(-1, 1), self.device, self.batch_size)
 
 
 def build_fid_inception_v3() -> nn.Module:
