@@ -26,8 +26,9 @@ class Finish(BaseModel):
     returns x̂0 at t = 0, like a list ending at 0), spaced uniformly in log-SNR (`spacing="logsnr"`) or in t
     (`"t"`); they count in NFE. A tail can be shorter where t has fewer integer timesteps below it, and a row done
     at t = 0 or at the last step of its plan has none. A row whose static list has at most `steps` evaluations left
-    walks the list to its end instead: the same cost or less, and the full run's sample. Budget monitors (`max-nfe`, `deadline`) finish with x̂0:
-    their evaluations are spent; they also cut a tail at their cap. Strings: `x0`, `tail`, `tail:K`, `tail:K:SPACING`.
+    walks the list to its end instead: the same cost or less, and the full run's sample. Budget monitors
+    (`max-nfe`, `deadline`) finish with x̂0: their evaluations are spent; they also cut a tail at their cap.
+    Strings: `x0`, `tail`, `tail:K`, `tail:K:SPACING`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

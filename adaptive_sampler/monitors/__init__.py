@@ -6,7 +6,8 @@
 A sample a monitor marks done finishes with a short solver tail to t = 0 (`sample(..., finish="tail:K")`, counted
 in NFE) or returns x̂0 of that step (`finish="x0"`, NFE = step + 1), and leaves the network batch. A steering
 monitor (`SteeringChange`, `steer-x0-l2:LOW:HIGH`) doubles or halves a sample's next step instead.
-Thresholds do not transfer between models or step counts: calibrate them with `monitors.calibrate_threshold`.
+Thresholds do not transfer between models or step counts: calibrate them with `monitors.calibrate_threshold` (a
+steering monitor's LOW/HIGH to a mean NFE with `monitors.calibrate_steering`).
 """
 
 from adaptive_sampler.monitors.base import Guardrails, Monitor, MonitorDecision, RowState, ThresholdMonitor
@@ -49,6 +50,7 @@ from adaptive_sampler.monitors.spec import (
     load_calibrated_defaults,
     monitor_from_spec,
 )
+from adaptive_sampler.monitors.steering_calibration import SteeringCalibration, calibrate_steering
 
 __all__ = [
     "BUDGET_NAMES",
@@ -77,11 +79,13 @@ __all__ = [
     "RelativeL2",
     "RowState",
     "Sharpness",
+    "SteeringCalibration",
     "SteeringChange",
     "ThresholdMonitor",
     "X0Trace",
     "backbone_weights_path",
     "build_lpips",
+    "calibrate_steering",
     "calibrate_threshold",
     "calibrated_default",
     "laplacian_variance",
