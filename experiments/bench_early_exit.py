@@ -5,7 +5,8 @@ For each solver (default DDIM and DPM-Solver++(2M), η = 0) at --steps (default 
      disjoint from the evaluation seed); each monitor's threshold is calibrated for each --targets entry
      (`psnr:DB`: PSNR of the mean squared error to the full run; `fid:PCT` / `kid:PCT`: FID / KID of the exits at
      most PCT % above the full run's, priced at x̂0 exits; `adaptive_sampler.monitors.calibrate_threshold`) and
-     checked on the held-out trace. `--steering auto` derives `steer-x0-l2:LOW:HIGH` from the calibration trace.
+     checked on the held-out trace. `--steering auto` derives `steer-x0-l2:LOW:HIGH` from the calibration trace;
+     `--steering nfe:N` scales it to a mean NFE of N on the calibration seeds (`monitors.calibrate_steering`).
   2. evaluation on n samples of the evaluation seed (the same noise in every row):
      - the full run, and the longer uniform runs of --reference-steps (e.g. 50);
      - each calibrated monitor, finished by each --finish mode (`tail` = tail:3:t, or `x0`);
@@ -55,6 +56,7 @@ from adaptive_sampler.monitors import (
     MONITORS,
     LPIPSWeightsMissingError,
     Monitor,
+    calibrate_steering,
     load_calibrated_defaults,
     monitor_from_spec,
 )
@@ -238,12 +240,26 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                 report.put("calibration", section, key, done)
             results[key] = done
             bar.update(1)
-    steering = report.get("calibration", section, "steering")
-    if steering is None:
-        specs = [steering_spec(trace("calibration"), args.batch_size) if s == "auto" else s for s in args.steering]
-        steering = {"specs": specs}
-        report.put("calibration", section, "steering", steering)
-    return results, steering["specs"]
+    specs = []
+    for entry in args.steering:  # each --steering entry once: `auto`, `nfe:N` or a spec as given
+        done = report.get("calibration", section, f"steering {entry}")
+        if done is None:
+            bar.set_postfix_str(f"{solver}: steering {entry}")
+            if entry == "auto":
+                done = {"spec": steering_spec(trace("calibration"), args.batch_size)}
+            elif entry.startswith("nfe:"):
+                start = time.perf_counter()
+                result = calibrate_steering(
+                    adapter, model.sample_shape, SteeredPlan(steps=steps), float(entry.removeprefix("nfe:")),
+                    calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
+                    samples_per_seed=args.samples_per_seed, batch_size=args.batch_size, solver=make_solver(solver),
+                    conditioning=model.conditioning)
+                done = {"spec": result.monitor, "seconds": time.perf_counter() - start, **result.to_json()}
+            else:
+                done = {"spec": entry}
+            report.put("calibration", section, f"steering {entry}", done)
+        specs.append(done["spec"])
+    return results, specs
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
@@ -526,7 +542,8 @@ def main() -> None:
                         help="how a monitored sample ends (x0, tail, tail:K[:t|logsnr]); each makes a row")
     parser.add_argument("--steering", nargs="*", default=["auto"],
                         help="steering monitor specs on steered:STEPS (auto: steer-x0-l2 at the 25th/75th "
-                             "percentile of its score on the calibration trace)")
+                             "percentile of its score on the calibration trace; nfe:N: those percentiles scaled "
+                             "to a mean NFE of N on the calibration seeds, monitors.calibrate_steering)")
     parser.add_argument("--static-nfe-cap", type=int, default=None,
                         help="no static rival above this NFE: a row costing more is compared with the cheaper lists")
     parser.add_argument("--adaptive-tolerances", type=float, nargs="*", default=[0.012],
@@ -614,8 +631,10 @@ def main() -> None:
                       f" / {cal['heldout']['psnr']:5.1f}{_distribution_text(cal)}"
                       f"{'' if cal['met_target'] else '   (target not met)'}"
                       f"{'' if cal['heldout_met_target'] else '   (held-out: missed)'}")
-            elif key == "steering":
-                print(f"   steering: {', '.join(cal['specs']) or 'none'}")
+            elif key.startswith("steering "):
+                nfe = (f" NFE {cal['calibration_nfe_mean']:5.1f} / {cal['heldout_nfe_mean']:5.1f}"
+                       f" (target {cal['target_nfe']:g})" if "target_nfe" in cal else "")
+                print(f"   {key:<24}{cal['spec']}{nfe}")
             else:
                 print(f"   {key:<24}{cal.get('skipped', cal.get('reason', ''))[:150]}")
         if not args.calibrate_only:
