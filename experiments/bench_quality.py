@@ -97,6 +97,16 @@ def print_table(rows: dict) -> None:
               f"{row['kid']:8.4f} {row['precision']:6.3f} {row['recall']:6.3f} {row['samples_per_s']:9.1f}")
 
 
+def print_markdown(rows: dict) -> None:
+    """The README's solver table: per solver and NFE, uniform, the best built-in and learned."""
+    order = {"uniform": 0, "best built-in": 1, "learned": 2}
+    print("| solver | policy | NFE | FID | KID | precision | recall | samples/s |\n|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows.values(), key=lambda r: (list(SOLVERS).index(r["solver"]), r["nfe"], order[r["kind"]])):
+        policy = f"best built-in: {row['policy']}" if row["kind"] == "best built-in" else row["policy"]
+        print(f"| {row['solver']} | {policy} | {row['nfe']} | {row['fid']:.2f} | {row['kid']:.3f} | "
+              f"{row['precision']:.3f} | {row['recall']:.3f} | {row['samples_per_s']:.1f} |")
+
+
 def speed_summary(rows: dict) -> dict:
     """samples/s per solver and NFE on the uniform rows, with the ratio to DDIM at the same NFE."""
     uniform = {(r["solver"], r["nfe"]): r["samples_per_s"] for r in rows.values() if r["kind"] == "uniform"}
@@ -151,7 +161,11 @@ def main() -> None:
     p.add_argument("--calibration-n", type=int, default=300, help="samples per candidate when choosing a policy")
     p.add_argument("--calibration-seed", type=int, default=2000)
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: --json with .png)")
+    p.add_argument("--markdown", action="store_true", help="print the README table of --json and exit")
     args = p.parse_args()
+    if args.markdown:
+        print_markdown(json.loads(args.json.read_text())["rows"])
+        return
     nfes = parse_nfes(args.nfe, "--nfe")
     ddim_nfes = parse_nfes(args.ddim_nfe, "--ddim-nfe") if args.ddim_nfe.strip() else []
     for flag, value in (("--n", args.n), ("--calibration-n", args.calibration_n)):

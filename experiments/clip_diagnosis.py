@@ -5,7 +5,7 @@ and bench_quality.json, the same seeds.)
 
 Resumable: finished rows are kept in the JSON and skipped when the command is run again. Rows named in --import are
 copied from another results file of the same protocol (per-sample bitwise determinism on CPU makes them the same
-samples); ddim-10 and ddim-20 with clipping are recomputed here and match the quality table's to the last digit.
+samples); ddim-10 and ddim-20 with clipping are recomputed here and agree with the quality table's to 1e-6.
 
     python experiments/clip_diagnosis.py --n 2000 --json experiments/results/clip_diagnosis.json \
         --import experiments/results/quality_table.clip_true.json:ddim-50,ddim-100
