@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import ProgrammingError
 
+import adaptive_sampler.tuning.storage as storage_module
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.tuning import WarmStart, open_storage, open_study, run_trials
+from adaptive_sampler.tuning.storage import StorageError
 from helpers import start_tune_worker
 
 
@@ -118,3 +122,26 @@ def test_the_tune_command_killed_mid_run_loses_no_trial_and_exports_whole_files(
         artifact = ScheduleArtifact.load(export / tiny_model_dir.name / f"ddim-{steps}.json")
         assert len(artifact.timesteps) == steps
     assert sorted(p.name for p in (export / tiny_model_dir.name).iterdir()) == ["ddim-2.json", "ddim-3.json"]
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_retries(tmp_path: Path, monkeypatch) -> None:
+    # CI on PostgreSQL: three workers opened a new database at once, and one failed with 'relation "studies"
+    # already exists' (a ProgrammingError there; SQLite's loser sees an IntegrityError). The loser now retries.
+    real, calls = storage_module.RDBStorage, []
+
+    def racing(message: str):
+        def open_rdb(*args, **kwargs):
+            calls.append(message)
+            if len(calls) == 1:
+                raise ProgrammingError("CREATE TABLE studies", {}, Exception(message))
+            return real(*args, **kwargs)
+        return open_rdb
+
+    monkeypatch.setattr(storage_module, "RDBStorage", racing('relation "studies" already exists'))
+    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+    calls.clear()  # any other ProgrammingError is no race: reported at once, naming the storage
+    monkeypatch.setattr(storage_module, "RDBStorage", racing('syntax error at or near "TABEL"'))
+    with pytest.raises(StorageError, match=r"cannot be opened as an Optuna storage \(.*syntax error"):
+        open_storage(f"sqlite:///{tmp_path / 'other.db'}")
+    assert len(calls) == 1

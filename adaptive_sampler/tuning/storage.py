@@ -195,7 +195,7 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
     sqlite = target.sqlite_file is not None
     if target.sqlite_file is not None:
         target.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     for attempt in range(5):
         try:
@@ -207,9 +207,12 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             break
-        except (IntegrityError, OperationalError) as exc:
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
             # Workers opening a new database at once race to create Optuna's tables and stamp their version
-            # ("UNIQUE constraint failed: alembic_version"; seen in the two-worker test): the loser retries.
+            # (SQLite: "UNIQUE constraint failed: alembic_version", seen in the two-worker test; PostgreSQL:
+            # 'relation "studies" already exists', seen in CI with three workers): the loser retries.
+            if isinstance(exc, ProgrammingError) and "already exists" not in str(exc):
+                raise StorageError(target.text, f"cannot be opened as an Optuna storage ({_first_line(exc)})") from None
             if attempt == 4:
                 raise StorageError(target.text, f"cannot be opened ({_first_line(exc)})") from None
             time.sleep(0.2 * (attempt + 1))
