@@ -207,19 +207,20 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             break
-        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+        except (ImportError, ValueError) as exc:
+            raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {_first_line(exc)}") from None
+        except (SQLAlchemyError, RuntimeError) as exc:
             # Workers opening a new database at once race to create Optuna's tables and stamp their version
             # (SQLite: "UNIQUE constraint failed: alembic_version", seen in the two-worker test; PostgreSQL:
-            # 'relation "studies" already exists', seen in CI with three workers): the loser retries.
-            if isinstance(exc, ProgrammingError) and "already exists" not in str(exc):
+            # 'relation "studies" already exists', seen in CI with three workers): the loser retries. Anything
+            # else is no race: not a database ("file is not a database"), an old schema.
+            lost_race = isinstance(exc, IntegrityError | OperationalError) or (
+                isinstance(exc, ProgrammingError) and "already exists" in str(exc))
+            if not lost_race:
                 raise StorageError(target.text, f"cannot be opened as an Optuna storage ({_first_line(exc)})") from None
             if attempt == 4:
                 raise StorageError(target.text, f"cannot be opened ({_first_line(exc)})") from None
             time.sleep(0.2 * (attempt + 1))
-        except (ImportError, ValueError) as exc:
-            raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {_first_line(exc)}") from None
-        except (SQLAlchemyError, RuntimeError) as exc:  # not a database ("file is not a database"), old schema
-            raise StorageError(target.text, f"cannot be opened as an Optuna storage ({_first_line(exc)})") from None
     if sqlite:
         from sqlalchemy import event
 
