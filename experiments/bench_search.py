@@ -6,12 +6,14 @@ on 2,000 held-out samples (seed 1000) in the embedded feature space, the protoco
   from the best of them with σ0 = 0.05 in the space scaled to [0, 1]).
 - `ld3`: `tune --method ld3` (each trial one LD3 run from a warm start, scored by FID on the same tuning samples;
   its first trial takes LD3's defaults).
-- `tpe`: the shipped TPE list (`learned:fashion-mnist/<solver>-<N>`) where one exists, scored by bench_quality.py
-  on the same held-out samples; TPE is not re-run here. Its search time is the README's (61 min for the DDIM 5 and
-  10 studies together, one thread); the UniPC study's was not recorded.
-The uniform, best built-in and uniform 2N rows, and the model's converged FID (1000-step DDPM), are read from
-`bench_quality.json` and `quality_table.json`: the same seeds and protocol, and sampling is bitwise
-deterministic on CPU, so re-running them would give the same numbers.
+- `tpe`: the lists of the project's TPE studies (`experiments/results/tune_fashion_mnist_fid*/report.json`), scored
+  on the same held-out samples (bench_quality's score is reused where it scored the same list); TPE is not re-run
+  here. Its search time is the README's (61 min for the DDIM 5 and 10 studies together, one thread); the UniPC
+  study's was not recorded.
+The uniform, best built-in, shipped-list and uniform 2N rows, and the model's converged FID (the best many-step
+result), are read from `bench_quality.json` and `quality_table.json`: the same seeds and protocol, and sampling is
+bitwise deterministic on CPU, so re-running them would give the same numbers. `--ship` writes a searched list to
+the catalogue only where it beats the shipped entry's held-out FID.
 
 Resumable: each (combo, method) row is saved to the JSON as it finishes, and the studies live in a journal under
 runs/bench_search/ (an interrupted search resumes its trials). Run with one thread:
@@ -82,20 +84,26 @@ def tpe_row(solver: str, steps: int) -> dict | None:
 
 
 def baselines(solver: str, steps: int) -> dict:
-    """Held-out FID of uniform, the best built-in (chosen on calibration seeds) and the TPE list at N, and of
-    uniform at 2N, from bench_quality.json."""
+    """Held-out FID of uniform, the best built-in (chosen on calibration seeds) and the shipped catalogue list at N,
+    and of uniform at 2N, from bench_quality.json."""
     rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
     pick = {}
     for row in rows.values():
         if row["solver"] != solver:
             continue
         if row["nfe"] == steps:
-            label = {"uniform": "uniform", "learned": "tpe (bench_quality)"}.get(row["kind"],
-                                                                              f"best built-in: {row['policy']}")
+            label = {"uniform": "uniform", "learned": "shipped (bench_quality)"}.get(row["kind"],
+                                                                                  f"best built-in: {row['policy']}")
             pick[label] = row["fid"]
         if row["nfe"] == 2 * steps and row["kind"] == "uniform":
             pick[f"uniform {2 * steps}"] = row["fid"]
     return pick
+
+
+def scored_list(solver: str, timesteps: list[float]) -> float | None:
+    """bench_quality's held-out FID of this exact list with this solver, if it scored it."""
+    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    return next((r["fid"] for r in rows.values() if r["solver"] == solver and r["timesteps"] == timesteps), None)
 
 
 def floors() -> dict:
@@ -133,6 +141,38 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def print_markdown(results: dict) -> None:
+    """The README tables: held-out FID per method (search time in brackets) beside the static rows, then the best
+    list per combo against its best built-in."""
+    methods = ("tpe", "cmaes", "ld3")
+    print("| solver, N | uniform | best built-in | " + " | ".join(methods) + " | uniform 2N |")
+    print("|---|---|---|" + "---|" * len(methods) + "---|")
+    best_rows = []
+    for combo, entry in results["combos"].items():
+        solver, steps = combo.rsplit("-", 1)
+        base = entry.get("baselines", {})
+        builtin = next(((k.split(": ")[1], v) for k, v in base.items() if k.startswith("best built-in")), None)
+        cells = []
+        for method in methods:
+            row = entry["methods"].get(method)
+            wall = row.get("search_wall_s") if row else None
+            cells.append("–" if row is None else f"{row['fid']:.2f}" + (f" ({wall / 60:.1f} min)" if wall else ""))
+        double = base.get(f"uniform {2 * int(steps)}")
+        print(f"| {solver} {steps} | {base.get('uniform', float('nan')):.2f} | "
+              + (f"{builtin[0]} {builtin[1]:.2f}" if builtin else "–") + " | " + " | ".join(cells)
+              + (f" | {double:.2f} |" if double else " | – |"))
+        found = {m: r for m, r in entry["methods"].items() if "fid" in r}
+        if found and builtin:
+            method, row = min(found.items(), key=lambda item: item[1]["fid"])
+            best_rows.append((solver, steps, method, row, builtin))
+    print("\n| solver, N | best searched | method | best built-in | vs best built-in | list |")
+    print("|---|---|---|---|---|---|")
+    for solver, steps, method, row, (policy, fid) in best_rows:
+        listed = ", ".join(f"{t:g}" if float(t).is_integer() else f"{t:.1f}" for t in row["timesteps"])
+        print(f"| {solver} {steps} | {row['fid']:.2f} | {method} | {policy} {fid:.2f} | "
+              f"{100 * (row['fid'] / fid - 1):+.0f} % | {listed} |")
+
+
 def ship(results: dict, model) -> None:
     """Write the best searched list of each combo to the catalogue where it beats the shipped entry (or there is
     none) on the held-out FID, with its held-out scores and how it was found."""
@@ -147,7 +187,8 @@ def ship(results: dict, model) -> None:
         if not found:
             continue
         method, row = min(found.items(), key=lambda item: item[1]["fid"])
-        shipped = entry["methods"].get("tpe", {}).get("fid", float("inf"))
+        path = catalogue_dir() / "fashion-mnist" / f"{solver}-{steps}.json"
+        shipped = ScheduleArtifact.load(path).metrics["heldout_fid"] if path.exists() else float("inf")
         if row["fid"] >= shipped:
             print(f"{combo}: the shipped list ({shipped:.3f}) stays; {method} reached {row['fid']:.3f}")
             continue
@@ -160,7 +201,6 @@ def ship(results: dict, model) -> None:
             metrics={"heldout_fid": row["fid"], "heldout_kid": row["kid"], "heldout_n": float(HELDOUT_N),
                      "heldout_seed": float(HELDOUT_SEED), "nfe": float(steps), "search_wall_s": row["search_wall_s"]},
             method=f"{how} ({row['trials']} trials; experiments/bench_search.py)")
-        path = catalogue_dir() / "fashion-mnist" / f"{solver}-{steps}.json"
         artifact.save(path)
         print(f"{combo}: shipped {method} ({row['fid']:.3f}, was {shipped:.3f}) -> {path}")
 
@@ -174,10 +214,14 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=RESULTS / "bench_search.json")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_search"))
     p.add_argument("--ship", action="store_true", help="only write the winners to the catalogue (no searching)")
+    p.add_argument("--markdown", action="store_true", help="print the README tables of --json and exit")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.manual_seed(0)
     results = json.loads(args.json.read_text()) if args.json.exists() else {"combos": {}}
+    if args.markdown:
+        print_markdown(results)
+        return
     results["command"] = "OMP_NUM_THREADS=1 python experiments/bench_search.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("combos", "methods"))
     results["floors"] = floors()
@@ -196,10 +240,13 @@ def main() -> None:
         entry = results["combos"].setdefault(combo, {"methods": {}})
         entry["baselines"] = baselines(solver, steps)
         tpe = tpe_row(solver, steps)
-        if tpe is not None:  # its held-out score is bench_quality's (same seeds, same list)
-            entry["methods"]["tpe"] = {**tpe, "fid": entry["baselines"]["tpe (bench_quality)"]}
+        if tpe is not None and "tpe" not in entry["methods"]:
+            fid = scored_list(solver, tpe["timesteps"])  # the same seeds and list as bench_quality: reuse its score
+            entry["methods"]["tpe"] = {**tpe, **({"fid": fid} if fid is not None else
+                                                 heldout(model, solver, tpe["timesteps"]))}
             if solver == "ddim":
                 entry["methods"]["tpe"].update(search_wall_s=61 * 60, search_wall_note="DDIM 5 and 10 together")
+            save()
         for method in args.methods.split(","):
             if method in entry["methods"]:
                 continue
