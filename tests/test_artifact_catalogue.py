@@ -193,6 +193,27 @@ def test_catalogue_ships_the_published_ays_lists():
         validate_timesteps(artifact.timesteps, artifact.num_train_timesteps)
 
 
+def test_the_embedded_models_learned_lists_cover_every_solver_and_are_scored_held_out():
+    """fashion-mnist has a learned list per solver at 4, 5, 6, 8 and 10 steps; every learned list of an embedded
+    model is made for the shipped weights and its solver, and carries a held-out FID on 2,000 samples."""
+    from adaptive_sampler.models import load_model
+
+    weights = {"fashion-mnist": load_model("embedded").weights_sha256,
+               "embedded-t2i": load_model("embedded-t2i").weights_sha256}
+    entries = list_entries()
+    assert {f"fashion-mnist/{s}-{n}" for s in ("ddim", "dpmpp-2m", "unipc") for n in (4, 5, 6, 8, 10)} <= set(entries)
+    for name in entries:
+        model, family_steps = name.split("/")
+        if model not in weights:
+            continue
+        artifact = load_entry(name)
+        family, steps = family_steps.rsplit("-", 1)
+        assert (artifact.solver, len(artifact.timesteps)) == (family, int(steps)), name
+        assert artifact.model.weights_sha256 == weights[model], name
+        assert artifact.metrics["heldout_n"] >= 2000 and artifact.metrics["heldout_fid"] > 0, name
+        validate_timesteps(artifact.timesteps, artifact.num_train_timesteps)
+
+
 @pytest.mark.parametrize("num_steps", [20, 4, 50])
 def test_load_entry_interpolates_other_step_counts(num_steps):
     artifact = load_entry("sd15/ays-10", num_steps)
