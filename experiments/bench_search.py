@@ -178,7 +178,8 @@ def print_markdown(results: dict) -> None:
 
 def ship(results: dict, model) -> None:
     """Write the best searched list of each combo to the catalogue where it beats the shipped entry (or there is
-    none) on the held-out FID, with its held-out scores and how it was found."""
+    none) and every static baseline at N (uniform, the best built-in) on the held-out FID, with its held-out
+    scores and how it was found. A learned entry that loses to a built-in would mislead whoever picks it."""
     from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
     from adaptive_sampler.schedules.catalogue import catalogue_dir
 
@@ -194,6 +195,10 @@ def ship(results: dict, model) -> None:
         shipped = ScheduleArtifact.load(path).metrics["heldout_fid"] if path.exists() else float("inf")
         if row["fid"] >= shipped:
             print(f"{combo}: the shipped list ({shipped:.3f}) stays; {method} reached {row['fid']:.3f}")
+            continue
+        static = {k: v for k, v in entry["baselines"].items() if k == "uniform" or k.startswith("best built-in")}
+        if len(static) < 2 or row["fid"] >= min(static.values()):
+            print(f"{combo}: not shipped; {method} reached {row['fid']:.3f}, the static rows {static}")
             continue
         how = {"cmaes": "optuna CMA-ES from the best warm start over the 'free' space",
                "ld3": "LD3 discretisation learning, hyperparameters by optuna TPE"}[method]
