@@ -175,6 +175,30 @@ def print_markdown(results: dict) -> None:
         print(f"| {solver} {steps} | {row['fid']:.2f} | {method} | {policy} {fid:.2f} | "
               f"{100 * (row['fid'] / fid - 1):+.0f} % | {listed} |")
 
+    print_catalogue()
+
+
+def print_catalogue() -> None:
+    """The shipped fashion-mnist lists with their held-out FID beside bench_quality's uniform and best built-in at
+    the same N and seeds."""
+    from adaptive_sampler.schedules.catalogue import list_entries, load_entry
+
+    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    print("\n| entry | held-out FID | uniform | best built-in | vs best built-in | found by | list |")
+    print("|---|---|---|---|---|---|---|")
+    names = [name for name in list_entries() if name.startswith("fashion-mnist/")]
+    for name in sorted(names, key=lambda name: (name.rsplit("-", 1)[0], int(name.rsplit("-", 1)[1]))):
+        artifact = load_entry(name)
+        steps = len(artifact.timesteps)
+        uniform = rows.get(f"{artifact.solver}/uniform/{steps}", {}).get("fid")
+        builtin = rows.get(f"{artifact.solver}/best built-in/{steps}")
+        fid = artifact.metrics["heldout_fid"]
+        method = artifact.method.split(" (")[0].split(" from")[0].replace("optuna ", "")
+        listed = ", ".join(f"{t:g}" for t in artifact.timesteps)
+        print(f"| `learned:{name}` | {fid:.2f} | " + (f"{uniform:.2f}" if uniform else "–") + " | "
+              + (f"{builtin['policy']} {builtin['fid']:.2f} | {100 * (fid / builtin['fid'] - 1):+.0f} %"
+                 if builtin else "– | –") + f" | {method} | {listed} |")
+
 
 def ship(results: dict, model) -> None:
     """Write the best searched list of each combo to the catalogue where it beats the shipped entry (or there is
