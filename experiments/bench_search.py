@@ -148,10 +148,12 @@ def print_markdown(results: dict) -> None:
     """The README tables: held-out FID per method (search time in brackets) beside the static rows, then the best
     list per combo against its best built-in."""
     methods = ("tpe", "cmaes", "ld3")
-    print("| solver, N | uniform | best built-in | " + " | ".join(methods) + " | uniform 2N |")
-    print("|---|---|---|" + "---|" * len(methods) + "---|")
+    print("| solver, N | uniform | best built-in | " + " | ".join(methods) + " | shipped | uniform 2N |")
+    print("|---|---|---|" + "---|" * len(methods) + "---|---|")
     best_rows = []
-    for combo, entry in results["combos"].items():
+    order = {"ddim": 0, "dpmpp-2m": 1, "unipc": 2}
+    for combo, entry in sorted(results["combos"].items(),
+                               key=lambda item: (order[item[0].rsplit("-", 1)[0]], int(item[0].rsplit("-", 1)[1]))):
         solver, steps = combo.rsplit("-", 1)
         base = entry.get("baselines", {})
         builtin = next(((k.split(": ")[1], v) for k, v in base.items() if k.startswith("best built-in")), None)
@@ -160,6 +162,8 @@ def print_markdown(results: dict) -> None:
             row = entry["methods"].get(method)
             wall = row.get("search_wall_s") if row else None
             cells.append("–" if row is None else f"{row['fid']:.2f}" + (f" ({wall / 60:.1f} min)" if wall else ""))
+        shipped = base.get("shipped (bench_quality)")
+        cells.append(f"{shipped:.2f}" if shipped else "–")
         double = base.get(f"uniform {2 * int(steps)}")
         print(f"| {solver} {steps} | {base.get('uniform', float('nan')):.2f} | "
               + (f"{builtin[0]} {builtin[1]:.2f}" if builtin else "–") + " | " + " | ".join(cells)
