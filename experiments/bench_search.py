@@ -54,10 +54,12 @@ def heldout(model, solver: str, timesteps: list[float]) -> dict:
             "score_wall_s": time.perf_counter() - start}
 
 
-def search(model, solver: str, steps: int, method: str, trials: int, storage_dir: Path) -> tuple[list[float], float]:
+def search(model, solver: str, steps: int, method: str, trials: int, storage_dir: Path,
+           tuning_n: int = 512) -> tuple[list[float], float]:
     """Run (or resume) the method's study; its best list and the study's summed trial wall time."""
+    suffix = "" if tuning_n == 512 else f"-n{tuning_n}"
     settings = TuneSettings(steps=(steps,), trials=trials, objective="fid", solver=solver, method=method,
-                            sampler_seed=0, study_name=f"bench-{solver}-{method}")
+                            sampler_seed=0, study_name=f"bench-{solver}-{method}{suffix}", n=tuning_n)
     storage_dir.mkdir(parents=True, exist_ok=True)
     tuner = Tuner(model, settings, open_storage(f"journal:{storage_dir / 'studies.journal'}"),
                   cache_dir=storage_dir / "cache")
@@ -247,6 +249,7 @@ def main() -> None:
     p.add_argument("--methods", default="ld3,cmaes")
     p.add_argument("--cmaes-extra-trials", type=int, default=10, help="CMA-ES trials after the warm starts")
     p.add_argument("--ld3-trials", type=int, default=1)
+    p.add_argument("--tuning-n", type=int, default=512, help="tuning samples per trial (FID objective)")
     p.add_argument("--json", type=Path, default=RESULTS / "bench_search.json")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_search"))
     p.add_argument("--ship", action="store_true", help="only write the winners to the catalogue (no searching)")
@@ -259,7 +262,7 @@ def main() -> None:
         print_markdown(results)
         return
     results["command"] = "OMP_NUM_THREADS=1 python experiments/bench_search.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("combos", "methods"))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("combos", "methods", "tuning_n"))
     results["floors"] = floors()
     model = load_model("embedded")
     if args.ship:
@@ -294,8 +297,9 @@ def main() -> None:
                 trials = warm + args.cmaes_extra_trials
             else:
                 trials = args.ld3_trials
-            timesteps, wall = search(model, solver, steps, method, trials, args.workdir)
-            entry["methods"][method] = {"trials": trials, "search_wall_s": wall, **heldout(model, solver, timesteps)}
+            timesteps, wall = search(model, solver, steps, method, trials, args.workdir, args.tuning_n)
+            entry["methods"][method] = {"trials": trials, "tuning_n": args.tuning_n, "search_wall_s": wall,
+                                        **heldout(model, solver, timesteps)}
             save()
         uniform = make_policy("uniform").timesteps(steps, model.adapter().schedule).tolist()
         entry["uniform_timesteps"] = uniform
