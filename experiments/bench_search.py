@@ -235,7 +235,7 @@ def ship(results: dict, model) -> None:
         artifact = ScheduleArtifact(
             num_train_timesteps=model.adapter().schedule.num_train_timesteps, timesteps=row["timesteps"],
             solver=solver, model=ModelIdentity(name="fashion-mnist", weights_sha256=model.weights_sha256),
-            noise_schedule=spec, objective="fid on tuning seeds 0..1 (n=512)",
+            noise_schedule=spec, objective=f"fid on tuning seeds 0..1 (n={row.get('tuning_n', 512)})",
             metrics={"heldout_fid": row["fid"], "heldout_kid": row["kid"], "heldout_n": float(HELDOUT_N),
                      "heldout_seed": float(HELDOUT_SEED), "nfe": float(steps), "search_wall_s": row["search_wall_s"]},
             method=f"{how} ({row['trials']} trials; experiments/bench_search.py)")
