@@ -41,6 +41,7 @@ from adaptive_sampler.tuning.study import Tuner
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_N, HELDOUT_SEED, BATCH = 2000, 1000, 64
+TUNING_N = 512  # the FID objective's default tuning samples per trial; rows without `tuning_n` used it
 TPE_REPORT = RESULTS / "tune_fashion_mnist_fid" / "report.json"  # DDIM 5/10, 60 trials each
 TPE_UNIPC_REPORT = RESULTS / "tune_fashion_mnist_fid_unipc" / "report.json"  # UniPC 5, 30 trials
 
@@ -55,9 +56,9 @@ def heldout(model, solver: str, timesteps: list[float]) -> dict:
 
 
 def search(model, solver: str, steps: int, method: str, trials: int, storage_dir: Path,
-           tuning_n: int = 512) -> tuple[list[float], float]:
+           tuning_n: int = TUNING_N) -> tuple[list[float], float]:
     """Run (or resume) the method's study; its best list and the study's summed trial wall time."""
-    suffix = "" if tuning_n == 512 else f"-n{tuning_n}"
+    suffix = "" if tuning_n == TUNING_N else f"-n{tuning_n}"
     settings = TuneSettings(steps=(steps,), trials=trials, objective="fid", solver=solver, method=method,
                             sampler_seed=0, study_name=f"bench-{solver}-{method}{suffix}", n=tuning_n)
     storage_dir.mkdir(parents=True, exist_ok=True)
@@ -85,10 +86,21 @@ def tpe_row(solver: str, steps: int) -> dict | None:
             "source": str(report.relative_to(RESULTS.parent.parent))}
 
 
+def quality_rows() -> dict:
+    """bench_quality.json's held-out rows by key (`solver/kind/NFE`)."""
+    return json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+
+
+def combo_key(combo: str) -> tuple[str, int]:
+    """`dpmpp-2m-10` -> ("dpmpp-2m", 10): sorts by solver, then N as a number."""
+    solver, steps = combo.rsplit("-", 1)
+    return solver, int(steps)
+
+
 def baselines(solver: str, steps: int) -> dict:
     """Held-out FID of uniform, the best built-in (chosen on calibration seeds) and the shipped catalogue list at N,
     and of uniform at 2N, from bench_quality.json."""
-    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    rows = quality_rows()
     pick = {}
     for row in rows.values():
         if row["solver"] != solver:
@@ -104,8 +116,8 @@ def baselines(solver: str, steps: int) -> dict:
 
 def scored_list(solver: str, timesteps: list[float]) -> float | None:
     """bench_quality's held-out FID of this exact list with this solver, if it scored it."""
-    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
-    return next((r["fid"] for r in rows.values() if r["solver"] == solver and r["timesteps"] == timesteps), None)
+    return next((r["fid"] for r in quality_rows().values() if r["solver"] == solver and r["timesteps"] == timesteps),
+                None)
 
 
 def floors() -> dict:
@@ -114,7 +126,7 @@ def floors() -> dict:
     the quality table's samples (seed 0; its 50-step and longer rows, quality_table.json). FID at n = 2,000 moves
     with the sample set by a few tenths, so a list is held against the converged FID of its own samples."""
     table = json.loads((RESULTS / "quality_table.json").read_text())
-    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    rows = quality_rows()
     heldout = {key: row["fid"] for key, row in rows.items() if row["nfe"] >= 20}
     seed0 = {key: row["fid"] for key, row in table.items() if row.get("nfe", 0) >= 50}
     best, best_seed0 = min(heldout, key=heldout.__getitem__), min(seed0, key=seed0.__getitem__)
@@ -147,15 +159,13 @@ def plot(results: dict, path: Path) -> None:
 
 
 def print_markdown(results: dict) -> None:
-    """The README tables: held-out FID per method (search time in brackets) beside the static rows, then the best
-    list per combo against its best built-in."""
+    """The README tables: held-out FID per method (search time in brackets) beside the static rows, the best list
+    per combo against its best built-in, and the shipped catalogue."""
     methods = ("tpe", "cmaes", "ld3")
     print("| solver, N | uniform | best built-in | " + " | ".join(methods) + " | shipped | uniform 2N |")
     print("|---|---|---|" + "---|" * len(methods) + "---|---|")
     best_rows = []
-    order = {"ddim": 0, "dpmpp-2m": 1, "unipc": 2}
-    for combo, entry in sorted(results["combos"].items(),
-                               key=lambda item: (order[item[0].rsplit("-", 1)[0]], int(item[0].rsplit("-", 1)[1]))):
+    for combo, entry in sorted(results["combos"].items(), key=lambda item: combo_key(item[0])):
         solver, steps = combo.rsplit("-", 1)
         base = entry.get("baselines", {})
         builtin = next(((k.split(": ")[1], v) for k, v in base.items() if k.startswith("best built-in")), None)
@@ -189,11 +199,11 @@ def print_catalogue() -> None:
     the same N and seeds."""
     from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 
-    rows = json.loads((RESULTS / "bench_quality.json").read_text())["rows"]
+    rows = quality_rows()
     print("\n| entry | held-out FID | uniform | best built-in | vs best built-in | found by | list |")
     print("|---|---|---|---|---|---|---|")
     names = [name for name in list_entries() if name.startswith("fashion-mnist/")]
-    for name in sorted(names, key=lambda name: (name.rsplit("-", 1)[0], int(name.rsplit("-", 1)[1]))):
+    for name in sorted(names, key=combo_key):
         artifact = load_entry(name)
         steps = len(artifact.timesteps)
         uniform = rows.get(f"{artifact.solver}/uniform/{steps}", {}).get("fid")
@@ -235,7 +245,7 @@ def ship(results: dict, model) -> None:
         artifact = ScheduleArtifact(
             num_train_timesteps=model.adapter().schedule.num_train_timesteps, timesteps=row["timesteps"],
             solver=solver, model=ModelIdentity(name="fashion-mnist", weights_sha256=model.weights_sha256),
-            noise_schedule=spec, objective=f"fid on tuning seeds 0..1 (n={row.get('tuning_n', 512)})",
+            noise_schedule=spec, objective=f"fid on tuning seeds 0..1 (n={row.get('tuning_n', TUNING_N)})",
             metrics={"heldout_fid": row["fid"], "heldout_kid": row["kid"], "heldout_n": float(HELDOUT_N),
                      "heldout_seed": float(HELDOUT_SEED), "nfe": float(steps), "search_wall_s": row["search_wall_s"]},
             method=f"{how} ({row['trials']} trials; experiments/bench_search.py)")
@@ -249,7 +259,7 @@ def main() -> None:
     p.add_argument("--methods", default="ld3,cmaes")
     p.add_argument("--cmaes-extra-trials", type=int, default=10, help="CMA-ES trials after the warm starts")
     p.add_argument("--ld3-trials", type=int, default=1)
-    p.add_argument("--tuning-n", type=int, default=512, help="tuning samples per trial (FID objective)")
+    p.add_argument("--tuning-n", type=int, default=TUNING_N, help="tuning samples per trial (FID objective)")
     p.add_argument("--json", type=Path, default=RESULTS / "bench_search.json")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_search"))
     p.add_argument("--ship", action="store_true", help="only write the winners to the catalogue (no searching)")
