@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ from optuna.trial import TrialState
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.models import load_model
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.catalogue import catalogue_dir
 from adaptive_sampler.tuning.export import export_best
 from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.study import Tuner
@@ -67,3 +69,17 @@ def test_ld3_trials_learn_fractional_lists_and_export_them(tiny_model_dir: Path,
     result = export_best(tuner, tmp_path / "export", baselines=False)
     artifact = ScheduleArtifact.load(result.schedules[3])
     assert artifact.fractional and artifact.timesteps == tuner.best()[0].timesteps
+
+
+def test_the_shipped_catalogue_entry_is_a_warm_start_for_its_own_weights_and_solver(tmp_path: Path) -> None:
+    entry = ScheduleArtifact.read(catalogue_dir() / "fashion-mnist" / "unipc-10.json")
+    embedded = load_model("embedded")
+    tuner = Tuner(embedded, TuneSettings(**{**FAST, "solver": "unipc", "steps": (10,)}),
+                  optuna.storages.InMemoryStorage(), cache_dir=tmp_path)
+    shipped = tuner.shipped_list(10)
+    assert shipped is not None and shipped.tolist() == entry.timesteps
+    assert any("catalogue" in tag.split("+") for tag in tuner.warm_start_lists(10))
+    assert tuner.shipped_list(7) is None  # no unipc-7 entry ships
+    retrained = Tuner(replace(embedded, weights_sha256="0" * 64), tuner.settings, optuna.storages.InMemoryStorage(),
+                      cache_dir=tmp_path)
+    assert retrained.shipped_list(10) is None  # same name and folder, other weights: not its list

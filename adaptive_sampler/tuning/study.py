@@ -5,8 +5,9 @@ objective with a MedianPruner: each trial reports the objective after every chun
 number of samples so far), and a trial whose running value is worse than the median of earlier trials at that
 sample count stops. `pareto` mode opens one study `<study>:pareto` with two objectives, quality and NFE, over
 N ∈ steps as a categorical parameter; Optuna cannot prune multi-objective studies, so its trials always run all
-samples. Either way the first trials are the warm starts: the DP initialiser, then the built-in policies uniform,
-quadratic, karras and logsnr, and Align Your Steps (the SD1.5 10-step table, log-linearly interpolated to N).
+samples. Either way the first trials are the warm starts: the DP initialiser, the shipped catalogue entry for the
+model's weights, solver and N, then the built-in policies and Align Your Steps (the SD1.5 10-step table,
+log-linearly interpolated to N).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
 from adaptive_sampler.sampler import NonFiniteOutputError
-from adaptive_sampler.schedules.catalogue import load_entry
-from adaptive_sampler.timesteps import discretize
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.catalogue import catalogue_dir, load_entry
+from adaptive_sampler.timesteps import discretize, validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
 from adaptive_sampler.tuning.dp_init import build_cost_matrix
 from adaptive_sampler.tuning.ld3 import LD3, LD3Settings
@@ -209,13 +211,28 @@ class Tuner:
             self._dp = matrix.schedules(list(s.steps))
         return self._dp
 
+    def shipped_list(self, steps: int) -> torch.Tensor | None:
+        """The catalogue's learned N-step list for this model's weights and solver, if one ships: a search run
+        again (more tuning samples, another method) starts from the last winner rather than below it."""
+        path = catalogue_dir() / self.model.name / f"{self.settings.solver}-{steps}.json"
+        if not path.is_file():
+            return None
+        entry = ScheduleArtifact.read(path, field="policy", shown=f"learned:{self.model.name}/{path.stem}")
+        same = (entry.model.weights_sha256 == self.model.weights_sha256 and entry.solver == self.settings.solver
+                and entry.num_train_timesteps == self.schedule.num_train_timesteps)
+        return validate_timesteps(entry.timesteps, entry.num_train_timesteps) if same else None
+
     def warm_start_lists(self, steps: int) -> dict[str, torch.Tensor]:
         """Warm-start lists for N steps by tag, in trial order: the DP initialiser first (the likeliest good
-        start when the budget is small), then the built-ins; identical lists are merged (`uniform+karras`)."""
+        start when the budget is small), the shipped catalogue entry, then the built-ins; identical lists are
+        merged (`uniform+karras`)."""
         lists: dict[str, torch.Tensor] = {}
         dp = self.dp_schedules().get(steps)
         if dp is not None:
             lists["dp"] = dp
+        shipped = self.shipped_list(steps)
+        if shipped is not None:
+            lists["catalogue"] = shipped
         lists.update(builtin_warm_starts(steps, self.schedule))
         merged: dict[tuple[int, ...], list[str]] = {}
         for tag, ts in lists.items():
