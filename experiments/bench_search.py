@@ -37,7 +37,7 @@ from adaptive_sampler.policies import make_policy
 from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.storage import open_storage
-from adaptive_sampler.tuning.study import Tuner
+from adaptive_sampler.tuning.study import BudgetBest, Tuner
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_N, HELDOUT_SEED, BATCH = 2000, 1000, 64
@@ -56,8 +56,8 @@ def heldout(model, solver: str, timesteps: list[float]) -> dict:
 
 
 def search(model, solver: str, steps: int, method: str, trials: int, storage_dir: Path,
-           tuning_n: int = TUNING_N) -> tuple[list[float], float]:
-    """Run (or resume) the method's study; its best list and the study's summed trial wall time."""
+           tuning_n: int = TUNING_N) -> tuple[BudgetBest, float]:
+    """Run (or resume) the method's study; its best trial and the study's summed trial wall time."""
     suffix = "" if tuning_n == TUNING_N else f"-n{tuning_n}"
     settings = TuneSettings(steps=(steps,), trials=trials, objective="fid", solver=solver, method=method,
                             sampler_seed=0, study_name=f"bench-{solver}-{method}{suffix}", n=tuning_n)
@@ -70,8 +70,7 @@ def search(model, solver: str, steps: int, method: str, trials: int, storage_dir
     study = tuner.open(steps)
     trial_wall = sum(t.user_attrs.get("wall_s", 0.0) for t in study.trials)
     print(f"  {method} {solver}-{steps}: this run {time.perf_counter() - start:.0f} s, all trials {trial_wall:.0f} s")
-    best = next(b for b in run.best if b.steps == steps)
-    return [float(t) for t in best.timesteps], trial_wall
+    return next(b for b in run.best if b.steps == steps), trial_wall
 
 
 def tpe_row(solver: str, steps: int) -> dict | None:
@@ -216,6 +215,11 @@ def print_catalogue() -> None:
                  if builtin else "– | –") + f" | {method} | {listed} |")
 
 
+def won_by(row: dict) -> str:
+    """', the best was warm start X' where the search's best trial was a warm start (it did not improve on it)."""
+    return f", the best was warm start {row['warm_start']!r}" if row.get("warm_start") else ""
+
+
 def ship(results: dict, model) -> None:
     """Write the best searched list of each combo to the catalogue where it beats the shipped entry (or there is
     none) and every static baseline at N (uniform, the best built-in) on the held-out FID, with its held-out
@@ -248,7 +252,7 @@ def ship(results: dict, model) -> None:
             noise_schedule=spec, objective=f"fid on tuning seeds 0..1 (n={row.get('tuning_n', TUNING_N)})",
             metrics={"heldout_fid": row["fid"], "heldout_kid": row["kid"], "heldout_n": float(HELDOUT_N),
                      "heldout_seed": float(HELDOUT_SEED), "nfe": float(steps), "search_wall_s": row["search_wall_s"]},
-            method=f"{how} ({row['trials']} trials; experiments/bench_search.py)")
+            method=f"{how} ({row['trials']} trials{won_by(row)}; experiments/bench_search.py)")
         artifact.save(path)
         print(f"{combo}: shipped {method} ({row['fid']:.3f}, was {shipped:.3f}) -> {path}")
 
@@ -307,9 +311,10 @@ def main() -> None:
                 trials = warm + args.cmaes_extra_trials
             else:
                 trials = args.ld3_trials
-            timesteps, wall = search(model, solver, steps, method, trials, args.workdir, args.tuning_n)
+            best, wall = search(model, solver, steps, method, trials, args.workdir, args.tuning_n)
             entry["methods"][method] = {"trials": trials, "tuning_n": args.tuning_n, "search_wall_s": wall,
-                                        **heldout(model, solver, timesteps)}
+                                        "warm_start": best.warm_start,
+                                        **heldout(model, solver, [float(t) for t in best.timesteps])}
             save()
         uniform = make_policy("uniform").timesteps(steps, model.adapter().schedule).tolist()
         entry["uniform_timesteps"] = uniform
