@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.models import load_model
-from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ModelIdentity, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import catalogue_dir
 from adaptive_sampler.tuning.export import export_best
 from adaptive_sampler.tuning.settings import TuneSettings
@@ -70,6 +70,21 @@ def test_ld3_trials_learn_fractional_lists_and_export_them(tiny_model_dir: Path,
     artifact = ScheduleArtifact.load(result.schedules[3])
     assert artifact.fractional and artifact.timesteps == tuner.best()[0].timesteps
 
+
+def test_an_ld3_study_resumes_after_an_entry_for_its_model_ships(tiny_model_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("adaptive_sampler.tuning.study.catalogue_dir", lambda: tmp_path / "catalogue")
+    storage = optuna.storages.InMemoryStorage()
+    model = load_model(tiny_model_dir)
+    ld3 = dict(FAST, method="ld3", ld3_iterations=2, ld3_train_n=4, ld3_batch_size=4)
+    Tuner(model, TuneSettings(**ld3, trials=1), storage, cache_dir=tmp_path).run()
+    ScheduleArtifact(num_train_timesteps=1000, timesteps=[900, 400, 0], method="shipped after the study began",
+                     model=ModelIdentity(name=model.name, weights_sha256=model.weights_sha256)
+                     ).save(tmp_path / "catalogue" / model.name / "ddim-3.json")
+    resumed = Tuner(model, TuneSettings(**ld3, trials=2), storage, cache_dir=tmp_path)
+    assert "catalogue" in resumed.warm_start_lists(3)  # a warm start for the other methods...
+    resumed.run()  # ...but not a new choice of LD3's start, which Optuna would refuse in a resumed study
+    assert len(resumed.open(3).trials) == 2
 
 def test_the_shipped_catalogue_entry_is_a_warm_start_for_its_own_weights_and_solver(tmp_path: Path) -> None:
     entry = ScheduleArtifact.read(catalogue_dir() / "fashion-mnist" / "unipc-10.json")

@@ -222,17 +222,17 @@ class Tuner:
                 and entry.num_train_timesteps == self.schedule.num_train_timesteps)
         return validate_timesteps(entry.timesteps, entry.num_train_timesteps) if same else None
 
-    def warm_start_lists(self, steps: int) -> dict[str, torch.Tensor]:
+    def warm_start_lists(self, steps: int, *, shipped: bool = True) -> dict[str, torch.Tensor]:
         """Warm-start lists for N steps by tag, in trial order: the DP initialiser first (the likeliest good
-        start when the budget is small), the shipped catalogue entry, then the built-ins; identical lists are
-        merged (`uniform+karras`)."""
+        start when the budget is small), the shipped catalogue entry (unless `shipped` is False), then the
+        built-ins; identical lists are merged (`uniform+karras`)."""
         lists: dict[str, torch.Tensor] = {}
         dp = self.dp_schedules().get(steps)
         if dp is not None:
             lists["dp"] = dp
-        shipped = self.shipped_list(steps)
-        if shipped is not None:
-            lists["catalogue"] = shipped
+        entry = self.shipped_list(steps) if shipped else None
+        if entry is not None:
+            lists["catalogue"] = entry
         lists.update(builtin_warm_starts(steps, self.schedule))
         merged: dict[tuple[int, ...], list[str]] = {}
         for tag, ts in lists.items():
@@ -275,7 +275,9 @@ class Tuner:
 
     def _ld3_objective(self, steps: int) -> Callable[[optuna.Trial], float]:
         """One LD3 learning run per trial, from a warm start; Optuna picks LD3's hyperparameters and the start."""
-        starts = self.warm_start_lists(steps)
+        # LD3's start is a categorical parameter, whose choices Optuna requires to stay the same within a study: a
+        # catalogue entry shipped after the study began would change them, so LD3 starts from the fixed lists only.
+        starts = self.warm_start_lists(steps, shipped=False)
         losses = ["pixel", "features"] if tuple(self.model.sample_shape) == EMBEDDED_IMAGE_SHAPE else ["pixel"]
         s = self.settings
         assert self.ld3 is not None  # noqa: S101 - set in __init__ for method ld3
@@ -310,7 +312,7 @@ class Tuner:
     def _ld3_warm_start(self, steps: int) -> list[WarmStart]:
         """The first LD3 trial: LD3's defaults from the first warm start (the DP initialiser's list, if any)."""
         d = LD3Settings()
-        first = next(iter(self.warm_start_lists(steps)))
+        first = next(iter(self.warm_start_lists(steps, shipped=False)))
         return [WarmStart(tag=f"ld3 defaults from {first}", params={
             "lr": d.lr, "ball_radius": d.ball_radius, "teacher_steps": d.teacher_steps, "loss": d.loss,
             "init": first})]
