@@ -73,7 +73,7 @@ def test_embedded_fid_and_kid_objectives_score_as_before():
 
 def test_fid_in_the_clip_space_against_an_npz_reference(tiny_model_dir, clip_dir, clip_reference):
     objective = get_objective("fid").configured(features=f"clip:{clip_dir}", reference=clip_reference)
-    assert objective.min_n == 129 and objective.default_n == 512  # max(embedded's, the CLIP dimension 4 + 1)
+    assert objective.min_n == 129 and objective.default_n == 2048  # max(the default, 2 rungs of 129)
     model = load_model(tiny_model_dir)
     evaluator = ScheduleEvaluator(model, objective, SeedSet(0, (130, 130)), cache_dir=None, batch_size=130)
     ts = make_policy("uniform").timesteps(2, model.adapter().schedule)

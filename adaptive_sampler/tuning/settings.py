@@ -49,7 +49,7 @@ class TuneSettings(BaseModel):
         "per-budget (one pruned study per N) or pareto (one study, quality vs NFE, no pruning)"))
     solver: str = Field("ddim", description="sampling solver the schedules are tuned for")
     n: int | None = Field(None, gt=0, description="tuning samples per trial; default per objective "
-                                                  "(fid 512, kid 256, fidelity 64)")
+                                                  "(fid 2048, kid 256, fidelity 64)")
     seed: int = Field(0, ge=0, description="tuning seeds are seed, seed+1, … (one per chunk of samples)")
     heldout_n: int | None = Field(None, gt=0, description=(
         "held-out samples for the exported scores; default per objective (fid/kid 500, fidelity 256)"))
