@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -199,20 +200,25 @@ def print_catalogue() -> None:
     from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 
     rows = quality_rows()
-    print("\n| entry | held-out FID | uniform | best built-in | vs best built-in | found by | list |")
+    print("\n| entry | held-out FID | uniform | best built-in | vs the better of the two | found by | list |")
     print("|---|---|---|---|---|---|---|")
     names = [name for name in list_entries() if name.startswith("fashion-mnist/")]
     for name in sorted(names, key=combo_key):
         artifact = load_entry(name)
         steps = len(artifact.timesteps)
-        uniform = rows.get(f"{artifact.solver}/uniform/{steps}", {}).get("fid")
-        builtin = rows.get(f"{artifact.solver}/best built-in/{steps}")
+        uniform = rows[f"{artifact.solver}/uniform/{steps}"]["fid"]
+        builtin = rows[f"{artifact.solver}/best built-in/{steps}"]
         fid = artifact.metrics["heldout_fid"]
-        method = artifact.method.split(" (")[0].split(" from")[0].replace("optuna ", "")
+        found = [artifact.method.split(" (")[0].split(" from")[0].replace("optuna ", "")]
+        tuning_n = re.search(r"n=(\d+)", artifact.objective or "")
+        if tuning_n and int(tuning_n[1]) != TUNING_N:
+            found.append(f"{int(tuning_n[1]):,} tuning samples")
+        warm = re.search(r"the best was warm start '([^']+)'", artifact.method)
+        if warm:
+            found.append(f"its best trial the {warm[1]} warm start")
         listed = ", ".join(f"{t:g}" for t in artifact.timesteps)
-        print(f"| `learned:{name}` | {fid:.2f} | " + (f"{uniform:.2f}" if uniform else "–") + " | "
-              + (f"{builtin['policy']} {builtin['fid']:.2f} | {100 * (fid / builtin['fid'] - 1):+.0f} %"
-                 if builtin else "– | –") + f" | {method} | {listed} |")
+        print(f"| `learned:{name}` | {fid:.2f} | {uniform:.2f} | {builtin['policy']} {builtin['fid']:.2f} | "
+              f"{100 * (fid / min(uniform, builtin['fid']) - 1):+.0f} % | {', '.join(found)} | {listed} |")
 
 
 def won_by(row: dict) -> str:
