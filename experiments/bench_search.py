@@ -281,8 +281,9 @@ def main() -> None:
     if args.markdown:
         print_markdown(results)
         return
-    results["command"] = "OMP_NUM_THREADS=1 python experiments/bench_search.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("combos", "methods", "tuning_n"))
+    results["command"] = f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/bench_search.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k in ("combos", "methods", "tuning_n", "cmaes_extra_trials", "ld3_trials"))
     results["floors"] = floors()
     model = load_model("embedded")
     if args.ship:
