@@ -439,7 +439,7 @@ class FidObjective(MetricObjective):
     uses_fid = True
     min_n = 129  # more samples than the embedded feature dimension (128): a full-rank covariance
     # At 6-10 steps FID on 512 samples moves more between sample sets than good lists differ, and a search keeps
-    # the list that fits the noise; with 2,048 the same searches beat the best static list by 21-38 % held out
+    # the list that fits the noise; with 2,048 the same searches beat the best static list by 21-39 % held out
     # (README, "Search methods").
     default_n = 2048
     default_heldout_n = 500
