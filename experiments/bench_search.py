@@ -42,7 +42,7 @@ from adaptive_sampler.tuning.study import BudgetBest, Tuner
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_N, HELDOUT_SEED, BATCH = 2000, 1000, 64
-TUNING_N = 512  # the FID objective's default tuning samples per trial; rows without `tuning_n` used it
+TUNING_N = 512  # this bench's tuning samples per trial unless --tuning-n (rows without `tuning_n` used it)
 TPE_REPORT = RESULTS / "tune_fashion_mnist_fid" / "report.json"  # DDIM 5/10, 60 trials each
 TPE_UNIPC_REPORT = RESULTS / "tune_fashion_mnist_fid_unipc" / "report.json"  # UniPC 5, 30 trials
 

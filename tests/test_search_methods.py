@@ -86,6 +86,7 @@ def test_an_ld3_study_resumes_after_an_entry_for_its_model_ships(tiny_model_dir:
     resumed.run()  # ...but not a new choice of LD3's start, which Optuna would refuse in a resumed study
     assert len(resumed.open(3).trials) == 2
 
+
 def test_the_shipped_catalogue_entry_is_a_warm_start_for_its_own_weights_and_solver(tmp_path: Path) -> None:
     entry = ScheduleArtifact.read(catalogue_dir() / "fashion-mnist" / "unipc-10.json")
     embedded = load_model("embedded")
