@@ -67,7 +67,7 @@ def test_sample_a_3x48x48_pixel_unet(tiny_rgb_dir, tmp_path):
 def test_an_image_space_monitor_reports_its_decode_cost(tiny_sd_dir, tmp_path):
     report = tmp_path / "r.json"
     ok("sample", "--model", tiny_sd_dir, "--prompt", "a cat", "--steps", 6, "--n", 3, "--json", report,
-       "--monitor", "x0-l2:1e9,space=image,min_steps=3")
+       "--monitor", "x0-l2:1e9,space=image,min_steps=3", "--finish", "x0")
     data = json.loads(report.read_text())
     assert data["stopped_by"] == ["x0-l2:1000000000.0,min_steps=3,space=image"] * 3
     assert data["nfe_per_sample"] == [3, 3, 3]

@@ -97,12 +97,13 @@ def test_a_tail_finished_sample_is_the_static_solver_over_its_own_list(adapter, 
         assert torch.equal(result.samples[i], static.samples[0]), f"sample {i}"
 
 
-def test_finish_x0_is_the_default_and_returns_x0_of_the_exit_step(adapter):
+def test_the_default_is_the_tail_and_finish_x0_returns_x0_of_the_exit_step(adapter):
+    default = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS))
+    tail = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS), finish="tail:3:t")
+    assert torch.equal(default.samples, tail.samples) and torch.equal(default.nfe, tail.nfe)
     seen: list[StepInfo] = []
-    default = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS, seen))
-    x0 = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS), finish="x0")
-    assert torch.equal(default.samples, x0.samples) and torch.equal(default.nfe, x0.nfe)
-    assert x0.nfe.tolist() == [3, 10, 3, 6, 10]
+    x0 = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS, seen), finish="x0")
+    assert x0.nfe.tolist() == [3, 10, 3, 6, 10] and default.nfe.tolist() == [6, 10, 6, 9, 10]
     assert all(info.finishing is None for info in seen)
     row = seen[2].sample_indices.tolist().index(0)
     assert torch.equal(x0.samples[0], seen[2].x0[row])

@@ -139,7 +139,7 @@ def test_in_bucket_mode_a_sample_is_bitwise_unchanged_when_neighbours_exit_withi
     def exit_four(info):  # 16 -> 12 active rows: still the bucket of 16
         return torch.tensor([i % 4 == 0 for i in info.sample_indices.tolist()]) if info.step == 3 else None
 
-    exits = sample(adapter, TS, TINY_SHAPE, 16, batch_size=16, seed=4, monitor=exit_four).samples
+    exits = sample(adapter, TS, TINY_SHAPE, 16, batch_size=16, seed=4, monitor=exit_four, finish="x0").samples
     stayed = [i for i in range(16) if i % 4]
     assert torch.equal(exits[stayed], alone[stayed])
     assert not torch.equal(exits[0], alone[0])
@@ -160,7 +160,7 @@ def test_the_sampler_bounds_each_bucket_by_its_batch_and_exits_shrink_the_calls(
     def exit_some(info):  # rows leave: 20 -> 13 after the first step, -> 6 after the second
         return torch.tensor([i % 3 == info.step for i in info.sample_indices.tolist()]) if info.step < 2 else None
 
-    sample(adapter, TS[:4], TINY_SHAPE, 20, batch_size=20, monitor=exit_some)
+    sample(adapter, TS[:4], TINY_SHAPE, 20, batch_size=20, monitor=exit_some, finish="x0")
     assert seen == [20, 16, 8, 8]
 
 

@@ -131,7 +131,8 @@ def test_early_exit_keeps_the_history_of_the_other_samples(unet, solver):
     def exit_sample_1_at_step_2(info):
         return (info.sample_indices == 1) if info.step == 2 else None
 
-    cut = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), monitor=exit_sample_1_at_step_2)
+    cut = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), monitor=exit_sample_1_at_step_2,
+                 finish="x0")
     kept = [0, 2, 3]
     assert torch.equal(cut.samples[kept], full.samples[kept])
     assert torch.equal(cut.samples[1], full.trace[2].x0[1])

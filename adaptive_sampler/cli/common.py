@@ -30,7 +30,7 @@ POLICY_NAMES = ("uniform", "leading", "trailing", "quadratic", "karras", "logsnr
 SOLVER_NAMES = ("ddim", "dpmpp-2m", "unipc")
 # `--finish` when not given: the spec of adaptive_sampler.finish.DEFAULT_FINISH (spelled out for the same reason; the
 # same test checks it)
-DEFAULT_FINISH_SPEC = "x0"
+DEFAULT_FINISH_SPEC = "tail:3:t"
 # the policies whose samples pick their own steps while sampling: adaptive:TOLERANCE and steered:N
 DYNAMIC_POLICIES = ("adaptive", "steered")
 

@@ -5,7 +5,8 @@ Thresholds do not transfer between models or step counts (x̂0 moves by differen
 recording x̂0 of every step (`record_x0_trace`), scores every step of every sample once with the monitor
 (`ThresholdMonitor.replay_scores`, batch by batch as the online run sees them), and then simulates each candidate
 threshold offline (`ThresholdMonitor.simulate_exits`, the same streak logic as the online monitor): a sample that
-exits at step k returns x̂0 of step k. That is exactly what the online run returns: the core computes a sample
+exits at step k returns x̂0 of step k. That is exactly what the online run returns with `finish="x0"` (under the
+default tail finish, which returns samples closer to the full run, the threshold is conservative): the core computes a sample
 bitwise identically whether or not other samples leave its batch (the adapter's fixed `network_rows`; with
 `network_rows=None` the two may differ by float round-off), and a monitor's score of a sample depends only on that
 sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run prices every threshold,
