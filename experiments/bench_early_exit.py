@@ -450,8 +450,10 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
 def markdown(solver: str, summary: dict[str, Any]) -> str:
     """The README table of one solver: each adaptive row against its best static rival of equal NFE and the full
     run (wall times: experiments/time_early_exit.py)."""
+    longer = [k for k in summary["references"] if k != "full"]  # the --reference-steps runs, e.g. full-50
     lines = [f"| {solver} row | NFE | FID | KID | best static at that NFE | FID vs it | NFE vs full | FID vs full |"
-             " PSNR to full |", "|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f" NFE vs {k} | FID vs {k} |" for k in longer) + " PSNR to full |",
+             "|---" * (9 + 2 * len(longer)) + "|"]
     for key, r in sorted(summary["rows"].items(), key=lambda kv: kv[1]["nfe_mean"]):
         best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
         best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
@@ -459,7 +461,10 @@ def markdown(solver: str, summary: dict[str, Any]) -> str:
         mark = "**" if r["beats_best_static_by_5pct"] else ""
         lines.append(f"| `{key}` | {r['nfe_mean']:.1f} | {mark}{r['fid']:.2f}{mark} | {r['kid']:.3f} | {best} | "
                      f"{r['fid_vs_best_static_pct']:+.1f} % | {-r['full']['nfe_reduction_pct']:+.1f} % | "
-                     f"{r['full']['fid_change_pct']:+.1f} % | {psnr} |")
+                     f"{r['full']['fid_change_pct']:+.1f} % | "
+                     + "".join(f"{-r[k]['nfe_reduction_pct']:+.1f} % | {r[k]['fid_change_pct']:+.1f} % | "
+                               for k in longer)
+                     + f"{psnr} |")
     return "\n".join(lines)
 
 
