@@ -358,7 +358,8 @@ def test_a_monitor_in_batches_of_any_size_exits_at_the_same_steps(tiny):
     runs = []
     for batch_size in (8, 3, 5):
         monitor = monitor_from_spec(f"x0-l2:{threshold!r}|max-nfe:8")
-        runs.append((sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=batch_size, seed=5, monitor=monitor, finish="x0"), monitor))
+        runs.append((sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=batch_size, seed=5, monitor=monitor, finish="x0"),
+                     monitor))
     (first, first_monitor), *others = runs
     assert len(set(first.nfe.tolist())) >= 3  # exits spread over several steps
     for result, monitor in others:

@@ -6,11 +6,11 @@ recording x̂0 of every step (`record_x0_trace`), scores every step of every sam
 (`ThresholdMonitor.replay_scores`, batch by batch as the online run sees them), and then simulates each candidate
 threshold offline (`ThresholdMonitor.simulate_exits`, the same streak logic as the online monitor): a sample that
 exits at step k returns x̂0 of step k. That is exactly what the online run returns with `finish="x0"` (under the
-default tail finish, which returns samples closer to the full run, the threshold is conservative): the core computes a sample
-bitwise identically whether or not other samples leave its batch (the adapter's fixed `network_rows`; with
-`network_rows=None` the two may differ by float round-off), and a monitor's score of a sample depends only on that
-sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run prices every threshold,
-at no further network cost.
+default tail finish, which returns samples closer to the full run, the threshold is conservative): the core
+computes a sample bitwise identically whether or not other samples leave its batch (the adapter's fixed
+`network_rows`; with `network_rows=None` the two may differ by float round-off), and a monitor's score of a sample
+depends only on that sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run
+prices every threshold, at no further network cost.
 
 A latent model calibrates in either space (`space`, or the spec's `space=` option): the monitor replays on latent
 x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the fidelity
