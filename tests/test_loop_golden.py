@@ -33,7 +33,7 @@ def adapter(tiny_unet, tiny_config) -> ModelAdapter:
     return ModelAdapter.from_diffusers(tiny_unet, tiny_config)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The fixtures were recorded with one thread, so conv sums are added in the same order."""
     threads = torch.get_num_threads()
@@ -56,12 +56,8 @@ def _run(name: str, adapter: ModelAdapter):
 @pytest.fixture(scope="module")
 def same_rounding(golden, adapter) -> bool:
     """Whether this CPU reproduces the first static case bitwise (its kernels round as the recording's did)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # it runs before the one_thread fixture
     name = next(iter(CASES))
-    same = torch.equal(_run(name, adapter).samples, golden[f"{name}/samples"])
-    torch.set_num_threads(threads)
-    return same
+    return torch.equal(_run(name, adapter).samples, golden[f"{name}/samples"])
 
 
 @pytest.mark.parametrize("name", list(CASES))
