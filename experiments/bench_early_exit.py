@@ -416,14 +416,14 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
         cheaper = not rivals  # above --static-nfe-cap: the rivals are the cheaper static lists
         if cheaper:
             rivals = {k: v["fid"] for k, v in statics.items() if v["steps"] < equal}
-        best = min(rivals, key=rivals.__getitem__)
+        best = min(rivals, key=rivals.__getitem__) if rivals else None  # none yet: a run stopped before its rivals
         entry: dict[str, Any] = {
             "kind": row["kind"], "nfe_mean": row["nfe_mean"], "fid": row["fid"], "kid": row["kid"],
             "wall_s": row["wall_s"], "monitor_s": row["monitor_s"], "psnr_to_full": row["psnr_of_mean_mse"],
             "static_rivals": rivals, "best_static": best, "rival_at_fewer_nfe": cheaper,
-            "fid_vs_best_static_pct": (row["fid"] / rivals[best] - 1) * 100,
-            "beats_best_static_by_5pct": row["fid"] <= 0.95 * rivals[best],
-            "wall_vs_best_static": row["wall_s"] / statics[best]["wall_s"]}
+            "fid_vs_best_static_pct": None if best is None else (row["fid"] / rivals[best] - 1) * 100,
+            "beats_best_static_by_5pct": best is not None and row["fid"] <= 0.95 * rivals[best],
+            "wall_vs_best_static": None if best is None else row["wall_s"] / statics[best]["wall_s"]}
         for ref_key, ref in references.items():
             nfe_ratio = ref["nfe_mean"] / row["nfe_mean"]
             speedup = ref["wall_s"] / row["wall_s"]
@@ -455,12 +455,15 @@ def markdown(solver: str, summary: dict[str, Any]) -> str:
              + "".join(f" NFE vs {k} | FID vs {k} |" for k in longer) + " PSNR to full |",
              "|---" * (9 + 2 * len(longer)) + "|"]
     for key, r in sorted(summary["rows"].items(), key=lambda kv: kv[1]["nfe_mean"]):
-        best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
-        best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
+        best, versus = "not measured", ""
+        if r["best_static"] is not None:
+            best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
+            best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
+            versus = f"{r['fid_vs_best_static_pct']:+.1f} %"
         psnr = f"{r['psnr_to_full']:.1f}" if r["psnr_to_full"] is not None else "—"
         mark = "**" if r["beats_best_static_by_5pct"] else ""
         lines.append(f"| `{key}` | {r['nfe_mean']:.1f} | {mark}{r['fid']:.2f}{mark} | {r['kid']:.3f} | {best} | "
-                     f"{r['fid_vs_best_static_pct']:+.1f} % | {-r['full']['nfe_reduction_pct']:+.1f} % | "
+                     f"{versus} | {-r['full']['nfe_reduction_pct']:+.1f} % | "
                      f"{r['full']['fid_change_pct']:+.1f} % | "
                      + "".join(f"{-r[k]['nfe_reduction_pct']:+.1f} % | {r[k]['fid_change_pct']:+.1f} % | "
                                for k in longer)
@@ -475,9 +478,12 @@ def print_summary(solver: str, summary: dict[str, Any]) -> None:
     print(f"{'row':<44}{'NFE':>6}{'FID':>8}{'best static':>24}{'vs static':>10}{'-NFE%':>7}{'dFID%':>7}"
           f"{'speedup':>8}{'/NFE':>6}{'mon s':>7}")
     for key, r in summary["rows"].items():
-        best = f"{r['best_static']} {r['static_rivals'][r['best_static']]:.3f}"
+        best, versus = "not measured", "  "
+        if r["best_static"] is not None:
+            best = f"{r['best_static']} {r['static_rivals'][r['best_static']]:.3f}"
+            versus = f"{r['fid_vs_best_static_pct']:>+9.1f}%"
         f = r["full"]
-        print(f"{key[:43]:<44}{r['nfe_mean']:>6.1f}{r['fid']:>8.3f}{best:>24}{r['fid_vs_best_static_pct']:>+9.1f}%"
+        print(f"{key[:43]:<44}{r['nfe_mean']:>6.1f}{r['fid']:>8.3f}{best:>24}{versus:>10}"
               f"{f['nfe_reduction_pct']:>7.1f}{f['fid_change_pct']:>+7.1f}{f['speedup']:>8.2f}"
               f"{f['speedup_over_nfe_ratio']:>6.2f}{r['monitor_s']:>7.1f}")
     for key, why in summary["skipped"].items():
@@ -565,10 +571,12 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="discard the rows already in --json")
     parser.add_argument("--markdown", action="store_true", help="print the README tables of --json and exit")
     args = parser.parse_args()
-    if args.markdown:
+    if args.markdown:  # summarised from the rows on file, so a stopped run prints what it measured
         data = json.loads(args.json.read_text())
-        for section, summary in data["summary"].items():
-            print(markdown(section, summary) + "\n")
+        report = Report(args.json, data["settings"], restart=False)
+        for section in data["rows"]:
+            solver, args.steps = section.split("/")[0], int(section.split("/")[1])
+            print(markdown(section, summarise(solver, report, args)) + "\n")
         return
     if not args.calibrate_only and args.n <= 128:
         parser.error(f"--n: {args.n} is not above 128, the feature dimension FID needs")
