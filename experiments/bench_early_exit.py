@@ -574,8 +574,9 @@ def main() -> None:
     if args.markdown:  # summarised from the rows on file, so a stopped run prints what it measured
         data = json.loads(args.json.read_text())
         report = Report(args.json, data["settings"], restart=False)
-        for section in data["rows"]:
+        for section, rows in data["rows"].items():  # the reference runs are those on file, not --reference-steps
             solver, args.steps = section.split("/")[0], int(section.split("/")[1])
+            args.reference_steps = [int(key.removeprefix("full-")) for key in rows if key.startswith("full-")]
             print(markdown(section, summarise(solver, report, args)) + "\n")
         return
     if not args.calibrate_only and args.n <= 128:
