@@ -113,10 +113,20 @@ warm = [storage.WarmStart(tag=f"w{i}", params={"x": float(i)}) for i in range(n_
 # a 6 s grace: a live worker starved of CPU for a few seconds must not be taken for a dead one
 study = storage.open_study(storage.open_storage(url, heartbeat_interval=1, grace_period=6), name, ["minimize"],
                            config={"k": 1}, warm_starts=lambda: warm).study
+def heartbeat_recorded(trial):
+    rdb = getattr(study._storage, "_backend", study._storage)  # Optuna caches an RDBStorage behind _CachedStorage
+    if not hasattr(rdb, "engine"):
+        return True  # a journal: no heartbeat
+    import sqlalchemy
+    with rdb.engine.connect() as connection:
+        query = sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id")
+        return connection.execute(query, {"id": trial._trial_id}).first() is not None
 def objective(trial):
     x = trial.suggest_float("x", -10, 10)
     tag = trial.user_attrs.get("warm_start")
     if hang_on in ("any", tag):
+        while not heartbeat_recorded(trial):  # Optuna's heartbeat thread may not have written yet
+            time.sleep(0.01)
         print(f"running {trial.number} {tag}", flush=True)
         time.sleep(600)  # the test kills the worker here, mid-trial
     time.sleep(0.05)
@@ -129,7 +139,8 @@ def start_tune_worker(workdir: Path, url: str, study_name: str, n_trials: int, *
                       hang_on: str = "none") -> subprocess.Popen[str]:
     """A process running `run_trials` on study `study_name` in storage `url` (heartbeat 1 s, grace period 6 s), on
     x² with warm starts x = 0, 1, … tagged w0, w1, …. `hang_on` ('any', a warm-start tag, or 'none'): the trial on
-    which the worker prints `running <number> <tag>` and sleeps, to be killed. It prints its WorkerSummary last."""
+    which the worker prints `running <number> <tag>`, once the trial's first heartbeat is stored, and sleeps, to be
+    killed. It prints its WorkerSummary last."""
     from adaptive_sampler.tuning import storage
 
     script = workdir / "tune_worker.py"

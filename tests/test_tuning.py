@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from adaptive_sampler.tuning import (
     Tuner,
     TuneSettings,
     WarmStart,
+    WorkerSummary,
     best_paths,
     fail_running_trials,
     get_objective,
@@ -41,7 +45,7 @@ from adaptive_sampler.tuning import (
     run_trials,
     suggest_timesteps,
 )
-from adaptive_sampler.tuning.storage import TrialsKeepFailing
+from adaptive_sampler.tuning.storage import TrialsKeepFailing, _this_worker
 from adaptive_sampler.tuning.study import builtin_warm_starts
 from helpers import start_tune_worker
 
@@ -346,6 +350,8 @@ def test_a_killed_workers_trial_is_retried_after_its_heartbeat_stops(tmp_path: P
     study = optuna.load_study(study_name="hb", storage=storage)
     (killed,) = study.trials
     assert killed.state == TrialState.RUNNING
+    # as if the worker ran on another machine, where its death cannot be seen: only the heartbeat frees the trial
+    storage.set_trial_user_attr(killed._trial_id, "worker", {**killed.user_attrs["worker"], "host": "elsewhere"})
     summary = run_trials(study, _quadratic, 3)  # waits out the grace period, then runs the retry among its 3
     trials = sorted(study.trials, key=lambda t: t.number)
     assert summary.finished == 3 and trials[0].state == TrialState.FAIL
@@ -353,6 +359,26 @@ def test_a_killed_workers_trial_is_retried_after_its_heartbeat_stops(tmp_path: P
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert retry.user_attrs["warm_start"] == "w0"  # the retry evaluates what the killed trial did
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path: Path) -> None:
+    # Optuna never finds a trial stale that has no heartbeat; CI once waited 90 minutes on one
+    storage = open_storage(tmp_path / "early.db", heartbeat_interval=1, grace_period=2)
+    study = open_study(storage, "s", ["minimize"], config={}).study
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()  # RUNNING with no heartbeat: Optuna's heartbeat thread runs only inside `optimize`
+    trial.suggest_float("x", -10.0, 10.0)
+    trial.set_user_attr("worker", {**_this_worker(), "pid": int(gone.stdout), "start": "gone"})
+    summaries: list[WorkerSummary] = []
+    thread = threading.Thread(target=lambda: summaries.append(run_trials(study, _quadratic, 3)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "run_trials still waits on the dead worker's trial"
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert summaries[0].finished == 3 and trials[0].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
 
 
 # --- end to end on a tiny model --------------------------------------------------------------------------------------

@@ -31,9 +31,11 @@ Interruptions
     Ctrl-C marks the trial in flight FAIL (Optuna does this) and re-raises; finished trials are already stored.
     A killed worker (SIGKILL, out of memory, a lost machine) leaves its trial RUNNING. RDB storages fail it after
     the heartbeat grace period and retry it (same parameters and user attributes, system attribute `failed_trial`).
-    Journal files have no heartbeat; instead each trial records its worker (user attribute `worker`: host, boot,
-    pid, process start time), and `retry_dead_workers_trials` (run on every open and whenever a worker would stop
-    for want of free slots) fails and retries, the same way, a RUNNING trial whose worker on this machine is gone.
+    Each trial also records its worker (user attribute `worker`: host, boot, pid, process start time), and
+    `retry_dead_workers_trials` (run on every open and whenever a worker waits or would stop for want of free slots)
+    fails and retries, the same way, a RUNNING trial whose worker on this machine is gone. Journal files have no
+    heartbeat, and a worker killed before its first heartbeat leaves a trial that Optuna never finds stale: for
+    both, this is what frees the trial.
     A warm start thus runs again after its worker was killed mid-trial. A trial of a worker on another machine
     (a journal on a shared disk) cannot be checked: run `fail_running_trials` (CLI: `--fail-running`) once no
     other worker is alive; its warm starts are enqueued again on the next open. Re-running resumes: only the
@@ -442,7 +444,8 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
 
 def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
     """Fail, and enqueue again, every RUNNING trial whose worker was a process of this machine that is gone (killed
-    mid-trial); for storages without a heartbeat (journal files). Returns the failed trials' numbers."""
+    mid-trial); for journal files, and for trials whose worker died before its first heartbeat. Returns the failed
+    trials' numbers."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _worker_is_dead(trial.user_attrs.get(WORKER)):
@@ -537,6 +540,9 @@ def run_trials(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # and retries them
+            # Optuna never finds a trial stale that has no heartbeat yet: its worker died before the heartbeat
+            # thread's first write (CI waited 90 min on one such trial). The worker record still catches it.
+            retry_dead_workers_trials(study)
             continue
         study.optimize(guarded, catch=(SurplusTrial, *catch), callbacks=[*callbacks, count_failures, enough])
 
