@@ -530,9 +530,11 @@ def run_trials(
         if counts.finished >= n_trials:
             return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=False)
         if counts.finished + counts.running >= n_trials:
+            # with a heartbeat too: Optuna never finds a trial stale that has no heartbeat yet (its worker died
+            # before the heartbeat thread's first write; CI waited 90 min on one), but the worker record catches it
+            if retry_dead_workers_trials(study):
+                continue
             if not _has_heartbeat(study):
-                if retry_dead_workers_trials(study):
-                    continue
                 return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=True)
             if on_wait is not None:
                 on_wait(counts.running)
@@ -540,9 +542,6 @@ def run_trials(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # and retries them
-            # Optuna never finds a trial stale that has no heartbeat yet: its worker died before the heartbeat
-            # thread's first write (CI waited 90 min on one such trial). The worker record still catches it.
-            retry_dead_workers_trials(study)
             continue
         study.optimize(guarded, catch=(SurplusTrial, *catch), callbacks=[*callbacks, count_failures, enough])
 
