@@ -48,6 +48,7 @@ from adaptive_sampler.monitors.spec import (
     MONITORS,
     calibrated_default,
     load_calibrated_defaults,
+    make_monitor,
     monitor_from_spec,
 )
 from adaptive_sampler.monitors.steering_calibration import SteeringCalibration, calibrate_steering
@@ -92,6 +93,7 @@ __all__ = [
     "linear_weights_path",
     "load_calibrated_defaults",
     "make_distance",
+    "make_monitor",
     "monitor_from_spec",
     "record_x0_trace",
 ]

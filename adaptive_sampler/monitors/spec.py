@@ -166,12 +166,32 @@ def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dic
                              "them, so give a threshold too")
         threshold, guardrails = float(entry["threshold"]), calibrated
     try:
-        if name in CHANGE_DISTANCES:
-            return ChangeMonitor(CHANGE_DISTANCES[name], threshold, distance_options=kwargs.get(name),
-                                 guardrails=guardrails)
-        return cls(threshold, guardrails=guardrails, **kwargs.get(name, {}))
+        return make_monitor(name, threshold, guardrails=guardrails, options=kwargs.get(name))
     except ValueError as e:
         raise FieldError("monitor", term, f"is refused: {e}; write {_RULE}") from e
+
+
+def make_monitor(name: str, threshold: float, *, guardrails: Guardrails | None = None,
+                 options: dict[str, Any] | None = None) -> ThresholdMonitor:
+    """The threshold monitor registered as `name` (a key of `MONITORS` other than a `steer-` one, which is a
+    `SteeringChange(distance, low, high)`), the object a spec term `NAME:THRESHOLD` stands for.
+
+    Args:
+        name: the monitor's spec name, e.g. "x0-l2", "lpips", "max-nfe".
+        threshold: where it fires (see the monitor's class).
+        guardrails: when it may fire (default: `Guardrails()`).
+        options: its constructor keywords (for a change monitor: its distance's, e.g. {"net": "vgg"} for lpips).
+
+    Raises FieldError (field "monitor") for a name that is not a threshold monitor's, and the monitor's own
+    FieldError for a bad threshold or option.
+    """
+    cls = MONITORS.get(name)
+    if cls is None or cls is SteeringChange:
+        known = ", ".join(n for n, c in MONITORS.items() if c is not SteeringChange)
+        raise FieldError("monitor", name, f"is not a threshold monitor; the names are {known}")
+    if name in CHANGE_DISTANCES:
+        return ChangeMonitor(CHANGE_DISTANCES[name], threshold, distance_options=options, guardrails=guardrails)
+    return cls(threshold, guardrails=guardrails, **(options or {}))
 
 
 def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | None = None,
