@@ -44,6 +44,19 @@ class FileFieldError(FieldError):
         self.field, self.value, self.rule = field, (None if value is FileFieldError._WHOLE else value), rule
 
 
+def first_line(exc: BaseException) -> str:
+    """The line of `exc`'s message that says what went wrong, for a one-line rule: a "size mismatch" line where
+    there is one (torch lists every tensor), without SQLAlchemy's " [SQL: …]" tail, at most 300 characters.
+
+    Args:
+        exc: the exception a library raised.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((x for x in lines if "size mismatch" in x), lines[0] if lines else type(exc).__name__)
+    line = line.split(" [SQL:", 1)[0]
+    return line if len(line) <= 300 else line[:297] + "…"
+
+
 def validation_parts(exc: Any, fields: Any = ()) -> tuple[str, Any, str]:
     """(inner field, value, rule) of a pydantic `ValidationError`'s first error, for a `FileFieldError`: the location
     as "a.b[2]", a validator's `FieldError` by its own field, value and rule. `fields` lists the allowed names for

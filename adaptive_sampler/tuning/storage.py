@@ -11,8 +11,7 @@ Storage (`open_storage`)
     processes on one machine. Any SQLAlchemy URL (`postgresql://…`, `mysql+pymysql://…`, `sqlite:///path.db`; a
     bare `.db`/`.sqlite`/`.sqlite3` path is SQLite) is an `RDBStorage` with a heartbeat: a trial whose worker was
     killed is failed after `grace_period` seconds and `RetryHeartbeatStaleTrialCallback` enqueues it again with the
-    same parameters and user attributes. SQLite needs one workaround, `_begin_immediate` (see there and
-    `test_two_worker_processes_finish_the_requested_trials_exactly[sqlite]`).
+    same parameters and user attributes. SQLite needs one workaround, `_begin_immediate` (see there).
 
 Studies (`open_study`)
     `optuna.create_study(load_if_exists=True)`; the first opener stores the study's config, a resuming one must
@@ -44,11 +43,13 @@ Interruptions
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +60,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, first_line
 
 DEFAULT_STORAGE = Path("runs") / "tune.journal"
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
@@ -185,6 +186,15 @@ def _writable(text: str, path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def ignoring_experimental_warnings() -> Iterator[None]:
+    """A block in which Optuna's ExperimentalWarning is silenced: the heartbeat and its retry callback, which this
+    module builds on, are still marked experimental."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                  grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
     """An Optuna storage for `url` (see the module docstring for the accepted forms), checked first
@@ -201,39 +211,31 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
 
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            with ignoring_experimental_warnings():
                 storage = RDBStorage(
                     # SQLite: no implicit pysqlite transactions; `_begin_immediate` below opens each one instead
                     text, engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                    heartbeat_stale_trial_callback=_retry_callback())
             break
         except (ImportError, ValueError) as exc:
-            raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {_first_line(exc)}") from None
+            raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {first_line(exc)}") from None
         except (SQLAlchemyError, RuntimeError) as exc:
             # Workers opening a new database at once race to create Optuna's tables and stamp their version
-            # (SQLite: "UNIQUE constraint failed: alembic_version", seen in the two-worker test; PostgreSQL:
-            # 'relation "studies" already exists', seen in CI with three workers): the loser retries. Anything
-            # else is no race: not a database ("file is not a database"), an old schema.
+            # (SQLite: "UNIQUE constraint failed: alembic_version"; PostgreSQL: 'relation "studies" already
+            # exists'): the loser retries. Anything else is no race: not a database, an old schema.
             lost_race = isinstance(exc, IntegrityError | OperationalError) or (
                 isinstance(exc, ProgrammingError) and "already exists" in str(exc))
             if not lost_race:
-                raise StorageError(target.text, f"cannot be opened as an Optuna storage ({_first_line(exc)})") from None
+                raise StorageError(target.text, f"cannot be opened as an Optuna storage ({first_line(exc)})") from None
             if attempt == 4:
-                raise StorageError(target.text, f"cannot be opened ({_first_line(exc)})") from None
+                raise StorageError(target.text, f"cannot be opened ({first_line(exc)})") from None
             time.sleep(0.2 * (attempt + 1))
     if sqlite:
         from sqlalchemy import event
 
         event.listen(storage.engine, "begin", _begin_immediate)
     return storage
-
-
-def _first_line(exc: BaseException) -> str:
-    line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
-    line = line.split(" [SQL:", 1)[0]
-    return line if len(line) <= 300 else line[:297] + "…"
 
 
 def _begin_immediate(connection: Any) -> None:
@@ -243,7 +245,6 @@ def _begin_immediate(connection: Any) -> None:
     new trial by counting the study's trials); SQLite ignores FOR UPDATE, and a deferred transaction reads before
     it locks, so two workers can both pop one trial, or race on a new one (Optuna's cache then fails with
     "'<' not supported between NoneType and int"). Taking the write lock first makes each transaction atomic.
-    Without it `test_two_worker_processes_finish_the_requested_trials_exactly[sqlite]` failed in 4 of 8 runs.
     """
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -254,7 +255,7 @@ def _journal(text: str, path: Path) -> JournalStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:  # lines that are not Optuna's log
         raise StorageError(text, f"names the file {path}, which is not an Optuna journal "
-                           f"({type(exc).__name__}: {_first_line(exc)})") from None
+                           f"({type(exc).__name__}: {first_line(exc)})") from None
     except OSError as exc:
         raise StorageError(text, f"names the file {path}, which cannot be used ({exc.strerror or exc})") \
             from None
@@ -309,8 +310,7 @@ def open_study(
             study.set_user_attr(key, value)
         study.set_user_attr(CONFIG, dict(config))
     if _has_heartbeat(study):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with ignoring_experimental_warnings():
             optuna.storages.fail_stale_trials(study)  # and retries them, before the warm starts are checked
     else:
         retry_dead_workers_trials(study)
@@ -429,17 +429,17 @@ def _worker_is_dead(worker: Any) -> bool:
     return start is None or bool(worker.get("start") and start and start != worker.get("start"))
 
 
+def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    with ignoring_experimental_warnings():
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a failed trial again as `RetryHeartbeatStaleTrialCallback` does (same parameters and user attributes,
-    `failed_trial` and `retry_history` system attributes, at most MAX_RETRY times), without its `WORKER`."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > MAX_RETRY:
-        return
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k != WORKER},
-        system_attrs={**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
-                      "retry_history": history}))
+    """Enqueue a failed trial again as Optuna's heartbeat does, but without its `WORKER`: until the worker that
+    pops the retry records itself, the retry must not look like a trial of the dead worker."""
+    clean = copy.deepcopy(trial)  # Optuna's callback appends to the trial's own retry_history list
+    clean.user_attrs.pop(WORKER, None)
+    _retry_callback()(study, clean)
 
 
 def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
@@ -531,7 +531,7 @@ def run_trials(
             return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=False)
         if counts.finished + counts.running >= n_trials:
             # with a heartbeat too: Optuna never finds a trial stale that has no heartbeat yet (its worker died
-            # before the heartbeat thread's first write; CI waited 90 min on one), but the worker record catches it
+            # before the heartbeat thread's first write), but the worker record catches it
             if retry_dead_workers_trials(study):
                 continue
             if not _has_heartbeat(study):
@@ -539,8 +539,7 @@ def run_trials(
             if on_wait is not None:
                 on_wait(counts.running)
             time.sleep(1.0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with ignoring_experimental_warnings():
                 optuna.storages.fail_stale_trials(study)  # and retries them
             continue
         study.optimize(guarded, catch=(SurplusTrial, *catch), callbacks=[*callbacks, count_failures, enough])

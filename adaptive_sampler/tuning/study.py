@@ -49,6 +49,7 @@ from adaptive_sampler.tuning.storage import (
     WarmStart,
     WorkerSummary,
     fail_running_trials,
+    ignoring_experimental_warnings,
     open_study,
     run_trials,
     trial_counts,
@@ -184,8 +185,7 @@ class Tuner:
 
     def _sampler(self, cmaes_from: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
         """TPE, or CMA-ES (the `cmaes` package through Optuna) started at the parameters `cmaes_from`."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with ignoring_experimental_warnings():
             # x0 and sigma0 are deprecated since Optuna 4.9 (removal planned for 6.0, hence optuna<6) in favour of
             # source_trials, which estimates the start from a whole population; a local search from one known good
             # list needs exactly x0 and a small sigma0
