@@ -27,6 +27,12 @@ def tiny_unet() -> UNet2DModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_rgb_unet() -> UNet2DModel:
+    """`build_tiny_unet(channels=3)`: a 3-channel 8x8 UNet."""
+    return build_tiny_unet(channels=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_config() -> dict[str, Any]:
     return tiny_scheduler_config()
 

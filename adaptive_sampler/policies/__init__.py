@@ -17,7 +17,7 @@ from adaptive_sampler.policies.builtin import (
     Trailing,
     Uniform,
 )
-from adaptive_sampler.policies.learned import FromFile, Learned
+from adaptive_sampler.policies.learned import FromFile, Learned, check_solver
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
 STATIC_POLICIES: dict[str, type] = {
@@ -52,5 +52,6 @@ def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Po
 
 __all__ = [
     "POLICY_NAMES", "STATIC_POLICIES", "Explicit", "FromFile", "FrontLoaded", "Karras", "Leading", "Learned",
-    "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "discretize", "make_policy", "validate_timesteps",
+    "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_solver", "discretize", "make_policy",
+    "validate_timesteps",
 ]
