@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
+from diffusers import DDIMScheduler
 from pydantic import BaseModel, ConfigDict, Field
 
 from adaptive_sampler.cuda_graphs import CudaGraphs
@@ -51,11 +53,8 @@ class X0Processing(BaseModel):
         return cls(**{k: config[k] for k in cls.model_fields if k in config})
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.thresholding:
-            flat = x0.reshape(x0.shape[0], -1)
-            s = torch.quantile(flat.abs().float(), self.dynamic_thresholding_ratio, dim=1)
-            s = s.clamp(min=1, max=self.sample_max_value).to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-            return x0.clamp(-s, s) / s
+        if self.thresholding:  # diffusers' own code, which reads these fields as its config
+            return DDIMScheduler._threshold_sample(SimpleNamespace(config=self), x0)
         if self.clip_sample:
             return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0
