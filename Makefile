@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/adaptive-sampler
 
-.PHONY: demo test lint postgres test-postgres
+.PHONY: demo test docs lint postgres test-postgres
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns any warning (a broken link, a docstring
+# that does not parse) into an error.
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
 
 # A throwaway PostgreSQL server (Debian's postgresql package, installed if missing when run as root; initdb and
 # pg_ctl as an unprivileged user in a temp dir, unix socket only), then the scale-out test against it: three tune
