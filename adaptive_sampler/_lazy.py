@@ -1,15 +1,41 @@
-"""Public names imported on first use (PEP 562), so that importing a package costs only what is used."""
+"""Imports on first use: public names (PEP 562), so that importing a package costs only what is used, and the
+optional dependencies of the extras, with a one-line install hint when one is missing (Optuna's `try_import`)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require_extra(module: str, extra: str, needed_by: str) -> None:
+    """Raise MissingExtraError, with the pip command that installs `module`, unless it can be imported. Only looks
+    the module up: the caller imports it where it is used.
+
+    Args:
+        module: the top-level module of the optional dependency (e.g. `matplotlib`).
+        extra: the extra of adaptive-sampler that installs it (e.g. `plots`).
+        needed_by: what needs it, for the message (e.g. `the export's plots`).
+    """
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(f"{needed_by} needs {module}, which is not installed: "
+                                f"pip install 'adaptive-sampler[{extra}]'")
+
+
 def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
     """A module `__getattr__` for `package` that imports `name` from `package.<exports[name]>` when first asked
-    for and caches it in the package's `namespace`."""
+    for and caches it in the package's `namespace`.
+
+    Args:
+        package: the package's `__name__`.
+        exports: public name -> the submodule that defines it.
+        namespace: the package's `globals()`.
+    """
 
     def __getattr__(name: str) -> Any:
         if name not in exports:

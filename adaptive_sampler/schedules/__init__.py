@@ -1,8 +1,5 @@
-"""Schedules: the tool-neutral schedule file (`ScheduleArtifact`), its exporters, and the catalogue.
-
-The shipped catalogue is the JSON in this folder, `adaptive_sampler/schedules/<model>/<family>-<N>.json`, named
-`<model>/<family>-<N>` (e.g. `sd15/ays-10`, `learned:fashion-mnist/ddim-10`).
-"""
+"""Schedules: the tool-neutral schedule file (`ScheduleArtifact`), its exporters, and the catalogue of shipped
+policy files (the repository's `policies/`, named `<model>/<family>-<N>`, e.g. `learned:fashion-mnist/ddim-10`)."""
 
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry

@@ -1,8 +1,10 @@
-"""The schedule catalogue: the JSON files shipped in this package's folder, `adaptive_sampler/schedules/`.
+"""The catalogue: the shipped policy files, the repository's top-level `policies/` (the package
+`adaptive_sampler.policy_files` once installed).
 
-Entries are `<model>/<name>.json` files (ScheduleArtifact) in that folder, named `<model>/<name>` where `<name>`
-is `<family>-<N>` (e.g. `sd15/ays-10`, `fashion-mnist/ddim-10`). A request for another step count of a family is
-answered by log-linear interpolation of the nearest entry, marked `interpolated`.
+Entries are `<model>/<family>-<N>.json` files (ScheduleArtifact), named `<model>/<family>-<N>` (e.g. `sd15/ays-10`,
+`fashion-mnist/ddim-10`; `--policy learned:<name>` on the command line). A request for another step count of a
+family is answered by its entry of that length, else by log-linear interpolation of the named entry, marked
+`interpolated`.
 """
 
 from __future__ import annotations
@@ -21,19 +23,28 @@ _KEY = re.compile(r"^(?P<family>[A-Za-z0-9_.-]+/[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+
 
 
 def catalogue_dir() -> Path:
-    """The folder of the shipped catalogue, `adaptive_sampler/schedules/` (one sub-folder per model)."""
-    return Path(str(files("adaptive_sampler.schedules")))
+    """The folder of the shipped policy files, one sub-folder per model (`policies/` in an editable install)."""
+    return Path(str(files("adaptive_sampler.policy_files")))
 
 
 def list_entries(root: Path | None = None) -> list[str]:
-    """All entry names, sorted."""
+    """All entry names, sorted.
+
+    Args:
+        root: the catalogue folder; default `catalogue_dir()`.
+    """
     root = root or catalogue_dir()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.json"))
 
 
 def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
     """Resample a schedule to `num_steps` by linear interpolation of log(t + 1) over the normalised step index
-    (the log-linear rule of Align Your Steps, Sabour et al. 2024; +1 keeps t = 0 finite)."""
+    (the log-linear rule of Align Your Steps, Sabour et al. 2024; +1 keeps t = 0 finite).
+
+    Args:
+        artifact: the schedule to resample.
+        num_steps: the new length, in [1, num_train_timesteps].
+    """
     if num_steps < 1 or num_steps > artifact.num_train_timesteps:
         raise FieldError("num_steps", num_steps, f"is outside [1, {artifact.num_train_timesteps}]")
     old = np.log(np.asarray(artifact.timesteps, dtype=np.float64)[::-1] + 1)
@@ -45,7 +56,13 @@ def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
 
 def load_entry(name: str, num_steps: int | None = None, root: Path | None = None) -> ScheduleArtifact:
     """Load catalogue entry `name` (e.g. `sd15/ays-10`). With `num_steps` different from the entry's, return the
-    family's entry of that length if there is one, else the named entry interpolated to it."""
+    family's entry of that length if there is one, else the named entry interpolated to it.
+
+    Args:
+        name: `<model>/<family>-<N>`.
+        num_steps: the step count wanted; None for the entry's own.
+        root: the catalogue folder; default `catalogue_dir()`.
+    """
     root = root or catalogue_dir()
     match = _KEY.match(name)
     if match is None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
@@ -118,6 +119,8 @@ def export_best(
     best = tuner.best()
     if not best:
         raise ValueError("trials: the studies hold no complete trial to export; run some trials first")
+    if plots_dir is not None:  # before the held-out scoring, which takes long
+        require_extra("matplotlib", "plots", "the export's plots")
     evaluator = heldout_evaluator(tuner)
     cache: dict[tuple[int, ...], Evaluation] = {}
 

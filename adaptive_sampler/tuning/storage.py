@@ -60,6 +60,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.errors import FieldError, first_line
 
 DEFAULT_STORAGE = Path("runs") / "tune.journal"
@@ -169,6 +170,8 @@ def check_storage(url: str | Path | None = None) -> StorageTarget:
     if backend not in RDB_BACKENDS:
         raise StorageError(text, f"has the scheme {parsed.drivername!r}, which is not a storage Optuna can share "
                            f"between workers; {forms}")
+    if parsed.get_driver_name() == "psycopg":
+        require_extra("psycopg", "postgres", f"the storage {text}")
     if backend != "sqlite":  # a server: reachable or not is found out on opening
         return StorageTarget(text, url=text)
     database = parsed.database or ""

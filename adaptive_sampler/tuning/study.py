@@ -26,6 +26,7 @@ import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE
 from adaptive_sampler.model_adapter import RowSpec
@@ -191,6 +192,7 @@ class Tuner:
             # list needs exactly x0 and a small sigma0
             warnings.simplefilter("ignore", FutureWarning)
             if cmaes_from is not None:  # {}: no trial to start from, CMA-ES starts at the centre of the space
+                require_extra("cmaes", "cmaes", f"--method {self.settings.method}")
                 return optuna.samplers.CmaEsSampler(x0=cmaes_from or None, sigma0=self.settings.cmaes_sigma0,
                                                     seed=self.settings.sampler_seed, warn_independent_sampling=False)
             return optuna.samplers.TPESampler(seed=self.settings.sampler_seed, multivariate=True, group=True,
