@@ -11,7 +11,14 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.distribution import KidReference, fid, kid
 from adaptive_sampler.metrics.statistics import FeatureStatistics
 from adaptive_sampler.model_adapter import ModelAdapter
-from adaptive_sampler.monitors import DistributionTarget, calibrate_threshold, monitor_from_spec
+from adaptive_sampler.monitors import (
+    ChangeMonitor,
+    DistributionTarget,
+    X0Trace,
+    calibrate_threshold,
+    monitor_from_spec,
+    record_x0_trace,
+)
 from adaptive_sampler.sampler import sample
 from helpers import build_tiny_unet, tiny_scheduler_config
 
@@ -26,7 +33,7 @@ def pooled(images: torch.Tensor) -> torch.Tensor:
 # 16×16 (the fully convolutional tiny UNet takes it): the held-out report's SSIM needs an 11-pixel window
 SHAPE, TIMESTEPS = (1, 16, 16), [999, 899, 799, 699, 599, 499, 399, 299, 199, 99, 0]
 REFERENCE = torch.randn(500, DIM, generator=torch.Generator().manual_seed(0)) * 0.3
-COMMON = dict(calibration_seeds=[11], heldout_seeds=[12], samples_per_seed=24, batch_size=8)
+SAMPLES_PER_SEED = 24
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +41,23 @@ def tiny() -> ModelAdapter:
     return ModelAdapter.from_diffusers(build_tiny_unet(), tiny_scheduler_config(), network_rows=4)
 
 
+@pytest.fixture(scope="module")
+def traces(tiny) -> tuple[X0Trace, X0Trace]:
+    return tuple(record_x0_trace(tiny, SHAPE, TIMESTEPS, [seed], SAMPLES_PER_SEED, batch_size=8)
+                 for seed in (11, 12))  # type: ignore[return-value]
+
+
 def target(metric: str, pct: float) -> DistributionTarget:
     return DistributionTarget(metric, pct, feature_extractor=pooled, reference_features=REFERENCE)  # type: ignore[arg-type]
 
 
+def calibrate(traces: tuple[X0Trace, X0Trace], metric: str, pct: float):
+    return calibrate_threshold(ChangeMonitor("l2", 0.0), target(metric, pct), *traces)
+
+
 @pytest.mark.parametrize("metric", ["fid", "kid"])
-def test_distribution_target_is_met_and_equals_the_online_run(tiny, metric):
-    result = calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_distribution=target(metric, 10.0), **COMMON)
+def test_distribution_target_is_met_and_equals_the_online_run(tiny, traces, metric):
+    result = calibrate(traces, metric, 10.0)
     full_value = result.full_distribution["calibration"]
     assert result.met_target and result.calibration.distribution <= full_value * 1.10
     assert result.target_distribution == {"metric": metric, "max_increase_pct": 10.0}
@@ -60,9 +77,8 @@ def test_distribution_target_is_met_and_equals_the_online_run(tiny, metric):
     assert result.heldout.distribution is not None and math.isfinite(result.heldout.distribution)
 
 
-def test_a_stricter_distribution_target_never_exits_earlier(tiny):
-    loose = calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_distribution=target("fid", 50.0), **COMMON)
-    strict = calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_distribution=target("fid", 0.0), **COMMON)
+def test_a_stricter_distribution_target_never_exits_earlier(traces):
+    loose, strict = calibrate(traces, "fid", 50.0), calibrate(traces, "fid", 0.0)
     assert strict.calibration.nfe_mean >= loose.calibration.nfe_mean
     assert loose.calibration.nfe_mean < len(TIMESTEPS)  # the loose target lets samples exit: not vacuous
 
@@ -81,13 +97,7 @@ def test_bad_distribution_targets_name_the_field(build, field, rule):
 
 
 def test_fid_needs_more_samples_than_feature_dimensions(tiny):
-    few = dict(COMMON, samples_per_seed=DIM)
+    few = [record_x0_trace(tiny, SHAPE, TIMESTEPS, [seed], DIM, batch_size=8) for seed in (11, 12)]
     with pytest.raises(FieldError, match="too few for FID in a 4-dimensional feature space") as err:
-        calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_distribution=target("fid", 3.0), **few)
+        calibrate_threshold(ChangeMonitor("l2", 0.0), target("fid", 3.0), *few)
     assert err.value.field == "samples_per_seed"
-
-
-def test_exactly_one_target(tiny):
-    with pytest.raises(ValueError, match="^target_psnr, target_feature_distance, target_distribution: give exactly"):
-        calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_psnr=30.0,
-                            target_distribution=target("fid", 3.0), **COMMON)

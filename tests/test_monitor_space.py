@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from adaptive_sampler.models import load_model
-from adaptive_sampler.monitors import AnyOf, monitor_from_spec
-from adaptive_sampler.monitors.calibration import calibrate_threshold, record_x0_trace
+from adaptive_sampler.monitors import AnyOf, ChangeMonitor, monitor_from_spec
+from adaptive_sampler.monitors.calibration import PsnrTarget, calibrate_threshold, record_x0_trace
 from adaptive_sampler.monitors.space import ImageSpace, decode_cost
 from adaptive_sampler.pipeline import Conditions
 from adaptive_sampler.policies import Uniform
@@ -58,9 +58,9 @@ def test_space_latent_is_the_default_and_sees_latents(sd):
 @pytest.mark.parametrize("space", ["latent", "image"])
 def test_calibration_in_either_space_is_exact_online(sd, space):
     timesteps = Uniform().timesteps(8, sd.adapter().schedule)
-    result = calibrate_threshold(sd.adapter(), sd.sample_shape, timesteps, f"x0-l2,space={space}", target_psnr=20,
-                                 calibration_seeds=[0], heldout_seeds=[1], samples_per_seed=4, batch_size=4,
-                                 conditioning=sd.conditioning, decode=sd.decode)
+    cal, held = (record_x0_trace(sd.adapter(), sd.sample_shape, timesteps, [seed], 4, batch_size=4,
+                                 conditioning=sd.conditioning, decode=sd.decode, space=space) for seed in (0, 1))
+    result = calibrate_threshold(ChangeMonitor("l2", 0.0), PsnrTarget(20), cal, held)
     assert result.monitor.endswith(",space=image") == (space == "image")
     nfe, _ = _online(sd, result.monitor, timesteps, 1, 4)
     assert float(nfe.double().mean()) == pytest.approx(result.heldout.nfe_mean, abs=1e-12)

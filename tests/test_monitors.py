@@ -39,7 +39,7 @@ from adaptive_sampler.monitors import (
     monitor_from_spec,
 )
 from adaptive_sampler.monitors import budget as budget_module
-from adaptive_sampler.monitors.calibration import calibrate_threshold, record_x0_trace
+from adaptive_sampler.monitors.calibration import PsnrTarget, calibrate_threshold, record_x0_trace
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
 
@@ -574,8 +574,8 @@ def test_a_defaults_file_with_another_format_is_refused(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- calibration
 def test_calibration_meets_the_target_on_calibration_seeds_and_matches_the_online_run(tiny):
-    result = calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_psnr=30.0, calibration_seeds=[11],
-                                 heldout_seeds=[12], samples_per_seed=8, batch_size=8)
+    cal, held = (record_x0_trace(tiny, SHAPE, TIMESTEPS, [seed], 8, batch_size=8) for seed in (11, 12))
+    result = calibrate_threshold(ChangeMonitor("l2", 0.0), PsnrTarget(30.0), cal, held)
     assert result.met_target and result.calibration.psnr >= 30.0
     assert result.calibration.nfe_mean <= len(TIMESTEPS)
     assert result.n_calibration == result.n_heldout == 8 and result.num_steps == len(TIMESTEPS)
@@ -588,17 +588,18 @@ def test_calibration_meets_the_target_on_calibration_seeds_and_matches_the_onlin
     mse = ((online.samples - full.samples) / 2).pow(2).mean()  # the target's PSNR: of the MSE over samples
     assert float(-10 * torch.log10(mse.double() + 1e-8)) == pytest.approx(result.calibration.psnr, abs=1e-3)
     # a stricter target never costs fewer evaluations
-    strict = calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_psnr=45.0, calibration_seeds=[11],
-                                 heldout_seeds=[12], samples_per_seed=8, batch_size=8)
+    strict = calibrate_threshold(ChangeMonitor("l2", 0.0), PsnrTarget(45.0), cal, held)
     assert strict.calibration.nfe_mean >= result.calibration.nfe_mean
 
 
 def test_calibration_rejects_bad_requests(tiny):
-    common = dict(calibration_seeds=[1], heldout_seeds=[2], samples_per_seed=2)
-    with pytest.raises(ValueError, match="^target_psnr, target_feature_distance, target_distribution: give exactly"):
-        calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", **common)
-    with pytest.raises(ValueError, match=r"^heldout_seeds: \[1\] are also calibration seeds"):
-        calibrate_threshold(tiny, SHAPE, TIMESTEPS, "x0-l2", target_psnr=30, calibration_seeds=[1],
-                            heldout_seeds=[1, 2])
+    one, two = (record_x0_trace(tiny, SHAPE, TIMESTEPS, seeds, 2) for seeds in ([1], [1, 2]))
+    monitor = ChangeMonitor("l2", 0.0)
+    with pytest.raises(ValueError, match="^target: 30 is not a CalibrationTarget"):
+        calibrate_threshold(monitor, 30, one, two)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^heldout: \[1\] are also calibration seeds"):
+        calibrate_threshold(monitor, PsnrTarget(30), one, two)
     with pytest.raises(ValueError, match="^monitor: 'deadline' cannot be calibrated"):
-        calibrate_threshold(tiny, SHAPE, TIMESTEPS, "deadline", target_psnr=30, **common)
+        calibrate_threshold(Deadline(1.0), PsnrTarget(30), one, two)
+    with pytest.raises(ValueError, match="^target_psnr: nan is not a finite number"):
+        PsnrTarget(float("nan"))

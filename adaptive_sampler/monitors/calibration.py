@@ -1,8 +1,8 @@
 """Calibrate a monitor's threshold for one model and step count against a fidelity target.
 
 Thresholds do not transfer between models or step counts (x̂0 moves by different amounts per step), so each
-(model, steps) pair needs its own. `calibrate_threshold` runs the full sampling run once per seed set while
-recording x̂0 of every step (`record_x0_trace`), scores every step of every sample once with the monitor
+(model, steps) pair needs its own. `record_x0_trace` runs the full sampling run once per seed set while recording
+x̂0 of every step; `calibrate_threshold` scores every step of every sample once with the monitor
 (`ThresholdMonitor.replay_scores`, batch by batch as the online run sees them), and then simulates each candidate
 threshold offline (`ThresholdMonitor.simulate_exits`, the same streak logic as the online monitor): a sample that
 exits at step k returns x̂0 of step k. That is exactly what the online run returns with `finish="x0"` (under the
@@ -12,19 +12,22 @@ computes a sample bitwise identically whether or not other samples leave its bat
 depends only on that sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run
 prices every threshold, at no further network cost.
 
-A latent model calibrates in either space (`space`, or the spec's `space=` option): the monitor replays on latent
-x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the fidelity
-target is measured on decoded images, the ones the user gets.
+A latent model's traces are recorded in either space (`record_x0_trace(..., space=)`): the monitor replays on
+latent x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the
+fidelity target is measured on decoded images, the ones the user gets.
 
-A distribution target (`DistributionTarget`: FID or KID of the exits at most X % above the full run's, on the same
-seeds) is priced the same way, from the features of every step's x̂0. That is exact for `finish="x0"`; a tail
-finish returns samples closer to the full run than x̂0, so a threshold calibrated this way is conservative for it.
+The target is a `CalibrationTarget`: `PsnrTarget`, `FeatureDistanceTarget` or `DistributionTarget` (FID or KID of
+the exits at most X % above the full run's, on the same seeds). A distribution target is priced the same way, from
+the features of every step's x̂0. That is exact for `finish="x0"`; a tail finish returns samples closer to the full
+run than x̂0, so a threshold calibrated this way is conservative for it.
 """
 
 from __future__ import annotations
 
+import abc
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -38,9 +41,8 @@ from adaptive_sampler.metrics.features import FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
 from adaptive_sampler.metrics.statistics import FeatureStatistics, embedded_reference_features
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
-from adaptive_sampler.monitors.base import Monitor, ThresholdMonitor
+from adaptive_sampler.monitors.base import ThresholdMonitor
 from adaptive_sampler.monitors.space import Decode
-from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec, split_space
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import Solver
 from adaptive_sampler.step_info import StepInfo
@@ -51,15 +53,19 @@ _PSNR_EPS = 1e-8
 @dataclass
 class X0Trace:
     """x̂0 of every step of full runs (no exits): `x0` [n, K, *shape] float32 on the CPU (in the monitor's space),
-    the final `samples` [n, *shape], the walked `timesteps` [K], which (seed, index) each row is, and the sampling
-    wall time. For a latent model traced in latent space, `images` [n, K, *image shape] and `image_samples` hold
-    the decoded x̂0 and samples the fidelity is measured on (None: `x0` and `samples` are images)."""
+    the final `samples` [n, *shape], the walked `timesteps` [K], which (seed, index) each row is, the sampling
+    wall time, the batch size it was sampled in, and the `space` the monitor reads x̂0 in (`image`: a latent
+    model's decoded x̂0). For a latent model traced in latent space, `images` [n, K, *image shape] and
+    `image_samples` hold the decoded x̂0 and samples the fidelity is measured on (None: `x0` and `samples` are
+    images)."""
 
     x0: torch.Tensor
     samples: torch.Tensor
     timesteps: torch.Tensor
     seeds: list[tuple[int, int]]
     wall_s: float
+    batch_size: int
+    space: Literal["latent", "image"] = "latent"
     cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     images: torch.Tensor | None = None
     image_samples: torch.Tensor | None = None
@@ -80,12 +86,21 @@ class X0Trace:
     def num_steps(self) -> int:
         return self.x0.shape[1]
 
-    def step_infos(self, batch_size: int = 256) -> list[StepInfo]:
-        """StepInfos of a replay, batch after batch of `batch_size` rows (each from step 0): step, t, t_prev, x0 and
-        sample_indices = trace rows.
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds the trace was recorded for, sorted."""
+        return sorted({s for s, _ in self.seeds})
+
+    def step_infos(self, batch_size: int | None = None) -> list[StepInfo]:
+        """StepInfos of a replay, batch after batch of `batch_size` rows (default: as recorded; each from step 0):
+        step, t, t_prev, x0 and sample_indices = trace rows.
 
         `x_t` and `eps` are not recorded (empty tensors): the monitors look at x̂0 only.
+
+        Args:
+            batch_size: rows per replayed batch; None replays the batches the trace was sampled in.
         """
+        batch_size = batch_size or self.batch_size
         t_prevs = torch.cat([self.timesteps[1:], self.timesteps.new_full((1,), -1)])
         infos, empty = [], torch.empty(0)
         for start in range(0, self.n, batch_size):
@@ -117,11 +132,24 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
                     seeds: Sequence[int], samples_per_seed: int, *, batch_size: int = 64,
                     progress: bool = False, conditioning: Conditioning | None = None, decode: Decode | None = None,
                     space: str = "latent", solver: Solver | None = None) -> X0Trace:
-    """Full runs `sample(adapter, timesteps, shape, samples_per_seed, seed=s, conditioning=conditioning,
-    solver=solver)` for each seed s, keeping x̂0 of every step (through a monitor that never stops a sample;
-    cheaper than `trace=True`, which keeps x_t and ε̂). With `decode` (a latent model) every x̂0 and sample is
-    decoded too: the trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`
-    (`space="latent"`)."""
+    """Full runs for each seed, keeping x̂0 of every step (through a monitor that never stops a sample; cheaper than
+    `sample(..., trace=True)`, which keeps x_t and ε̂).
+
+    Args:
+        adapter: the model.
+        shape: the shape of one sample.
+        timesteps: the planned steps, walked in full.
+        seeds: one full run of `samples_per_seed` samples per seed.
+        samples_per_seed: samples drawn per seed.
+        batch_size: rows per sampling batch (the replay sees the same batches).
+        progress: show a progress bar over the seeds.
+        conditioning: the conditioning of a conditional model.
+        decode: a latent model's decoder (`LoadedModel.decode`): every x̂0 and sample is decoded too, and the
+            trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`
+            (`space="latent"`).
+        space: where the monitor reads x̂0, `latent` or `image` (only with `decode`).
+        solver: the sampling solver (default DDIM).
+    """
     if samples_per_seed < 1:
         raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
     if not seeds:
@@ -145,10 +173,10 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
         keys += [(int(seed), i) for i in range(samples_per_seed)]
         wall += result.wall_s
     if decode is None:
-        return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall)
+        return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall, batch_size)
     if space == "image":
-        return X0Trace(torch.cat(images), torch.cat(image_samples), planned, keys, wall)
-    return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall, images=torch.cat(images),
+        return X0Trace(torch.cat(images), torch.cat(image_samples), planned, keys, wall, batch_size, "image")
+    return X0Trace(torch.cat(x0s), torch.cat(samples), planned, keys, wall, batch_size, images=torch.cat(images),
                    image_samples=torch.cat(image_samples))
 
 
@@ -177,8 +205,69 @@ def feature_distance_matrix(trace: X0Trace, feature_extractor: FeatureExtractor)
     return trace.cache[key]
 
 
+class CalibrationTarget(abc.ABC):
+    """What the exits of a threshold must achieve, measured against the full run on the same seeds.
+
+    A plug-in: `met` judges one simulated threshold and `record` names the target for results and calibrated
+    defaults; a target on the distribution of the exits also gives a `distribution` scorer per trace.
+    """
+
+    def distribution(self, trace: X0Trace) -> DistributionScorer | None:
+        """The scorer of `ExitSimulation.distribution` on `trace`; default: None (not measured)."""
+        return None
+
+    @abc.abstractmethod
+    def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
+        """Whether `simulation` meets the target (`full_distribution`: the full run's score, under `distribution`)."""
+
+    @abc.abstractmethod
+    def record(self) -> dict[str, Any]:
+        """The target as `CalibrationResult` records it: `target_psnr`, `target_feature_distance` and
+        `target_distribution`, None where the target is of another kind."""
+
+
+def _finite(name: str, value: float, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            (minimum is not None and value < minimum):
+        raise FieldError(name, value, "is not a finite number" + ("" if minimum is None else f" >= {minimum:g}"))
+
+
 @dataclass(frozen=True)
-class DistributionTarget:
+class PsnrTarget(CalibrationTarget):
+    """PSNR in dB of the mean squared error, over the samples, of the exit x̂0 to the full run's sample on [0, 1]
+    at least `db` (see `ExitSimulation` for why the MSE is averaged before the PSNR)."""
+
+    db: float
+
+    def __post_init__(self) -> None:
+        _finite("target_psnr", self.db)
+
+    def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
+        return simulation.psnr >= self.db
+
+    def record(self) -> dict[str, Any]:
+        return {"target_psnr": self.db, "target_feature_distance": None, "target_distribution": None}
+
+
+@dataclass(frozen=True)
+class FeatureDistanceTarget(CalibrationTarget):
+    """Mean L2 distance between the features of the exit x̂0 and of the full run's sample at most `distance` (in
+    the space of `calibrate_threshold`'s feature extractor; default: the embedded Fashion-MNIST net)."""
+
+    distance: float
+
+    def __post_init__(self) -> None:
+        _finite("target_feature_distance", self.distance, 0)
+
+    def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
+        return simulation.feature_distance is not None and simulation.feature_distance <= self.distance
+
+    def record(self) -> dict[str, Any]:
+        return {"target_psnr": None, "target_feature_distance": self.distance, "target_distribution": None}
+
+
+@dataclass(frozen=True)
+class DistributionTarget(CalibrationTarget):
     """FID or KID of the exit x̂0s at most `max_increase_pct` % above the full run's on the same seeds.
 
     Both are measured against `reference_features` [m, d] in the space of `feature_extractor` (default: the
@@ -203,23 +292,40 @@ class DistributionTarget:
                              else tuple(self.reference_features.shape),
                              "must come with its feature_extractor (and the extractor with its reference)")
 
+    @functools.cached_property
+    def _extractor(self) -> FeatureExtractor:
+        return self.feature_extractor or EmbeddedFeatureExtractor()
 
-class _DistributionScorer:
-    """FID or KID of any choice of one x̂0 per sample of a trace: every step's features are computed once."""
+    @functools.cached_property
+    def _reference(self) -> torch.Tensor:
+        reference = embedded_reference_features() if self.reference_features is None else self.reference_features
+        return reference.double().cpu()
 
-    def __init__(self, target: DistributionTarget, trace: X0Trace) -> None:
-        extractor = target.feature_extractor or EmbeddedFeatureExtractor()
-        reference = (embedded_reference_features() if target.reference_features is None
-                     else target.reference_features).double().cpu()
+    def distribution(self, trace: X0Trace) -> DistributionScorer:
+        return DistributionScorer(self.metric, self._extractor, self._reference, trace)
+
+    def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
+        return simulation.distribution is not None and full_distribution is not None and \
+            simulation.distribution <= full_distribution * (1 + self.max_increase_pct / 100)
+
+    def record(self) -> dict[str, Any]:
+        return {"target_psnr": None, "target_feature_distance": None,
+                "target_distribution": {"metric": self.metric, "max_increase_pct": self.max_increase_pct}}
+
+
+class DistributionScorer:
+    """FID or KID of any choice of one x̂0 per sample of a trace (every step's features are computed once), and
+    `full`, the full run's."""
+
+    def __init__(self, metric: Literal["fid", "kid"], extractor: FeatureExtractor, reference: torch.Tensor,
+                 trace: X0Trace) -> None:
         dim = reference.shape[1]
-        if target.metric == "fid" and trace.n <= dim:
+        if metric == "fid" and trace.n <= dim:
             raise FieldError("samples_per_seed", trace.n, f"samples per seed set are too few for FID in a {dim}-"
                              f"dimensional feature space; give more than {dim}, or use a KID target")
-        self.metric = target.metric
         self.features = torch.stack([extractor(trace.image_x0[:, k]).double().cpu()
                                      for k in range(trace.num_steps)], dim=1)  # [n, K, d]
-        self.reference = FeatureStatistics.from_features(reference) if self.metric == "fid" else KidReference(
-            reference)
+        self.reference = FeatureStatistics.from_features(reference) if metric == "fid" else KidReference(reference)
         self.full = self._score(extractor(trace.final_images).double().cpu())
 
     def _score(self, features: torch.Tensor) -> float:
@@ -235,7 +341,7 @@ class _DistributionScorer:
 class ExitSimulation:
     """One threshold simulated on a trace: mean NFE and the fidelity of the exit x̂0s to the full run.
 
-    `psnr` is the PSNR of the mean squared error over all samples (what `target_psnr` constrains); `distribution`
+    `psnr` is the PSNR of the mean squared error over all samples (what a `PsnrTarget` constrains); `distribution`
     the FID or KID of the exits (what a `DistributionTarget` constrains); `mean_psnr` is
     the mean of per-sample PSNRs, as `metrics.fidelity` reports it. The mean of per-sample PSNRs is easy to game:
     a sample that never exits scores 80 dB and hides another that exits far too early; an MSE averaged over the
@@ -301,23 +407,6 @@ class CalibrationResult:
         }
 
 
-def _calibration_monitor(monitor: str | Monitor, options: dict[str, dict[str, Any]] | None) -> ThresholdMonitor:
-    if isinstance(monitor, Monitor):
-        if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable:
-            raise FieldError("monitor", monitor.name, "cannot be calibrated from a recorded trace (a wall-clock "
-                             "budget or a composite); calibrate its quality monitors one by one")
-        return monitor
-    head, sep, rest = monitor.partition(",")
-    name = head.partition(":")[0].strip()
-    if name in MONITORS and not MONITORS[name].calibratable:
-        raise FieldError("monitor", name, "cannot be calibrated from a recorded trace; a wall-clock budget "
-                         "depends on the machine, not on x̂0")
-    built = monitor_from_spec(f"{name}:1{sep}{rest}", options=options)  # the threshold is what we search
-    if not isinstance(built, ThresholdMonitor) or not built.calibratable:
-        raise FieldError("monitor", monitor, "is a composite; calibrate its monitors one by one")
-    return built
-
-
 def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int, grid_size: int) -> list[float]:
     """Thresholds from the most conservative (never or rarely fires) to the most aggressive."""
     finite = scores[torch.isfinite(scores)].double()
@@ -331,135 +420,73 @@ def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int,
     return sorted({0.0} | {max(0.0, float(q)) for q in quantiles})
 
 
-def _simulate(monitor: ThresholdMonitor, scores: torch.Tensor, threshold: float, mse: torch.Tensor,
-              feature: torch.Tensor | None, distribution: _DistributionScorer | None
+def _simulate(monitor: ThresholdMonitor, scores: torch.Tensor, threshold: float, trace: X0Trace,
+              extractor: FeatureExtractor | None, distribution: DistributionScorer | None
               ) -> tuple[ExitSimulation, torch.Tensor]:
     exit_step = monitor.simulate_exits(scores, threshold)
     rows = torch.arange(len(exit_step))
-    exit_mse = mse[rows, exit_step].double()
+    exit_mse = mse_matrix(trace)[rows, exit_step].double()
     per_sample = psnr_of(exit_mse)
+    feature = None if extractor is None else feature_distance_matrix(trace, extractor)[rows, exit_step]
     return ExitSimulation(
         threshold=threshold,
         nfe_mean=float((exit_step + 1).double().mean()),
         psnr=float(psnr_of(exit_mse.mean())),
         mean_psnr=float(per_sample.mean()),
         psnr_p10=float(torch.quantile(per_sample, 0.1)),
-        feature_distance=None if feature is None else float(feature[rows, exit_step].double().mean()),
+        feature_distance=None if feature is None else float(feature.double().mean()),
         distribution=None if distribution is None else distribution(exit_step),
     ), exit_step
 
 
-def calibrate_threshold(
-    adapter: ModelAdapter,
-    shape: Sequence[int],
-    timesteps: Sequence[int] | torch.Tensor,
-    monitor: str | Monitor,
-    *,
-    target_psnr: float | None = None,
-    target_feature_distance: float | None = None,
-    target_distribution: DistributionTarget | None = None,
-    calibration_seeds: Sequence[int],
-    heldout_seeds: Sequence[int],
-    samples_per_seed: int = 16,
-    batch_size: int = 64,
-    feature_extractor: FeatureExtractor | None = None,
-    monitor_options: dict[str, dict[str, Any]] | None = None,
-    calibration_trace: X0Trace | None = None,
-    heldout_trace: X0Trace | None = None,
-    grid_size: int = 256,
-    progress: bool = False,
-    conditioning: Conditioning | None = None,
-    decode: Decode | None = None,
-    space: str | None = None,
-    solver: Solver | None = None,
-) -> CalibrationResult:
-    """The threshold of `monitor` that exits earliest while the mean fidelity to the full run meets the target.
+def calibrate_threshold(monitor: ThresholdMonitor, target: CalibrationTarget, calibration: X0Trace,
+                        heldout: X0Trace, *, feature_extractor: FeatureExtractor | None = None,
+                        grid_size: int = 256) -> CalibrationResult:
+    """The threshold of `monitor` that exits earliest while the exits meet `target` on the calibration trace.
 
-    `monitor` is a name or spec without threshold (`"x0-l2"`, `"sharpness,patience=2"`) or a ThresholdMonitor whose
-    guardrails are kept (its threshold is replaced). Give exactly one target: `target_psnr` (PSNR in dB of the
-    mean squared error, over the samples, of the exit x̂0 to the full run's sample on [0, 1]; >= target; see
-    `ExitSimulation`), `target_feature_distance` (mean L2 distance of their features, <= target; default
-    extractor: the embedded Fashion-MNIST net) or `target_distribution` (FID or KID of the exits at most X % above
-    the full run's on the same seeds; see `DistributionTarget` and the module docstring).
+    Candidate thresholds are `grid_size` quantiles of the scores seen on the calibration trace plus 0 (budgets:
+    every NFE); they are scanned from the most conservative and the scan stops at the first that misses the
+    target, so the answer does not rest on a lucky bump of a noisy fidelity curve. Exits are simulated offline
+    from the traces; see the module docstring for why that equals the online run. The held-out trace reports what
+    the chosen threshold achieves on samples it was not chosen on. The result's `monitor` spec carries
+    `space=image` when the traces were recorded in a latent model's image space.
 
-    The full run is recorded once per seed set (`samples_per_seed` samples for each of `calibration_seeds`, then
-    of `heldout_seeds`; pass `calibration_trace`/`heldout_trace` from `record_x0_trace` to share recordings between
-    monitors). Candidate thresholds are `grid_size` quantiles of the scores seen on the calibration trace plus 0
-    (budgets: every NFE); they are scanned from the most conservative and the scan stops at the first that misses
-    the target, so the answer does not rest on a lucky bump of a noisy fidelity curve. Exits are simulated offline
-    from the trace; see the module docstring for why that equals the online run. Held-out seeds report what the
-    chosen threshold achieves on samples it was not chosen on.
-
-    The full runs use `solver` (default DDIM). A conditional model samples with `conditioning`; a latent model
-    passes `decode` (`LoadedModel.decode`) and calibrates in `space` (default: the spec's `space=` option, else
-    `latent`; see the module docstring). The result's `monitor` spec then carries `space=image` where it applies.
+    Args:
+        monitor: the monitor to calibrate; its threshold is replaced, its guardrails are kept.
+        target: what the exits must achieve (`PsnrTarget`, `FeatureDistanceTarget`, `DistributionTarget`).
+        calibration: the trace (`record_x0_trace`) the threshold is chosen on.
+        heldout: a trace of the same timesteps and space on other seeds.
+        feature_extractor: the feature space of the reported feature distance (and of a `FeatureDistanceTarget`;
+            default there: the embedded Fashion-MNIST net); None reports none.
+        grid_size: the number of candidate quantiles (at least 2).
     """
-    if [target_psnr, target_feature_distance, target_distribution].count(None) != 2:
-        raise ValueError("target_psnr, target_feature_distance, target_distribution: give exactly one target")
-    if target_distribution is None:
-        target = target_psnr if target_psnr is not None else target_feature_distance
-        if not isinstance(target, (int, float)) or not math.isfinite(target) or (target_feature_distance is not None
-                                                                                 and target < 0):
-            name = "target_psnr" if target_psnr is not None else "target_feature_distance"
-            raise FieldError(name, target, "is not a finite number (a distance must be >= 0)")
-    overlap = sorted(set(calibration_seeds) & set(heldout_seeds))
+    if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable:
+        raise FieldError("monitor", getattr(monitor, "name", monitor), "cannot be calibrated from a recorded trace "
+                         "(a wall-clock budget, a steering monitor or a composite); calibrate its quality "
+                         "monitors one by one")
+    if not isinstance(target, CalibrationTarget):
+        raise FieldError("target", target, "is not a CalibrationTarget (PsnrTarget, FeatureDistanceTarget or "
+                         "DistributionTarget)")
+    overlap = sorted(set(calibration.seed_list) & set(heldout.seed_list))
     if overlap:
-        raise FieldError("heldout_seeds", overlap, "are also calibration seeds; held-out seeds must be disjoint")
+        raise FieldError("heldout", overlap, "are also calibration seeds; held-out seeds must be disjoint")
+    if not torch.equal(calibration.timesteps, heldout.timesteps) or calibration.space != heldout.space:
+        raise FieldError("heldout", heldout.timesteps.tolist(), "walked other timesteps or another space than the "
+                         "calibration trace")
     if grid_size < 2:
         raise FieldError("grid_size", grid_size, "is below 2")
-    if isinstance(monitor, str):
-        monitor, spec_space = split_space(monitor)
-        space = space or spec_space
-    space = space or "latent"
-    if space not in ("latent", "image"):
-        raise FieldError("space", space, "is not one of latent, image")
-    mon = _calibration_monitor(monitor, monitor_options)
-    if target_feature_distance is not None and feature_extractor is None:
+    if feature_extractor is None and isinstance(target, FeatureDistanceTarget):
         feature_extractor = EmbeddedFeatureExtractor()
-
-    def trace_of(seeds: Sequence[int], given: X0Trace | None, what: str) -> X0Trace:
-        if given is not None:
-            if sorted({s for s, _ in given.seeds}) != sorted(set(seeds)):
-                raise FieldError(f"{what}_trace", sorted({s for s, _ in given.seeds}), "are the seeds it was "
-                                 f"recorded for, not {what}_seeds {sorted(set(seeds))}")
-            return given
-        return record_x0_trace(adapter, shape, timesteps, list(seeds), samples_per_seed, batch_size=batch_size,
-                               progress=progress, conditioning=conditioning, decode=decode, space=space,
-                               solver=solver)
-
-    cal, held = trace_of(calibration_seeds, calibration_trace, "calibration"), trace_of(heldout_seeds, heldout_trace,
-                                                                                       "heldout")
-    if cal.num_steps != held.num_steps or not torch.equal(cal.timesteps, held.timesteps):
-        raise ValueError("heldout_trace: walked other timesteps than calibration_trace")
-    num_steps = cal.num_steps
-
-    def fidelity_matrices(trace: X0Trace) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return mse_matrix(trace), (feature_distance_matrix(trace, feature_extractor)
-                                    if feature_extractor is not None else None)
-
-    cal_dist = held_dist = None
-    if target_distribution is not None:
-        cal_dist, held_dist = _DistributionScorer(target_distribution, cal), _DistributionScorer(
-            target_distribution, held)
-
-    def meets_on(dist: _DistributionScorer | None) -> Callable[[ExitSimulation], bool]:
-        if target_psnr is not None:
-            return lambda s: s.psnr >= target_psnr
-        if target_feature_distance is not None:
-            return lambda s: s.feature_distance is not None and s.feature_distance <= target_feature_distance
-        assert dist is not None and target_distribution is not None  # noqa: S101
-        limit = dist.full * (1 + target_distribution.max_increase_pct / 100)
-        return lambda s: s.distribution is not None and s.distribution <= limit
-
-    meets = meets_on(cal_dist)
-    cal_mse, cal_feat = fidelity_matrices(cal)
-    cal_scores = mon.replay_scores(cal.step_infos(batch_size), cal.n, num_steps)
+    num_steps = calibration.num_steps
+    cal_dist, held_dist = target.distribution(calibration), target.distribution(heldout)
+    cal_full = None if cal_dist is None else cal_dist.full
+    cal_scores = monitor.replay_scores(calibration.step_infos(), calibration.n, num_steps)
     curve: list[ExitSimulation] = []
     chosen: ExitSimulation | None = None
-    for threshold in _candidates(mon, cal_scores, num_steps, grid_size):
-        simulated, _ = _simulate(mon, cal_scores, threshold, cal_mse, cal_feat, cal_dist)
+    for threshold in _candidates(monitor, cal_scores, num_steps, grid_size):
+        simulated, _ = _simulate(monitor, cal_scores, threshold, calibration, feature_extractor, cal_dist)
         curve.append(simulated)
-        if not meets(simulated):
+        if not target.met(simulated, cal_full):
             break
         if chosen is None or simulated.nfe_mean < chosen.nfe_mean:
             chosen = simulated
@@ -467,28 +494,25 @@ def calibrate_threshold(
     if chosen is None:  # not even the most conservative candidate meets it: keep that one and say so
         chosen = curve[0]
 
-    held_mse, held_feat = fidelity_matrices(held)
-    held_scores = mon.replay_scores(held.step_infos(batch_size), held.n, num_steps)
-    held_sim, held_exit = _simulate(mon, held_scores, chosen.threshold, held_mse, held_feat, held_dist)
-    held_fidelity = fidelity(held.exit_x0(held_exit), held.final_images, feature_extractor)
-    final = mon.with_threshold(chosen.threshold)
-    suffix = ",space=image" if space == "image" and decode is not None else ""
+    held_scores = monitor.replay_scores(heldout.step_infos(), heldout.n, num_steps)
+    held_sim, held_exit = _simulate(monitor, held_scores, chosen.threshold, heldout, feature_extractor, held_dist)
+    held_fidelity = fidelity(heldout.exit_x0(held_exit), heldout.final_images, feature_extractor)
+    suffix = ",space=image" if calibration.space == "image" else ""
     return CalibrationResult(
-        monitor=final.spec() + suffix, name=mon.name, threshold=chosen.threshold,
-        guardrails=mon.guardrails.model_dump(exclude_defaults=True), num_steps=num_steps,
-        target_psnr=target_psnr, target_feature_distance=target_feature_distance,
-        target_distribution=None if target_distribution is None else {
-            "metric": target_distribution.metric, "max_increase_pct": target_distribution.max_increase_pct},
+        monitor=monitor.with_threshold(chosen.threshold).spec() + suffix, name=monitor.name,
+        threshold=chosen.threshold, guardrails=monitor.guardrails.model_dump(exclude_defaults=True),
+        num_steps=num_steps, **target.record(),
         full_distribution=None if cal_dist is None or held_dist is None else {
             "calibration": cal_dist.full, "heldout": held_dist.full},
         met_target=met, calibration=chosen, heldout=held_sim, heldout_fidelity=held_fidelity,
-        heldout_met_target=meets_on(held_dist)(held_sim),
-        n_calibration=cal.n, n_heldout=held.n, calibration_seeds=sorted({s for s, _ in cal.seeds}),
-        heldout_seeds=sorted({s for s, _ in held.seeds}), curve=curve,
+        heldout_met_target=target.met(held_sim, None if held_dist is None else held_dist.full),
+        n_calibration=calibration.n, n_heldout=heldout.n, calibration_seeds=calibration.seed_list,
+        heldout_seeds=heldout.seed_list, curve=curve,
     )
 
 
 __all__ = [
-    "CalibrationResult", "DistributionTarget", "ExitSimulation", "X0Trace", "calibrate_threshold",
-    "feature_distance_matrix", "mse_matrix", "psnr_of", "record_x0_trace",
+    "CalibrationResult", "CalibrationTarget", "DistributionScorer", "DistributionTarget", "ExitSimulation",
+    "FeatureDistanceTarget", "PsnrTarget", "X0Trace", "calibrate_threshold", "feature_distance_matrix",
+    "mse_matrix", "psnr_of", "record_x0_trace",
 ]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.monitors.change import SteeringChange
-from adaptive_sampler.monitors.spec import MONITORS, monitor_from_spec
+from adaptive_sampler.monitors.spec import CHANGE_DISTANCES
 from adaptive_sampler.planner import Planner, Steerable, steering_error
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import Solver
@@ -45,17 +45,11 @@ class SteeringCalibration:
         return asdict(self)
 
 
-def _steering(name: str, low: float, high: float) -> SteeringChange:
-    monitor = monitor_from_spec(f"steer-{name}:{low!r}:{high!r}")
-    assert isinstance(monitor, SteeringChange)  # noqa: S101 - a steer- spec builds one
-    return monitor
-
-
 class _ScoreRecorder:
     """Scores every step with a steering monitor that never steers (LOW = 0, HIGH = the largest float)."""
 
     def __init__(self, name: str) -> None:
-        self.probe = _steering(name, 0.0, sys.float_info.max)
+        self.probe = SteeringChange(CHANGE_DISTANCES[name], 0.0, sys.float_info.max)
         self.scores: list[torch.Tensor] = []
 
     def reset(self) -> None:
@@ -97,7 +91,7 @@ def calibrate_steering(
     if isinstance(target_nfe, bool) or not isinstance(target_nfe, int | float) or not math.isfinite(target_nfe) \
             or target_nfe < 1:
         raise FieldError("target_nfe", target_nfe, "is not a finite number >= 1")
-    if f"steer-{monitor}" not in MONITORS:
+    if monitor not in CHANGE_DISTANCES:
         raise FieldError("monitor", monitor, "is not a change monitor's name (x0-l2, ssim, features, ...)")
     if not 0 < quantiles[0] < quantiles[1] < 1:
         raise FieldError("quantiles", quantiles, "must be two increasing numbers in (0, 1)")
@@ -131,7 +125,7 @@ def calibrate_steering(
 
     def run(scale: float) -> float:
         low, high = base_low * scale, base_high * scale
-        nfe = mean_nfe(_steering(monitor, low, high), calibration_seeds)
+        nfe = mean_nfe(SteeringChange(CHANGE_DISTANCES[monitor], low, high), calibration_seeds)
         runs.append({"scale": scale, "low": low, "high": high, "nfe_mean": nfe})
         bar.update(1)
         return nfe
@@ -149,7 +143,7 @@ def calibrate_steering(
         # NFE falls as the scale grows: step by 4 until the target is bracketed, then bisect on a log scale
         scale = scale * 4 if hi is None else scale / 4 if lo is None else math.sqrt(lo * hi)
     best = min(runs, key=lambda r: (abs(r["nfe_mean"] - target_nfe), r["nfe_mean"]))
-    chosen = _steering(monitor, best["low"], best["high"])
+    chosen = SteeringChange(CHANGE_DISTANCES[monitor], best["low"], best["high"])
     heldout = mean_nfe(chosen, heldout_seeds)
     bar.update(1)
     bar.close()
