@@ -33,7 +33,8 @@ from adaptive_sampler.metrics import (
 )
 from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.metrics.statistics import EMBEDDED_DIR
-from adaptive_sampler.monitors.lpips_distance import LPIPS, build_lpips
+from adaptive_sampler.monitors.distances import LPIPS
+from adaptive_sampler.monitors.lpips_distance import build_lpips
 
 
 def _bundled() -> tuple[torch.Tensor, torch.Tensor]:

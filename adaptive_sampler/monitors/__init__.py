@@ -28,6 +28,7 @@ from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.distances import (
     DISTANCES,
     GMSD,
+    LPIPS,
     SSIM,
     Distance,
     Features,
@@ -38,7 +39,6 @@ from adaptive_sampler.monitors.distances import (
     make_distance,
 )
 from adaptive_sampler.monitors.lpips_distance import (
-    LPIPS,
     LPIPSWeightsMissingError,
     backbone_weights_path,
     build_lpips,

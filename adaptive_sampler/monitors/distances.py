@@ -2,7 +2,8 @@
 
 A `Distance` has one method, `__call__(previous, current) -> [rows]`, over two summaries of x̂0, and one no-op
 hook, `summary(x0)` (default: x̂0 itself; features, the Laplacian). Each is registered by name in
-`DISTANCES`; `make_distance(name, **options)` builds one. LPIPS lives in `lpips_distance` (its weights need care).
+`DISTANCES`; `make_distance(name, **options)` builds one. LPIPS's network comes from `lpips_distance` (its weights
+need care).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor, FeatureExtractor
 from adaptive_sampler.metrics.fidelity import to_unit_range
+from adaptive_sampler.monitors.lpips_distance import build_lpips
 
 
 class Distance(ABC):
@@ -127,14 +129,37 @@ class Sharpness(Distance):
         return diff / previous.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
-def _lpips(**options: Any) -> Distance:
-    from adaptive_sampler.monitors.lpips_distance import LPIPS
+class LPIPS(Distance):
+    """LPIPS(x̂0_{k-1}, x̂0_k) (Zhang et al. 2018) on x̂0 clamped to [-1, 1], grayscale repeated to RGB.
 
-    return LPIPS(**options)
+    The network is built (from local files only, see `lpips_distance`) when the distance is made, so missing
+    weights fail before sampling.
+
+    Args:
+        net: the backbone: alex, vgg or squeeze.
+        random_backbone: an untrained backbone, for tests that say so (its scores are not perceptual).
+    """
+
+    name = "lpips"
+
+    def __init__(self, net: str = "alex", *, random_backbone: bool = False) -> None:
+        self.net_name = net
+        self.random_backbone = random_backbone
+        self.model = build_lpips(net, random_backbone=random_backbone)
+
+    @staticmethod
+    def _rgb(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().clamp(-1, 1)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        self.model.to(current.device)
+        with torch.inference_mode():
+            return self.model(self._rgb(previous), self._rgb(current)).flatten()
 
 
 DISTANCES: dict[str, Callable[..., Distance]] = {
-    "l2": RelativeL2, "ssim": SSIM, "haarpsi": HaarPSI, "gmsd": GMSD, "features": Features, "lpips": _lpips,
+    "l2": RelativeL2, "ssim": SSIM, "haarpsi": HaarPSI, "gmsd": GMSD, "features": Features, "lpips": LPIPS,
     "sharpness": Sharpness,
 }
 

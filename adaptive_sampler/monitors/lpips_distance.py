@@ -1,5 +1,6 @@
-"""LPIPS distance between x̂0 of consecutive steps (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep
-Features as a Perceptual Metric", arXiv:1801.03924), with the `lpips` package and nothing downloaded.
+"""The LPIPS network (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric",
+arXiv:1801.03924) from local files only, for the `lpips` distance and the fidelity-lpips metric. The `lpips` package
+is an optional extra (`pip install 'adaptive-sampler[lpips]'`), imported on first use.
 
 LPIPS has two sets of weights. Its linear layers ship inside the `lpips` package (`lpips/weights/v0.1/<net>.pth`).
 Its backbone (AlexNet, VGG16 or SqueezeNet 1.1 ImageNet weights) is torchvision's, which `lpips` fetches from the
@@ -14,11 +15,11 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.monitors.distances import Distance
 
 # torchvision's ImageNet weights for the three LPIPS backbones (torchvision.models.*_Weights.IMAGENET1K_V1)
 BACKBONE_WEIGHTS = {
@@ -32,27 +33,44 @@ class LPIPSWeightsMissingError(FileNotFoundError):
     """A weights file LPIPS needs is not on disk; the message says which file and where to put it."""
 
 
+def _lpips_package() -> Any:
+    try:
+        import lpips
+    except ImportError:
+        raise ImportError("LPIPS needs the lpips package: pip install 'adaptive-sampler[lpips]'") from None
+    return lpips
+
+
 def backbone_weights_path(net: str) -> Path:
-    """Where torchvision (and so `lpips`) keeps the backbone weights of `net`: the torch hub checkpoints dir."""
+    """Where torchvision (and so `lpips`) keeps the backbone weights of `net`: the torch hub checkpoints dir.
+
+    Args:
+        net: the backbone: alex, vgg or squeeze.
+    """
     _, _, url = BACKBONE_WEIGHTS[net]
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
 
 
 def linear_weights_path(net: str, version: str = "0.1") -> Path:
-    """The LPIPS linear-layer weights shipped inside the `lpips` package."""
-    import lpips
+    """The LPIPS linear-layer weights shipped inside the `lpips` package.
 
-    return Path(lpips.__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
+    Args:
+        net: the backbone: alex, vgg or squeeze.
+        version: the LPIPS version whose weights are meant.
+    """
+    return Path(_lpips_package().__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
 
 
 def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn.Module:
-    """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only; see the module docstring."""
+    """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only; see the module docstring.
+
+    Args:
+        net: the backbone: alex, vgg or squeeze (FieldError naming `net` otherwise).
+        random_backbone: an untrained backbone instead of the ImageNet weights, for tests.
+    """
     if net not in BACKBONE_WEIGHTS:
         raise FieldError("net", net, f"is not one of {', '.join(map(repr, BACKBONE_WEIGHTS))}")
-    try:
-        import lpips
-    except ImportError as e:  # pragma: no cover - lpips is a dependency
-        raise ImportError("the lpips monitor needs the `lpips` package: pip install lpips") from e
+    lpips = _lpips_package()
     title, builder, url = BACKBONE_WEIGHTS[net]
     backbone_file = backbone_weights_path(net)
     if not random_backbone and not backbone_file.is_file():
@@ -86,27 +104,3 @@ def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn
     lin_state = torch.load(lin_file, map_location="cpu", weights_only=True)
     model.lins.load_state_dict({re.sub(r"^lin(\d+)\.", r"\1.", k): v for k, v in lin_state.items()})
     return model.eval().requires_grad_(False)
-
-
-class LPIPS(Distance):
-    """LPIPS(x̂0_{k-1}, x̂0_k) on x̂0 clamped to [-1, 1] (grayscale repeated to RGB); see the module docstring.
-
-    The model is built (from local files only) when the distance is made, so missing weights fail before sampling.
-    """
-
-    name = "lpips"
-
-    def __init__(self, net: str = "alex", *, random_backbone: bool = False) -> None:
-        self.net_name = net
-        self.random_backbone = random_backbone
-        self.model = build_lpips(net, random_backbone=random_backbone)
-
-    @staticmethod
-    def _rgb(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().clamp(-1, 1)
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        self.model.to(current.device)
-        with torch.inference_mode():
-            return self.model(self._rgb(previous), self._rgb(current)).flatten()
