@@ -272,7 +272,7 @@ def test_every_lazily_exported_name_resolves(package):
 
 
 def test_the_names_the_help_lists_are_the_registries():
-    from adaptive_sampler.cli.common import POLICY_NAMES, SOLVER_NAMES
+    from adaptive_sampler.options import POLICY_NAMES, SOLVER_NAMES
     from adaptive_sampler.policies import POLICY_NAMES as REGISTERED_POLICIES
     from adaptive_sampler.solvers import SOLVERS
 

@@ -15,7 +15,7 @@ import typer
 from diffusers import DDIMScheduler
 
 from adaptive_sampler.cli import app
-from adaptive_sampler.cli.common import DEFAULT_FINISH_SPEC
+from adaptive_sampler.options import DEFAULT_FINISH_SPEC
 from adaptive_sampler.finish import DEFAULT_FINISH, parse_finish
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import AnyOf, monitor_from_spec

@@ -1,9 +1,11 @@
 """The `adaptive-sampler` command line: the app, `main()`, and the one place that turns errors into one line.
 
 One module per command: `sample`, `evaluate` (`eval`), `tune`, `stats`, `schedules` (`schedules list|show`); `common`
-holds what they share. The commands raise the library's errors unchanged; `FlagCommand` (every command's class) maps a
-`FieldError`'s field, or a pydantic error's location, to the flag of the command that ran, and `main()` prints
-"error: --flag: ..." with exit status 2. Nothing outside this package imports it.
+holds what they share, `drawing` what `sample` and `eval` do before they write or score. The options of `sample`,
+`eval` and `tune` are pydantic models (`adaptive_sampler.options`, `tuning.settings`), one flag per field. The
+commands raise the library's errors unchanged; `FlagCommand` (every command's class) maps a `FieldError`'s field, or
+a pydantic error's location, to the flag of the command that ran, and `main()` prints "error: --flag: ..." with exit
+status 2. Nothing outside this package imports it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from adaptive_sampler.errors import FieldError
 __all__ = ["CliError", "FlagCommand", "app", "flag_error", "main"]
 
 # A library field -> the command parameters that set it, first match wins; a field not listed is its parameter's
-# name. The tune command's parameters are the fields of TuneOptions (tuning/settings.py), so they need no entry.
+# name (the parameters of sample, eval and tune are the fields of their options models).
 _PARAMS_OF_FIELD: dict[str, tuple[str, ...]] = {
     "num_steps": ("steps",),
     "policy": ("policy", "name"),  # a catalogue entry: --policy learned:NAME, or `schedules show NAME`

@@ -4,36 +4,41 @@ images in a metric back-end's feature space, for `eval --reference` and `tune --
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-from adaptive_sampler.cli.common import CliError, DeviceOpt
+from adaptive_sampler.cli.common import CliError, options_command
 from adaptive_sampler.errors import FieldError
-
-FeaturesOpt = Annotated[str, typer.Option(
-    help="feature space: embedded, inception:PATH (pytorch-fid weights file) or clip:PATH (transformers CLIP folder)")]
+from adaptive_sampler.options import MAX_BATCH_SIZE, ModelOptions
 
 
-def stats_command(
-    out: Annotated[Path, typer.Option(help="the .npz file to write (arrays mu (d) and sigma (d, d), float64)")],
-    images: Annotated[Path | None, typer.Option(help="a folder of image files (all one size; searched recursively)")
-                      ] = None,
-    npy: Annotated[Path | None, typer.Option(help=".npy array: float (n, C, H, W) in -1..1 (as sample --save "
-                                                  "writes) or uint8 0-255")] = None,
-    features: FeaturesOpt = "embedded",
-    batch_size: Annotated[int, typer.Option(help="images per feature batch")] = 50,
-    device: DeviceOpt = "auto",
-) -> None:
+class StatsOptions(BaseModel):
+    """Every option of `adaptive-sampler stats`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: Path = Field(description="the .npz file to write (arrays mu (d) and sigma (d, d), float64)")
+    images: Path | None = Field(None, description="a folder of image files (all one size; searched recursively)")
+    npy: Path | None = Field(None, description=(
+        ".npy array: float (n, C, H, W) in -1..1 (as sample --save writes) or uint8 0-255"))
+    features: str = Field("embedded", description=(
+        "feature space: embedded, inception:PATH (pytorch-fid weights file) or clip:PATH (transformers CLIP folder)"))
+    batch_size: int = Field(50, ge=1, le=MAX_BATCH_SIZE, description="images per feature batch")
+    device: str = Field("auto", description=ModelOptions.model_fields["device"].description)
+
+
+@options_command(StatsOptions)
+def stats_command(options: StatsOptions) -> None:
     """Reference statistics of real images: mean and covariance of their features, as pytorch-fid writes them."""
     from adaptive_sampler.cli.outputs import OutputPaths, _check_path
 
+    out, images, npy, features, batch_size = (options.out, options.images, options.npy, options.features,
+                                              options.batch_size)
     if (images is None) == (npy is None):
         raise CliError("--images, --npy: give exactly one of them (a folder of images or a .npy array)")
     if out.suffix != ".npz":
         raise FieldError("out", str(out), "must end in .npz (pytorch-fid's statistics layout)")
-    if not 1 <= batch_size <= 10**5:
-        raise FieldError("batch_size", batch_size, "is outside [1, 100000] (images per feature batch)")
     outputs = OutputPaths({"out": _check_path("out", out)})  # before any work; written all-or-nothing
 
     import torch
@@ -45,7 +50,7 @@ def stats_command(
     from adaptive_sampler.metrics.statistics import FeatureStatistics
     from adaptive_sampler.models import resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(options.device)
     field = "images" if images is not None else "npy"
     image_set = image_folder(images) if images is not None else npy_images(npy)  # type: ignore[arg-type]
     backend = make_backend(features, device=torch_device)

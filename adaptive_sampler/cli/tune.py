@@ -1,51 +1,23 @@
 """`adaptive-sampler tune`: search timestep schedules with Optuna (the library is `adaptive_sampler.tuning`).
 
 Its flags are the fields of `TuneOptions` (tuning/settings.py): `--<field-name>` with the field's default and help,
-built by `_options_signature`; the values are validated once, by that model. Bad input raises the model's
+built by `options_command`; the values are validated once, by that model. Bad input raises the model's
 `ValidationError` or the library's `FieldError`; the CLI (`__init__.py`) names the flag.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from adaptive_sampler.cli.common import CliError, row_spec
+from adaptive_sampler.cli.common import CliError, options_command, row_policy
 from adaptive_sampler.tuning.settings import TuneOptions
 
 
-def _cli_type(annotation: Any) -> Any:
-    """The type typer parses a field as: tuples are comma-separated text, Literals are text (the model checks)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _cli_type(inner[0]) | None if len(inner) == 1 else str
-    if typing.get_origin(annotation) in (tuple, typing.Literal):
-        return str
-    return annotation
-
-
-def _cli_default(value: Any) -> Any:
-    return ",".join(str(v) for v in value) if isinstance(value, tuple) else value
-
-
-def _options_signature() -> inspect.Signature:
-    """One keyword option per `TuneOptions` field: its default, its help."""
-    hints = typing.get_type_hints(TuneOptions)
-    return inspect.Signature([
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_cli_type(hints[name]),
-                          default=typer.Option(_cli_default(info.default), help=info.description))
-        for name, info in TuneOptions.model_fields.items()
-    ])
-
-
-def tune_command(**options: Any) -> None:
+@options_command(TuneOptions)
+def tune_command(options: TuneOptions) -> None:
     """Search timestep schedules with Optuna: quality vs step count, exported for any pipeline.
 
     Re-running the same command resumes its studies: finished trials are kept,
@@ -57,30 +29,23 @@ def tune_command(**options: Any) -> None:
     study, none twice. Give each worker its own --sampler-seed (or none).
     """
     import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _tune(TuneOptions.model_validate(options))
-
-
-tune_command.__signature__ = _options_signature()  # type: ignore[attr-defined]
-
-
-def _tune(options: TuneOptions) -> None:
-    """The body of `tune_command`, on validated options."""
     from tqdm.auto import tqdm
 
-    from adaptive_sampler.models import load_model
+    from adaptive_sampler.models import load_model, resolve_device
     from adaptive_sampler.tuning.export import export_best
     from adaptive_sampler.tuning.storage import DEFAULT_STORAGE, TrialsKeepFailing, open_storage
     from adaptive_sampler.tuning.study import TrialReport, Tuner
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
     options.check_outputs()  # every output writable, the storage usable: before the model loads or a trial runs
     conditions = options.conditions()  # a prompts file is read here
-    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=options.device,
+    device = resolve_device(options.device)
+    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=device,
                         height=options.height, width=options.width).with_conditions(conditions)
     store = open_storage(storage)
-    tuner = Tuner(loaded, settings, store, network_rows=row_spec(options.network_rows), cache_dir=options.cache_dir)
+    tuner = Tuner(loaded, settings, store, network_rows=row_policy(options.network_rows, device),
+                  cache_dir=options.cache_dir)
     if options.fail_running:
         for name, numbers in tuner.fail_running().items():
             if numbers:

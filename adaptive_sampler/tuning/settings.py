@@ -1,9 +1,9 @@
 """The tune settings, declared once: each field's default, bound and help are the `adaptive-sampler tune` flag
-(see `command.py`, which builds the command from these fields), the validation, and the study's provenance.
+(the CLI builds the command from these fields), the validation, and the study's provenance.
 
-`TuneSettings` is what decides the search (a `Tuner` takes it); `TuneOptions` adds what only the command needs
-(which model to load, where the studies live, export, device). A study stores `TuneSettings.model_dump()` when it
-is created, and refuses to resume under different `STUDY_KEYS` (see `Tuner`).
+`TuneSettings` is what decides the search (a `Tuner` takes it); `TuneOptions` adds the model (`ModelOptions`, shared
+with `sample` and `eval`) and what only the command needs (where the studies live, export). A study stores
+`TuneSettings.model_dump()` when it is created, and refuses to resume under different `STUDY_KEYS` (see `Tuner`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.options import ModelOptions
 
 if TYPE_CHECKING:
-    from adaptive_sampler.pipeline import Conditions
     from adaptive_sampler.tuning.objectives import Objective
 
 
@@ -130,27 +130,10 @@ class TuneSettings(BaseModel):
         return self.heldout_n if self.heldout_n is not None else self.scorer.default_heldout_n
 
 
-class TuneOptions(TuneSettings):
-    """Every option of `adaptive-sampler tune`: the settings, plus what only the command needs."""
+class TuneOptions(TuneSettings, ModelOptions):
+    """Every option of `adaptive-sampler tune`: the settings, the model (`ModelOptions`: its conditions are part of
+    the model's identity, so a study resumes only with the same ones), and what only the command needs."""
 
-    model: str = Field("embedded", description=(
-        "'embedded', 'embedded-t2i', or a diffusers folder: a UNet folder or DDPM pipeline folder (unconditional or "
-        "class-conditional UNet2DModel), or a Stable Diffusion 1.x/2.x folder"))
-    # the conditions every trial samples with (sample i of a chunk takes prompt i mod P / label i mod L); part of
-    # the model's identity, so a study resumes only with the same ones
-    prompt: str | None = Field(None, description="the prompt of every sample (text-to-image models)")
-    prompts: Path | None = Field(None, description=(
-        "a text file of prompts, one per line (blank lines skipped); sample i takes prompt i mod P"))
-    negative_prompt: str | None = Field(None, description=(
-        "the prompt of guidance's unconditional branch (default: the empty prompt)"))
-    guidance_scale: float | None = Field(None, description=(
-        "classifier-free guidance scale >= 1; default 7.5 for text-to-image models, 1 (no guidance) otherwise"))
-    class_labels: str | None = Field(None, description=(
-        "class labels of a class-conditional model, e.g. 0,3,7; sample i takes label i mod L"))
-    classes: str | None = Field(None, description=(
-        "'all': sample i takes class i mod the class count (the default of a class-conditional model)"))
-    height: int | None = Field(None, description="image height in pixels (default: from the UNet and VAE configs)")
-    width: int | None = Field(None, description="image width in pixels (default: from the UNet and VAE configs)")
     storage: str | None = Field(None, description=(
         "Optuna storage shared by all workers: a journal file (journal:FILE, or FILE.log/.journal/.jsonl; the "
         "default, runs/tune.journal, for workers on one machine) or an RDB URL (postgresql://…, mysql://…, "
@@ -162,39 +145,15 @@ class TuneOptions(TuneSettings):
     plots: Path | None = Field(None, description=(
         "folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>"))
     baselines: bool = Field(True, description="score every built-in policy on the held-out seeds for the Pareto plot")
-    network_rows: str = Field("auto", description=(
-        "row policy of the network calls: auto (fixed:8 on CPU, buckets on CUDA), N or fixed:N, buckets[:MIN], all "
-        "or 0"))
-    device: str = Field("auto", description="auto, cpu, cuda, …")
-    allow_pickle: bool = Field(False, description="allow pickled .bin/.pt weights (they can run code)")
     cache_dir: Path = Field(Path("runs/cache"), description="cache of fidelity references and DP cost matrices")
     fail_running: bool = Field(False, description=(
         "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive); needed "
         "only for a journal on a disk shared between machines: RDB storages do this by heartbeat, and a run on "
         "the killed worker's machine by itself"))
 
-    @field_validator("network_rows")
-    @classmethod
-    def _valid_network_rows(cls, value: str) -> str:
-        from adaptive_sampler.model_adapter import row_spec_from_text
-
-        try:
-            row_spec_from_text(value)
-        except FieldError as exc:
-            raise ValueError(exc.rule) from None
-        return value
-
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""
         return TuneSettings.model_validate({k: getattr(self, k) for k in TuneSettings.model_fields})
-
-    def conditions(self) -> Conditions:
-        """The prompts / labels / guidance of the options, checked on their own (FieldError naming the field)."""
-        from adaptive_sampler.pipeline import Conditions
-
-        return Conditions.from_flags(prompt=self.prompt, prompts=self.prompts, negative_prompt=self.negative_prompt,
-                                     guidance_scale=self.guidance_scale, class_labels=self.class_labels,
-                                     classes=self.classes)
 
     def check_outputs(self) -> None:
         """Check, before any model is loaded or trial run, that every place the run writes to can be written: the
