@@ -148,6 +148,13 @@ def rendered_pages() -> dict[Path, tuple[str, str]]:
     return {page: (text, render_page(text, tables)) for page, text in texts.items() if MARKER.search(text)}
 
 
+def page_diff(page: Path, committed: str, rendered: str) -> str:
+    """A unified diff from the committed page to its rendering."""
+    name = str(page.relative_to(ROOT))
+    return "".join(difflib.unified_diff(committed.splitlines(True), rendered.splitlines(True), name,
+                                        f"{name} (rendered)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if a page differs")
@@ -156,13 +163,12 @@ def main() -> None:
     for page, (old, new) in rendered_pages().items():
         if old == new:
             continue
-        name = str(page.relative_to(ROOT))
         if args.check:
             stale = True
-            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), name, name + " (rendered)"))
+            print(page_diff(page, old, new))
         else:
             page.write_text(new)
-            print(f"rendered {name}")
+            print(f"rendered {page.relative_to(ROOT)}")
     if stale:
         raise SystemExit("the pages above differ from experiments/render_results.py's output; run it to update them")
 

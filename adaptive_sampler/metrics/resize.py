@@ -44,6 +44,6 @@ def clean_resize(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def clean_preprocess(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Images in [-1, 1] [n, 1 or 3, H, W] -> RGB values 0-255 at `size`: quantised, then clean-resized."""
+    """Images in [-1, 1] of shape (n, 1 or 3, H, W) -> RGB values 0-255 at `size`: quantised, then clean-resized."""
     check_images(images)
     return clean_resize(to_rgb(quantize_uint8(images)), size)
