@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import FromFile, Learned, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
-from adaptive_sampler.schedules.catalogue import interpolate, list_entries, load_entry
+from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
 SD_SPEC = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -217,6 +217,19 @@ def test_the_embedded_models_learned_lists_are_made_for_their_weights_and_scored
         assert artifact.model.weights_sha256 == weights[model], name
         assert artifact.metrics["heldout_n"] >= 2000 and artifact.metrics["heldout_fid"] > 0, name
         validate_timesteps(artifact.timesteps, artifact.num_train_timesteps)
+
+
+def test_the_policies_readme_lists_every_file_with_its_solver_steps_and_heldout_fid():
+    table = {}
+    for line in (catalogue_dir() / "README.md").read_text().splitlines():
+        if line.startswith("| ") and ".json |" in line:
+            model, file, solver, steps, _how, fid = (cell.strip() for cell in line.strip("|").split("|"))
+            table[f"{model}/{file.removesuffix('.json')}"] = (solver, int(steps), fid)
+    assert sorted(table) == list_entries()
+    for name, row in table.items():
+        artifact = load_entry(name)
+        heldout = artifact.metrics.get("heldout_fid")
+        assert row == (artifact.solver, len(artifact.timesteps), "—" if heldout is None else f"{heldout:.2f}"), name
 
 
 @pytest.mark.parametrize("num_steps", [20, 4, 50])
