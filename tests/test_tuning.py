@@ -144,10 +144,6 @@ def test_unknown_objective_names_the_field_and_the_registered_ones() -> None:
 class _MeanObjective(Objective):
     """A plug-in: the running mean of the samples (in [-1, 1])."""
 
-    name = "mean"
-    direction = "maximize"
-    label = "mean pixel"
-
     def evaluate(self, chunks, evaluator):  # type: ignore[no-untyped-def]
         total = count = 0.0
         for _chunk, samples in chunks:
@@ -157,7 +153,7 @@ class _MeanObjective(Objective):
 
 def test_a_registered_objective_plugs_into_the_evaluator_and_the_settings(
         tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = _MeanObjective()
+    plugin = _MeanObjective("mean", "maximize", "mean pixel")
     monkeypatch.setitem(OBJECTIVES, "mean", plugin)  # removed again after the test
     assert register_objective(plugin) is plugin and get_objective("mean") is plugin
     assert TuneSettings(objective="mean").tuning_n == 64  # the plug-in's defaults

@@ -1,12 +1,12 @@
 """Schedule search with Optuna: search spaces, objectives, a DP initialiser, studies, export.
 
 Flow: `search_space` turns trial parameters into valid timestep lists; `objectives` holds the objective plug-ins
-(name -> `Objective`: FID/KID in the embedded feature space, fidelity to a cached many-step reference) that score a
-list on fixed tuning seeds; `dp_init` builds a warm start from one cost matrix; `storage` opens/resumes studies and
-runs workers that share one storage, on Optuna's own pieces; `settings` declares every tune option once; `study`
-wires them into per-budget (pruned) or Pareto studies; `export` writes the best list per budget, scored on
-held-out seeds, as catalogue files with plots. The `adaptive-sampler tune` command lives in the CLI
-(`adaptive_sampler/cli/tune.py`); this package is only the library.
+(name -> `Objective`: FID/KID in the embedded feature space, fidelity to a cached many-step reference) that score
+the samples `evaluator` draws for a list on fixed tuning seeds (`seeds`); `dp_init` builds a warm start from one
+cost matrix; `storage` opens/resumes studies and runs workers that share one storage, on Optuna's own pieces;
+`settings` declares every tune option once; `study` wires them into per-budget (pruned) or Pareto studies; `export`
+writes the best list per budget, scored on held-out seeds, as catalogue files with plots. The `adaptive-sampler
+tune` command lives in the CLI (`adaptive_sampler/cli/tune.py`); this package is only the library.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from adaptive_sampler._lazy import lazy_exports
 
 # public name -> the module of this package that defines it; imported on first use (the CLI's --help needs none)
 _EXPORTS = {
-    "BudgetBest": "study", "CostMatrix": "dp_init", "DPPath": "dp_init", "Evaluation": "objectives",
+    "BudgetBest": "study", "CostMatrix": "dp_init", "DPPath": "dp_init", "Evaluation": "evaluator",
     "ExportResult": "export", "FreeSpace": "search_space", "HeldoutScore": "export", "KarrasSpace": "search_space",
     "LogSNRSpace": "search_space", "OBJECTIVES": "objectives", "Objective": "objectives", "OpenedStudy": "storage",
-    "PowerSpace": "search_space", "SPACES": "search_space", "ScheduleEvaluator": "objectives", "Score": "objectives",
-    "SearchSpace": "search_space", "SeedSet": "objectives", "TrialReport": "study", "TrialsKeepFailing": "storage",
+    "PowerSpace": "search_space", "SPACES": "search_space", "ScheduleEvaluator": "evaluator", "Score": "objectives",
+    "SearchSpace": "search_space", "SeedSet": "seeds", "TrialReport": "study", "TrialsKeepFailing": "storage",
     "TuneOptions": "settings", "TuneRun": "study", "TuneSettings": "settings", "Tuner": "study",
     "WarmStart": "storage", "WorkerSummary": "storage", "best_paths": "dp_init", "build_cost_matrix": "dp_init",
     "enqueue_warm_starts": "storage", "export_best": "export", "fail_running_trials": "storage",
@@ -42,6 +42,7 @@ __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from adaptive_sampler.tuning.dp_init import CostMatrix, DPPath, best_paths, build_cost_matrix
+    from adaptive_sampler.tuning.evaluator import Evaluation, ScheduleEvaluator
     from adaptive_sampler.tuning.export import (
         ExportResult,
         HeldoutScore,
@@ -50,16 +51,7 @@ if TYPE_CHECKING:
         plot_timesteps,
         schedule_path,
     )
-    from adaptive_sampler.tuning.objectives import (
-        OBJECTIVES,
-        Evaluation,
-        Objective,
-        ScheduleEvaluator,
-        Score,
-        SeedSet,
-        get_objective,
-        register_objective,
-    )
+    from adaptive_sampler.tuning.objectives import OBJECTIVES, Objective, Score, get_objective, register_objective
     from adaptive_sampler.tuning.search_space import (
         SPACES,
         FreeSpace,
@@ -70,6 +62,7 @@ if TYPE_CHECKING:
         make_space,
         suggest_timesteps,
     )
+    from adaptive_sampler.tuning.seeds import SeedSet
     from adaptive_sampler.tuning.settings import TuneOptions, TuneSettings
     from adaptive_sampler.tuning.storage import (
         OpenedStudy,

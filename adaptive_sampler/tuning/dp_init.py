@@ -24,7 +24,7 @@ from adaptive_sampler.policies import Uniform
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.solvers import ddim_step
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR, cached_tensors
-from adaptive_sampler.tuning.objectives import model_identity
+from adaptive_sampler.tuning.evaluator import model_identity
 
 
 @dataclass(frozen=True)

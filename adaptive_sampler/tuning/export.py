@@ -24,7 +24,7 @@ from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
-from adaptive_sampler.tuning.objectives import Evaluation, ScheduleEvaluator
+from adaptive_sampler.tuning.evaluator import Evaluation, ScheduleEvaluator
 from adaptive_sampler.tuning.study import AYS_ENTRY, BudgetBest, Tuner, builtin_warm_starts
 
 

@@ -1,14 +1,12 @@
-"""What a trial scores: the quality of one timestep list on a fixed set of seeds (common random numbers).
-
-Every evaluation of every trial draws the same initial noise (sample i of chunk j comes from the stream
-(seed + j, i)), so differences between trials are differences between schedules, not between noise draws.
+"""What a trial scores: the quality of one timestep list on a fixed seed set (`tuning.seeds`), as an objective.
 
 Objectives are plug-ins: an `Objective` has a name, a direction, the fewest samples it is defined for, a
 sample-shape check, its tuning seed set, and one abstract method, `evaluate`, which turns the samples of each chunk
-into a running `Score`. `register_objective` adds one to `OBJECTIVES` (name -> object); `get_objective` looks one
-up, and `Objective.configured(features, reference, fid_limit)` binds it to a metric back-end (see
-`adaptive_sampler.metrics.backends`) and reference statistics (`tune --features/--reference/--fid-limit`). The
-shipped ones score with a `MetricObjective`: a metric of the back-end's `MetricAccumulator`, chunk by chunk.
+(drawn by `tuning.evaluator.ScheduleEvaluator`) into a running `Score`. `register_objective` adds one instance to
+`OBJECTIVES` (name -> object); `get_objective` looks one up, and `Objective.configured(features, reference,
+fid_limit)` binds it to a metric back-end (see `adaptive_sampler.metrics.backends`) and reference statistics
+(`tune --features/--reference/--fid-limit`). The shipped ones are `MetricObjective` instances: a metric of the
+back-end's `MetricAccumulator`, chunk by chunk.
 
 - `fid`, `kid`: FID (Heusel et al. 2017) / KID (Bińkowski et al. 2018) in a back-end's feature space: by default
   the embedded Fashion-MNIST one against its 10,000 test images ((1, 32, 32) models); with `--features
@@ -22,24 +20,19 @@ shipped ones score with a `MetricObjective`: a metric of the back-end's `MetricA
 - `clip-at-fid`: CLIP score at a fixed FID (both in the CLIP space, `--features clip:PATH --reference ref.npz
   --fid-limit F`): the CLIP score where FID ≤ F, else F - FID (< 0), so every schedule within the FID limit ranks
   above every one outside it — guidance-aware quality under a distribution constraint.
-
-Samples are drawn chunk by chunk; after each chunk the objective over the samples so far is passed to `on_rung`,
-which is how a per-budget study reports successive sample counts to its pruner.
 """
 
 from __future__ import annotations
 
 import abc
-import copy
+import dataclasses
 import functools
 import hashlib
-import json
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -54,56 +47,8 @@ from adaptive_sampler.metrics import (
     make_backend,
     resolve_reference,
 )
-from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
-from adaptive_sampler.models import LoadedModel
-from adaptive_sampler.policies import Uniform
-from adaptive_sampler.sampler import sample
-from adaptive_sampler.solvers import make_solver
-from adaptive_sampler.timesteps import validate_timesteps
-from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR, cached_tensors
+from adaptive_sampler.tuning.seeds import SeedSet
 
-
-@dataclass(frozen=True)
-class SeedSet:
-    """A fixed set of samples, in chunks: chunk j holds `chunks[j]` samples drawn with seed `seed + j`."""
-
-    seed: int
-    chunks: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.seed < 0:
-            raise FieldError("seed", self.seed, "is negative; seeds are non-negative integers")
-        if not self.chunks or any(c < 1 for c in self.chunks):
-            raise FieldError("chunks", self.chunks, "must be a non-empty list of positive sample counts")
-
-    @property
-    def n(self) -> int:
-        return sum(self.chunks)
-
-    @property
-    def seeds(self) -> range:
-        return range(self.seed, self.seed + len(self.chunks))
-
-    @property
-    def rungs(self) -> tuple[int, ...]:
-        """Cumulative sample counts after each chunk: the steps a pruned study reports at."""
-        out, total = [], 0
-        for c in self.chunks:
-            total += c
-            out.append(total)
-        return tuple(out)
-
-    @classmethod
-    def split(cls, seed: int, n: int, parts: int, min_first: int = 1) -> SeedSet:
-        """n samples in up to `parts` near-equal chunks, fewer if the first chunk would hold < `min_first`."""
-        if n < 1:
-            raise FieldError("n", n, "is not a positive number of samples")
-        parts = max(1, min(parts, n // max(min_first, 1)))
-        sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
-        return cls(seed, tuple(sizes))
-
-    def overlaps(self, other: SeedSet) -> bool:
-        return bool(set(self.seeds) & set(other.seeds))
 
 @dataclass(frozen=True)
 class Score:
@@ -113,29 +58,48 @@ class Score:
     metrics: dict[str, float]
 
 
-class Objective(abc.ABC):
-    """What a trial optimises, as a plug-in (register it with `register_objective`).
+class SampleSource(Protocol):
+    """What an objective reads from the evaluator that samples for it (`tuning.evaluator.ScheduleEvaluator`)."""
 
-    Subclasses set `name`, `direction` and `label` and implement `evaluate`; the rest are defaults and no-op hooks.
-    `min_n` is the fewest samples the objective is defined for (no value is reported to the pruner before that),
-    `default_n` / `default_heldout_n` the tuning and held-out sample counts when none are given, and `rungs` the
-    number of chunks the tuning samples come in (the pruner's steps). A configured copy (`configured`) may set
-    them per instance (FID needs more samples than its feature dimension).
+    @property
+    def seeds(self) -> SeedSet: ...
+
+    def reference(self, chunk: int) -> torch.Tensor: ...
+
+    def conditions(self, chunk: int) -> tuple[list[str] | None, list[int] | None]: ...
+
+
+@dataclass(frozen=True)
+class Objective(abc.ABC):
+    """What a trial optimises, as a plug-in: one instance per name in `OBJECTIVES` (`register_objective`).
+
+    `name`, `direction` and `label` (for plots) describe it; `min_n` is the fewest samples it is defined for (no
+    value is reported to the pruner before that), `default_n` / `default_heldout_n` the tuning and held-out sample
+    counts when none are given, `rungs` the number of chunks the tuning samples come in (the pruner's steps), and
+    `uses_reference` says that it scores against the evaluator's many-step reference (a study key then). A
+    `configured` copy may change them (FID needs more samples than its feature dimension). Implement `evaluate`;
+    the other methods are defaults and no-op hooks.
     """
 
-    name: ClassVar[str]
-    direction: ClassVar[Literal["minimize", "maximize"]]
-    label: ClassVar[str]
+    name: str
+    direction: Literal["minimize", "maximize"]
+    label: str
     min_n: int = 1
     default_n: int = 64
     default_heldout_n: int = 256
     rungs: int = 4
-    uses_reference: ClassVar[bool] = False  # scores against `ScheduleEvaluator.reference` (a study key then)
+    uses_reference: bool = False
 
     def configured(self, features: str | None = None, reference: Path | None = None,
                    fid_limit: float | None = None) -> Objective:
         """This objective bound to a metric back-end spec, reference statistics and an FID limit; the default
-        takes none of them (FieldError naming the one given)."""
+        takes none of them (FieldError naming the one given).
+
+        Args:
+            features: a metric back-end spec (`tune --features`).
+            reference: a reference statistics file (`tune --reference`).
+            fid_limit: the FID a constrained objective is maximised under (`tune --fid-limit`).
+        """
         for name, value in (("features", features), ("reference", reference), ("fid_limit", fid_limit)):
             if value is not None:
                 raise FieldError(name, str(value) if isinstance(value, Path) else value,
@@ -152,163 +116,54 @@ class Objective(abc.ABC):
         return None
 
     def tuning_seeds(self, n: int, seed: int) -> SeedSet:
-        """The tuning set: n samples in up to `rungs` chunks, each at least `min_n` (and 2) samples."""
+        """The tuning set: n samples in up to `rungs` chunks, each at least `min_n` (and 2) samples.
+
+        Args:
+            n: the number of tuning samples.
+            seed: the seed of the first chunk.
+        """
         if n < self.min_n:
             raise FieldError("n", n, f"tuning samples is below the {self.min_n} that {self.name} needs")
         return SeedSet.split(seed, n, self.rungs, min_first=max(self.min_n, 2))
 
-    def prepare(self, evaluator: ScheduleEvaluator) -> None:
+    def prepare(self, source: SampleSource) -> None:
         """Compute what does not depend on the schedule (references, reference statistics); default: nothing."""
         return None
 
     @abc.abstractmethod
-    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
+    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], source: SampleSource) -> Iterator[Score]:
         """Yield the score over the samples so far after each `(chunk index, samples in [-1, 1])` of `chunks`.
 
-        `chunks` is lazy: a chunk is sampled only when asked for, so a pruned trial stops sampling."""
+        `chunks` is lazy: a chunk is sampled only when asked for, so a pruned trial stops sampling.
+
+        Args:
+            chunks: the samples of each chunk of `source.seeds`, in order.
+            source: the evaluator that drew them (references and conditions per chunk).
+        """
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(objective: Objective) -> Objective:
-    """Add `objective` to `OBJECTIVES` under its name (replacing one of the same name); returns it."""
+    """Add `objective` to `OBJECTIVES` under its name (replacing one of the same name); returns it.
+
+    Args:
+        objective: the instance to register.
+    """
     OBJECTIVES[objective.name] = objective
     return objective
 
 
 def get_objective(name: str) -> Objective:
-    """The registered objective called `name`."""
+    """The registered objective called `name`.
+
+    Args:
+        name: a key of `OBJECTIVES` (`tune --objective`).
+    """
     if name not in OBJECTIVES:
         raise FieldError("objective", name, f"is not one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
-
-
-def model_identity(model: LoadedModel) -> dict[str, object]:
-    """What determines a model's samples besides the schedule: its weights, scheduler config and sample shape, and
-    the prompts or labels it is conditioned on (absent for an unconditional model)."""
-    scheduler = json.dumps(model.scheduler_config, sort_keys=True, default=str)
-    identity: dict[str, object] = {"name": model.name, "weights_sha256": model.weights_sha256,
-                                   "scheduler_sha256": hashlib.sha256(scheduler.encode()).hexdigest(),
-                                   "sample_shape": list(model.sample_shape)}
-    if model.conditions is not None:
-        identity["conditions"] = model.conditions.identity()
-    return identity
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """An objective value (`value`, in the objective's direction), its companion metrics, and what it cost."""
-
-    value: float
-    metrics: dict[str, float]
-    n: int
-    nfe: float
-    wall_s: float
-
-
-@dataclass
-class ScheduleEvaluator:
-    """Scores timestep lists for one model, solver, objective and seed set.
-
-    `evaluate(timesteps, on_rung)` samples the seed set chunk by chunk with `solver` (η = 0) and returns an
-    `Evaluation`; after each chunk, `on_rung(samples_so_far, value_so_far)` is called where the objective is defined
-    (it may raise `optuna.TrialPruned`). `objective` is a registered objective's name or an `Objective` (e.g. a
-    `configured` one). `reference(chunk)` is the many-step result of a chunk (`reference_steps` uniform steps of the
-    same solver from the same noise), cached under `cache_dir` (None: in memory only); the fidelity objectives score
-    against it. `conditioning` is passed to the sampler for every chunk (sample i of a chunk takes row i), and
-    sample i of a chunk is scored against `prompts[i % P]` and `labels[i % L]` (`conditions`).
-    """
-
-    model: LoadedModel
-    objective: str | Objective
-    seeds: SeedSet
-    solver: str = "ddim"
-    reference_steps: int = 200
-    batch_size: int = 64
-    network_rows: int | None = 8
-    cache_dir: Path | None = DEFAULT_CACHE_DIR
-    adapter: ModelAdapter | None = None
-    conditioning: Conditioning | None = None
-    prompts: Sequence[str] | None = None
-    labels: Sequence[int] | None = None
-    _references: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.scorer: Objective = (self.objective if isinstance(self.objective, Objective)
-                                  else get_objective(self.objective))
-        self.solver_impl = make_solver(self.solver)
-        self.model_adapter: ModelAdapter = self.adapter or self.model.adapter(network_rows=self.network_rows)
-        T = self.model_adapter.schedule.num_train_timesteps
-        if not 2 <= self.reference_steps <= T:
-            raise FieldError("reference_steps", self.reference_steps, f"is outside [2, {T}] (the training timesteps)")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", self.batch_size, "is not a positive integer")
-        if self.seeds.n < self.scorer.min_n:
-            raise FieldError("n", self.seeds.n, f"samples is below the {self.scorer.min_n} that {self.scorer.name} "
-                                                "needs")
-        self.scorer.check_shape(self.model.image_shape)
-        bound = self.model.conditions  # a model bound to prompts or labels (LoadedModel.with_conditions)
-        if bound is not None:
-            self.conditioning = self.conditioning or bound.conditioning
-            self.prompts = self.prompts or bound.prompts
-            self.labels = self.labels or bound.labels
-
-    @property
-    def direction(self) -> str:
-        return self.scorer.direction
-
-    def sample(self, timesteps: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Chunk `chunk` of the seed set sampled over `timesteps` with the evaluator's solver, as images (a latent
-        model's decoded)."""
-        result = sample(self.model_adapter, timesteps, self.model.sample_shape, self.seeds.chunks[chunk],
-                        batch_size=self.batch_size, seed=self.seeds.seed + chunk, solver=self.solver_impl,
-                        conditioning=self.conditioning)
-        if self.model.decoder is None:
-            return result.samples
-        return self.model.decode(result.samples.to(self.model_adapter.device), self.network_rows or 8).cpu()
-
-    def conditions(self, chunk: int) -> tuple[list[str] | None, list[int] | None]:
-        """The prompt and the class label of each sample of chunk `chunk` (None where the run has none)."""
-        n = self.seeds.chunks[chunk]
-        prompts = [self.prompts[i % len(self.prompts)] for i in range(n)] if self.prompts else None
-        labels = [int(self.labels[i % len(self.labels)]) for i in range(n)] if self.labels else None
-        return prompts, labels
-
-    def reference(self, chunk: int) -> torch.Tensor:
-        """The many-step result for chunk `chunk` of the seed set (cached on disk and in memory)."""
-        if chunk not in self._references:
-            schedule = self.model_adapter.schedule
-            steps = Uniform().timesteps(self.reference_steps, schedule)
-            key: dict[str, object] = {
-                "model": model_identity(self.model), "solver": self.solver, "policy": "uniform",
-                "reference_steps": self.reference_steps, "seed": self.seeds.seed + chunk,
-                "n": self.seeds.chunks[chunk], "num_train_timesteps": schedule.num_train_timesteps}
-            if self.conditioning is not None:  # the same noise under other prompts is another reference
-                prompts, labels = self.conditions(chunk)
-                key["conditions"] = {"prompts": prompts, "labels": labels,
-                                     "guidance_scale": self.conditioning.guidance_scale}
-            tensors = cached_tensors(self.cache_dir, "fidelity-references", key,
-                                     lambda: {"samples": self.sample(steps, chunk)})
-            self._references[chunk] = tensors["samples"]
-        return self._references[chunk]
-
-    def prepare(self) -> None:
-        """Compute (or load) everything that does not depend on the schedule (the objective's `prepare`)."""
-        self.scorer.prepare(self)
-
-    def evaluate(self, timesteps: Sequence[int | float] | torch.Tensor,
-                 on_rung: Callable[[int, float], None] | None = None) -> Evaluation:
-        """Sample the seed set over `timesteps` and score it (see the class docstring)."""
-        ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
-        start = time.perf_counter()
-        chunks = ((chunk, self.sample(ts, chunk)) for chunk in range(len(self.seeds.chunks)))
-        score = Score(float("nan"), {})
-        for rung, score in zip(self.seeds.rungs, self.scorer.evaluate(chunks, self), strict=False):
-            if on_rung is not None and rung >= self.scorer.min_n and rung < self.seeds.n:
-                on_rung(rung, score.value)
-        return Evaluation(value=score.value, metrics=score.metrics, n=self.seeds.n, nfe=float(len(ts)),
-                          wall_s=time.perf_counter() - start)
 
 
 @functools.lru_cache(maxsize=4)
@@ -321,20 +176,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True, kw_only=True)
 class MetricObjective(Objective):
     """A metric of a back-end's `MetricAccumulator` over the chunks so far (see the module docstring).
 
-    Subclasses set `metric` (the key of `MetricAccumulator.values`) and `default_features` (the back-end when
-    `--features` is not given; None: it must be given, one of `allowed`). `value` turns the metrics into the
-    objective (default: `metrics[metric]`, NaN while undefined). A `configured` copy holds the spec, the reference
-    path and the FID limit; the back-end and the reference load on first use, once per process.
+    `metric` is the key of `MetricAccumulator.values`, `default_features` the back-end when `--features` is not
+    given (None: it must be given, one of `allowed`, the spec prefixes that can score it). `needs_features`: FID or
+    KID, scored in the back-end's feature space against a reference; `uses_fid`: defined only for more samples than
+    the feature dimension; `takes_fid_limit`: the CLIP score at a fixed FID (`fid_limit`, required). A `configured`
+    copy holds the spec, the reference path and the FID limit; the back-end and the reference load on first use,
+    once per process.
     """
 
-    metric: ClassVar[str]
-    default_features: ClassVar[str | None]
-    allowed: ClassVar[tuple[str, ...]]  # spec prefixes this objective can score with
-    needs_features: ClassVar[bool] = False  # FID/KID: the back-end's feature space and a reference
-    uses_fid: ClassVar[bool] = False  # defined only for more samples than the feature dimension
+    metric: str
+    default_features: str | None
+    allowed: tuple[str, ...]
+    needs_features: bool = False
+    uses_fid: bool = False
+    takes_fid_limit: bool = False
     features: str | None = None
     reference_path: Path | None = None
     fid_limit: float | None = None
@@ -351,9 +210,10 @@ class MetricObjective(Objective):
 
     def configured(self, features: str | None = None, reference: Path | None = None,
                    fid_limit: float | None = None) -> Objective:
-        out = copy.copy(self)
-        out.__dict__.pop("reference_stats", None)  # loaded for the unconfigured objective, if it ever was
-        out.features, out.reference_path, out.fid_limit = features, reference, fid_limit
+        if self.takes_fid_limit and (fid_limit is None or not fid_limit > 0):
+            raise FieldError("fid_limit", fid_limit, f"must be a positive FID for objective {self.name!r} (the FID "
+                                                     "that the CLIP score is maximised under)")
+        out = dataclasses.replace(self, features=features, reference_path=reference, fid_limit=fid_limit)
         spec = out.spec
         if not any(spec == a or (a.endswith(":") and spec.startswith(a)) for a in self.allowed):
             raise FieldError("features", spec, f"cannot give objective {self.name!r} its metric {self.metric!r}; "
@@ -364,12 +224,12 @@ class MetricObjective(Objective):
             raise FieldError("reference", None, f"given; objective {self.name!r} with --features {spec} needs "
                                                 "reference statistics: make them with `adaptive-sampler stats "
                                                 f"--images DIR --features {spec} --out ref.npz`")
-        if fid_limit is not None and self.name != "clip-at-fid":
+        if fid_limit is not None and not self.takes_fid_limit:
             raise FieldError("fid_limit", fid_limit, f"is not used by objective {self.name!r}")
         dim = FEATURE_DIM if spec == "embedded" else out.backend.dim  # the embedded net loads only when used
         if self.uses_fid and dim is not None:
-            out.min_n = max(self.min_n, dim + 1)
-            out.default_n = max(self.default_n, self.rungs * out.min_n)
+            min_n = max(self.min_n, dim + 1)
+            out = dataclasses.replace(out, min_n=min_n, default_n=max(self.default_n, self.rungs * min_n))
         return out
 
     @property
@@ -406,134 +266,61 @@ class MetricObjective(Objective):
             )
         self.backend.check_shape(sample_shape)
 
-    def prepare(self, evaluator: ScheduleEvaluator) -> None:
+    def prepare(self, source: SampleSource) -> None:
         if self.reference_stats is not None:
             _ = self.reference_stats.kid_reference
         if self.backend.needs_reference_images:
-            for chunk in range(len(evaluator.seeds.chunks)):
-                evaluator.reference(chunk)
+            for chunk in range(len(source.seeds.chunks)):
+                source.reference(chunk)
 
     def value(self, metrics: dict[str, float]) -> float:
-        return metrics.get(self.metric, math.nan)
+        """The objective from the accumulated metrics: the metric (NaN while undefined); with an FID limit, the CLIP
+        score where FID ≤ `fid_limit`, else `fid_limit` - FID.
 
-    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], evaluator: ScheduleEvaluator) -> Iterator[Score]:
-        backend = self.backend
-        accumulator = MetricAccumulator(backend, self.reference_stats)
-        for chunk, samples in chunks:
-            prompts, labels = evaluator.conditions(chunk)
-            accumulator.add(ScoringBatch(samples, prompts=prompts, labels=labels,
-                                         reference_images=evaluator.reference(chunk)
-                                         if backend.needs_reference_images else None))
-            metrics = accumulator.values(precision_recall=False)
-            yield Score(self.value(metrics), metrics)
-
-
-class FidObjective(MetricObjective):
-    name = "fid"
-    direction = "minimize"
-    label = "FID (lower is better)"
-    metric = "fid"
-    default_features = "embedded"
-    allowed = ("embedded", "inception:", "clip:")
-    needs_features = True
-    uses_fid = True
-    min_n = 129  # more samples than the embedded feature dimension (128): a full-rank covariance
-    # At 6-10 steps FID on 512 samples moves more between sample sets than good lists differ, and a search keeps
-    # the list that fits the noise; with 2,048 the same searches beat the best static list by 21-39 % held out
-    # (README, "Search methods").
-    default_n = 2048
-    default_heldout_n = 500
-    rungs = 2  # each rung must hold more samples than the feature dimension
-
-
-class KidObjective(MetricObjective):
-    name = "kid"
-    direction = "minimize"
-    label = "KID (embedded features, lower is better)"
-    metric = "kid"
-    default_features = "embedded"
-    allowed = ("embedded",)
-    needs_features = True
-    min_n = 2
-    default_n = 256
-    default_heldout_n = 500
-
-
-class FidelityObjective(MetricObjective):
-    """Mean PSNR (and SSIM, for images at least 11 pixels wide) to the evaluator's many-step reference."""
-
-    name = "fidelity"
-    direction = "maximize"
-    label = "PSNR to the many-step reference (dB, higher is better)"
-    uses_reference = True
-    metric = "psnr"
-    default_features = "fidelity"
-    allowed = ("fidelity", "fidelity:")
-
-
-class FidelityLpipsObjective(MetricObjective):
-    """Mean LPIPS to the evaluator's many-step reference (LPIPS weights from local files)."""
-
-    name = "fidelity-lpips"
-    direction = "minimize"
-    label = "LPIPS to the many-step reference (lower is better)"
-    uses_reference = True
-    metric = "lpips"
-    default_features = "fidelity:lpips"
-    allowed = ("fidelity:",)
-
-
-class ClipScoreObjective(MetricObjective):
-    """Mean CLIP score of each sample against its prompt (needs prompts)."""
-
-    name = "clip-score"
-    direction = "maximize"
-    label = "CLIP score (100 · cos, higher is better)"
-    metric = "clip_score"
-    default_features = None
-    allowed = ("clip:",)
-
-
-class LabelObjective(MetricObjective):
-    """The fraction of samples the embedded classifier puts in their requested class (needs labels)."""
-
-    name = "label"
-    direction = "maximize"
-    label = "label agreement (embedded classifier, higher is better)"
-    metric = "label_agreement"
-    default_features = "label"
-    allowed = ("label",)
-
-
-class ClipAtFidObjective(MetricObjective):
-    """CLIP score at a fixed FID in the CLIP space (see the module docstring): CLIP score where FID ≤ `fid_limit`,
-    else `fid_limit` - FID."""
-
-    name = "clip-at-fid"
-    direction = "maximize"
-    label = "CLIP score at FID ≤ limit (FID excess below 0)"
-    metric = "fid-constraint"
-    default_features = None
-    allowed = ("clip:",)
-    needs_features = True
-    uses_fid = True
-    default_n = 64
-    rungs = 2
-
-    def configured(self, features: str | None = None, reference: Path | None = None,
-                   fid_limit: float | None = None) -> Objective:
-        if fid_limit is None or not fid_limit > 0:
-            raise FieldError("fid_limit", fid_limit, f"must be a positive FID for objective {self.name!r} (the FID "
-                                                     "that the CLIP score is maximised under)")
-        return super().configured(features, reference, fid_limit)
-
-    def value(self, metrics: dict[str, float]) -> float:
+        Args:
+            metrics: `MetricAccumulator.values` of the chunks so far.
+        """
+        if not self.takes_fid_limit:
+            return metrics.get(self.metric, math.nan)
         if "fid" not in metrics or "clip_score" not in metrics or self.fid_limit is None:
             return math.nan
         excess = metrics["fid"] - self.fid_limit
         return metrics["clip_score"] if excess <= 0 else -excess
 
+    def evaluate(self, chunks: Iterable[tuple[int, torch.Tensor]], source: SampleSource) -> Iterator[Score]:
+        backend = self.backend
+        accumulator = MetricAccumulator(backend, self.reference_stats)
+        for chunk, samples in chunks:
+            prompts, labels = source.conditions(chunk)
+            accumulator.add(ScoringBatch(samples, prompts=prompts, labels=labels,
+                                         reference_images=source.reference(chunk)
+                                         if backend.needs_reference_images else None))
+            metrics = accumulator.values(precision_recall=False)
+            yield Score(self.value(metrics), metrics)
 
-for _objective in (FidObjective(), KidObjective(), FidelityObjective(), FidelityLpipsObjective(),
-                   ClipScoreObjective(), LabelObjective(), ClipAtFidObjective()):
+
+for _objective in (
+    # 2,048 samples by default: at 6-10 steps FID on 512 samples moves more between sample sets than good lists
+    # differ, and a search keeps the list that fits the noise; min_n: a full-rank covariance of the 128 embedded
+    # features; each of the 2 rungs holds more samples than the feature dimension
+    MetricObjective("fid", "minimize", "FID (lower is better)", metric="fid", default_features="embedded",
+                    allowed=("embedded", "inception:", "clip:"), needs_features=True, uses_fid=True, min_n=129,
+                    default_n=2048, default_heldout_n=500, rungs=2),
+    MetricObjective("kid", "minimize", "KID (embedded features, lower is better)", metric="kid",
+                    default_features="embedded", allowed=("embedded",), needs_features=True, min_n=2, default_n=256,
+                    default_heldout_n=500),
+    # mean PSNR (and SSIM, for images at least 11 pixels wide) to the evaluator's many-step reference
+    MetricObjective("fidelity", "maximize", "PSNR to the many-step reference (dB, higher is better)",
+                    uses_reference=True, metric="psnr", default_features="fidelity",
+                    allowed=("fidelity", "fidelity:")),
+    MetricObjective("fidelity-lpips", "minimize", "LPIPS to the many-step reference (lower is better)",
+                    uses_reference=True, metric="lpips", default_features="fidelity:lpips", allowed=("fidelity:",)),
+    MetricObjective("clip-score", "maximize", "CLIP score (100 · cos, higher is better)", metric="clip_score",
+                    default_features=None, allowed=("clip:",)),
+    MetricObjective("label", "maximize", "label agreement (embedded classifier, higher is better)",
+                    metric="label_agreement", default_features="label", allowed=("label",)),
+    MetricObjective("clip-at-fid", "maximize", "CLIP score at FID ≤ limit (FID excess below 0)",
+                    metric="fid-constraint", default_features=None, allowed=("clip:",), needs_features=True,
+                    uses_fid=True, takes_fid_limit=True, default_n=64, rungs=2),
+):
     register_objective(_objective)

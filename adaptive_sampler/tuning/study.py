@@ -39,9 +39,11 @@ from adaptive_sampler.schedules.catalogue import catalogue_dir, load_entry
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
 from adaptive_sampler.tuning.dp_init import build_cost_matrix
+from adaptive_sampler.tuning.evaluator import ScheduleEvaluator, model_identity
 from adaptive_sampler.tuning.ld3 import LD3, LD3Settings
-from adaptive_sampler.tuning.objectives import Objective, ScheduleEvaluator, SeedSet, model_identity
+from adaptive_sampler.tuning.objectives import Objective
 from adaptive_sampler.tuning.search_space import SearchSpace, encode_params, make_space, suggest_timesteps
+from adaptive_sampler.tuning.seeds import SeedSet
 from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.storage import (
     SURPLUS,
