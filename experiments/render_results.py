@@ -96,7 +96,7 @@ def cli_reference() -> str:
                                     env={"COLUMNS": str(HELP_WIDTH), "NO_COLOR": "1", "TERM": "dumb"})
         if result.exit_code != 0:
             raise SystemExit(f"adaptive-sampler {' '.join(command)} --help failed: {result.output}")
-        text = "\n".join(line.rstrip() for line in result.output.strip("\n").splitlines())
+        text = "\n".join(line.rstrip() for line in result.output.splitlines()).strip("\n")
         title = " ".join(["adaptive-sampler", *command])
         sections.append(f"## `{title}`\n\n```text\n{text}\n```")
     return "\n\n".join(sections)
