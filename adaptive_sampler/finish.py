@@ -33,7 +33,7 @@ class Finish(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: Literal["x0", "tail"] = "tail"
-    steps: int = Field(3, ge=1, le=10)  # K = 3 and spacing in t: the best FID of experiments/choose_finish_tail.py
+    steps: int = Field(3, ge=1, le=10)  # K = 3 and spacing in t: the best FID measured (docs/experiments.md)
     spacing: Literal["logsnr", "t"] = "t"
 
     def spec(self) -> str:

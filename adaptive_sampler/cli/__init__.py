@@ -17,6 +17,7 @@ import typer
 import typer.core
 from pydantic import ValidationError
 
+from adaptive_sampler._lazy import MissingExtraError
 from adaptive_sampler.cli.common import CliError
 from adaptive_sampler.cli.evaluate import eval_command
 from adaptive_sampler.cli.sample import sample_command
@@ -77,6 +78,8 @@ class FlagCommand(typer.core.TyperCommand):
             return super().invoke(ctx)
         except ValueError as exc:
             raise flag_error(exc, self) from None
+        except MissingExtraError as exc:  # an optional dependency: its message says how to install it
+            raise CliError(str(exc)) from None
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,

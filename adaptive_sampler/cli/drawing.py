@@ -136,8 +136,7 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
     from adaptive_sampler.models import load_model, resolve_device
     from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
     from adaptive_sampler.monitors.space import decode_cost
-    from adaptive_sampler.policies import make_policy
-    from adaptive_sampler.policies.learned import check_solver
+    from adaptive_sampler.policies import check_solver, make_policy
     from adaptive_sampler.policies.step_size_control import SteeredPlan, check_steered, parse_dynamic_policy
     from adaptive_sampler.sampler import NonFiniteOutputError
     from adaptive_sampler.solvers import make_solver

@@ -140,7 +140,7 @@ class TuneOptions(TuneSettings, ModelOptions):
         "sqlite:///FILE.db) with heartbeats, across machines"))
     export: Path | None = Field(None, description=(
         "write the best schedule per budget, scored on held-out seeds, to DIR/<model>/<solver>-<N>.json "
-        "(DIR = adaptive_sampler/schedules, the catalogue of an editable install, makes it "
+        "(DIR = policies, the catalogue of an editable install, makes it "
         "--policy learned:<model>/<solver>-<N>)"))
     plots: Path | None = Field(None, description=(
         "folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>"))
@@ -158,8 +158,15 @@ class TuneOptions(TuneSettings, ModelOptions):
     def check_outputs(self) -> None:
         """Check, before any model is loaded or trial run, that every place the run writes to can be written: the
         storage (`check_storage`: scheme, file, no in-memory SQLite), `cache_dir`, and with `export` the export and
-        plots folders. Creates nothing. Raises FieldError naming the field (StorageError for `storage`)."""
+        plots folders, and that the optional dependencies the run needs are installed. Creates nothing. Raises
+        FieldError naming the field (StorageError for `storage`), MissingExtraError for a missing dependency."""
+        from adaptive_sampler._lazy import require_extra
         from adaptive_sampler.tuning.storage import check_storage, unwritable_reason
+
+        if self.method in ("cmaes", "tpe+cmaes"):
+            require_extra("cmaes", "cmaes", f"--method {self.method}")
+        if self.export is not None:
+            require_extra("matplotlib", "plots", "--export (its plots)")
 
         check_storage(self.storage)
         folders: list[tuple[str, Path]] = [("cache_dir", self.cache_dir)]
