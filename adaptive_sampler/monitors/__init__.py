@@ -1,11 +1,12 @@
 """Early-exit monitors on x̂0: per-row done masks with warm-up, patience and check-every-k guardrails.
 
-    monitor = monitor_from_spec("x0-l2:0.01,patience=2|max-nfe:40")
+    monitor = AnyOf(make_monitor("x0-l2", 0.01, guardrails=Guardrails(patience=2)), MaxNFE(40))
     result = sample(adapter, timesteps, shape, n, monitor=monitor)
 
-A sample a monitor marks done finishes with a short solver tail to t = 0 (`sample(..., finish="tail:K")`, counted
-in NFE) or returns x̂0 of that step (`finish="x0"`, NFE = step + 1), and leaves the network batch. A steering
-monitor (`SteeringChange`, `steer-x0-l2:LOW:HIGH`) doubles or halves a sample's next step instead.
+`monitor_from_spec` builds the same from the command line's spec string `x0-l2:0.01,patience=2|max-nfe:40`.
+A sample a monitor marks done finishes with a short solver tail to t = 0 (`sample(..., finish=Finish(steps=K))`,
+counted in NFE) or returns x̂0 of that step (`Finish(mode="x0")`, NFE = step + 1), and leaves the network batch. A
+steering monitor (`SteeringChange`, `steer-x0-l2:LOW:HIGH`) doubles or halves a sample's next step instead.
 Thresholds do not transfer between models or step counts: calibrate them with `monitors.calibrate_threshold` (a
 steering monitor's LOW/HIGH to a mean NFE with `monitors.calibrate_steering`).
 """
