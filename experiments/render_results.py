@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import json
 import re
 import sys
@@ -102,33 +103,35 @@ def cli_reference() -> str:
     return "\n\n".join(sections)
 
 
-def _bench(module: str, function: str = "markdown") -> Callable[[Path], str]:
-    """A bench's renderer, imported when first called (the benches import torch)."""
-    def render(path: Path) -> str:
-        return str(getattr(__import__(module), function)(path))
-    return render
+# Marker name -> (bench module, its renderer, the results files it renders): the benches render their own tables.
+BENCH_TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "quality": ("quality_table", "markdown", ("quality_table.json",)),
+    "t2i-quality": ("t2i_quality_table", "markdown", ("t2i_quality_table.json",)),
+    "catalogue": ("bench_search", "catalogue_markdown", ("bench_quality.json",)),
+    "search-methods": ("bench_search", "markdown", ("bench_search.json",)),
+    "search-n2048": ("bench_search", "markdown", ("bench_search_n2048.json",)),
+    "solvers": ("bench_quality", "markdown", ("bench_quality.json",)),
+    "early-exit-dpmpp": ("bench_early_exit", "markdown", ("early_exit_dpmpp-2m.json",)),
+    "early-exit-ddim": ("bench_early_exit", "markdown", ("early_exit_ddim.json",)),
+    "early-exit-timing": ("time_early_exit", "markdown",
+                          ("early_exit_ddim.timing.json", "early_exit_dpmpp-2m.timing.json")),
+    "throughput": ("bench_throughput", "markdown", ("bench_throughput.json",)),
+}
+# Marker name -> the renderer of a table that no bench renders.
+OWN_TABLES: dict[str, Callable[[], str]] = {
+    "clip": clip_table, "t2i-learned": t2i_learned_table, "finish": finish_table, "cli": cli_reference}
 
 
-def renderers() -> dict[str, Callable[[], str]]:
-    """Marker name -> the function that renders its table."""
-    timing = _bench("time_early_exit")
-    return {
-        "quality": lambda: _bench("quality_table")(RESULTS / "quality_table.json"),
-        "clip": clip_table,
-        "t2i-quality": lambda: _bench("t2i_quality_table")(RESULTS / "t2i_quality_table.json"),
-        "t2i-learned": t2i_learned_table,
-        "catalogue": lambda: _bench("bench_search", "catalogue_markdown")(RESULTS / "bench_quality.json"),
-        "search-methods": lambda: _bench("bench_search")(RESULTS / "bench_search.json"),
-        "search-n2048": lambda: _bench("bench_search")(RESULTS / "bench_search_n2048.json"),
-        "solvers": lambda: _bench("bench_quality")(RESULTS / "bench_quality.json"),
-        "early-exit-dpmpp": lambda: _bench("bench_early_exit")(RESULTS / "early_exit_dpmpp-2m.json"),
-        "early-exit-ddim": lambda: _bench("bench_early_exit")(RESULTS / "early_exit_ddim.json"),
-        "early-exit-timing": lambda: "\n\n".join(
-            timing(RESULTS / f"early_exit_{solver}.timing.json") for solver in ("ddim", "dpmpp-2m")),
-        "finish": finish_table,
-        "throughput": lambda: _bench("bench_throughput")(RESULTS / "bench_throughput.json"),
-        "cli": cli_reference,
-    }
+def render_table(name: str) -> str:
+    """The markdown of marker `name` (a bench module is imported on first use: the benches import torch).
+
+    Args:
+        name: a key of `BENCH_TABLES` or `OWN_TABLES`.
+    """
+    if name in OWN_TABLES:
+        return OWN_TABLES[name]()
+    module, function, files = BENCH_TABLES[name]
+    return str(getattr(importlib.import_module(module), function)(*(RESULTS / file for file in files)))
 
 
 def render_page(text: str, tables: dict[str, str]) -> str:
@@ -140,11 +143,10 @@ def rendered_pages() -> dict[Path, tuple[str, str]]:
     """Each page with markers -> (its text on disk, its text as rendered now). Each table is rendered once."""
     texts = {page: page.read_text() for page in PAGES}
     names = {match["name"] for text in texts.values() for match in MARKER.finditer(text)}
-    available = renderers()
-    unknown = names - available.keys()
+    unknown = names - BENCH_TABLES.keys() - OWN_TABLES.keys()
     if unknown:
         raise SystemExit(f"unknown results markers: {', '.join(sorted(unknown))}")
-    tables = {name: available[name]() for name in names}
+    tables = {name: render_table(name) for name in names}
     return {page: (text, render_page(text, tables)) for page, text in texts.items() if MARKER.search(text)}
 
 
