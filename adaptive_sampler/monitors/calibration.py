@@ -25,7 +25,6 @@ run than x̂0, so a threshold calibrated this way is conservative for it.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,14 +91,8 @@ class X0Trace:
         return sorted({s for s, _ in self.seeds})
 
     def step_infos(self, batch_size: int | None = None) -> list[StepInfo]:
-        """StepInfos of a replay, batch after batch of `batch_size` rows (default: as recorded; each from step 0):
-        step, t, t_prev, x0 and sample_indices = trace rows.
-
-        `x_t` and `eps` are not recorded (empty tensors): the monitors look at x̂0 only.
-
-        Args:
-            batch_size: rows per replayed batch; None replays the batches the trace was sampled in.
-        """
+        """StepInfos of a replay, batch after batch of `batch_size` rows (None: as sampled; each from step 0):
+        step, t, t_prev, x0 and sample_indices = trace rows (`x_t` and `eps` are empty: monitors read x̂0 only)."""
         batch_size = batch_size or self.batch_size
         t_prevs = torch.cat([self.timesteps[1:], self.timesteps.new_full((1,), -1)])
         infos, empty = [], torch.empty(0)
@@ -141,14 +134,13 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
         timesteps: the planned steps, walked in full.
         seeds: one full run of `samples_per_seed` samples per seed.
         samples_per_seed: samples drawn per seed.
-        batch_size: rows per sampling batch (the replay sees the same batches).
+        batch_size: rows per sampling batch (a replay sees the same batches).
         progress: show a progress bar over the seeds.
-        conditioning: the conditioning of a conditional model.
-        decode: a latent model's decoder (`LoadedModel.decode`): every x̂0 and sample is decoded too, and the
-            trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`
-            (`space="latent"`).
-        space: where the monitor reads x̂0, `latent` or `image` (only with `decode`).
+        conditioning: a conditional model's conditioning.
         solver: the sampling solver (default DDIM).
+        decode: a latent model's decoder (`LoadedModel.decode`): every x̂0 and sample is decoded too, and the
+            trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`.
+        space: where the monitor reads x̂0, `latent` or `image` (only with `decode`).
     """
     if samples_per_seed < 1:
         raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
@@ -283,26 +275,16 @@ class DistributionTarget(CalibrationTarget):
     def __post_init__(self) -> None:
         if self.metric not in ("fid", "kid"):
             raise FieldError("target_distribution.metric", self.metric, "is not one of fid, kid")
-        if not isinstance(self.max_increase_pct, (int, float)) or not math.isfinite(self.max_increase_pct) or \
-                self.max_increase_pct < 0:
-            raise FieldError("target_distribution.max_increase_pct", self.max_increase_pct,
-                             "is not a finite number >= 0 (a percentage)")
+        _finite("target_distribution.max_increase_pct", self.max_increase_pct, 0)
         if (self.feature_extractor is None) != (self.reference_features is None):
             raise FieldError("target_distribution.reference_features", None if self.reference_features is None
                              else tuple(self.reference_features.shape),
                              "must come with its feature_extractor (and the extractor with its reference)")
 
-    @functools.cached_property
-    def _extractor(self) -> FeatureExtractor:
-        return self.feature_extractor or EmbeddedFeatureExtractor()
-
-    @functools.cached_property
-    def _reference(self) -> torch.Tensor:
-        reference = embedded_reference_features() if self.reference_features is None else self.reference_features
-        return reference.double().cpu()
-
     def distribution(self, trace: X0Trace) -> DistributionScorer:
-        return DistributionScorer(self.metric, self._extractor, self._reference, trace)
+        reference = embedded_reference_features() if self.reference_features is None else self.reference_features
+        return DistributionScorer(self.metric, self.feature_extractor or EmbeddedFeatureExtractor(),
+                                  reference.double().cpu(), trace)
 
     def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
         return simulation.distribution is not None and full_distribution is not None and \
