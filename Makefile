@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 # that does not parse) into an error.
 docs: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[docs]'
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # without the theme's end-of-life banner
 
 # A throwaway PostgreSQL server (Debian's postgresql package, installed if missing when run as root; initdb and
 # pg_ctl as an unprivileged user in a temp dir, unix socket only), then the scale-out test against it: three tune

@@ -135,7 +135,12 @@ def render_table(name: str) -> str:
 
 
 def render_page(text: str, tables: dict[str, str]) -> str:
-    """`text` with every marked table replaced by its rendering."""
+    """`text` with every marked table replaced by its rendering.
+
+    Args:
+        text: a page with `<!-- results:NAME -->` ... `<!-- /results:NAME -->` markers.
+        tables: each marker name's rendered markdown.
+    """
     return MARKER.sub(lambda match: f"{match[1]}{tables[match['name']].strip()}\n{match[4]}", text)
 
 
@@ -151,7 +156,13 @@ def rendered_pages() -> dict[Path, tuple[str, str]]:
 
 
 def page_diff(page: Path, committed: str, rendered: str) -> str:
-    """A unified diff from the committed page to its rendering."""
+    """A unified diff from the committed page to its rendering.
+
+    Args:
+        page: the page's path (named in the diff relative to the repository).
+        committed: its text on disk.
+        rendered: its text as rendered now.
+    """
     name = str(page.relative_to(ROOT))
     return "".join(difflib.unified_diff(committed.splitlines(True), rendered.splitlines(True), name,
                                         f"{name} (rendered)"))
