@@ -82,10 +82,26 @@ def calibrate_steering(
     conditioning: Conditioning | None = None,
     progress: bool = False,
 ) -> SteeringCalibration:
-    """LOW/HIGH of `steer-MONITOR:LOW:HIGH` (MONITOR a change monitor's name) on `planner` (a planner with a step
-    size: `SteeredPlan`, `StepSizeControl`) whose mean NFE over `samples_per_seed` samples of each calibration seed
-    is closest to `target_nfe`, within at most `max_runs` candidate runs (it stops early within `nfe_tolerance`).
-    See the module docstring for the search."""
+    """LOW/HIGH of `steer-MONITOR:LOW:HIGH` whose mean NFE on the calibration seeds is closest to `target_nfe`
+    (see the module docstring for the search).
+
+    Args:
+        adapter: the model.
+        shape: the shape of one sample.
+        planner: a planner with a step size (`SteeredPlan`, `StepSizeControl`).
+        target_nfe: the mean NFE to reach.
+        monitor: a change monitor's name (x0-l2, ssim, features, ...).
+        calibration_seeds: the seeds the scale is chosen on.
+        heldout_seeds: other seeds, which report the NFE the choice reaches.
+        samples_per_seed: samples drawn per seed.
+        batch_size: rows per sampling batch.
+        quantiles: the quantiles of the unsteered change that LOW and HIGH start at.
+        max_runs: the most candidate runs.
+        nfe_tolerance: stop once a run's mean NFE is this close to the target.
+        solver: the sampling solver (default DDIM).
+        conditioning: a conditional model's conditioning.
+        progress: show a progress bar over the runs.
+    """
     if not isinstance(planner, Steerable):
         raise steering_error(planner)
     if isinstance(target_nfe, bool) or not isinstance(target_nfe, int | float) or not math.isfinite(target_nfe) \
