@@ -142,7 +142,12 @@ class ScheduleEvaluator:
 
     def evaluate(self, timesteps: Sequence[int | float] | torch.Tensor,
                  on_rung: Callable[[int, float], None] | None = None) -> Evaluation:
-        """Sample the seed set over `timesteps` and score it (see the class docstring)."""
+        """Sample the seed set over `timesteps` and score it (see the class docstring).
+
+        Args:
+            timesteps: the list to score.
+            on_rung: called with (samples so far, value so far) after each chunk where the objective is defined.
+        """
         ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
         start = time.perf_counter()
         chunks = ((chunk, self.sample(ts, chunk)) for chunk in range(len(self.seeds.chunks)))

@@ -55,4 +55,5 @@ class SeedSet:
         return cls(seed, tuple(sizes))
 
     def overlaps(self, other: SeedSet) -> bool:
+        """Whether the two sets share a seed (and so draw the same noise)."""
         return bool(set(self.seeds) & set(other.seeds))
