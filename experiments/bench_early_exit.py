@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import command, environment, load_report, markdown_table, pick_device, save_report, timed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -62,7 +61,9 @@ from adaptive_sampler.monitors import (
 )
 from adaptive_sampler.monitors.base import ThresholdMonitor
 from adaptive_sampler.monitors.calibration import (
+    CalibrationTarget,
     DistributionTarget,
+    PsnrTarget,
     X0Trace,
     calibrate_threshold,
     psnr_of,
@@ -78,36 +79,29 @@ from adaptive_sampler.schedules.catalogue import list_entries
 from adaptive_sampler.solvers import SOLVERS, make_solver
 
 DEFAULT_MONITORS = ["x0-l2", "features", "sharpness", "lpips"]
+NFE_GOAL, FID_TOLERANCE = 0.25, 3.0
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class TimedCallback:
     """Wraps a monitor (its call, `reset` and `keep`) and adds up the time spent inside it (synchronised on GPUs)."""
 
     def __init__(self, monitor: Monitor, device: torch.device) -> None:
         self.monitor, self.device, self.seconds = monitor, device, 0.0
 
-    def _timed(self, call: Callable[[], Any]) -> Any:
-        _sync(self.device)
-        start = time.perf_counter()
-        out = call()
-        _sync(self.device)
-        self.seconds += time.perf_counter() - start
+    def _timed(self, call: Callable[..., Any], *args: Any) -> Any:
+        out, seconds = timed(self.device, call, *args)
+        self.seconds += seconds
         return out
 
     def __call__(self, info: Any) -> Any:
-        return self._timed(lambda: self.monitor(info))
+        return self._timed(self.monitor, info)
 
     def reset(self) -> None:
         self._timed(self.monitor.reset)
 
     def keep(self, rows: torch.Tensor) -> None:
-        self._timed(lambda: self.monitor.keep(rows))
+        self._timed(self.monitor.keep, rows)
 
 
 def _name(spec: str) -> str:
@@ -118,31 +112,13 @@ def _has_threshold(spec: str) -> bool:
     return ":" in spec.split(",")[0]
 
 
-def _command() -> str:
-    prefix = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    return prefix + " ".join([Path(sys.executable).name, *sys.argv])
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    return {"command": _command(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
-            "loadavg_start": os.getloadavg()}
-
-
 class Report:
     """The JSON file: settings, calibration results and evaluation rows, written after every finished task."""
 
     def __init__(self, path: Path, settings: dict[str, Any], restart: bool) -> None:
         self.path = path
-        data: dict[str, Any] = {}
-        if path.is_file() and not restart:
-            data = json.loads(path.read_text())
-            if data.get("settings") != settings:
-                raise SystemExit(f"--json: {path} holds rows of other settings ({data.get('settings')}); use "
-                                 "another file or --restart")
-        self.data = {"settings": settings, "calibration": {}, "rows": {}, "summary": {}, **data}
-        self.data["settings"] = settings
+        self.data = load_report(path, {"settings": settings, "calibration": {}, "rows": {}, "summary": {}},
+                                "settings", restart)
 
     def get(self, kind: str, section: str, key: str) -> dict[str, Any] | None:
         return self.data[kind].get(section, {}).get(key)
@@ -152,10 +128,7 @@ class Report:
         self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        tmp.replace(self.path)
+        save_report(self.path, self.data)
 
 
 # -------------------------------------------------------------------------------------------------- calibration
@@ -171,9 +144,9 @@ def _target_label(target: tuple[str, float]) -> str:
     return f"{value:g}dB" if kind == "psnr" else f"{kind}+{value:g}%"
 
 
-def _target_arguments(target: tuple[str, float]) -> dict[str, Any]:
+def _target(target: tuple[str, float]) -> CalibrationTarget:
     kind, value = target
-    return {"target_psnr": value} if kind == "psnr" else {"target_distribution": DistributionTarget(kind, value)}
+    return PsnrTarget(value) if kind == "psnr" else DistributionTarget(kind, value)  # type: ignore[arg-type]
 
 
 def _distribution_text(cal: dict[str, Any]) -> str:
@@ -225,16 +198,13 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                 else:
                     try:
                         start = time.perf_counter()
-                        space = split_space(spec)[1]
-                        result = calibrate_threshold(
-                            adapter, model.sample_shape, timesteps, spec, **_target_arguments(target),
-                            calibration_seeds=args.calibration_seeds, heldout_seeds=args.heldout_seeds,
-                            samples_per_seed=args.samples_per_seed, batch_size=args.batch_size,
-                            feature_extractor=extractor, calibration_trace=trace("calibration", space),
-                            heldout_trace=trace("heldout", space), solver=make_solver(solver),
-                            **_latent_arguments(model, space))
+                        term, space = split_space(spec)
+                        head, sep, options = term.partition(",")
+                        monitor = monitor_from_spec(f"{_name(head)}:0{sep}{options}")  # the threshold is searched
+                        result = calibrate_threshold(monitor, _target(target), trace("calibration", space),
+                                                     trace("heldout", space), feature_extractor=extractor)
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
-                                **result.to_json()}
+                                **result.to_json(), "default_entry": result.default_entry()}
                     except LPIPSWeightsMissingError as e:
                         done = {"spec": spec, "skipped": f"{type(e).__name__}: {e}"}
                 report.put("calibration", section, key, done)
@@ -306,13 +276,6 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
     steps, shape, section = args.steps, model.sample_shape, _section(solver, args.steps)
     full_file = args.json.with_name(f"{args.json.stem}.{solver}-full-{steps}.safetensors")
 
-    def timed(draw: Callable[[], Any]) -> tuple[Any, float]:
-        _sync(device)
-        start = time.perf_counter()
-        result = draw()
-        _sync(device)
-        return result, time.perf_counter() - start
-
     def run(plan: Any, monitor: Any = None, finish: str | None = None) -> tuple[Any, float]:
         """Samples as images (decoded inside the timing: a latent model's user pays for it) and the wall time."""
         def draw() -> Any:
@@ -320,7 +283,7 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
                             solver=make_solver(solver), monitor=monitor, finish=finish,
                             conditioning=model.conditioning)
             return replace(result, samples=model.decode(result.samples.to(device)).cpu())
-        return timed(draw)
+        return timed(device, draw)
 
     def static_row(key: str, policy: str, num_steps: int, full: torch.Tensor | None) -> None:
         if policy == "uniform" and num_steps == steps and key != "full":
@@ -401,11 +364,19 @@ def _section(solver: str, steps: int) -> str:
     return f"{solver}/{steps}"
 
 
-def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str, Any]:
-    """Per adaptive row: NFE and FID against the full runs, the best static row of equal NFE and the goals."""
-    rows = report.data["rows"][_section(solver, args.steps)]
+def summarise(rows: dict[str, Any], steps: int, reference_steps: list[int], nfe_goal: float = NFE_GOAL,
+              fid_tolerance: float = FID_TOLERANCE) -> dict[str, Any]:
+    """Per adaptive row: NFE and FID against the full runs, the best static row of equal NFE and the goals.
+
+    Args:
+        rows: the rows of one solver's section of a results file.
+        steps: the full run's step count.
+        reference_steps: the step counts of the longer uniform runs (rows `full-N`).
+        nfe_goal: the goal's fraction of NFE saved against the full run.
+        fid_tolerance: the goal's largest FID increase in %.
+    """
     full = rows["full"]
-    references = {"full": full, **{f"full-{s}": rows[f"full-{s}"] for s in args.reference_steps}}
+    references = {"full": full, **{f"full-{s}": rows[f"full-{s}"] for s in reference_steps}}
     statics = {k: v for k, v in rows.items() if v.get("kind") == "static" and k not in references}
     table: dict[str, Any] = {}
     for key, row in rows.items():
@@ -431,8 +402,8 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
                               "fid_change_pct": (row["fid"] / ref["fid"] - 1) * 100, "speedup": speedup,
                               "nfe_ratio": nfe_ratio, "speedup_over_nfe_ratio": speedup / nfe_ratio}
         vs_full = entry["full"]
-        entry["meets_nfe_goal"] = (vs_full["nfe_reduction_pct"] >= 100 * args.nfe_goal
-                                   and vs_full["fid_change_pct"] <= args.fid_tolerance)
+        entry["meets_nfe_goal"] = (vs_full["nfe_reduction_pct"] >= 100 * nfe_goal
+                                   and vs_full["fid_change_pct"] <= fid_tolerance)
         table[key] = entry
     monitors = [k for k, v in table.items() if v["kind"] in ("monitor", "steering")]
     return {"full_fid": full["fid"], "full_wall_s": full["wall_s"],
@@ -441,34 +412,41 @@ def summarise(solver: str, report: Report, args: argparse.Namespace) -> dict[str
             "rows": table,
             "goal_equal_nfe": ">= 5 % lower FID than the best static schedule of equal mean NFE (an x̂0 monitor)",
             "goal_equal_nfe_met_by": sorted(k for k in monitors if table[k]["beats_best_static_by_5pct"]),
-            "goal_nfe": f">= {100 * args.nfe_goal:.0f} % fewer NFE than the full {args.steps}-step run at <= "
-                        f"{args.fid_tolerance:g} % FID increase",
+            "goal_nfe": f">= {100 * nfe_goal:.0f} % fewer NFE than the full {steps}-step run at <= "
+                        f"{fid_tolerance:g} % FID increase",
             "goal_nfe_met_by": sorted(k for k, v in table.items() if v["meets_nfe_goal"]),
             "skipped": {k: v["skipped"] for k, v in rows.items() if "skipped" in v}}
 
 
-def markdown(solver: str, summary: dict[str, Any]) -> str:
-    """The README table of one solver: each adaptive row against its best static rival of equal NFE and the full
-    run (wall times: experiments/time_early_exit.py)."""
-    longer = [k for k in summary["references"] if k != "full"]  # the --reference-steps runs, e.g. full-50
-    lines = [f"| {solver} row | NFE | FID | KID | best static at that NFE | FID vs it | NFE vs full | FID vs full |"
-             + "".join(f" NFE vs {k} | FID vs {k} |" for k in longer) + " PSNR to full |",
-             "|---" * (9 + 2 * len(longer)) + "|"]
-    for key, r in sorted(summary["rows"].items(), key=lambda kv: kv[1]["nfe_mean"]):
-        best, versus = "not measured", ""
-        if r["best_static"] is not None:
-            best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
-            best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
-            versus = f"{r['fid_vs_best_static_pct']:+.1f} %"
-        psnr = f"{r['psnr_to_full']:.1f}" if r["psnr_to_full"] is not None else "—"
-        mark = "**" if r["beats_best_static_by_5pct"] else ""
-        lines.append(f"| `{key}` | {r['nfe_mean']:.1f} | {mark}{r['fid']:.2f}{mark} | {r['kid']:.3f} | {best} | "
-                     f"{versus} | {-r['full']['nfe_reduction_pct']:+.1f} % | "
-                     f"{r['full']['fid_change_pct']:+.1f} % | "
-                     + "".join(f"{-r[k]['nfe_reduction_pct']:+.1f} % | {r[k]['fid_change_pct']:+.1f} % | "
-                               for k in longer)
-                     + f"{psnr} |")
-    return "\n".join(lines)
+def markdown(path: Path) -> str:
+    """The tables of a results file, one per solver section: each adaptive row against its best static rival of
+    equal NFE and the full runs (the reference runs are those on file; wall times: time_early_exit.py).
+
+    Args:
+        path: a bench_early_exit.py results file.
+    """
+    tables = []
+    for section, rows in json.loads(path.read_text())["rows"].items():
+        solver, steps = section.split("/")
+        reference_steps = [int(key.removeprefix("full-")) for key in rows if key.startswith("full-")]
+        summary = summarise(rows, int(steps), reference_steps)
+        longer = [k for k in summary["references"] if k != "full"]
+        header = [f"{section} row", "NFE", "FID", "KID", "best static at that NFE", "FID vs it", "NFE vs full",
+                  "FID vs full", *(f"{what} vs {k}" for k in longer for what in ("NFE", "FID")), "PSNR to full"]
+        table = []
+        for key, r in sorted(summary["rows"].items(), key=lambda kv: kv[1]["nfe_mean"]):
+            best, versus = "not measured", ""
+            if r["best_static"] is not None:
+                best = f"{r['best_static']}: {r['static_rivals'][r['best_static']]:.2f}"
+                best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
+                versus = f"{r['fid_vs_best_static_pct']:+.1f} %"
+            mark = "**" if r["beats_best_static_by_5pct"] else ""
+            table.append([f"`{key}`", f"{r['nfe_mean']:.1f}", f"{mark}{r['fid']:.2f}{mark}", f"{r['kid']:.3f}", best,
+                          versus, *(f"{v:+.1f} %" for k in ("full", *longer)
+                                    for v in (-r[k]["nfe_reduction_pct"], r[k]["fid_change_pct"])),
+                          f"{r['psnr_to_full']:.1f}" if r["psnr_to_full"] is not None else "—"])
+        tables.append(markdown_table(header, table))
+    return "\n\n".join(tables)
 
 
 def print_summary(solver: str, summary: dict[str, Any]) -> None:
@@ -504,18 +482,14 @@ def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace)
     monitors = {}
     for key, cal in report.data["calibration"].get(_section("ddim", args.steps), {}).items():
         if key.endswith(f"@{_target_label(target)}") and cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
-            monitors[cal["name"]] = {
-                "threshold": cal["threshold"], "guardrails": cal["guardrails"],
-                "target_psnr": cal["target_psnr"], "target_feature_distance": cal["target_feature_distance"],
-                "calibration_nfe_mean": cal["calibration"]["nfe_mean"],
-                "heldout_nfe_mean": cal["heldout"]["nfe_mean"], "heldout_psnr": cal["heldout"]["psnr"],
-                "heldout_psnr_p10": cal["heldout"]["psnr_p10"],
-                "heldout_feature_distance": cal["heldout"]["feature_distance"],
-            }
+            if "default_entry" not in cal:
+                raise SystemExit(f"--write-defaults: {key} in {args.json} was calibrated by an older version of "
+                                 "this script; calibrate again (--restart)")
+            monitors[cal["name"]] = cal["default_entry"]
     entry["steps"][str(args.steps)] = {
         "policy": "uniform", "solver": "ddim", "eta": 0.0, "network_rows": args.network_rows,
         "calibration_seeds": args.calibration_seeds, "heldout_seeds": args.heldout_seeds,
-        "samples_per_seed": args.samples_per_seed, "command": _command(), "monitors": monitors,
+        "samples_per_seed": args.samples_per_seed, "command": command(), "monitors": monitors,
     }
     data["format"] = DEFAULTS_FORMAT
     DEFAULTS_PATH.write_text(json.dumps(data, indent=2) + "\n")
@@ -562,8 +536,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--network-rows", type=int, default=8,
                         help="fixed network chunk (bitwise batch invariance: online exits equal the simulation)")
-    parser.add_argument("--nfe-goal", type=float, default=0.25, help="goal: this fraction fewer NFE than the full run")
-    parser.add_argument("--fid-tolerance", type=float, default=3.0, help="goal: at most this %% FID increase")
+    parser.add_argument("--nfe-goal", type=float, default=NFE_GOAL,
+                        help="goal: this fraction fewer NFE than the full run")
+    parser.add_argument("--fid-tolerance", type=float, default=FID_TOLERANCE, help="goal: at most this %% FID increase")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--calibrate-only", action="store_true", help="calibrate, skip the evaluation runs")
     parser.add_argument("--write-defaults", action="store_true",
@@ -572,12 +547,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the README tables of --json and exit")
     args = parser.parse_args()
     if args.markdown:  # summarised from the rows on file, so a stopped run prints what it measured
-        data = json.loads(args.json.read_text())
-        report = Report(args.json, data["settings"], restart=False)
-        for section, rows in data["rows"].items():  # the reference runs are those on file, not --reference-steps
-            solver, args.steps = section.split("/")[0], int(section.split("/")[1])
-            args.reference_steps = [int(key.removeprefix("full-")) for key in rows if key.startswith("full-")]
-            print(markdown(section, summarise(solver, report, args)) + "\n")
+        print(markdown(args.json))
         return
     if not args.calibrate_only and args.n <= 128:
         parser.error(f"--n: {args.n} is not above 128, the feature dimension FID needs")
@@ -600,8 +570,7 @@ def main() -> None:
             parser.error(f"--best-builtin: solver {solver} needs SOLVER:POLICY with POLICY one of "
                          f"{', '.join(STATIC_POLICIES)}")
     args.best_builtin = builtin
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = pick_device(args.device)
 
     # what every row depends on; rows are keyed by their own spec, so more monitors, targets, finishes, steering
     # specs, tolerances, reference runs or solvers can be added to a results file later
@@ -610,7 +579,7 @@ def main() -> None:
     if args.model == "embedded-t2i":
         settings.update(prompts=str(args.prompts), guidance_scale=args.guidance_scale)
     report = Report(args.json, settings, args.restart)
-    report.data["environment"] = _environment(device)
+    report.data["environment"] = environment(device)
     model = load_model(args.model, device=device)
     if model.text_encoder is not None:
         prompts = read_prompts(args.prompts) if args.prompts else tuple(
@@ -632,7 +601,9 @@ def main() -> None:
             calibration, steering = calibrate_all(model, adapter, solver, args, report, extractor, bar)
             if not args.calibrate_only:
                 evaluate_solver(model, adapter, solver, calibration, steering, args, report, extractor, device, bar)
-                report.data["summary"][_section(solver, args.steps)] = summarise(solver, report, args)
+                section = _section(solver, args.steps)
+                report.data["summary"][section] = summarise(report.data["rows"][section], args.steps,
+                                                            args.reference_steps, args.nfe_goal, args.fid_tolerance)
                 report.save()
 
     for solver in args.solvers:
@@ -657,7 +628,7 @@ def main() -> None:
     report.save()
     if args.write_defaults:
         write_defaults(model, report, args)
-    print(f"\ncommand: {_command()}\nwrote {args.json}")
+    print(f"\ncommand: {command()}\nwrote {args.json}")
 
 
 if __name__ == "__main__":

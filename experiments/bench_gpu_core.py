@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import RESULTS, environment, save_report, timed
 
 from adaptive_sampler.metrics.evaluation import score_samples
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
@@ -100,11 +98,6 @@ class Settings:
     @classmethod
     def smoke(cls) -> Settings:
         return cls([8], [2], [8], TINY_SD_UNET, 8, [1, 7, 8], 2, 136, 2, 68, 1)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -286,11 +279,9 @@ def time_cell(runs: dict[str, Run], device: torch.device, n: int, batch_size: in
     graphs and compiles for its bucket); samples/s, and on CUDA the peak memory allocated during a run."""
     result: dict[str, dict[str, Any]] = {}
     for name, run in runs.items():
-        start = time.perf_counter()
         try:
-            run(n, batch_size, min(steps, 2))
-            _sync(device)
-            result[name] = {"warmup_s": time.perf_counter() - start, "times_s": [], "peak_mib": None}
+            _, warmup_s = timed(device, run, n, batch_size, min(steps, 2))
+            result[name] = {"warmup_s": warmup_s, "times_s": [], "peak_mib": None}
         except Exception as exc:  # noqa: BLE001 (one failing contender must not end a one-shot GPU run)
             result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"    {name}: FAILED {result[name]['error']}", flush=True)
@@ -304,11 +295,7 @@ def time_cell(runs: dict[str, Run], device: torch.device, n: int, batch_size: in
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            _sync(device)
-            start = time.perf_counter()
-            runs[name](n, batch_size, steps)
-            _sync(device)
-            entry["times_s"].append(time.perf_counter() - start)
+            entry["times_s"].append(timed(device, runs[name], n, batch_size, steps)[1])
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) / 2**20
                 entry["peak_mib"] = max(entry["peak_mib"] or 0.0, peak)
@@ -497,22 +484,6 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------- main
-def environment(device: torch.device) -> dict[str, Any]:
-    import diffusers
-
-    exe = os.path.relpath(sys.executable)
-    return {
-        "command": " ".join(([f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ
-                             else []) + [sys.executable if exe.startswith("..") else exe, *sys.argv]),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(), "platform": platform.platform(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device (CPU: about a minute)")
@@ -526,8 +497,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         parser.error("the full run needs a CUDA device; use --smoke on CPU")
-    results = Path(__file__).parent / "results"
-    path = args.json or results / ("bench_gpu_core_smoke.json" if args.smoke else "bench_gpu_core.json")
+    path = args.json or RESULTS / ("bench_gpu_core_smoke.json" if args.smoke else "bench_gpu_core.json")
     start = time.perf_counter()
     report: dict[str, Any] = {"settings": {**settings.__dict__, "sd_unet": settings.sd_unet,
                                            "sd_scheduler": SD15_SCHEDULER, "guidance_scale": GUIDANCE,
@@ -540,8 +510,7 @@ def main() -> None:
         report[section] = value
         report["goals"] = goals(report)
         report["wall_s"] = time.perf_counter() - start
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        save_report(path, report)
         print(f"[{report['wall_s']:.0f} s] {section} written to {path}", flush=True)
 
     print(f"device {device} ({report['environment']['gpu']}), torch {torch.__version__}", flush=True)

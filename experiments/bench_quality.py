@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness import command, load_report, markdown_table, save_report
 from tqdm.auto import tqdm
 
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -64,18 +64,6 @@ def parse_nfes(text: str, flag: str) -> list[int]:
     return values
 
 
-def load_results(path: Path, config: dict) -> dict:
-    """The results file, or a fresh one; refuses a file made with another n or seed (its rows would be mixed)."""
-    if not path.exists():
-        return {"config": config, "calibration": {}, "rows": {}}
-    results = json.loads(path.read_text())
-    for field, value in config.items():
-        if results["config"].get(field) != value:
-            raise SystemExit(f"error: --{field.replace('_', '-')}: {value} differs from "
-                             f"{results['config'].get(field)} in {path}; use another --json to start a new table")
-    return results
-
-
 def run_job(adapter: ModelAdapter, shape: tuple[int, ...], job: Job, n: int, seed: int, bar: tqdm) -> dict:
     """Sample n images for the job and score them; the bar advances by one per sample per step."""
     def tick(info) -> None:
@@ -97,14 +85,20 @@ def print_table(rows: dict) -> None:
               f"{row['kid']:8.4f} {row['precision']:6.3f} {row['recall']:6.3f} {row['samples_per_s']:9.1f}")
 
 
-def print_markdown(rows: dict) -> None:
-    """The README's solver table: per solver and NFE, uniform, the best built-in and learned."""
+def markdown(path: Path) -> str:
+    """The solver table of a results file: per solver and NFE, uniform, the best built-in and learned.
+
+    Args:
+        path: a bench_quality.py results file.
+    """
     order = {"uniform": 0, "best built-in": 1, "learned": 2}
-    print("| solver | policy | NFE | FID | KID | precision | recall | samples/s |\n|---|---|---|---|---|---|---|---|")
-    for row in sorted(rows.values(), key=lambda r: (list(SOLVERS).index(r["solver"]), r["nfe"], order[r["kind"]])):
-        policy = f"best built-in: {row['policy']}" if row["kind"] == "best built-in" else row["policy"]
-        print(f"| {row['solver']} | {policy} | {row['nfe']} | {row['fid']:.2f} | {row['kid']:.3f} | "
-              f"{row['precision']:.3f} | {row['recall']:.3f} | {row['samples_per_s']:.1f} |")
+    rows = sorted(json.loads(path.read_text())["rows"].values(),
+                  key=lambda r: (list(SOLVERS).index(r["solver"]), r["nfe"], order[r["kind"]]))
+    return markdown_table(
+        ["solver", "policy", "NFE", "FID", "KID", "precision", "recall", "samples/s"],
+        [[r["solver"], f"best built-in: {r['policy']}" if r["kind"] == "best built-in" else r["policy"], r["nfe"],
+          f"{r['fid']:.2f}", f"{r['kid']:.3f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+          f"{r['samples_per_s']:.1f}"] for r in rows])
 
 
 def speed_summary(rows: dict) -> dict:
@@ -164,7 +158,7 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true", help="print the README table of --json and exit")
     args = p.parse_args()
     if args.markdown:
-        print_markdown(json.loads(args.json.read_text())["rows"])
+        print(markdown(args.json))
         return
     nfes = parse_nfes(args.nfe, "--nfe")
     ddim_nfes = parse_nfes(args.ddim_nfe, "--ddim-nfe") if args.ddim_nfe.strip() else []
@@ -173,12 +167,11 @@ def main() -> None:
             raise SystemExit(f"error: {flag}: {value} is not above the feature dimension 128; FID needs more")
     config = {"n": args.n, "seed": args.seed, "calibration_n": args.calibration_n,
               "calibration_seed": args.calibration_seed}
-    results = load_results(args.json, config)
-    results["command"] = " ".join(["python", *sys.argv])
+    results = load_report(args.json, {"config": config, "calibration": {}, "rows": {}}, "config")
+    results["command"] = command()
 
     def save() -> None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        save_report(args.json, results)
 
     loaded = load_model("embedded")
     adapter, shape = loaded.adapter(), loaded.sample_shape

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from harness import RESULTS, load_report, markdown_table, save_report
 
 from adaptive_sampler import sample
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -40,7 +41,6 @@ from adaptive_sampler.tuning.settings import TuneSettings
 from adaptive_sampler.tuning.storage import open_storage
 from adaptive_sampler.tuning.study import BudgetBest, Tuner
 
-RESULTS = Path(__file__).parent / "results"
 HELDOUT_N, HELDOUT_SEED, BATCH = 2000, 1000, 64
 TUNING_N = 512  # this bench's tuning samples per trial unless --tuning-n (rows without `tuning_n` used it)
 TPE_REPORT = RESULTS / "tune_fashion_mnist_fid" / "report.json"  # DDIM 5/10, 60 trials each
@@ -158,15 +158,17 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def print_markdown(results: dict) -> None:
-    """The README tables: held-out FID per method (search time in brackets) beside the static rows, the best list
-    per combo against its best built-in, and the shipped catalogue."""
+def markdown(path: Path) -> str:
+    """The method tables of a results file: held-out FID per method (search time in brackets) beside the static
+    rows, then the best list per combo against its best built-in.
+
+    Args:
+        path: a bench_search.py results file.
+    """
     methods = ("tpe", "cmaes", "ld3")
-    print("| solver, N | uniform | best built-in | " + " | ".join(methods) + " | shipped | uniform 2N |")
-    print("|---|---|---|" + "---|" * len(methods) + "---|---|")
-    best_rows = []
-    for combo, entry in sorted(results["combos"].items(), key=lambda item: combo_key(item[0])):
-        solver, steps = combo.rsplit("-", 1)
+    table, best_rows = [], []
+    for combo, entry in sorted(json.loads(path.read_text())["combos"].items(), key=lambda item: combo_key(item[0])):
+        solver, steps = combo_key(combo)
         base = entry.get("baselines", {})
         builtin = next(((k.split(": ")[1], v) for k, v in base.items() if k.startswith("best built-in")), None)
         cells = []
@@ -174,36 +176,33 @@ def print_markdown(results: dict) -> None:
             row = entry["methods"].get(method)
             wall = row.get("search_wall_s") if row else None
             cells.append("–" if row is None else f"{row['fid']:.2f}" + (f" ({wall / 60:.1f} min)" if wall else ""))
-        shipped = base.get("shipped (bench_quality)")
-        cells.append(f"{shipped:.2f}" if shipped else "–")
-        double = base.get(f"uniform {2 * int(steps)}")
-        print(f"| {solver} {steps} | {base.get('uniform', float('nan')):.2f} | "
-              + (f"{builtin[0]} {builtin[1]:.2f}" if builtin else "–") + " | " + " | ".join(cells)
-              + (f" | {double:.2f} |" if double else " | – |"))
+        shipped, double = base.get("shipped (bench_quality)"), base.get(f"uniform {2 * steps}")
+        table.append([f"{solver} {steps}", f"{base.get('uniform', float('nan')):.2f}",
+                      f"{builtin[0]} {builtin[1]:.2f}" if builtin else "–", *cells,
+                      f"{shipped:.2f}" if shipped else "–", f"{double:.2f}" if double else "–"])
         found = {m: r for m, r in entry["methods"].items() if "fid" in r}
         if found and builtin:
             method, row = min(found.items(), key=lambda item: item[1]["fid"])
-            best_rows.append((solver, steps, method, row, builtin))
-    print("\n| solver, N | best searched | method | best built-in | vs best built-in | list |")
-    print("|---|---|---|---|---|---|")
-    for solver, steps, method, row, (policy, fid) in best_rows:
-        listed = ", ".join(f"{t:g}" if float(t).is_integer() else f"{t:.1f}" for t in row["timesteps"])
-        print(f"| {solver} {steps} | {row['fid']:.2f} | {method} | {policy} {fid:.2f} | "
-              f"{100 * (row['fid'] / fid - 1):+.0f} % | {listed} |")
-
-    print_catalogue()
+            listed = ", ".join(f"{t:g}" if float(t).is_integer() else f"{t:.1f}" for t in row["timesteps"])
+            best_rows.append([f"{solver} {steps}", f"{row['fid']:.2f}", method, f"{builtin[0]} {builtin[1]:.2f}",
+                              f"{100 * (row['fid'] / builtin[1] - 1):+.0f} %", listed])
+    return (markdown_table(["solver, N", "uniform", "best built-in", *methods, "shipped", "uniform 2N"], table)
+            + "\n\n" + markdown_table(["solver, N", "best searched", "method", "best built-in", "vs best built-in",
+                                        "list"], best_rows))
 
 
-def print_catalogue() -> None:
-    """The shipped fashion-mnist lists with their held-out FID beside bench_quality's uniform and best built-in at
-    the same N and seeds."""
+def catalogue_markdown(quality_path: Path = RESULTS / "bench_quality.json") -> str:
+    """The shipped fashion-mnist lists with their held-out FID beside uniform and the best built-in at the same N
+    and seeds.
+
+    Args:
+        quality_path: the bench_quality.py results file of those seeds.
+    """
     from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 
-    rows = quality_rows()
-    print("\n| entry | held-out FID | uniform | best built-in | vs the better of the two | found by | list |")
-    print("|---|---|---|---|---|---|---|")
-    names = [name for name in list_entries() if name.startswith("fashion-mnist/")]
-    for name in sorted(names, key=combo_key):
+    rows = json.loads(quality_path.read_text())["rows"]
+    table = []
+    for name in sorted((n for n in list_entries() if n.startswith("fashion-mnist/")), key=combo_key):
         artifact = load_entry(name)
         steps = len(artifact.timesteps)
         uniform = rows[f"{artifact.solver}/uniform/{steps}"]["fid"]
@@ -216,9 +215,11 @@ def print_catalogue() -> None:
         warm = re.search(r"the best was warm start '([^']+)'", artifact.method)
         if warm:
             found.append(f"its best trial the {warm[1]} warm start")
-        listed = ", ".join(f"{t:g}" for t in artifact.timesteps)
-        print(f"| `learned:{name}` | {fid:.2f} | {uniform:.2f} | {builtin['policy']} {builtin['fid']:.2f} | "
-              f"{100 * (fid / min(uniform, builtin['fid']) - 1):+.0f} % | {', '.join(found)} | {listed} |")
+        table.append([f"`learned:{name}`", f"{fid:.2f}", f"{uniform:.2f}", f"{builtin['policy']} {builtin['fid']:.2f}",
+                      f"{100 * (fid / min(uniform, builtin['fid']) - 1):+.0f} %", ", ".join(found),
+                      ", ".join(f"{t:g}" for t in artifact.timesteps)])
+    return markdown_table(["entry", "held-out FID", "uniform", "best built-in", "vs the better of the two",
+                           "found by", "list"], table)
 
 
 def won_by(row: dict) -> str:
@@ -277,10 +278,10 @@ def main() -> None:
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.manual_seed(0)
-    results = json.loads(args.json.read_text()) if args.json.exists() else {"combos": {}}
     if args.markdown:
-        print_markdown(results)
+        print(markdown(args.json) + "\n\n" + catalogue_markdown())
         return
+    results = load_report(args.json, {"combos": {}})
     results["command"] = f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/bench_search.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k in ("combos", "methods", "tuning_n", "cmaes_extra_trials", "ld3_trials"))
@@ -291,7 +292,7 @@ def main() -> None:
         return
 
     def save() -> None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        save_report(args.json, results)
         plot(results, args.json.with_suffix(".png"))
 
     for combo in args.combos.split(","):

@@ -13,7 +13,6 @@ in a git worktree) with this interpreter, so before and after come from one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, command, save_report
 
 
 def contenders(cli_group: str) -> dict[str, list[str]]:
@@ -47,9 +46,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(args.repo), "OMP_NUM_THREADS": "1"}
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats):
-        for name, command in commands.items():
+        for name, argv in commands.items():
             start = time.perf_counter()
-            subprocess.run(command, env=env, cwd=args.repo, check=True, capture_output=True)
+            subprocess.run(argv, env=env, cwd=args.repo, check=True, capture_output=True)
             times[name].append(time.perf_counter() - start)
     torch_s = statistics.median(times["python -c 'import torch'"])
     rows = {name: {"median_s": statistics.median(ts), "min_s": min(ts),
@@ -57,9 +56,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<34} median {row['median_s']:6.2f} s  min {row['min_s']:6.2f} s  "
               f"{row['vs_import_torch']:5.2f}x import torch")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"repo": str(args.repo), "repeats": args.repeats, "rows": rows,
-                                     "command": " ".join([Path(sys.executable).name, *sys.argv])}, indent=2) + "\n")
+    save_report(args.json, {"repo": str(args.repo), "repeats": args.repeats, "rows": rows, "command": command()})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from harness import environment, markdown_table, pick_device, save_report, sync, timed
 
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.models import LoadedModel, load_model
@@ -50,21 +50,6 @@ NAMES = {
     "d": "ours, network_rows=8",
 }
 SEED = 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _exe() -> str:
-    rel = os.path.relpath(sys.executable)
-    return sys.executable if rel.startswith("..") else rel
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -188,11 +173,6 @@ def check_equivalence(model: LoadedModel, device: torch.device, steps: int) -> d
 
 
 # ------------------------------------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_interleaved(contenders: dict[str, Callable[[int, int, int], torch.Tensor]], device: torch.device,
                      n: int, batch_size: int, steps: int, repeats: int
                      ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -201,16 +181,13 @@ def time_interleaved(contenders: dict[str, Callable[[int, int, int], torch.Tenso
     # warm-up: one full-size batch, 2 steps, each contender (kernel selection, allocator, lazy init)
     for run in contenders.values():
         run(min(n, batch_size), batch_size, min(steps, 2))
-    _sync(device)
+    sync(device)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     cpu: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(repeats):
         for key, run in contenders.items():
-            _sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run(n, batch_size, steps)
-            _sync(device)
-            times[key].append(time.perf_counter() - start)
+            start_cpu = time.process_time()
+            times[key].append(timed(device, run, n, batch_size, steps)[1])
             cpu[key].append(time.process_time() - start_cpu)
         print(f"  repeat {r + 1}/{repeats}: " + "  ".join(f"({k}) {times[k][-1]:.2f}s wall {cpu[k][-1]:.2f}s cpu"
                                                         for k in times), flush=True)
@@ -241,11 +218,7 @@ def loop_overhead(model: LoadedModel, device: torch.device, n: int, batch_size: 
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
         for key, run in runs.items():
-            _sync(device)
-            start = time.perf_counter()
-            run(n, batch_size, steps)
-            _sync(device)
-            times[key].append(time.perf_counter() - start)
+            times[key].append(timed(device, run, n, batch_size, steps)[1])
     return times
 
 
@@ -309,6 +282,34 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------- main
+def markdown(path: Path) -> str:
+    """The docs table of a results file: process CPU seconds per contender (the steadier measure on a shared
+    machine), paired ratios to DDIMPipeline and the bare loop, and peak memory while sampling.
+
+    Args:
+        path: a bench_throughput.py results file.
+    """
+    report = json.loads(path.read_text())
+    ratios = report["ratios_median_paired_cpu_time"]
+    over_pipeline = {"a": 1.0, "c": ratios["ours_rows_none_over_pipeline_throughput"],
+                     "d": ratios["ours_rows_8_over_pipeline_throughput"]}
+    over_bare = {"a": ratios["pipeline_overhead_over_bare_pct"], "c": ratios["ours_rows_none_overhead_over_bare_pct"],
+                 "d": ratios["ours_rows_8_overhead_over_bare_pct"]}
+    labels = {"a": "diffusers `DDIMPipeline`", "b": "bare hand-written DDIM loop",
+              "c": "this core, `network_rows=None`",
+              "d": "this core, `network_rows=8` (bitwise batch-size invariant, default)"}
+    rows = []
+    for key, label in labels.items():
+        memory = (report["memory"] or {}).get(key, {})
+        peak = memory.get("sampling_peak_over_start_mib", memory.get("peak_over_base_mib"))
+        rows.append([label, f"{report['median_cpu_s'][key]:.2f}",
+                     f"{over_pipeline[key]:.3f}×" if key in over_pipeline else "—",
+                     f"{over_bare[key]:+.1f} %" if key in over_bare else "—",
+                     "—" if peak is None else f"{peak:+.0f} MiB"])
+    return markdown_table(["contender", f"CPU s per {report['settings']['n']} samples", "vs DDIMPipeline",
+                           "vs bare loop", "peak memory while sampling"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
@@ -321,7 +322,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: n=16, steps=3, repeats=1")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--child", choices=list(NAMES), help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", action="store_true", help="print the docs table of --json and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.json))
+        return
     if args.quick:
         args.n, args.steps, args.repeats = 16, 3, 1
     if args.child:
@@ -332,21 +337,9 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} must be a positive integer")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device: cuda was asked for but torch.cuda.is_available() is False")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-
-    import diffusers
-
-    env = {
-        "command": " ".join([f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ
-                            else []) + " " + " ".join([_exe(), *sys.argv]),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "loadavg_start": os.getloadavg(),
-    }
-    env["command"] = env["command"].strip()
-    print(f"device={device}  torch={torch.__version__}  diffusers={diffusers.__version__}  "
+    device = pick_device(args.device)
+    env = environment(device)
+    print(f"device={device}  torch={torch.__version__}  diffusers={env['diffusers']}  "
           f"torch threads={torch.get_num_threads()}  OMP_NUM_THREADS={env['OMP_NUM_THREADS']}  cpu={env['cpu_model']}")
     print(f"n={args.n}  batch_size={args.batch_size}  steps={args.steps}  repeats={args.repeats}  eta=0  "
           "timestep_spacing=leading  pipeline output_type=pt")
@@ -442,7 +435,6 @@ def main() -> None:
     print(f"\ncommand: {env['command']}")
 
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "settings": {"n": args.n, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
                          "eta": 0.0, "seed": SEED, "timestep_spacing": "leading", "pipeline_output_type": "pt",
@@ -460,7 +452,7 @@ def main() -> None:
                               "minus VmRSS before it"),
             "checks": checks, "environment": env,
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        save_report(args.json, report)
         print(f"wrote {args.json}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import load_report, markdown_table, save_report
 
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
 from adaptive_sampler.metrics import embedded_reference_statistics, fid
@@ -26,19 +27,25 @@ from adaptive_sampler.sampler import sample
 DDPM_SAMPLES = Path(__file__).parent / "data" / "ddpm1000_seed0.npy"
 
 
-def print_markdown(rows: dict) -> None:
-    """The README's quality table, with each FID as a multiple of the real-vs-real floor."""
+def markdown(path: Path) -> str:
+    """The quality table of a results file, with each FID as a multiple of the real-vs-real floor.
+
+    Args:
+        path: a quality_table.py results file.
+    """
+    rows = json.loads(path.read_text())
     floor = rows["real-vs-real"]["fid"]
     labels = {"real-vs-real": "real vs real (2,000 training images)",
               "ddpm-1000": "DDPM ancestral, 1000 steps (H200, clip_sample=True)"}
-    print("| row | NFE | FID (95 % bootstrap) | × floor | KID | precision | recall |\n|---|---|---|---|---|---|---|")
     ddim = sorted((k for k in rows if k.startswith("ddim-")), key=lambda k: -rows[k]["nfe"])
+    cells = []
     for key in [k for k in labels if k in rows] + ddim:
         row, ci = rows[key], rows[key].get("fid_ci") or {}
-        label = labels.get(key, f"DDIM η=0 uniform, {row['nfe']} steps")
         interval = f" [{ci['low']:.2f}, {ci['high']:.2f}]" if ci else ""
-        print(f"| {label} | {row['nfe']} | {row['fid']:.2f}{interval} | {row['fid'] / floor:.1f} | {row['kid']:.3f} | "
-              f"{row['precision']:.3f} | {row['recall']:.3f} |")
+        cells.append([labels.get(key, f"DDIM η=0 uniform, {row['nfe']} steps"), row["nfe"],
+                      f"{row['fid']:.2f}{interval}", f"{row['fid'] / floor:.1f}", f"{row['kid']:.3f}",
+                      f"{row['precision']:.3f}", f"{row['recall']:.3f}"])
+    return markdown_table(["row", "NFE", "FID (95 % bootstrap)", "× floor", "KID", "precision", "recall"], cells)
 
 
 def main() -> None:
@@ -52,14 +59,13 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true", help="print the README table of --json and exit")
     args = p.parse_args()
     if args.markdown:
-        print_markdown(json.loads(args.json.read_text()))
+        print(markdown(args.json))
         return
-    rows = json.loads(args.json.read_text()) if args.json.exists() else {}
+    rows = load_report(args.json, {})
 
     def record(name: str, **row: object) -> None:
         rows[name] = row
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        save_report(args.json, rows)
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                       if k in ("fid", "kid", "precision", "recall", "nfe", "wall_s")), flush=True)
 

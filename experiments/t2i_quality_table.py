@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from harness import load_report, markdown_table, save_report
 
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
 from adaptive_sampler.metrics import load_embedded_feature_net, score_samples
@@ -43,18 +44,20 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def markdown(rows: dict[str, dict]) -> str:
-    """The table for the model card and the README: floors first, then guidance x solver."""
+def markdown(path: Path) -> str:
+    """The table of a results file for the model card and the docs: floors first, then guidance x solver.
+
+    Args:
+        path: a t2i_quality_table.py results file.
+    """
+    rows: dict[str, dict] = json.loads(path.read_text())
     floor = rows.get("vae-floor", {}).get("fid")
-    lines = ["| row | guidance | NFE | FID | × VAE floor | label agreement | samples/s (1 thread) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        times = f"{r['fid'] / floor:.2f}" if floor else ""
-        agree = f"{100 * r['label_agreement']:.1f} %" if "label_agreement" in r else ""
-        speed = f"{r['samples_per_s']:.1f}" if "samples_per_s" in r else ""
-        guidance = f"{r['guidance_scale']:g}" if "guidance_scale" in r else ""
-        lines.append(f"| {name} | {guidance} | {r['nfe']} | {r['fid']:.2f} | {times} | {agree} | {speed} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["row", "guidance", "NFE", "FID", "× VAE floor", "label agreement", "samples/s (1 thread)"],
+        [[name, f"{r['guidance_scale']:g}" if "guidance_scale" in r else "", r["nfe"], f"{r['fid']:.2f}",
+          f"{r['fid'] / floor:.2f}" if floor else "",
+          f"{100 * r['label_agreement']:.1f} %" if "label_agreement" in r else "",
+          f"{r['samples_per_s']:.1f}" if "samples_per_s" in r else ""] for name, r in rows.items()])
 
 
 def prompt_labels(n: int, seed: int) -> torch.Tensor:
@@ -99,15 +102,14 @@ def generate(pipe: StableDiffusionPipeline, labels: torch.Tensor, steps: int, gu
 
 def main() -> None:
     args = parse_args()
-    rows: dict[str, dict] = json.loads(args.json.read_text()) if args.json.exists() else {}
     if args.markdown:
-        print(markdown(rows))
+        print(markdown(args.json))
         return
+    rows = load_report(args.json, {})
 
     def record(name: str, **row: object) -> None:
         rows[name] = row
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        save_report(args.json, rows)
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                       if k in ("fid", "label_agreement", "samples_per_s", "nfe")), flush=True)
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import markdown_table, save_report
 
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import monitor_from_spec
@@ -38,13 +40,35 @@ def plan_of(row: dict[str, Any], steps: int, schedule: Any) -> tuple[Any, Any, s
     return parse_dynamic_policy(row["spec"]), None, None
 
 
+def markdown(*paths: Path) -> str:
+    """One table of the timings files' rows, per file and solver by NFE; a steering spec's thresholds to 4
+    significant digits.
+
+    Args:
+        *paths: time_early_exit.py timings files (`*.timing.json`).
+    """
+    rows = []
+    for path in paths:
+        for section, timings in json.loads(path.read_text())["sections"].items():
+            for key, row in sorted(timings.items(), key=lambda kv: kv[1]["nfe_mean"]):
+                short = re.sub(r"\d+\.\d+", lambda m: f"{float(m[0]):.4g}", key) if key.startswith("steer-") else key
+                rows.append([section.split("/")[0], f"`{short}`", f"{row['nfe_mean']:.1f}", f"{row['speedup']:.2f}×",
+                             f"{row['nfe_ratio']:.2f}×", f"{row['speedup_over_nfe_ratio']:.2f}"])
+    return markdown_table(["solver", "row", "NFE", "speed-up over the full run", "NFE ratio",
+                           "speed-up / NFE ratio"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, required=True, help="a bench_early_exit.py results file (pixel model)")
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2, help="full/row pairs per row")
     parser.add_argument("--out", type=Path, default=None, help="write the timings here (default: beside --json)")
+    parser.add_argument("--markdown", action="store_true", help="print the docs table of --json (a timings file)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.json))
+        return
     data = json.loads(args.json.read_text())
     settings = data["settings"]
     if settings.get("model", "embedded") != "embedded":
@@ -81,7 +105,7 @@ def main() -> None:
                   f"quotient {speedup / nfe_ratio:5.2f}", flush=True)
         out["sections"][section] = timings
     path = args.out or args.json.with_name(f"{args.json.stem}.timing.json")
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    save_report(path, out)
     print(f"wrote {path}")
 
 
