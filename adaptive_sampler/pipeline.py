@@ -1,5 +1,6 @@
-"""The parts around the network of a latent or conditional model, and the user's conditions.
+"""A loaded model, the parts around its network, and the user's conditions.
 
+- `LoadedModel`: the network with its scheduler config, identity and parts (what `models.load_model` returns).
 - `TextEncoder`: CLIP tokenizer + text encoder; prompts -> `encoder_hidden_states`, each distinct prompt encoded
   once, alone (as `StableDiffusionPipeline.encode_prompt`: padded to the tokenizer's length, last hidden state).
 - `LatentDecoder`: the VAE; latents -> images in [-1, 1] (`latents / scaling_factor + shift_factor`), in fixed
@@ -15,19 +16,71 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.model_adapter import Conditioning
-
-if TYPE_CHECKING:
-    from adaptive_sampler.models import LoadedModel
+from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, RowSpec
 
 DEFAULT_TEXT_GUIDANCE = 7.5  # StableDiffusionPipeline's default
+
+
+@dataclass
+class LoadedModel:
+    """A network with the scheduler config it was trained with, its identity, and for latent or conditional
+    models the parts around it: the VAE `decoder` (samples are latents of `sample_shape`, decoded to
+    `image_shape`), the `text_encoder` (+ tokenizer), the class count. `conditions` are the prompts or labels it
+    is sampled with, bound by `with_conditions` (None: unconditional)."""
+
+    network: torch.nn.Module
+    scheduler_config: dict[str, Any]
+    name: str
+    weights_sha256: str
+    sample_shape: tuple[int, int, int]
+    decoder: LatentDecoder | None = None
+    text_encoder: TextEncoder | None = None
+    num_classes: int | None = None
+    conditions: BoundConditions | None = None
+
+    def adapter(self, network_rows: RowSpec = "auto", cuda_graphs: bool = False) -> ModelAdapter:
+        """The adapter of `network`.
+
+        Args:
+            network_rows: the row policy (default fixed:8 on CPU, buckets on CUDA; see ModelAdapter).
+            cuda_graphs: replay the network's calls as CUDA graphs.
+        """
+        return ModelAdapter.from_diffusers(self.network, self.scheduler_config, network_rows=network_rows,
+                                           cuda_graphs=cuda_graphs)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape of a sample as an image: the decoded shape of a latent model, else `sample_shape`."""
+        return self.sample_shape if self.decoder is None else self.decoder.image_shape(self.sample_shape)
+
+    @property
+    def conditioning(self) -> Conditioning | None:
+        """The network inputs of the bound conditions (sample i takes its own row), or None."""
+        return None if self.conditions is None else self.conditions.conditioning
+
+    def decode(self, samples: torch.Tensor, rows: int = 8) -> torch.Tensor:
+        """Samples as images in [-1, 1]: latents through the VAE, a pixel model's samples unchanged.
+
+        Args:
+            samples: latents (or pixels) [n, C, h, w].
+            rows: the VAE's fixed chunk of rows, so that an image does not depend on its batch.
+        """
+        return samples if self.decoder is None else self.decoder(samples, rows)
+
+    def with_conditions(self, conditions: Conditions) -> LoadedModel:
+        """This model bound to `conditions` (checked against it; each distinct prompt encoded once).
+
+        Args:
+            conditions: the prompts or labels, as the user gave them.
+        """
+        return replace(self, conditions=conditions.bind(self))
 
 
 class TextEncoder:
@@ -265,5 +318,5 @@ class BoundConditions:
                 "guidance_scale": self.guidance_scale, "sha256": digest}
 
 
-__all__ = ["BoundConditions", "Conditions", "LatentDecoder", "RowConditioning", "TextEncoder", "parse_labels",
-           "read_prompts"]
+__all__ = ["BoundConditions", "Conditions", "LatentDecoder", "LoadedModel", "RowConditioning", "TextEncoder",
+           "parse_labels", "read_prompts"]
