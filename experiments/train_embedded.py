@@ -33,7 +33,7 @@ UNET_CONFIG = dict(
     up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     norm_num_groups=8,
 )
-# clip_sample=False: clipping x̂0 costs DDIM 19-37 % FID at 5-100 steps (experiments/clip_diagnosis.py)
+# clip_sample=False: clipping x̂0 costs DDIM 19-37 % FID at 5-100 steps (docs/experiments.md, "clip_diagnosis")
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                         prediction_type="epsilon", clip_sample=False)
 
