@@ -27,7 +27,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-import hashlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from adaptive_sampler.metrics import (
     make_backend,
     resolve_reference,
 )
+from adaptive_sampler.models import file_sha256
 from adaptive_sampler.tuning.seeds import SeedSet
 
 
@@ -172,10 +172,6 @@ def _backend(spec: str) -> MetricBackend:
     return make_backend(spec)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass(frozen=True, kw_only=True)
 class MetricObjective(Objective):
     """A metric of a back-end's `MetricAccumulator` over the chunks so far (see the module docstring).
@@ -251,7 +247,7 @@ class MetricObjective(Objective):
             return {}  # the objective's own back-end: the study config of today
         identity: dict[str, object] = {"features": self.spec}
         if self.reference_path is not None:
-            identity["reference_sha256"] = _sha256(self.reference_path)
+            identity["reference_sha256"] = file_sha256(self.reference_path)
         if self.fid_limit is not None:
             identity["fid_limit"] = self.fid_limit
         return identity
