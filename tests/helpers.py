@@ -10,6 +10,7 @@ import contextlib
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,17 @@ def build_tiny_conditional_unet(seed: int = 0) -> UNet2DConditionModel:
         cross_attention_dim=16,
         attention_head_dim=2,
     ).eval()
+
+
+class RowCounter:
+    """`network` wrapped to record the row count of every call in `rows` (how the adapter batches its calls)."""
+
+    def __init__(self, network: Callable[..., Any]) -> None:
+        self.network, self.rows = network, []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> Any:
+        self.rows.append(x.shape[0])
+        return self.network(x, t, **kwargs)
 
 
 # --- the command line in-process ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from diffusers import DDIMScheduler
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, X0Processing
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.sampler import sample
+from helpers import RowCounter
 
 SCHEDULE = NoiseSchedule.from_config({"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02})
 T = torch.tensor([999, 500, 10, 0])  # one timestep per row
@@ -116,16 +117,11 @@ def test_classifier_free_guidance(scale, network_rows):
 
 
 def test_guidance_scale_one_runs_only_the_conditional_rows():
-    seen = []
-
-    def network(x, t, *, encoder_hidden_states):
-        seen.append(x.shape[0])
-        return conditional_network(x, t, encoder_hidden_states=encoder_hidden_states)
-
+    network = RowCounter(conditional_network)
     cond, uncond = _randn(4, 5, 6, seed=2), _randn(4, 5, 6, seed=3)
     conditioning = Conditioning({"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}, 1.0)
     pred = ModelAdapter(network, SCHEDULE, network_rows=None)(X, T, conditioning)
-    assert seen == [4]
+    assert network.rows == [4]
     torch.testing.assert_close(pred.eps, conditional_network(X, T, encoder_hidden_states=cond))
 
 
@@ -214,16 +210,11 @@ def test_network_rows_chunks_match_a_single_call_and_always_have_that_many_rows(
 
 
 def test_network_rows_apply_to_guidance_rows_too():
-    seen = []
-
-    def network(x, t, *, encoder_hidden_states):
-        seen.append(x.shape[0])
-        return conditional_network(x, t, encoder_hidden_states=encoder_hidden_states)
-
+    network = RowCounter(conditional_network)
     cond, uncond = _randn(4, 5, 6, seed=2), _randn(4, 5, 6, seed=3)
     ModelAdapter(network, SCHEDULE, network_rows=3)(
         X, T, Conditioning({"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}, 5.0))
-    assert seen == [3, 3, 3]  # 8 rows (uncond + cond) in chunks of exactly 3
+    assert network.rows == [3, 3, 3]  # 8 rows (uncond + cond) in chunks of exactly 3
 
 
 def test_device_and_dtype_come_from_the_module(tiny_unet):

@@ -22,7 +22,7 @@ from adaptive_sampler.model_adapter import (
 )
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.sampler import sample
-from helpers import TINY_SHAPE, build_tiny_conditional_unet, run_cli
+from helpers import TINY_SHAPE, RowCounter, build_tiny_conditional_unet, run_cli
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device name only: nothing here runs on CUDA
 TS = list(range(900, -1, -100))
@@ -146,12 +146,8 @@ def test_in_bucket_mode_a_sample_is_bitwise_unchanged_when_neighbours_exit_withi
 
 
 def test_the_sampler_bounds_each_bucket_by_its_batch_and_exits_shrink_the_calls(tiny_unet, tiny_config):
-    seen = []
-
-    def network(x, t):
-        seen.append(x.shape[0])
-        return tiny_unet(x, t)
-
+    network = RowCounter(tiny_unet)
+    seen = network.rows
     adapter = ModelAdapter.from_diffusers(network, tiny_config, network_rows="buckets")
     sample(adapter, TS[:3], TINY_SHAPE, 5, batch_size=5)
     assert seen == [5, 5, 5]  # a batch of 5 is never padded to 8
@@ -166,12 +162,8 @@ def test_the_sampler_bounds_each_bucket_by_its_batch_and_exits_shrink_the_calls(
 
 def test_guidance_doubles_the_rows_and_the_bucket_bound(tiny_config):
     unet = build_tiny_conditional_unet()
-    seen = []
-
-    def network(x, t, *, encoder_hidden_states):
-        seen.append(x.shape[0])
-        return unet(x, t, encoder_hidden_states=encoder_hidden_states)
-
+    network = RowCounter(unet)
+    seen = network.rows
     cond, uncond = _randn(3, 5, 16, seed=8), _randn(1, 5, 16, seed=9)
     conditioning = Conditioning({"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}, 7.5)
     bucketed = ModelAdapter.from_diffusers(network, tiny_config, network_rows="buckets")
