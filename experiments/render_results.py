@@ -28,12 +28,7 @@ CLI_COMMANDS = (["sample"], ["eval"], ["tune"], ["stats"], ["schedules", "list"]
 HELP_WIDTH = 100
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, imported by name
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+from harness import markdown_table  # noqa: E402  (found through the line above)
 
 
 def finish_table() -> str:
@@ -52,7 +47,7 @@ def finish_table() -> str:
             label = f"`finish={key.removesuffix(':t') if key == 'tail:1:t' else key}`"
         psnr = "" if key == "full" else f"{row['psnr_to_full']:.1f}"
         rows.append([label, f"{row['nfe']:.2f}", f"{row['fid']:.2f}", f"{row['kid']:.3f}", psnr])
-    return table(["row", "NFE", "FID", "KID", "PSNR to full"], rows)
+    return markdown_table(["row", "NFE", "FID", "KID", "PSNR to full"], rows)
 
 
 def clip_table() -> str:
@@ -61,7 +56,7 @@ def clip_table() -> str:
     clipped = json.loads((RESULTS / "quality_table.clip_true.json").read_text())
     unclipped = json.loads((RESULTS / "quality_table.json").read_text())
     keys = sorted((k for k in unclipped if k.startswith("ddim-") and k in clipped), key=lambda k: unclipped[k]["nfe"])
-    return table(["DDIM steps", *(k.removeprefix("ddim-") for k in keys)], [
+    return markdown_table(["DDIM steps", *(k.removeprefix("ddim-") for k in keys)], [
         ["`clip_sample=True`", *(f"{clipped[k]['fid']:.2f}" for k in keys)],
         ["`clip_sample=False` (shipped)", *(f"{unclipped[k]['fid']:.2f}" for k in keys)],
         ["change", *(f"{100 * (unclipped[k]['fid'] / clipped[k]['fid'] - 1):+.0f} %" for k in keys)]])
@@ -80,7 +75,7 @@ def t2i_learned_table() -> str:
         best = min(learned, *static.values())
         cells = [f"**{fid:.2f}**" if fid == best else f"{fid:.2f}" for fid in (learned, *static.values())]
         rows.append([str(steps), *cells])
-    return table(["steps", "learned (`learned:embedded-t2i/dpmpp-2m-N`)", "uniform", "karras"], rows)
+    return markdown_table(["steps", "learned (`learned:embedded-t2i/dpmpp-2m-N`)", "uniform", "karras"], rows)
 
 
 def cli_reference() -> str:
