@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
     from adaptive_sampler.finish import Finish
     from adaptive_sampler.model_adapter import RowPolicy
-    from adaptive_sampler.models import LoadedModel
     from adaptive_sampler.monitors import Monitor
     from adaptive_sampler.options import DrawOptions
+    from adaptive_sampler.pipeline import LoadedModel
     from adaptive_sampler.policies.step_size_control import SteeredPlan, StepSizeControl
     from adaptive_sampler.sampler import SampleResult
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from adaptive_sampler.metrics.backends import MetricBackend
     from adaptive_sampler.metrics.scoring import Reference
-    from adaptive_sampler.models import LoadedModel
+    from adaptive_sampler.pipeline import LoadedModel
 
 _COLUMNS = {"fid": ("FID", ".3f"), "kid": ("KID", ".4f"), "precision": ("precision", ".3f"),
             "recall": ("recall", ".3f"), "clip_score": ("CLIP score", ".2f"), "psnr": ("PSNR dB", ".2f"),

@@ -15,7 +15,7 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.options import SampleOptions
 
 if TYPE_CHECKING:
-    from adaptive_sampler.models import LoadedModel
+    from adaptive_sampler.pipeline import LoadedModel
 
 
 @options_command(SampleOptions)
