@@ -30,7 +30,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from harness import RESULTS, load_report, markdown_table, save_report
+from harness import RESULTS, command, environment, load_report, markdown_table, save_report
 
 from adaptive_sampler import sample
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -282,9 +282,7 @@ def main() -> None:
         print(markdown(args.json) + "\n\n" + catalogue_markdown())
         return
     results = load_report(args.json, {"combos": {}})
-    results["command"] = f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/bench_search.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k in ("combos", "methods", "tuning_n", "cmaes_extra_trials", "ld3_trials"))
+    results["command"], results["environment"] = command(), environment()
     results["floors"] = floors()
     model = load_model("embedded")
     if args.ship:

@@ -314,7 +314,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    # 64 (one batch) rather than 128: the 128-sample default took ~10 min wall on the shared 2-core machine
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write all numbers and the environment here")

@@ -121,12 +121,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Where and how a result was measured: command line, commit, versions, device, threads and load.
 
     Args:
         device: the device the bench runs on.
     """
+    device = torch.device(device)
     cuda = device.type == "cuda"
     env: dict[str, Any] = {
         "command": command(), "git_commit": _git_commit(), "python": platform.python_version(),

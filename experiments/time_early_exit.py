@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import markdown_table, save_report
+from harness import environment, markdown_table, save_report
 
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import monitor_from_spec
@@ -76,7 +76,7 @@ def main() -> None:
     model = load_model("embedded")
     adapter = model.adapter(network_rows=settings["network_rows"])
     out: dict[str, Any] = {"source": str(args.json), "n": args.n, "repeats": args.repeats,
-                           "threads": torch.get_num_threads(), "sections": {}}
+                           "threads": torch.get_num_threads(), "environment": environment(), "sections": {}}
     for section, rows in data["rows"].items():
         solver, steps = section.split("/")[0], int(section.split("/")[1])
 
