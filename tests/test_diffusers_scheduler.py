@@ -14,7 +14,6 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
-    UNet2DModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -23,16 +22,11 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
-from helpers import build_tiny_conditional_unet, build_tiny_unet
+from helpers import build_tiny_conditional_unet
 
 CUSTOM = [999, 950, 900, 800, 600, 400, 200, 100, 50, 10]
 SHAPE = (3, 8, 8)
 N = 2
-
-
-@pytest.fixture(scope="module")
-def unet() -> UNet2DModel:
-    return build_tiny_unet(channels=3)
 
 
 def initial_noise(seed: int = 0) -> torch.Tensor:
@@ -74,43 +68,43 @@ EQUIVALENT_CASES = [
 
 
 @pytest.mark.parametrize(("config", "eta", "clipped"), EQUIVALENT_CASES)
-def test_matches_ddim_scheduler_for_leading_and_trailing(unet, config, eta, clipped):
+def test_matches_ddim_scheduler_for_leading_and_trailing(tiny_rgb_unet, config, eta, clipped):
     """Where diffusers' list and its stride agree (leading, trailing), both schedulers run the same algorithm."""
     ddim = DDIMScheduler(**config)
     ours = AdaptiveDDIMScheduler.from_config(ddim.config)
     x, noises = initial_noise(), step_noises(10)
-    expected = manual_loop(unet, ddim, x, eta, noises, clipped, num_inference_steps=10)
-    got = manual_loop(unet, ours, x, eta, noises, clipped, num_inference_steps=10)
+    expected = manual_loop(tiny_rgb_unet, ddim, x, eta, noises, clipped, num_inference_steps=10)
+    got = manual_loop(tiny_rgb_unet, ours, x, eta, noises, clipped, num_inference_steps=10)
     assert torch.equal(ours.timesteps, ddim.timesteps)
     assert (got - expected).abs().max().item() < 1e-5
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("use_custom", [False, True], ids=["linspace", "custom-list"])
-def test_matches_core_sampler_over_explicit_pairs(unet, use_custom):
+def test_matches_core_sampler_over_explicit_pairs(tiny_rgb_unet, use_custom):
     ours = AdaptiveDDIMScheduler(timestep_spacing="linspace", custom_timesteps=CUSTOM if use_custom else None)
-    x = manual_loop(unet, ours, initial_noise(), num_inference_steps=None if use_custom else 10)
-    core = sample(ModelAdapter.from_diffusers(unet, ours.config, network_rows=None), ours.timesteps, SHAPE, N,
+    x = manual_loop(tiny_rgb_unet, ours, initial_noise(), num_inference_steps=None if use_custom else 10)
+    core = sample(ModelAdapter.from_diffusers(tiny_rgb_unet, ours.config, network_rows=None), ours.timesteps, SHAPE, N,
                   seed=0)
     assert ours.timesteps.tolist() == (CUSTOM if use_custom else [999, 888, 777, 666, 555, 444, 333, 222, 111, 0])
     assert (x - core.samples).abs().max().item() < 1e-5
 
 
-def test_linspace_deliberately_differs_from_ddim_scheduler(unet):
+def test_linspace_deliberately_differs_from_ddim_scheduler(tiny_rgb_unet):
     """diffusers #12633: with linspace, DDIMScheduler.step goes 999 -> 899 (stride T // N = 100) although its own
     list continues at 888; ours follows the list, so the two samplers disagree."""
     ddim = DDIMScheduler(timestep_spacing="linspace")
     ours = AdaptiveDDIMScheduler.from_config(ddim.config)
-    expected = manual_loop(unet, ddim, initial_noise(), num_inference_steps=10)
-    got = manual_loop(unet, ours, initial_noise(), num_inference_steps=10)
+    expected = manual_loop(tiny_rgb_unet, ddim, initial_noise(), num_inference_steps=10)
+    got = manual_loop(tiny_rgb_unet, ours, initial_noise(), num_inference_steps=10)
     assert torch.equal(ours.timesteps, ddim.timesteps)
     assert (got - expected).abs().max().item() > 1e-3
 
 
 @torch.no_grad()
-def test_drop_in_for_ddim_pipeline(unet):
+def test_drop_in_for_ddim_pipeline(tiny_rgb_unet):
     # DDIMPipeline.__init__ converts any scheduler to DDIMScheduler, so ours is assigned after construction
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe = DDIMPipeline(unet=tiny_rgb_unet, scheduler=DDIMScheduler())
     pipe.scheduler = AdaptiveDDIMScheduler.from_config(pipe.scheduler.config, custom_timesteps=CUSTOM)
     pipe.set_progress_bar_config(disable=True)
     image = pipe(batch_size=N, generator=torch.Generator().manual_seed(0), num_inference_steps=len(CUSTOM),
@@ -118,8 +112,8 @@ def test_drop_in_for_ddim_pipeline(unet):
     assert isinstance(pipe.scheduler, AdaptiveDDIMScheduler)
     assert pipe.scheduler.timesteps.tolist() == CUSTOM
 
-    x = randn_tensor((N, *SHAPE), generator=torch.Generator().manual_seed(0), dtype=unet.dtype)
-    x = manual_loop(unet, AdaptiveDDIMScheduler(custom_timesteps=CUSTOM), x)
+    x = randn_tensor((N, *SHAPE), generator=torch.Generator().manual_seed(0), dtype=tiny_rgb_unet.dtype)
+    x = manual_loop(tiny_rgb_unet, AdaptiveDDIMScheduler(custom_timesteps=CUSTOM), x)
     assert (image - (x / 2 + 0.5).clamp(0, 1)).abs().max().item() < 1e-6
 
     # DDIMPipeline passes num_inference_steps=50 unless told otherwise; the error says how to fix the call
@@ -297,7 +291,7 @@ def test_step_is_stateless():
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
-def test_img2img_start_mid_list_matches_ddim_scheduler(unet, spacing):
+def test_img2img_start_mid_list_matches_ddim_scheduler(tiny_rgb_unet, spacing):
     """img2img pipelines noise the image to a mid-list timestep and step on from there."""
     ddim = DDIMScheduler(timestep_spacing=spacing)
     ours = AdaptiveDDIMScheduler.from_config(ddim.config)
@@ -307,7 +301,7 @@ def test_img2img_start_mid_list_matches_ddim_scheduler(unet, spacing):
             scheduler.set_timesteps(10)
             x = scheduler.add_noise(initial_noise(1), initial_noise(2), scheduler.timesteps[4:5])
             for t in scheduler.timesteps[4:]:
-                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+                x = scheduler.step(tiny_rgb_unet(x, t).sample, t, x).prev_sample
             results.append(x)
     assert (results[0] - results[1]).abs().max().item() < 1e-5
 

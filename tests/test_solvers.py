@@ -15,7 +15,6 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     UNet2DConditionModel,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
 
@@ -35,11 +34,6 @@ SOLVER_NAMES = ("dpmpp-2m", "unipc")
 DIFFUSERS_SCHEDULERS = {"dpmpp-2m": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
 SHAPE = (3, 8, 8)
 N = 2
-
-
-@pytest.fixture(scope="module")
-def unet() -> UNet2DModel:
-    return build_tiny_unet(channels=3)
 
 
 def initial_noise(n: int = N, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
@@ -83,13 +77,13 @@ def diffusers_loop(model_output: Callable[[torch.Tensor, torch.Tensor], torch.Te
 @pytest.mark.parametrize("steps", [5, 8, 20])
 @pytest.mark.parametrize("policy", ["uniform", "trailing", "karras", "logsnr", "custom"])
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_matches_diffusers_on_the_same_list(unet, solver, policy, steps, prediction_type):
+def test_matches_diffusers_on_the_same_list(tiny_rgb_unet, solver, policy, steps, prediction_type):
     """Same list, same x_T: our core with the solver equals diffusers' scheduler (solver_order=2,
     lower_order_final=True, final_sigmas_type="zero", its defaults)."""
     scheduler = DIFFUSERS_SCHEDULERS[solver](prediction_type=prediction_type)
     ts = plan(policy, steps)
-    expected = diffusers_loop(lambda x, t: unet(x, t).sample, scheduler, ts, initial_noise())
-    got = sample(ModelAdapter.from_diffusers(unet, scheduler.config), ts, SHAPE, N, solver=make_solver(solver))
+    expected = diffusers_loop(lambda x, t: tiny_rgb_unet(x, t).sample, scheduler, ts, initial_noise())
+    got = sample(ModelAdapter.from_diffusers(tiny_rgb_unet, scheduler.config), ts, SHAPE, N, solver=make_solver(solver))
     error = (got.samples - expected).abs().max().item()
     if prediction_type == "v_prediction":
         assert error < 1e-4
@@ -100,9 +94,9 @@ def test_matches_diffusers_on_the_same_list(unet, solver, policy, steps, predict
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_solvers_differ_from_ddim_and_from_each_other(unet, solver):
+def test_solvers_differ_from_ddim_and_from_each_other(tiny_rgb_unet, solver):
     """The equivalence above is not vacuous: on 8 uniform steps the three update rules give different samples."""
-    adapter = ModelAdapter.from_diffusers(unet, {"prediction_type": "v_prediction"})
+    adapter = ModelAdapter.from_diffusers(tiny_rgb_unet, {"prediction_type": "v_prediction"})
     ts = plan("uniform", 8)
     ours = sample(adapter, ts, SHAPE, N, solver=make_solver(solver)).samples
     for other in {"ddim", *SOLVER_NAMES} - {solver}:
@@ -110,8 +104,8 @@ def test_solvers_differ_from_ddim_and_from_each_other(unet, solver):
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_last_step_returns_x0_and_is_deterministic_across_batch_sizes(unet, solver):
-    adapter = ModelAdapter.from_diffusers(unet, {"prediction_type": "v_prediction"}, network_rows=8)
+def test_last_step_returns_x0_and_is_deterministic_across_batch_sizes(tiny_rgb_unet, solver):
+    adapter = ModelAdapter.from_diffusers(tiny_rgb_unet, {"prediction_type": "v_prediction"}, network_rows=8)
     ts = plan("karras", 8)
     single = sample(adapter, ts, SHAPE, 4, batch_size=1, solver=make_solver(solver), trace=True)
     batched = sample(adapter, ts, SHAPE, 4, batch_size=4, solver=make_solver(solver))
@@ -122,9 +116,9 @@ def test_last_step_returns_x0_and_is_deterministic_across_batch_sizes(unet, solv
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_early_exit_keeps_the_history_of_the_other_samples(unet, solver):
+def test_early_exit_keeps_the_history_of_the_other_samples(tiny_rgb_unet, solver):
     """Sample 1 exits at step 2; the multistep history of samples 0, 2, 3 must stay row-aligned after compaction."""
-    adapter = ModelAdapter.from_diffusers(unet, {"prediction_type": "v_prediction"}, network_rows=8)
+    adapter = ModelAdapter.from_diffusers(tiny_rgb_unet, {"prediction_type": "v_prediction"}, network_rows=8)
     ts = plan("uniform", 8)
     full = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), trace=True)
 
@@ -171,8 +165,8 @@ def test_unknown_solver_names_the_field():
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_eta_with_a_deterministic_solver_names_eta(unet, solver):
-    adapter = ModelAdapter.from_diffusers(unet, {})
+def test_eta_with_a_deterministic_solver_names_eta(tiny_rgb_unet, solver):
+    adapter = ModelAdapter.from_diffusers(tiny_rgb_unet, {})
     assert make_solver(solver).supports_eta is False
     with pytest.raises(ValueError, match=rf"^eta: 0.5 needs a stochastic solver; '{solver}' is deterministic"):
         sample(adapter, [999, 500], SHAPE, 1, eta=0.5, solver=make_solver(solver))
