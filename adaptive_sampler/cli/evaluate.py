@@ -4,7 +4,7 @@ Fashion-MNIST feature space: FID/KID/precision/recall) against reference statist
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,14 +52,18 @@ def eval_command(options: EvalOptions) -> None:
         table.add_column(column, justify="right")
     table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
+    _write(outputs, images, {**drawn.report(solver=solver, eta=eta), **report.to_json()})
+    Console().print(table)
+
+
+def _write(outputs: OutputPaths, images: torch.Tensor, report: dict[str, Any]) -> None:
+    """`--save` (the images) and `--json` (`report`), where given, all or nothing."""
     contents: dict[str, bytes] = {}
     if "save" in outputs.paths:
         contents["save"] = npy_bytes(images.numpy().astype(np.float32))
     if "json" in outputs.paths:
-        payload = {**drawn.report(solver=solver, eta=eta), **report.to_json()}
-        contents["json"] = (json.dumps(payload, indent=2, default=vars) + "\n").encode()
+        contents["json"] = (json.dumps(report, indent=2, default=vars) + "\n").encode()
     outputs.write(contents)
-    Console().print(table)
 
 
 def _reference_images(drawn: Drawn, options: EvalOptions) -> torch.Tensor:
@@ -137,15 +141,10 @@ def _eval_with_backend(outputs: OutputPaths, options: EvalOptions) -> None:
         table.add_column(column, justify="right")
     table.add_row(*(format(values[name], _COLUMNS[name][1]) for name in shown),
                   f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
-    contents: dict[str, bytes] = {}
-    if "save" in outputs.paths:
-        contents["save"] = npy_bytes(images.numpy().astype(np.float32))
-    if "json" in outputs.paths:
-        payload = {**drawn.report(solver=solver, eta=eta), "features": backend.spec,
-                   "reference": ref.source if ref is not None else None, **values, "nfe_mean": result.nfe_mean,
-                   "n": n, "seed": options.seed, "wall_s": result.wall_s}
-        if backend.needs_reference_images:
-            payload["reference_steps"] = options.reference_steps
-        contents["json"] = (json.dumps(payload, indent=2, default=vars) + "\n").encode()
-    outputs.write(contents)
+    report = {**drawn.report(solver=solver, eta=eta), "features": backend.spec,
+              "reference": ref.source if ref is not None else None, **values, "nfe_mean": result.nfe_mean, "n": n,
+              "seed": options.seed, "wall_s": result.wall_s}
+    if backend.needs_reference_images:
+        report["reference_steps"] = options.reference_steps
+    _write(outputs, images, report)
     Console().print(table)
