@@ -41,7 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import command, environment, load_report, markdown_table, pick_device, save_report, timed
+from harness import (
+    command,
+    environment,
+    load_report,
+    markdown_table,
+    pick_device,
+    round_decimals,
+    save_report,
+    timed,
+)
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -200,7 +209,7 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                         start = time.perf_counter()
                         term, space = split_space(spec)
                         head, sep, options = term.partition(",")
-                        monitor = monitor_from_spec(f"{_name(head)}:0{sep}{options}")  # the threshold is searched
+                        monitor = monitor_from_spec(f"{_name(head)}:1{sep}{options}")  # the threshold is searched
                         result = calibrate_threshold(monitor, _target(target), trace("calibration", space),
                                                      trace("heldout", space), feature_extractor=extractor)
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
@@ -420,7 +429,8 @@ def summarise(rows: dict[str, Any], steps: int, reference_steps: list[int], nfe_
 
 def markdown(path: Path) -> str:
     """The tables of a results file, one per solver section: each adaptive row against its best static rival of
-    equal NFE and the full runs (the reference runs are those on file; wall times: time_early_exit.py).
+    equal NFE and the full runs (the reference runs are those on file; calibrated thresholds in a row's name to 4
+    significant digits; wall times: time_early_exit.py).
 
     Args:
         path: a bench_early_exit.py results file.
@@ -441,8 +451,8 @@ def markdown(path: Path) -> str:
                 best += " (fewer NFE)" if r.get("rival_at_fewer_nfe") else ""
                 versus = f"{r['fid_vs_best_static_pct']:+.1f} %"
             mark = "**" if r["beats_best_static_by_5pct"] else ""
-            table.append([f"`{key}`", f"{r['nfe_mean']:.1f}", f"{mark}{r['fid']:.2f}{mark}", f"{r['kid']:.3f}", best,
-                          versus, *(f"{v:+.1f} %" for k in ("full", *longer)
+            table.append([f"`{round_decimals(key)}`", f"{r['nfe_mean']:.1f}", f"{mark}{r['fid']:.2f}{mark}",
+                          f"{r['kid']:.3f}", best, versus, *(f"{v:+.1f} %" for k in ("full", *longer)
                                     for v in (-r[k]["nfe_reduction_pct"], r[k]["fid_change_pct"])),
                           f"{r['psnr_to_full']:.1f}" if r["psnr_to_full"] is not None else "—"])
         tables.append(markdown_table(header, table))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -142,6 +143,16 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
                 "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                 "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     return env
+
+
+def round_decimals(text: str, digits: int = 4) -> str:
+    """`text` with each decimal number in it to `digits` significant digits (a calibrated spec in a row name).
+
+    Args:
+        text: e.g. `steer-x0-l2:0.026608301985197494:0.5004699014852376`.
+        digits: significant digits to keep.
+    """
+    return re.sub(r"\d+\.\d+", lambda m: f"{float(m[0]):.{digits}g}", text)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from harness import environment, markdown_table, save_report
+from harness import environment, markdown_table, round_decimals, save_report
 
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import monitor_from_spec
@@ -41,8 +40,8 @@ def plan_of(row: dict[str, Any], steps: int, schedule: Any) -> tuple[Any, Any, s
 
 
 def markdown(*paths: Path) -> str:
-    """One table of the timings files' rows, per file and solver by NFE; a steering spec's thresholds to 4
-    significant digits.
+    """One table of the timings files' rows, per file and solver by NFE (calibrated thresholds in a row's name to 4
+    significant digits).
 
     Args:
         *paths: time_early_exit.py timings files (`*.timing.json`).
@@ -51,9 +50,9 @@ def markdown(*paths: Path) -> str:
     for path in paths:
         for section, timings in json.loads(path.read_text())["sections"].items():
             for key, row in sorted(timings.items(), key=lambda kv: kv[1]["nfe_mean"]):
-                short = re.sub(r"\d+\.\d+", lambda m: f"{float(m[0]):.4g}", key) if key.startswith("steer-") else key
-                rows.append([section.split("/")[0], f"`{short}`", f"{row['nfe_mean']:.1f}", f"{row['speedup']:.2f}×",
-                             f"{row['nfe_ratio']:.2f}×", f"{row['speedup_over_nfe_ratio']:.2f}"])
+                rows.append([section.split("/")[0], f"`{round_decimals(key)}`", f"{row['nfe_mean']:.1f}",
+                             f"{row['speedup']:.2f}×", f"{row['nfe_ratio']:.2f}×",
+                             f"{row['speedup_over_nfe_ratio']:.2f}"])
     return markdown_table(["solver", "row", "NFE", "speed-up over the full run", "NFE ratio",
                            "speed-up / NFE ratio"], rows)
 
