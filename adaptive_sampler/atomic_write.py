@@ -33,6 +33,9 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
     is touched, and `AtomicWriteError` names the path that failed. (If a rename fails, which a rename within one
     folder does only when the folder changes under it, the files already renamed are removed again.) The files get
     the mode of an ordinary new file (0666 minus the umask), not mkstemp's 0600. Folders are not created.
+
+    Args:
+        files: path -> the bytes it gets.
     """
     umask = os.umask(0)
     os.umask(umask)
@@ -63,10 +66,14 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename (the folder is
     created if missing). The file gets the mode of an ordinary new file (0666 minus the umask), not mkstemp's 0600.
+
+    Args:
+        path: the file.
+        data: its new content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write_files({path: data})
-    except AtomicWriteError as exc:  # callers see the OSError itself, as before
+    except AtomicWriteError as exc:  # callers see the OSError itself
         raise (exc.__cause__ if isinstance(exc.__cause__, OSError) else exc) from None

@@ -4,7 +4,7 @@ A diffusion step launches hundreds of small kernels; at small batches the GPU wa
 them. A CUDA graph records the launches once and replays them in one call. Capture needs fixed shapes and
 addresses, which the adapter's `buckets` and `fixed:N` row policies give: each call copies its inputs into the
 static buffers of its shape, replays, and clones the static output (the next replay overwrites it, and the sampler
-keeps ε̂ across steps). Checked against eager mode on a GPU by experiments/bench_gpu_core.py.
+keeps ε̂ across steps). experiments/bench_gpu_core.py compares it with eager mode on a GPU.
 """
 
 from __future__ import annotations

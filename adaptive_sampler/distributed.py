@@ -60,7 +60,13 @@ def is_main() -> bool:
 
 
 def shard(n: int, rank: int, world_size: int) -> range:
-    """The sample indices of `rank`: contiguous, ceil(n / world_size) each (the last ranks may get fewer or none)."""
+    """The sample indices of `rank`: contiguous, ceil(n / world_size) each (the last ranks may get fewer or none).
+
+    Args:
+        n: the samples of the whole run.
+        rank: this process's rank.
+        world_size: the number of ranks.
+    """
     size = math.ceil(n / world_size)
     return range(min(rank * size, n), min((rank + 1) * size, n))
 
@@ -111,6 +117,13 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
     samples, timesteps, NFE and rejections; `wall_s` is the launch's. Only rank 0 shows progress. A non-finite
     output raises the one-process NonFiniteOutputError on every rank (its `.partial`: every sample before the
     first bad batch); any other error on one rank is raised on every rank.
+
+    Args:
+        model: the network's adapter (its device picks the process group: nccl for CUDA, gloo for CPU).
+        plan: the timestep list or planner.
+        shape: (C, H, W) of one sample.
+        n: samples of the whole run.
+        **kwargs: the other arguments of `sampler.sample` (`trace` is refused under torchrun).
     """
     here = ranks()
     if here is None:
@@ -152,7 +165,11 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
 
 
 def gather_stopped_by(stopped_by: dict[int, str]) -> dict[int, str]:
-    """A monitor's `stopped_by` (global index -> monitor) of every rank, merged; this process's outside torchrun."""
+    """A monitor's `stopped_by` of every rank, merged; this process's outside torchrun.
+
+    Args:
+        stopped_by: this rank's global sample index -> the monitor that ended it.
+    """
     if ranks() is None or not dist.is_initialized():
         return stopped_by
     merged: dict[int, str] = {}
@@ -164,7 +181,12 @@ def gather_stopped_by(stopped_by: dict[int, str]) -> dict[int, str]:
 def features(samples: torch.Tensor, extractor: FeatureExtractor) -> torch.Tensor:
     """`extractor(samples)` over the ranks: its batches (`extractor.batch_size`, the ones one process runs) go
     round-robin to the ranks and are gathered in order, so the features are bitwise one process's; every rank
-    returns all of them. Outside torchrun it is `extractor(samples)`."""
+    returns all of them. Outside torchrun it is `extractor(samples)`.
+
+    Args:
+        samples: every sample of the run (each rank holds all of them).
+        extractor: the feature extractor.
+    """
     here = ranks()
     if here is None:
         return extractor(samples)
@@ -183,7 +205,13 @@ def features(samples: torch.Tensor, extractor: FeatureExtractor) -> torch.Tensor
 def score(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> DistributionMetrics:
     """`metrics.evaluation.score_samples` over the ranks: the embedded `features` are extracted across the ranks
     and gathered; rank 0 computes FID/KID/precision/recall from them and shares them, so every rank returns the
-    one-process metrics."""
+    one-process metrics.
+
+    Args:
+        samples: every sample of the run, in [-1, 1].
+        bootstrap: bootstrap resamples for confidence intervals (0: none).
+        seed: the bootstrap's seed.
+    """
     from adaptive_sampler.metrics.distribution import distribution_metrics
     from adaptive_sampler.metrics.evaluation import score_samples
     from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor

@@ -59,8 +59,13 @@ def first_line(exc: BaseException) -> str:
 
 def validation_parts(exc: Any, fields: Any = ()) -> tuple[str, Any, str]:
     """(inner field, value, rule) of a pydantic `ValidationError`'s first error, for a `FileFieldError`: the location
-    as "a.b[2]", a validator's `FieldError` by its own field, value and rule. `fields` lists the allowed names for
-    the "is not a field" rule of an extra key. (Duck-typed: this module imports nothing.)"""
+    as "a.b[2]", a validator's `FieldError` by its own field, value and rule. (Duck-typed: this module imports
+    nothing.)
+
+    Args:
+        exc: the ValidationError.
+        fields: the allowed names, for the "is not a field" rule of an extra key.
+    """
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     where = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc))

@@ -40,8 +40,8 @@ class Finish(BaseModel):
         return "x0" if self.mode == "x0" else f"tail:{self.steps}:{self.spacing}"
 
 
-# sample()'s default: the measured tail:3:t (README "Early exit on x̂0": FID +8 % over the full run where returning
-# x̂0 cost +102 %); offline calibration prices x̂0 exits, so under the tail its thresholds are conservative
+# sample()'s default: tail:3:t, the finish of the best measured FID (docs/experiments.md); offline calibration
+# prices x̂0 exits, so under the tail its thresholds are conservative
 DEFAULT_FINISH = Finish()
 _FINISH_RULE = "write x0, tail, tail:K or tail:K:SPACING with K an integer in [1, 10] and SPACING logsnr or t"
 
@@ -82,6 +82,11 @@ def tail_timesteps(t: torch.Tensor, finish: Finish, schedule: NoiseSchedule) -> 
     Entry j (1..K) aims at a fraction j/K of the way from t to 0, in log-SNR (rounded towards t: the smallest
     timestep whose log-SNR does not pass the target) or in t (rounded down); each entry is then kept at least one
     below the one before, so a tail never repeats a timestep.
+
+    Args:
+        t: [rows], where each row's tail starts.
+        finish: a tail finish (K and the spacing).
+        schedule: the model's noise schedule (for log-SNR spacing).
     """
     k = finish.steps
     fraction = torch.arange(1, k + 1, device=t.device, dtype=torch.float64) / k  # [K]
@@ -140,7 +145,11 @@ class FinishingPlan:
 
     @staticmethod
     def finishing(memory: FinishMemory) -> torch.Tensor:
-        """Rows walking their tail (done rows): their evaluation now is a tail evaluation."""
+        """Rows walking their tail (done rows): their evaluation now is a tail evaluation.
+
+        Args:
+            memory: the plan's per-row memory.
+        """
         return memory.position >= 0
 
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
@@ -163,8 +172,15 @@ class FinishingPlan:
                schedule: NoiseSchedule) -> StepDecision:
         """`decision` after a monitor marked `done` rows at their evaluation `t`: rows not yet finishing start their
         tail there (accepted; `no_tail` rows and rows whose plan ends anyway go to -1; rows whose `Countable` plan
-        has at most K evaluations left go on with it); finishing rows go on with their tail unless a budget cut it
-        (`no_tail`: they go to -1 and return x̂0 of this tail evaluation)."""
+        has at most K evaluations left go on with it); finishing rows go on with their tail unless a budget cut it.
+
+        Args:
+            done: bool [rows], the rows a monitor marked done.
+            t: [rows], where they were evaluated.
+            decision: the planner's decision on that evaluation.
+            no_tail: bool [rows] or None, rows that go to -1 at once (they return x̂0 of this evaluation).
+            schedule: the model's noise schedule.
+        """
         memory = decision.memory
         assert isinstance(memory, FinishMemory)  # noqa: S101
         fresh = done & (memory.position < 0)

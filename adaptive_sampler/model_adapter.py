@@ -22,8 +22,14 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 def eps_and_x0(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
                prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ε̂, x̂0) from a network `output` at x_t = sqrt(ᾱ)·x0 + sqrt(1 - ᾱ)·ε (ᾱ broadcast against x), for ε-, v-
-    (Salimans & Ho 2022) or x0-prediction; x̂0 is not clipped here."""
+    """(ε̂, x̂0) from a network `output` at x_t = sqrt(ᾱ)·x0 + sqrt(1 - ᾱ)·ε; x̂0 is not clipped here.
+
+    Args:
+        output: the network's output.
+        x: x_t.
+        alpha_bar: ᾱ_t, broadcast against x.
+        prediction_type: epsilon, v_prediction (Salimans & Ho 2022) or sample (x0).
+    """
     if prediction_type == "epsilon":
         return output, (x - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
     if prediction_type == "v_prediction":
@@ -50,6 +56,7 @@ class X0Processing(BaseModel):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> X0Processing:
+        """The x̂0 processing of a diffusers scheduler config (its other keys are ignored)."""
         return cls(**{k: config[k] for k in cls.model_fields if k in config})
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
@@ -73,7 +80,11 @@ class Conditioning:
     guidance_scale: float = 1.0
 
     def select(self, indices: torch.Tensor) -> Conditioning:
-        """The rows of `indices` (tensors with a single row broadcast to all samples)."""
+        """The rows of `indices` (tensors with a single row broadcast to all samples).
+
+        Args:
+            indices: sample indices, one per row of the batch.
+        """
 
         def take(kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {k: (v.expand(len(indices), *v.shape[1:]) if v.shape[0] == 1 else v[indices.to(v.device)])
@@ -95,7 +106,11 @@ class Prediction:
 
 
 def tensor_output(out: Any) -> torch.Tensor:
-    """The output tensor of a network call: a tensor, a diffusers output's `.sample`, or a tuple's first item."""
+    """The output tensor of a network call.
+
+    Args:
+        out: a tensor, a diffusers output (its `.sample`) or a tuple (its first item).
+    """
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
@@ -119,7 +134,11 @@ NETWORK_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": t
 
 
 def network_dtype(name: str | torch.dtype) -> torch.dtype:
-    """The torch dtype of `name` (float32, float16 or bfloat16); anything else raises FieldError naming `dtype`."""
+    """The torch dtype of `name`; anything else raises FieldError naming `dtype`.
+
+    Args:
+        name: float32, float16 or bfloat16 (a name or the torch dtype).
+    """
     if isinstance(name, torch.dtype) and name in NETWORK_DTYPES.values():
         return name
     if isinstance(name, str) and name in NETWORK_DTYPES:
@@ -163,8 +182,13 @@ class RowPolicy:
 
     @classmethod
     def parse(cls, spec: RowSpec, device: torch.device) -> RowPolicy:
-        """`auto` (fixed:8 on CPU and other devices, buckets on CUDA), `all`, `buckets[:MIN]`, `fixed:N`, an
-        integer N (fixed:N) or None (all); anything else raises FieldError naming `network_rows`."""
+        """The row policy of `spec`; anything else raises FieldError naming `network_rows`.
+
+        Args:
+            spec: `auto` (fixed:8 on CPU and other devices, buckets on CUDA), `all`, `buckets[:MIN]`, `fixed:N`, an
+                integer N (fixed:N), None (all) or a RowPolicy.
+            device: the network's device, which `auto` depends on.
+        """
         if isinstance(spec, RowPolicy):
             return spec
         if spec is None:
@@ -189,13 +213,23 @@ class RowPolicy:
         return self.kind if self.kind == "all" else f"{self.kind}:{self.size}"
 
     def bucket(self, rows: int, capacity: int | None = None) -> int:
-        """The row count of a `buckets` call over `rows` rows: the next power of two ≥ max(rows, size), at most
-        `capacity` (the rows of the whole batch, when known) but never fewer than `rows`."""
+        """The row count of a `buckets` call: the next power of two ≥ max(rows, size), at most `capacity` but never
+        fewer than `rows`.
+
+        Args:
+            rows: the active rows.
+            capacity: the rows of the whole batch, when known.
+        """
         bucket = max(self.size, 1 << (rows - 1).bit_length())
         return bucket if capacity is None else max(rows, min(bucket, capacity))
 
     def calls(self, rows: int, capacity: int | None = None) -> list[NetworkCall]:
-        """The network calls over `rows` active rows of a batch of `capacity` rows."""
+        """The network calls over the active rows.
+
+        Args:
+            rows: the active rows.
+            capacity: the rows of the whole batch, when known (it caps a bucket).
+        """
         if rows == 0:
             return []
         if self.kind == "all":
@@ -212,8 +246,12 @@ MAX_NETWORK_ROWS = 4096  # far above any real call, low enough that a typo canno
 
 
 def row_spec_from_text(text: str | int) -> str | int | None:
-    """A row policy as a command line gives it: an integer N (0 = all rows, else fixed:N) or a policy name, checked
-    (sizes up to MAX_NETWORK_ROWS); a bad one raises FieldError naming `network_rows`."""
+    """A row policy as a command line gives it, checked (sizes up to MAX_NETWORK_ROWS); a bad one raises FieldError
+    naming `network_rows`.
+
+    Args:
+        text: an integer N (0 = all rows, else fixed:N) or a policy name (see `RowPolicy.parse`).
+    """
     value = str(text).strip()
     if value.lstrip("+-").isdigit():
         rows = int(value)
@@ -275,8 +313,14 @@ class ModelAdapter:
         cls, network: Callable[..., Any], scheduler_config: Mapping[str, Any], *, network_rows: RowSpec = "auto",
         cuda_graphs: bool = False,
     ) -> ModelAdapter:
-        """Adapter for a network trained with the given diffusers scheduler config (β schedule, prediction type,
-        clip/threshold settings)."""
+        """Adapter for a network trained with a diffusers scheduler config.
+
+        Args:
+            network: the denoising network, called as network(x, t, **conditioning).
+            scheduler_config: its β schedule, prediction type and x̂0 clipping or thresholding.
+            network_rows: the row policy (see the class docstring).
+            cuda_graphs: replay one CUDA graph per call shape.
+        """
         return cls(
             network,
             NoiseSchedule.from_config(scheduler_config),
@@ -294,8 +338,14 @@ class ModelAdapter:
 
     def network_output(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor],
                        capacity: int | None = None) -> torch.Tensor:
-        """Raw network output for rows x at per-row timesteps t, in the calls of the row policy (`capacity`: the
-        rows of the whole batch, which caps a bucket)."""
+        """Raw network output for rows x at per-row timesteps t, in the calls of the row policy.
+
+        Args:
+            x: the rows' x_t.
+            t: one timestep per row.
+            kwargs: the conditioning tensors, one row per row of x.
+            capacity: the rows of the whole batch, which caps a bucket.
+        """
         outputs = []
         for call in self.row_policy.calls(x.shape[0], capacity):
             part = slice(call.start, call.start + call.real)

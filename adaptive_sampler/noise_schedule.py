@@ -31,8 +31,13 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
-        """Build from a diffusers scheduler config (`linear`, `scaled_linear`, `squaredcos_cap_v2`, trained betas,
-        `rescale_betas_zero_snr`). diffusers computes the betas, so the table matches its schedulers exactly."""
+        """Build from a diffusers scheduler config; diffusers computes the betas, so the table matches its
+        schedulers exactly.
+
+        Args:
+            config: `num_train_timesteps`, the β schedule (`linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`,
+                or `trained_betas`) and `rescale_betas_zero_snr`; other keys are ignored.
+        """
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                 "rescale_betas_zero_snr")
         ddpm = DDPMScheduler(**{k: config[k] for k in keys if k in config})
@@ -47,11 +52,14 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.shape[0])
 
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """ᾱ at timesteps (any shape, float32); -1 (any negative t) maps to 1.
+        """ᾱ at timesteps (float32); -1 (any negative t) maps to 1.
 
         Integer timesteps read the table. Fractional ones (a floating tensor) interpolate linearly in log-SNR between
         the two neighbouring training steps, the parameterisation in which solvers such as DPM-Solver step; a
         floating t that is a whole number reads the table exactly as its integer does.
+
+        Args:
+            timesteps: a tensor of any shape, integer or floating.
         """
         device = timesteps.device
         table = self._table("alpha_bar", device)
@@ -66,7 +74,11 @@ class NoiseSchedule:
         return torch.where(timesteps >= 0, exact, torch.ones((), device=device))
 
     def log_snr_at(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """λ_t (float64) at integer or fractional timesteps in [0, T-1], interpolated as in `alpha_bar`."""
+        """λ_t (float64), interpolated as in `alpha_bar`.
+
+        Args:
+            timesteps: integer or fractional timesteps in [0, T-1].
+        """
         if not timesteps.is_floating_point():
             return self.log_snr(timesteps.device)[timesteps]
         t = timesteps.double()
@@ -80,7 +92,11 @@ class NoiseSchedule:
         return ((1 - a) / a).sqrt()
 
     def log_snr(self, device: torch.device | None = None) -> torch.Tensor:
-        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64 (on `device`, cached, if given)."""
+        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64.
+
+        Args:
+            device: where the table is wanted (cached there); None: computed on the CPU.
+        """
         if device is not None:
             return self._table("log_snr", device)
         a = self.alphas_cumprod.double()

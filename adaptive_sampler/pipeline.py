@@ -92,7 +92,12 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str], dtype: torch.dtype | None = None) -> torch.Tensor:
         """`encoder_hidden_states` [len(prompts), L, D], one encoder call per distinct prompt (alone, so a prompt's
-        encoding does not depend on the others), in `dtype` (default: the encoder's)."""
+        encoding does not depend on the others).
+
+        Args:
+            prompts: one prompt per sample.
+            dtype: the states' dtype (default: the encoder's).
+        """
         param = next(self.encoder.parameters())
         distinct = list(dict.fromkeys(prompts))
         states = {}
@@ -113,13 +118,19 @@ class LatentDecoder:
         self.shift_factor = 0.0 if shift is None else float(shift)
 
     def image_shape(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The (C, H, W) of the image that latents of `latent_shape` (..., h, w) decode to."""
         return (int(self.vae.config.out_channels), int(latent_shape[-2]) * self.factor,
                 int(latent_shape[-1]) * self.factor)
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor, rows: int = 8) -> torch.Tensor:
-        """Images [n, C, H, W] float32 in [-1, 1] on the latents' device, decoded in chunks of exactly `rows` rows
-        (the last one padded), as the model adapter calls the UNet: CPU kernels differ by batch size."""
+        """Images [n, C, H, W] float32 in [-1, 1] on the latents' device.
+
+        Args:
+            latents: [n, c, h, w], as the sampler returns them.
+            rows: decoded in chunks of exactly this many rows (the last one padded), as the model adapter calls
+                the UNet: CPU kernels differ by batch size, so an image does not depend on its batch.
+        """
         param = next(self.vae.parameters())
         out = []
         for start in range(0, len(latents), rows):
@@ -142,18 +153,16 @@ class RowConditioning(Conditioning):
     index: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int64))
 
     def select(self, indices: torch.Tensor) -> Conditioning:
-        rows = self.index[indices.cpu() % len(self.index)]
-
-        def take(kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {k: (v.expand(len(rows), *v.shape[1:]) if v.shape[0] == 1 else v[rows.to(v.device)])
-                    for k, v in kwargs.items()}
-
-        return Conditioning(take(self.cond), None if self.uncond is None else take(self.uncond), self.guidance_scale)
+        return super().select(self.index[indices.cpu() % len(self.index)])
 
 
 def read_prompts(path: str | Path) -> tuple[str, ...]:
     """The prompts of a file, one per line (blank lines skipped); FieldError naming `prompts` if it is missing,
-    unreadable or holds none."""
+    unreadable or holds none.
+
+    Args:
+        path: a UTF-8 text file.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -173,7 +182,11 @@ def read_prompts(path: str | Path) -> tuple[str, ...]:
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
-    """`0,3,7` as (0, 3, 7); FieldError naming `class_labels` if it is not a comma-separated list of integers."""
+    """`0,3,7` as (0, 3, 7); FieldError naming `class_labels` if it is not a comma-separated list of integers.
+
+    Args:
+        text: the --class-labels value.
+    """
     items = [v.strip() for v in text.split(",")]
     if not all(item.lstrip("-").isdigit() for item in items):
         raise FieldError("class_labels", text, "is not a comma-separated list of integers, e.g. 0,3,7")
@@ -203,7 +216,16 @@ class Conditions:
                    class_labels: str | None = None, classes: str | None = None) -> Conditions:
         """The conditions of the command-line flags, checked on their own (a missing or empty prompts file, two
         flags that exclude each other, labels that are not integers, guidance below 1 or NaN): FieldError naming
-        the flag."""
+        the flag.
+
+        Args:
+            prompt: --prompt, one prompt for every sample.
+            prompts: --prompts, a file of prompts (`read_prompts`).
+            negative_prompt: --negative-prompt, the unconditional branch's prompt.
+            guidance_scale: --guidance-scale.
+            class_labels: --class-labels, e.g. `0,3,7`.
+            classes: --classes, `all` or None.
+        """
         if prompt is not None and prompts is not None:
             raise FieldError("prompts", str(prompts), "is given together with --prompt; give one of them")
         if class_labels is not None and classes is not None:
@@ -233,7 +255,11 @@ class Conditions:
         return "classes", "all"
 
     def check(self, model: LoadedModel) -> None:
-        """Raise FieldError naming the flag if these conditions do not fit `model`."""
+        """Raise FieldError naming the flag if these conditions do not fit `model`.
+
+        Args:
+            model: the model they are for.
+        """
         text, classes = model.text_encoder is not None, model.num_classes
         if self.prompts is not None and not text:
             raise FieldError("prompt", self._flag()[1], f"is given, but model {model.name!r} is not text-"
@@ -263,12 +289,17 @@ class Conditions:
                              "unconditional branch of a text-to-image model under --guidance-scale > 1")
 
     def resolved_guidance(self, model: LoadedModel) -> float:
+        """The guidance scale for `model`: the given one, else 7.5 for a text-to-image model and 1 otherwise."""
         if self.guidance_scale is not None:
             return self.guidance_scale
         return DEFAULT_TEXT_GUIDANCE if model.text_encoder is not None else 1.0
 
     def bind(self, model: LoadedModel) -> BoundConditions | None:
-        """Check against `model` and build the network inputs once (None for an unconditional model)."""
+        """Check against `model` and build the network inputs once (None for an unconditional model).
+
+        Args:
+            model: the model they are for.
+        """
         self.check(model)
         guidance = self.resolved_guidance(model)
         dtype = next(model.network.parameters()).dtype
@@ -301,11 +332,19 @@ class BoundConditions:
     conditioning: RowConditioning
 
     def prompts_for(self, indices: Sequence[int]) -> list[str] | None:
-        """The prompt of each sample index (i mod P), or None for a model without prompts."""
+        """The prompt of each sample index (i mod P), or None for a model without prompts.
+
+        Args:
+            indices: sample indices.
+        """
         return None if self.prompts is None else [self.prompts[i % len(self.prompts)] for i in indices]
 
     def labels_for(self, indices: Sequence[int]) -> list[int] | None:
-        """The class label of each sample index (i mod L), or None for a model without labels."""
+        """The class label of each sample index (i mod L), or None for a model without labels.
+
+        Args:
+            indices: sample indices.
+        """
         return None if self.labels is None else [self.labels[i % len(self.labels)] for i in indices]
 
     def identity(self) -> dict[str, Any]:

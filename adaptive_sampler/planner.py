@@ -58,10 +58,23 @@ class Planner(Protocol):
 
     def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, Any]:
         """The first timestep [rows] (int64) and the initial memory (a tensor [rows], or another value that a bool
-        row mask indexes, like `FinishMemory`)."""
+        row mask indexes, like `FinishMemory`).
+
+        Args:
+            rows: the batch's rows.
+            schedule: the model's noise schedule.
+            device: where the rows live.
+        """
         ...
 
-    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision: ...
+    def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
+        """Per row: accept or reject the step just evaluated, and the next timestep.
+
+        Args:
+            observation: what the active rows saw at their latest evaluation.
+            schedule: the model's noise schedule.
+        """
+        ...
 
 
 class StaticPlan:
@@ -92,7 +105,11 @@ class StaticPlan:
         return StepDecision(accept, t_next, position + 1, torch.zeros(len(position), device=position.device))
 
     def evaluations_left(self, memory: torch.Tensor) -> torch.Tensor:
-        """Per row, the evaluations its list has left after a decision that returned `memory`."""
+        """Per row, the evaluations its list has left.
+
+        Args:
+            memory: what the last decision returned.
+        """
         return len(self.timesteps) - memory
 
 
@@ -109,15 +126,20 @@ class Steerable(Protocol):
 
     def steer(self, observation: StepObservation, decision: StepDecision, factor: torch.Tensor,
               schedule: NoiseSchedule) -> StepDecision:
-        """`decision` with the next step of each accepted, unfinished row multiplied by `factor` [rows] (1 = as
-        decided); rejected rows and rows going to -1 keep theirs."""
+        """`decision` with the next step of each accepted, unfinished row multiplied by `factor`; rejected rows and
+        rows going to -1 keep theirs.
+
+        Args:
+            observation: what the rows saw at their latest evaluation.
+            decision: the planner's decision on it.
+            factor: [rows], 1 = as decided.
+            schedule: the model's noise schedule.
+        """
         ...
 
 
-# ------------------------------------------------------------------------------------------------ finishing
-
-
 def steering_error(planner: object) -> FieldError:
+    """The error for a monitor that steers a planner without a step size (`planner` is not `Steerable`)."""
     name = getattr(planner, "name", type(planner).__name__)
     return FieldError("monitor", "step_factor", f"steers step sizes, but planner {name!r} has none (a static list "
                       "cannot change its steps); sample with SteeredPlan(steps=N) or StepSizeControl(tolerance=...)")

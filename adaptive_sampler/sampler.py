@@ -72,7 +72,14 @@ class SampleResult:
     @classmethod
     def join(cls, parts: Sequence[SampleResult | _Batch], shape: Sequence[int], wall_s: float,
              trace: list[StepInfo] | None = None) -> SampleResult:
-        """The parts (batches of one run, or shards of several processes) in order, as one result on the CPU."""
+        """The parts in order, as one result on the CPU.
+
+        Args:
+            parts: the batches of one run, or the shards of several processes.
+            shape: (C, H, W) of one sample (for an empty result).
+            wall_s: the run's wall time.
+            trace: the steps of the run, if kept.
+        """
         empty = torch.zeros(0, dtype=torch.int64)
         return cls(
             samples=torch.cat([p.samples.float().cpu() for p in parts]) if parts else torch.zeros((0, *shape)),
@@ -256,23 +263,35 @@ def sample(
     noise: torch.Tensor | None = None,
     grad: bool = False,
 ) -> SampleResult:
-    """Draw n samples of `shape` (C, H, W) with `solver` (default DDIM, Song et al. 2021).
+    """Draw n samples of `shape` with `solver`.
 
-    `plan` is an explicit timestep list (each consecutive pair is one step, the last goes to t_prev = -1 and
-    returns x̂0) or a `Planner` that picks each sample's steps while sampling (e.g. `StepSizeControl`). A
-    `monitor` may end samples early (see `StepMonitor`) and steer their step size (`MonitorDecision.step_factor`,
-    for planners with a step size: `StepSizeControl`, `SteeredPlan`). `finish` says how an ended sample finishes
-    (`Finish`: `"x0"` returns x̂0 of that evaluation, `"tail:K[:logsnr|t]"` takes K more steps to t = 0 with the
-    run's solver, counted in NFE; None = `finish.DEFAULT_FINISH`). Sample i draws its initial noise, then one
-    η-noise per step, from its own generator seeded by (seed, i), so with the model's fixed `network_rows` it is
-    bitwise identical on CPU whatever the batch size or composition. `start` makes the run samples start … start + n - 1
-    of a larger one (a shard, see `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor
-    indices are the global ones. Raises NonFiniteOutputError (keeping the finished batches) if the model outputs
-    NaN or Inf.
+    Sample i draws its initial noise, then one η-noise per step, from its own generator seeded by (seed, i), so with
+    the model's fixed `network_rows` it is bitwise identical on CPU whatever the batch size or composition. Raises
+    NonFiniteOutputError (keeping the finished batches) if the model outputs NaN or Inf.
 
-    `noise` [n, *shape] replaces the initial draws (e.g. a pipeline's `latents`); η-noise still comes from (seed, i).
-    `grad` keeps the autograd graph instead of running in inference mode, so that a loss on the samples reaches a
-    plan tensor that requires grad (fractional timesteps, see `tuning.ld3`) and `noise`.
+    Args:
+        model: the network's adapter.
+        plan: an explicit timestep list (each consecutive pair is one step, the last goes to t_prev = -1 and
+            returns x̂0) or a `Planner` that picks each sample's steps while sampling (e.g. `StepSizeControl`).
+        shape: (C, H, W) of one sample.
+        n: how many samples.
+        batch_size: samples per batch.
+        seed: the run's seed (sample i's generator is seeded by (seed, i)).
+        eta: DDIM's η (0: deterministic); needs a solver that supports it.
+        solver: DDIM (the default, Song et al. 2021), DPM-Solver++(2M) or UniPC (`make_solver`).
+        monitor: may end samples early (see `StepMonitor`) and steer their step size
+            (`MonitorDecision.step_factor`, for planners with a step size: `StepSizeControl`, `SteeredPlan`).
+        conditioning: the network's extra inputs per sample, and classifier-free guidance.
+        trace: keep every step's `StepInfo` in the result.
+        progress: show a progress bar over the batches.
+        start: the run draws samples start … start + n - 1 of a larger one (a shard, see
+            `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.
+        finish: how an ended sample finishes (`Finish`: `"x0"` returns x̂0 of that evaluation, `"tail:K[:logsnr|t]"`
+            takes K more steps to t = 0 with the run's solver, counted in NFE; None: `finish.DEFAULT_FINISH`).
+        noise: [n, *shape], replaces the initial draws (e.g. a pipeline's `latents`); η-noise still comes from
+            (seed, i).
+        grad: keep the autograd graph instead of running in inference mode, so that a loss on the samples reaches
+            a plan tensor that requires grad (fractional timesteps, see `tuning.ld3`) and `noise`.
     """
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, start=start, eta=eta, trace=trace)
     if noise is not None and tuple(noise.shape) != (n, *shape):

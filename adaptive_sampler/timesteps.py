@@ -21,8 +21,15 @@ def validate_timesteps(
     values: Sequence[int | float] | torch.Tensor | np.ndarray, num_train_timesteps: int, field: str = "timesteps",
     *, integers: bool = False,
 ) -> torch.Tensor:
-    """Return `values` as a 1-D tensor, int64 for an integer list and float64 for a fractional one, or raise
-    FieldError naming the field, the value and the rule (see `check_timesteps`)."""
+    """`values` as a 1-D tensor, int64 for an integer list and float64 for a fractional one, checked by
+    `check_timesteps` (same arguments).
+
+    Args:
+        values: the timesteps.
+        num_train_timesteps: T of the model.
+        field: the name errors give the list.
+        integers: refuse fractional timesteps.
+    """
     import torch
 
     checked = check_timesteps(values, num_train_timesteps, field, integers=integers)
@@ -30,7 +37,11 @@ def validate_timesteps(
 
 
 def is_fractional(timesteps: Sequence[int | float]) -> bool:
-    """Whether a checked list holds a fractional timestep (`check_timesteps` returns whole numbers as ints)."""
+    """Whether a checked list holds a fractional timestep (`check_timesteps` returns whole numbers as ints).
+
+    Args:
+        timesteps: a list `check_timesteps` returned.
+    """
     return any(isinstance(v, float) for v in timesteps)
 
 
@@ -43,8 +54,13 @@ def check_timesteps(
 
     Rules: non-empty, finite numbers, unique, strictly descending, inside [0, num_train_timesteps - 1]. A timestep
     may be fractional (ᾱ is then interpolated in log-SNR, see `NoiseSchedule.alpha_bar`) unless `integers` is set,
-    for consumers that index a table by t (diffusers' schedulers). Python and numpy numbers, lists of them, and 1-D
-    tensors or numpy arrays are accepted.
+    for consumers that index a table by t (diffusers' schedulers).
+
+    Args:
+        values: Python or numpy numbers, a list of them, or a 1-D tensor or numpy array.
+        num_train_timesteps: T of the model.
+        field: the name errors give the list (an item is `field[i]`).
+        integers: refuse fractional timesteps.
     """
     shape = getattr(values, "shape", None)  # a torch tensor or a numpy array
     if shape is not None:
@@ -85,7 +101,11 @@ def discretize(points: np.ndarray, num_train_timesteps: int) -> torch.Tensor:
     """Round a descending curve of real timesteps to integers, keeping it strictly descending inside [0, T-1].
 
     Where rounding makes neighbours collide (dense ends of a curve), the lower ones are pushed up by one and,
-    at the top, the upper ones down, so the list keeps its length. Needs len(points) <= T.
+    at the top, the upper ones down, so the list keeps its length.
+
+    Args:
+        points: a descending curve of at most T real timesteps.
+        num_train_timesteps: T of the model.
     """
     import torch
 

@@ -79,13 +79,21 @@ class MetricBackend:
         return self.feature_extractor.dim if self.feature_extractor is not None else None
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
-        """Raise FieldError (naming `features`) if images of `sample_shape` (C, H, W) cannot be scored."""
+        """Raise FieldError (naming `features`) if images of `sample_shape` (C, H, W) cannot be scored.
+
+        Args:
+            sample_shape: (C, H, W) of the images.
+        """
         if len(sample_shape) != 3:
             raise FieldError("features", self.spec, f"cannot score samples of shape {tuple(sample_shape)}; it "
                                                     "takes images (C, H, W)")
 
     def per_sample(self, batch: ScoringBatch) -> dict[str, torch.Tensor]:
-        """Scores per sample [n] (float64, CPU) by metric name; default: none."""
+        """Scores per sample [n] (float64, CPU) by metric name; default: none.
+
+        Args:
+            batch: the images and what goes with them (prompts, labels, reference images).
+        """
         return {}
 
 
@@ -210,7 +218,12 @@ class LabelBackend(MetricBackend):
 
 
 def make_backend(spec: str, device: torch.device | str | None = None) -> MetricBackend:
-    """The back-end a spec names (see the module docstring); FieldError("features", spec, ...) otherwise."""
+    """The back-end a spec names (see the module docstring); FieldError("features", spec, ...) otherwise.
+
+    Args:
+        spec: a back-end name or spec (see the module docstring).
+        device: where its network runs.
+    """
     name, _, arg = spec.partition(":")
     if spec == "embedded":
         return EmbeddedBackend(device)

@@ -48,6 +48,11 @@ def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-
     Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"
     (arXiv:1706.08500). Numerics follow pytorch-fid: scipy's sqrtm; if the product is too near singular for a
     finite root, `eps` is added to both diagonals; a negligible imaginary part from round-off is dropped.
+
+    Args:
+        stats_a: one set's feature moments.
+        stats_b: the other's.
+        eps: added to both covariances' diagonals when their product has no finite root.
     """
     if stats_a.dim != stats_b.dim:
         raise FieldError("stats_b", stats_b.dim,
@@ -138,6 +143,10 @@ def kid(features_a: torch.Tensor, features_b: torch.Tensor | KidReference) -> fl
     Bińkowski et al. 2018, "Demystifying MMD GANs" (arXiv:1801.01401). piq's KID has the same kernel and
     estimator but, for sets of different size, silently draws a subset of the larger one (from the global RNG);
     here every sample is used, so the value is deterministic and the sizes may differ.
+
+    Args:
+        features_a: generated features [n, d].
+        features_b: reference features [m, d], or a `KidReference` prepared once for many sets.
     """
     _check_features("features_a", features_a)
     given = features_b.features if isinstance(features_b, KidReference) else features_b
@@ -159,6 +168,12 @@ def precision_recall(
 
     k-NN radii shrink as a set grows, so the larger set is cut to the smaller one's size (a seeded random subset),
     as the paper compares equal-sized sets. `nearest_k` = 3 is the paper's choice.
+
+    Args:
+        gen_features: generated features [n, d].
+        ref_features: reference features [m, d].
+        nearest_k: the k of the k-NN radii (3, the paper's).
+        seed: the subset's seed.
     """
     _check_features("gen_features", gen_features, min_n=nearest_k + 2)
     _check_features("ref_features", ref_features, dim=gen_features.shape[1], min_n=nearest_k + 2)
@@ -190,6 +205,14 @@ def distribution_metrics(
     the resampling and the precision/recall subset. FID is biased upward at finite n (Chong & Forsyth 2020,
     arXiv:1911.07023) and a resample holds only ~63 % distinct samples, so near the real-vs-real floor the FID
     interval can sit above the point estimate; compare intervals of runs with the same n.
+
+    Args:
+        gen_features: generated features [n, d].
+        ref_features: reference features (KID, precision/recall).
+        ref_stats: the reference's moments (FID).
+        bootstrap: resamplings for the intervals (0: none).
+        seed: drives the resampling and the precision/recall subset.
+        nearest_k: see `precision_recall`.
     """
     if gen_features.ndim != 2:
         raise FieldError("gen_features", tuple(gen_features.shape), "is its shape; it must be [n, d]")

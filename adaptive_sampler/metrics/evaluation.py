@@ -30,7 +30,12 @@ class EvaluationReport:
 
 
 def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
-    """Refuse models whose samples the embedded feature space cannot score, and n too small for FID."""
+    """Refuse models whose samples the embedded feature space cannot score, and n too small for FID.
+
+    Args:
+        sample_shape: (C, H, W) of the samples.
+        n: how many samples will be scored.
+    """
     if tuple(sample_shape) != EMBEDDED_IMAGE_SHAPE:
         raise FieldError(
             "model", tuple(sample_shape), "is its sample shape, which the embedded Fashion-MNIST feature space cannot "
@@ -43,7 +48,13 @@ def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
 
 
 def score_samples(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> DistributionMetrics:
-    """FID/KID/precision/recall of samples [n, 1, 32, 32] in [-1, 1] against the Fashion-MNIST test set."""
+    """FID/KID/precision/recall of samples [n, 1, 32, 32] in [-1, 1] against the Fashion-MNIST test set.
+
+    Args:
+        samples: [n, 1, 32, 32] in [-1, 1].
+        bootstrap: resamplings for FID/KID intervals (0: none).
+        seed: the bootstrap's seed.
+    """
     features = EmbeddedFeatureExtractor()(samples)
     return distribution_metrics(features, embedded_reference_features(), embedded_reference_statistics("test"),
                                 bootstrap=bootstrap, seed=seed)

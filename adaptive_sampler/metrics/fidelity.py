@@ -18,7 +18,11 @@ from adaptive_sampler.metrics.features import FeatureExtractor
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Images from the model range [-1, 1] to [0, 1] in float32, clamped: samplers clip x̂0 to [-1, 1], and the
-    clamp absorbs round-off (and unclipped x̂0) that piq's range check would reject."""
+    clamp absorbs round-off (and unclipped x̂0) that piq's range check would reject.
+
+    Args:
+        images: [n, C, H, W] in [-1, 1].
+    """
     return ((images.detach().float() + 1) / 2).clamp(0, 1)
 
 
@@ -42,6 +46,11 @@ def fidelity_per_sample(images: torch.Tensor, reference: torch.Tensor,
 
     Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise (and prompt) as sample i of the
     other; PSNR and SSIM use piq on [0, 1], LPIPS takes [-1, 1] RGB (grayscale repeated).
+
+    Args:
+        images: [n, C, H, W] in [-1, 1].
+        reference: the same shape, sample i of the same noise.
+        lpips_model: an `lpips.LPIPS` (see `monitors.lpips_distance.build_lpips`), or None.
     """
     _check_pair(images, reference)
     x, y = to_unit_range(images), to_unit_range(reference).to(images.device)
@@ -75,6 +84,11 @@ def fidelity(
 
     Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise as sample i of the other.
     PSNR and SSIM use piq on [0, 1]; identical images give PSNR 80 dB (piq's 1e-8 floor on the MSE) and SSIM 1.
+
+    Args:
+        images: [n, C, H, W] in [-1, 1].
+        reference: the same shape, sample i of the same noise.
+        feature_extractor: the space of the feature distance (default: the embedded classifier's).
     """
     _check_pair(images, reference)
     x, y = to_unit_range(images), to_unit_range(reference).to(images.device)

@@ -56,7 +56,11 @@ def _read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 def image_folder(folder: Path) -> ImageSet:
-    """The images below `folder` (see the module docstring)."""
+    """The images below `folder` (see the module docstring).
+
+    Args:
+        folder: a folder of PNG/JPEG images.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not folder.is_dir():
@@ -90,7 +94,11 @@ def _array_to_model_range(array: np.ndarray) -> torch.Tensor:
 
 
 def npy_images(path: Path) -> ImageSet:
-    """The images of the .npy file `path` (see the module docstring)."""
+    """The images of the .npy file `path` (see the module docstring).
+
+    Args:
+        path: a .npy file.
+    """
     if not path.is_file():
         raise FieldError("npy", str(path), "does not exist")
     try:

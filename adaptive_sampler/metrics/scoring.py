@@ -54,7 +54,12 @@ def embedded_reference() -> Reference:
 def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Reference | None:
     """The reference of `backend`: the npz at `path` (pytorch-fid layout, see `FeatureStatistics.load_npz`), else
     the shipped one for `embedded`, else None. Raises FieldError("reference", ...) for a bad file, one whose
-    dimension is not the back-end's, or a back-end without a feature space."""
+    dimension is not the back-end's, or a back-end without a feature space.
+
+    Args:
+        backend: the back-end.
+        path: an npz file, or None.
+    """
     if path is None:
         return embedded_reference() if isinstance(backend, EmbeddedBackend) else None
     if backend.dim is None:
@@ -69,7 +74,13 @@ def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Refere
 
 
 def check_fid_n(backend: MetricBackend, n: int, field: str = "n") -> None:
-    """FID is refused at n ≤ the feature dimension (a rank-deficient covariance): FieldError naming `field`."""
+    """FID is refused at n ≤ the feature dimension (a rank-deficient covariance): FieldError naming `field`.
+
+    Args:
+        backend: the back-end.
+        n: the sample count.
+        field: the name the error gives n.
+    """
     if backend.dim is not None and n <= backend.dim:
         raise FieldError(field, n, f"samples is not more than the feature dimension {backend.dim} of "
                                    f"{backend.spec!r}; FID needs n > {backend.dim}")
@@ -86,7 +97,12 @@ class MetricAccumulator:
         self.n = 0
 
     def add(self, batch: ScoringBatch, features: torch.Tensor | None = None) -> None:
-        """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks)."""
+        """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks).
+
+        Args:
+            batch: the images and what goes with them.
+            features: their features, when computed elsewhere (e.g. gathered across ranks).
+        """
         if self.backend.feature_extractor is not None and self.reference is not None:
             found = features if features is not None else self.backend.feature_extractor(batch.images)
             self._features.append(found.detach().to("cpu", torch.float64))
@@ -102,7 +118,13 @@ class MetricAccumulator:
     def values(self, bootstrap: int = 0, seed: int = 0, precision_recall: bool = True) -> dict[str, float]:
         """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) and KID against the
         reference; where the reference has features and n > dim, precision/recall too (unless `precision_recall`
-        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`."""
+        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`.
+
+        Args:
+            bootstrap: resamplings for FID/KID intervals (0: none).
+            seed: the bootstrap's seed.
+            precision_recall: compute precision and recall where possible.
+        """
         out = {name: total / self._counts[name] for name, total in self._sums.items()}
         features = self.features
         if features is None or self.reference is None:
@@ -128,7 +150,19 @@ def score_images(images: torch.Tensor, features: str | MetricBackend = "embedded
                  device: torch.device | str | None = None) -> dict[str, float]:
     """The metrics of images [n, C, H, W] in [-1, 1] with a back-end (a spec or a built one, reused across calls)
     against `reference` (npz; default the back-end's shipped one), with per-sample prompts, labels and many-step
-    reference images where the back-end scores them. FID is refused at n ≤ the feature dimension (FieldError)."""
+    reference images where the back-end scores them. FID is refused at n ≤ the feature dimension (FieldError).
+
+    Args:
+        images: [n, C, H, W] in [-1, 1].
+        features: a back-end spec, or a built back-end.
+        reference: an npz of reference moments (default: the back-end's shipped one).
+        prompts: one per image, for CLIP scores.
+        labels: one per image, for label agreement.
+        reference_images: many-step images of the same noise, for fidelity.
+        bootstrap: resamplings for FID/KID intervals (0: none).
+        seed: the bootstrap's seed.
+        device: where the back-end's network runs.
+    """
     backend = make_backend(features, device=device) if isinstance(features, str) else features
     ref = resolve_reference(backend, reference)
     backend.check_shape(tuple(images.shape[1:]))

@@ -54,7 +54,12 @@ class RowState:
         self.tensors = {name: value[rows.to(value.device)] for name, value in self.tensors.items()}
 
     def check_rows(self, info: StepInfo, owner: str) -> None:
-        """Raise if the stored rows are not the rows of `info` (rows left without a `keep` call)."""
+        """Raise if the stored rows are not the rows of `info` (rows left without a `keep` call).
+
+        Args:
+            info: the step being observed.
+            owner: the monitor, for the message.
+        """
         rows = len(info.sample_indices)
         for name, value in self.tensors.items():
             if len(value) != rows:
@@ -78,7 +83,11 @@ class Monitor(ABC):
         """Forget all per-row state (a new batch starts)."""
 
     def keep(self, rows: torch.Tensor) -> None:  # noqa: B027 - a no-op hook
-        """Rows of the last StepInfo left the batch: keep the state of `rows` (bool mask, True = stays) only."""
+        """Rows of the last StepInfo left the batch: keep the state of `rows` (bool mask, True = stays) only.
+
+        Args:
+            rows: bool [rows], True = stays.
+        """
 
     def spec(self) -> str:
         """The `monitor_from_spec` string of this monitor."""
@@ -113,7 +122,12 @@ class Guardrails(BaseModel):
 
     def in_window(self, info: StepInfo, finishing_too: bool = False) -> torch.Tensor:
         """Rows of `info` that this step may check: warm-up and t window passed, a check step, and not finishing
-        (unless `finishing_too`)."""
+        (unless `finishing_too`).
+
+        Args:
+            info: the step.
+            finishing_too: check rows that walk their tail too.
+        """
         device = info.x0.device
         check = (info.step + 1) % self.every == 0 and info.step + 1 >= self.min_steps
         ok = torch.full((len(info.sample_indices),), check, dtype=torch.bool, device=device)
@@ -128,7 +142,13 @@ class Guardrails(BaseModel):
 
 
 def advance_streak(streak: torch.Tensor, satisfied: torch.Tensor, checked: torch.Tensor) -> torch.Tensor:
-    """One step of the patience counter: checked rows count up if satisfied, else reset; unchecked rows keep it."""
+    """One step of the patience counter: checked rows count up if satisfied, else reset; unchecked rows keep it.
+
+    Args:
+        streak: [rows], consecutive satisfied checks so far.
+        satisfied: bool [rows].
+        checked: bool [rows], the rows checked at this step.
+    """
     return torch.where(checked, torch.where(satisfied, streak + 1, torch.zeros_like(streak)), streak)
 
 
@@ -157,17 +177,35 @@ class ThresholdMonitor(Monitor):
     # --------------------------------------------------------------------------------------------- subclass API
     @abstractmethod
     def score(self, info: StepInfo) -> torch.Tensor:
-        """Score [rows] of the active rows at this step (NaN where there is none yet)."""
+        """Score [rows] of the active rows at this step (NaN where there is none yet).
+
+        Args:
+            info: the step.
+        """
 
     def rule(self, score: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Satisfied rows: score <= threshold (score >= threshold for budgets). NaN is never satisfied."""
+        """Satisfied rows: score <= threshold (score >= threshold for budgets). NaN is never satisfied.
+
+        Args:
+            score: [rows].
+            threshold: the monitor's threshold.
+        """
         return score >= threshold if self.fires_above else score <= threshold
 
     def observe(self, info: StepInfo, checked_step: bool) -> None:
-        """Update per-row history after every step (`checked_step`: whether `score` ran at this step)."""
+        """Update per-row history after every step (`checked_step`: whether `score` ran at this step).
+
+        Args:
+            info: the step.
+            checked_step: whether `score` ran at this step.
+        """
 
     def validate_threshold(self, threshold: float) -> None:
-        """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0)."""
+        """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0).
+
+        Args:
+            threshold: the threshold to check.
+        """
         if threshold < 0:
             raise FieldError("threshold", threshold, f"is negative; a {self.name} threshold is a change size >= 0")
 
@@ -182,7 +220,11 @@ class ThresholdMonitor(Monitor):
         return value
 
     def with_threshold(self, threshold: float) -> ThresholdMonitor:
-        """A fresh copy (no per-row state) with another threshold and the same guardrails."""
+        """A fresh copy (no per-row state) with another threshold and the same guardrails.
+
+        Args:
+            threshold: the new threshold.
+        """
         other = copy.copy(self)
         other.threshold = other._check_threshold(threshold)
         other.state = RowState()
@@ -228,6 +270,11 @@ class ThresholdMonitor(Monitor):
         `steps` are the StepInfos of one batch after the other (each batch from step 0, when the monitor starts
         afresh). A row's score depends only on its own x̂0 history, so these are the scores an online run sees at
         every step the sample is still active.
+
+        Args:
+            steps: the recorded StepInfos.
+            n: the run's samples.
+            num_steps: the run's steps.
         """
         if not self.calibratable:
             raise FieldError("monitor", self.name, "cannot be simulated from a recorded x̂0 trace")
@@ -241,6 +288,10 @@ class ThresholdMonitor(Monitor):
         """Exit step [n] of each sample under `threshold` (default: this monitor's) from `replay_scores` output.
 
         A sample that never fires exits at the last step (the full run). Uses the same streak logic as online.
+
+        Args:
+            scores: [n, num_steps] from `replay_scores`.
+            threshold: default: this monitor's.
         """
         threshold = self.threshold if threshold is None else threshold
         n, num_steps = scores.shape

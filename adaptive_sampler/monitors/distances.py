@@ -28,7 +28,11 @@ class Distance(ABC):
     name: ClassVar[str] = "distance"
 
     def summary(self, x0: torch.Tensor) -> torch.Tensor:
-        """What is compared between steps (rows first); default x̂0 itself."""
+        """What is compared between steps (rows first); default x̂0 itself.
+
+        Args:
+            x0: x̂0 of the active rows.
+        """
         return x0
 
     @abstractmethod
@@ -95,7 +99,11 @@ _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def laplacian(x: torch.Tensor) -> torch.Tensor:
-    """The (per-channel, 4-neighbour, valid) Laplacian of each image [n, C, H, W] -> [n, C, H - 2, W - 2]."""
+    """The (per-channel, 4-neighbour, valid) Laplacian of each image [n, C, H, W] -> [n, C, H - 2, W - 2].
+
+    Args:
+        x: images [n, C, H, W].
+    """
     x = x.float()
     channels = x.shape[1]
     kernel = _LAPLACIAN.to(x.device).expand(channels, 1, 3, 3)
@@ -104,7 +112,11 @@ def laplacian(x: torch.Tensor) -> torch.Tensor:
 
 def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
     """Variance of the Laplacian of each image [n, C, H, W] -> [n], the classic sharpness number (Pech-Pacheco et
-    al. 2000)."""
+    al. 2000).
+
+    Args:
+        x: images [n, C, H, W].
+    """
     return laplacian(x).flatten(1).var(dim=1)
 
 
@@ -112,11 +124,9 @@ class Sharpness(Distance):
     """Relative L2 change ||L(x̂0_k) - L(x̂0_{k-1})|| / ||L(x̂0_{k-1})|| of the Laplacian L of x̂0, its edges and
     fine detail: small once the detail stops moving.
 
-    Not the change of the one number Var(L(x̂0)) (Pech-Pacheco et al. 2000): on 20-step DDIM and DPM-Solver++ runs
-    of the embedded model it falls while x̂0 sheds noise, turns near t = 580 (x̂0 at 17-19 dB to the final sample;
-    there its relative change is ~0 for one step, a false plateau) and then grows by 12-32 % per step up to the
-    last, so calibration at 30 dB kept it to the end (19.4 and 20.0 of 20 NFE;
-    `experiments/sharpness_diagnosis.py`). The map itself keeps changing through the turn.
+    Not the change of the one number Var(L(x̂0)) (Pech-Pacheco et al. 2000): that number falls while x̂0 sheds noise,
+    turns (a false plateau of one step) and then grows up to the last step, so it never settles; the map itself
+    keeps changing through the turn (docs/experiments.md).
     """
 
     name = "sharpness"
@@ -165,7 +175,12 @@ DISTANCES: dict[str, Callable[..., Distance]] = {
 
 
 def make_distance(name: str, **options: Any) -> Distance:
-    """The distance registered as `name` (one of `DISTANCES`), built with `options` (e.g. net="vgg" for lpips)."""
+    """The distance registered as `name` (one of `DISTANCES`), built with `options` (e.g. net="vgg" for lpips).
+
+    Args:
+        name: one of `DISTANCES`.
+        **options: the distance's own keywords (e.g. net="vgg" for lpips).
+    """
     if name not in DISTANCES:
         raise FieldError("distance", name, f"is not one of {', '.join(map(repr, DISTANCES))}")
     return DISTANCES[name](**options)

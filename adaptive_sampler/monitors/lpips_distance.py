@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.errors import FieldError
 
 # torchvision's ImageNet weights for the three LPIPS backbones (torchvision.models.*_Weights.IMAGENET1K_V1)
@@ -34,10 +35,9 @@ class LPIPSWeightsMissingError(FileNotFoundError):
 
 
 def _lpips_package() -> Any:
-    try:
-        import lpips
-    except ImportError:
-        raise ImportError("LPIPS needs the lpips package: pip install 'adaptive-sampler[lpips]'") from None
+    require_extra("lpips", "lpips", "LPIPS")
+    import lpips
+
     return lpips
 
 

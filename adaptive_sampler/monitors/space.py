@@ -70,7 +70,11 @@ class ImageSpace(Monitor):
 
 
 def decode_cost(monitor: object) -> tuple[int, float]:
-    """(rows decoded, seconds) of every `ImageSpace` inside `monitor` (composites included)."""
+    """(rows decoded, seconds) of every `ImageSpace` inside `monitor` (composites included).
+
+    Args:
+        monitor: a monitor, possibly composite.
+    """
     if isinstance(monitor, ImageSpace):
         return monitor.decodes, monitor.decode_s
     rows, seconds = 0, 0.0

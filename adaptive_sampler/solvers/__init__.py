@@ -10,7 +10,11 @@ SOLVERS: dict[str, type] = {"ddim": DDIM, "dpmpp-2m": DPMSolverPP2M, "unipc": Un
 
 
 def make_solver(name: str) -> Solver:
-    """The solver called `name` (see SOLVERS)."""
+    """A new solver; an unknown name raises FieldError naming `solver`.
+
+    Args:
+        name: ddim, dpmpp-2m or unipc (see SOLVERS).
+    """
     if name not in SOLVERS:
         raise FieldError("solver", name, f"is not one of {', '.join(SOLVERS)}")
     return SOLVERS[name]()

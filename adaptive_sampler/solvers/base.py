@@ -20,7 +20,12 @@ class Point:
     alpha_bar: torch.Tensor
 
     def where(self, rows: torch.Tensor, other: Point) -> Point:
-        """This point on `rows` (bool [rows]), `other` elsewhere."""
+        """This point on `rows`, `other` elsewhere.
+
+        Args:
+            rows: bool [rows].
+            other: a point of the same rows.
+        """
 
         def pick(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
             return torch.where(rows.view(-1, *([1] * (mine.ndim - 1))), mine, theirs)
@@ -28,6 +33,7 @@ class Point:
         return Point(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
     def keep(self, rows: torch.Tensor) -> Point:
+        """The point of the rows that stay in the batch (`rows`: bool [rows])."""
         return Point(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
@@ -41,6 +47,7 @@ class SolverState:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def keep(self, rows: torch.Tensor) -> None:
+        """Drop the history of the rows that leave the batch (`rows`: bool [rows], True = stays)."""
         self.tensors = {name: value[rows] for name, value in self.tensors.items()}
 
 
@@ -48,6 +55,11 @@ def push_history(anchor: Point | None, accepted: torch.Tensor, state: SolverStat
     """On accepted rows, the old anchor becomes the previous point (x̂0 and ᾱ); `has_prev` marks rows that have one.
 
     Multistep solvers use it to pick their order per row: first order without a previous point.
+
+    Args:
+        anchor: the rows' last accepted point (None at a batch's first evaluation).
+        accepted: bool [rows], the rows whose new point was accepted.
+        state: the solver's per-row history, updated in place.
     """
     if anchor is None:
         rows = len(accepted)
@@ -74,12 +86,37 @@ class Solver(Protocol):
     name: str
     supports_eta: bool
 
-    def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point: ...
+    def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point:
+        """The rows' new anchor.
+
+        Args:
+            new: the point just evaluated.
+            anchor: the last accepted point (None at a batch's first evaluation).
+            accepted: bool [rows], where `new` is accepted.
+            state: the per-row history.
+        """
+        ...
 
     def step(self, anchor: Point, alpha_bar_to: torch.Tensor, state: SolverState, eta: float,
-             noise: torch.Tensor | None) -> torch.Tensor: ...
+             noise: torch.Tensor | None) -> torch.Tensor:
+        """x at ᾱ_to from the anchor.
+
+        Args:
+            anchor: the rows' last accepted point.
+            alpha_bar_to: ᾱ of the next timestep, per row (1: return x̂0).
+            state: the per-row history.
+            eta: DDIM's η (0 for deterministic solvers).
+            noise: the step's fresh noise when η > 0, else None.
+        """
+        ...
 
 
 def replace_anchor(new: Point, anchor: Point | None, accepted: torch.Tensor) -> Point:
-    """`new` on accepted rows, the old anchor elsewhere (the first evaluation of a batch is always accepted)."""
+    """`new` on accepted rows, the old anchor elsewhere (the first evaluation of a batch is always accepted).
+
+    Args:
+        new: the point just evaluated.
+        anchor: the last accepted point (None at a batch's first evaluation).
+        accepted: bool [rows].
+    """
     return new if anchor is None else new.where(accepted, anchor)

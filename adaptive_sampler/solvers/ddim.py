@@ -9,7 +9,13 @@ from adaptive_sampler.solvers.base import Point, SolverState, replace_anchor
 
 
 def ddim_sigma(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
-    """σ_t(η) = η · sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) · sqrt(1 - ᾱ_t / ᾱ_prev); η = 1 is the DDPM posterior std."""
+    """σ_t(η) = η · sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) · sqrt(1 - ᾱ_t / ᾱ_prev); η = 1 is the DDPM posterior std.
+
+    Args:
+        alpha_bar_t: ᾱ at the step's start.
+        alpha_bar_prev: ᾱ at its end.
+        eta: η in [0, 1].
+    """
     if eta == 0:  # exactly 0, and no sqrt(0) on the way: its infinite slope would make gradients in t NaN
         return torch.zeros_like(alpha_bar_t)
     return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
@@ -25,7 +31,13 @@ def ddim_step(
 ) -> torch.Tensor:
     """x_{t_prev} = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev - σ²)·ε̂ + σ·z.
 
-    ᾱ arguments broadcast against x (a scalar or one value per row). `noise` may be None when η = 0.
+    Args:
+        x0: x̂0 at t.
+        eps: ε̂ at t.
+        alpha_bar_t: ᾱ_t, broadcast against x (a scalar or one value per row).
+        alpha_bar_prev: ᾱ_{t_prev}, likewise.
+        eta: η in [0, 1].
+        noise: z, needed when η > 0 (else None).
     """
     sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
     x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps

@@ -107,7 +107,12 @@ class StorageTarget:
 
 def unwritable_reason(path: Path, *, folder: bool) -> str | None:
     """Why `path` (a file, or with `folder` a folder) cannot be written or created, or None if it can. Creates
-    nothing: an existing file is opened for appending, a folder is probed with an anonymous temporary file."""
+    nothing: an existing file is opened for appending, a folder is probed with an anonymous temporary file.
+
+    Args:
+        path: the file or folder.
+        folder: `path` is a folder.
+    """
     import tempfile
 
     kind = "folder" if folder else "file"
@@ -136,7 +141,11 @@ def unwritable_reason(path: Path, *, folder: bool) -> str | None:
 def check_storage(url: str | Path | None = None) -> StorageTarget:
     """Check a storage value without opening or creating anything (see the module docstring for the forms): a
     known scheme, a file path that can be written, no in-memory SQLite (each worker would get its own database).
-    Raises StorageError naming `storage`, the value and the rule."""
+    Raises StorageError naming `storage`, the value and the rule.
+
+    Args:
+        url: the storage value (None: runs/tune.journal).
+    """
     text = str(url) if url is not None else str(DEFAULT_STORAGE)
     forms = (f"use a journal file (journal:PATH, or a path ending in {', '.join(JOURNAL_SUFFIXES)}), a SQLite file "
              f"(sqlite:///PATH.db, or a path ending in {', '.join(SQLITE_SUFFIXES)}) or a PostgreSQL / MySQL URL "
@@ -202,7 +211,13 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
                  grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
     """An Optuna storage for `url` (see the module docstring for the accepted forms), checked first
     (`check_storage`); a file that is not a storage (a corrupt database or journal), an unreachable server or a
-    missing database driver raises StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback."""
+    missing database driver raises StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback.
+
+    Args:
+        url: the storage value (None: runs/tune.journal).
+        heartbeat_interval: seconds between a running trial's heartbeats (RDB storages).
+        grace_period: seconds without a heartbeat after which a trial is failed and retried.
+    """
     target = check_storage(url)
     if target.journal is not None:
         return _journal(target.text, target.journal)
@@ -298,6 +313,16 @@ def open_study(
     Trials of killed workers are failed and retried first (stale heartbeats; on a journal, dead local workers).
     The warm starts (from `warm_starts`) are enqueued unless a trial with their parameters exists.
     Raises ValueError naming `study_name` if the stored config or directions differ.
+
+    Args:
+        storage: an opened storage.
+        name: the study name.
+        directions: minimize or maximize, one per objective.
+        config: what a resuming run must match.
+        provenance: stored once, by the creating call.
+        sampler: Optuna's sampler.
+        pruner: Optuna's pruner.
+        warm_starts: builds the warm starts (called once the study is open).
     """
     study = optuna.create_study(storage=storage, study_name=name, directions=list(directions), sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
@@ -332,7 +357,12 @@ def _check_config(name: str, stored: Mapping[str, Any], config: Mapping[str, Any
 
 def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -> list[str]:
     """Enqueue each warm start that has no trial yet (`skip_if_exists`), or whose trials all failed; return the
-    tags of the warm starts this call retried (the others Optuna skipped or enqueued silently)."""
+    tags of the warm starts this call retried (the others Optuna skipped or enqueued silently).
+
+    Args:
+        study: the study.
+        warm_starts: the warm starts.
+    """
     trials = study.get_trials(deepcopy=False)
     tried = {t.user_attrs.get(WARM_START) for t in trials}
     live = {t.user_attrs.get(WARM_START) for t in trials if t.state != TrialState.FAIL}
@@ -370,7 +400,11 @@ class TrialCounts:
 
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
-    """How many trials are in each state now (surplus trials left out)."""
+    """How many trials are in each state now (surplus trials left out).
+
+    Args:
+        study: the study.
+    """
     states = [t.state for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
     return TrialCounts(complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
                        running=states.count(TrialState.RUNNING), failed=states.count(TrialState.FAIL))
@@ -378,7 +412,11 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
 
 def fail_running_trials(study: optuna.Study) -> list[int]:
     """Mark every RUNNING trial FAIL (their warm starts are enqueued again on the next open). Only for trials whose
-    worker is dead: a journal file has no heartbeat to tell. Returns the trial numbers."""
+    worker is dead: a journal file has no heartbeat to tell. Returns the trial numbers.
+
+    Args:
+        study: the study.
+    """
     numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     for number in numbers:
         try:
@@ -448,7 +486,11 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
 def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
     """Fail, and enqueue again, every RUNNING trial whose worker was a process of this machine that is gone (killed
     mid-trial); for journal files, and for trials whose worker died before its first heartbeat. Returns the failed
-    trials' numbers."""
+    trials' numbers.
+
+    Args:
+        study: the study.
+    """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _worker_is_dead(trial.user_attrs.get(WORKER)):
@@ -489,6 +531,15 @@ def run_trials(
 
     An exception in `catch` marks its trial FAIL (not counted) and the worker goes on, unless that happens
     `max_consecutive_failures` times in a row: then TrialsKeepFailing (the objective is broken, not the schedule).
+
+    Args:
+        study: the study.
+        objective: Optuna's objective.
+        n_trials: finished trials the study should hold, counting every worker's.
+        callbacks: Optuna callbacks, run after each trial.
+        on_wait: called with the running count while the worker waits for the last slots.
+        catch: exceptions that fail a trial and let the worker go on.
+        max_consecutive_failures: failed trials in a row that stop the worker.
     """
     if n_trials < 0:
         raise FieldError("n_trials", n_trials, "is negative")
