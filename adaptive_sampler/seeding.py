@@ -13,11 +13,20 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 
     The seed is hashed with NumPy's SeedSequence so that neighbouring (seed, index) pairs give unrelated streams.
     CPU generators keep the noise identical across devices.
+
+    Args:
+        seed: the run's seed.
+        index: the sample's global index.
     """
     state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
 def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
-    """One standard-normal draw of `shape` per generator, stacked on a new leading axis (float32, CPU)."""
+    """One standard-normal draw of `shape` per generator, stacked on a new leading axis (float32, CPU).
+
+    Args:
+        generators: one per sample (`sample_generator`).
+        shape: (C, H, W) of one sample.
+    """
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])

@@ -151,6 +151,8 @@ def _edit_json(path: Path, **values: object) -> None:
     pytest.param(lambda m: (m / "tokenizer" / "vocab.json").write_text("{"),
                  ["/tokenizer' cannot be loaded as a CLIPTokenizer", "EOF while parsing"], id="vocab-json"),
     pytest.param(lambda m: shutil.rmtree(m / "tokenizer"), ["lacks", "tokenizer", "together"], id="no-tokenizer"),
+    pytest.param(lambda m: (m / "tokenizer" / "vocab.json").unlink(), ["lacks", "tokenizer/vocab.json"],
+                 id="no-vocab"),
     pytest.param(lambda m: _edit_json(m / "unet" / "config.json", _class_name="UNet2DModel"),
                  ["unet/config.json: _class_name: 'UNet2DModel' is not UNet2DConditionModel"], id="unet-class"),
     pytest.param(lambda m: _edit_json(m / "scheduler" / "scheduler_config.json", prediction_type="flow"),
