@@ -346,8 +346,11 @@ def _scheduler_config(file: Path) -> dict[str, Any]:
     except ValidationError as exc:
         inner, value, rule = validation_parts(exc)
         raise FileFieldError("model", where, rule, inner, value) from None
+    steps, betas = config["num_train_timesteps"], config.get("trained_betas")
+    if betas is not None and len(betas) != steps:
+        raise FileFieldError("model", where, f"does not hold one β per training step ({steps})", "trained_betas", betas)
     try:
-        alpha_bar = NoiseSchedule.from_config(config).alpha_bar(torch.arange(config["num_train_timesteps"]))
+        alpha_bar = NoiseSchedule.from_config(config).alpha_bar(torch.arange(steps))
     except (ValueError, TypeError, RuntimeError, IndexError, NotImplementedError) as exc:
         raise FileFieldError("model", where, f"does not describe a noise schedule ({first_line(exc)})") from None
     if not bool(torch.isfinite(alpha_bar).all()) or not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):

@@ -323,6 +323,8 @@ def test_a_config_that_is_not_an_object_names_the_file(tiny_dir, name, value):
     pytest.param(write("scheduler_config.json", b"{}"), ["scheduler_config.json: num_train_timesteps: is required"],
                  id="scheduler-empty"),
     pytest.param(set_json("scheduler_config.json", clip_sample="yes"), ["clip_sample: 'yes'"], id="clip-not-bool"),
+    pytest.param(set_json("scheduler_config.json", trained_betas=[0.1, 0.2]), ["trained_betas: [0.1, 0.2] does not"],
+                 id="betas-not-one-per-step"),
     pytest.param(set_json("scheduler_config.json", clip_sample_range=-1), ["clip_sample_range: -1"],
                  id="clip-range"),
     pytest.param(set_json("scheduler_config.json", beta_start=0.5, beta_end=0.9), ["ᾱ"], id="betas-too-large"),
