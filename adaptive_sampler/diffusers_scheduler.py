@@ -132,11 +132,6 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
         `timesteps` runs that list (strictly descending integers in [0, T-1]); else `config.custom_timesteps` runs,
         if set (then `num_inference_steps` must be None or its length); else `num_inference_steps` steps spaced by
         `config.timestep_spacing` exactly as `DDIMScheduler` spaces them. Give at most one of the two arguments.
-
-        Args:
-            num_inference_steps: how many steps (None with a list).
-            device: where the timesteps tensor goes.
-            timesteps: an explicit list to run.
         """
         T = self.config.num_train_timesteps
         custom = self.config.custom_timesteps
@@ -174,11 +169,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The timestep that `step` goes to from `timestep`: the next entry below it in this scheduler's list, or -1
-        (the final ᾱ) below the last entry.
-
-        Args:
-            timestep: a timestep of the list.
-        """
+        (the final ᾱ) below the last entry."""
         t = self._training_step(timestep)
         return next((s for s in self._listed if s < t), -1)
 

@@ -145,11 +145,7 @@ class FinishingPlan:
 
     @staticmethod
     def finishing(memory: FinishMemory) -> torch.Tensor:
-        """Rows walking their tail (done rows): their evaluation now is a tail evaluation.
-
-        Args:
-            memory: the plan's per-row memory.
-        """
+        """Rows walking their tail (done rows): their evaluation now is a tail evaluation."""
         return memory.position >= 0
 
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
@@ -172,15 +168,8 @@ class FinishingPlan:
                schedule: NoiseSchedule) -> StepDecision:
         """`decision` after a monitor marked `done` rows at their evaluation `t`: rows not yet finishing start their
         tail there (accepted; `no_tail` rows and rows whose plan ends anyway go to -1; rows whose `Countable` plan
-        has at most K evaluations left go on with it); finishing rows go on with their tail unless a budget cut it.
-
-        Args:
-            done: bool [rows], the rows a monitor marked done.
-            t: [rows], where they were evaluated.
-            decision: the planner's decision on that evaluation.
-            no_tail: bool [rows] or None, rows that go to -1 at once (they return x̂0 of this evaluation).
-            schedule: the model's noise schedule.
-        """
+        has at most K evaluations left go on with it); finishing rows go on with their tail unless a budget cut it
+        (`no_tail`: they go to -1 and return x̂0 of this tail evaluation)."""
         memory = decision.memory
         assert isinstance(memory, FinishMemory)  # noqa: S101
         fresh = done & (memory.position < 0)

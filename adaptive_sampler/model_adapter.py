@@ -80,11 +80,7 @@ class Conditioning:
     guidance_scale: float = 1.0
 
     def select(self, indices: torch.Tensor) -> Conditioning:
-        """The rows of `indices` (tensors with a single row broadcast to all samples).
-
-        Args:
-            indices: sample indices, one per row of the batch.
-        """
+        """The rows of `indices` (tensors with a single row broadcast to all samples)."""
 
         def take(kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {k: (v.expand(len(indices), *v.shape[1:]) if v.shape[0] == 1 else v[indices.to(v.device)])
@@ -213,23 +209,13 @@ class RowPolicy:
         return self.kind if self.kind == "all" else f"{self.kind}:{self.size}"
 
     def bucket(self, rows: int, capacity: int | None = None) -> int:
-        """The row count of a `buckets` call: the next power of two ≥ max(rows, size), at most `capacity` but never
-        fewer than `rows`.
-
-        Args:
-            rows: the active rows.
-            capacity: the rows of the whole batch, when known.
-        """
+        """The row count of a `buckets` call over `rows` rows: the next power of two ≥ max(rows, size), at most
+        `capacity` (the rows of the whole batch, when known) but never fewer than `rows`."""
         bucket = max(self.size, 1 << (rows - 1).bit_length())
         return bucket if capacity is None else max(rows, min(bucket, capacity))
 
     def calls(self, rows: int, capacity: int | None = None) -> list[NetworkCall]:
-        """The network calls over the active rows.
-
-        Args:
-            rows: the active rows.
-            capacity: the rows of the whole batch, when known (it caps a bucket).
-        """
+        """The network calls over `rows` active rows of a batch of `capacity` rows."""
         if rows == 0:
             return []
         if self.kind == "all":
@@ -338,14 +324,8 @@ class ModelAdapter:
 
     def network_output(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor],
                        capacity: int | None = None) -> torch.Tensor:
-        """Raw network output for rows x at per-row timesteps t, in the calls of the row policy.
-
-        Args:
-            x: the rows' x_t.
-            t: one timestep per row.
-            kwargs: the conditioning tensors, one row per row of x.
-            capacity: the rows of the whole batch, which caps a bucket.
-        """
+        """Raw network output for rows x at per-row timesteps t, in the calls of the row policy (`capacity`: the
+        rows of the whole batch, which caps a bucket)."""
         outputs = []
         for call in self.row_policy.calls(x.shape[0], capacity):
             part = slice(call.start, call.start + call.real)

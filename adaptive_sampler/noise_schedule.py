@@ -74,11 +74,7 @@ class NoiseSchedule:
         return torch.where(timesteps >= 0, exact, torch.ones((), device=device))
 
     def log_snr_at(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """λ_t (float64), interpolated as in `alpha_bar`.
-
-        Args:
-            timesteps: integer or fractional timesteps in [0, T-1].
-        """
+        """λ_t (float64) at integer or fractional timesteps in [0, T-1], interpolated as in `alpha_bar`."""
         if not timesteps.is_floating_point():
             return self.log_snr(timesteps.device)[timesteps]
         t = timesteps.double()
@@ -92,11 +88,7 @@ class NoiseSchedule:
         return ((1 - a) / a).sqrt()
 
     def log_snr(self, device: torch.device | None = None) -> torch.Tensor:
-        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64.
-
-        Args:
-            device: where the table is wanted (cached there); None: computed on the CPU.
-        """
+        """λ_t = log(ᾱ_t / (1 - ᾱ_t)) in float64 (on `device`, cached, if given)."""
         if device is not None:
             return self._table("log_snr", device)
         a = self.alphas_cumprod.double()

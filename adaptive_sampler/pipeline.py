@@ -92,12 +92,7 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str], dtype: torch.dtype | None = None) -> torch.Tensor:
         """`encoder_hidden_states` [len(prompts), L, D], one encoder call per distinct prompt (alone, so a prompt's
-        encoding does not depend on the others).
-
-        Args:
-            prompts: one prompt per sample.
-            dtype: the states' dtype (default: the encoder's).
-        """
+        encoding does not depend on the others), in `dtype` (default: the encoder's)."""
         param = next(self.encoder.parameters())
         distinct = list(dict.fromkeys(prompts))
         states = {}
@@ -124,13 +119,8 @@ class LatentDecoder:
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor, rows: int = 8) -> torch.Tensor:
-        """Images [n, C, H, W] float32 in [-1, 1] on the latents' device.
-
-        Args:
-            latents: [n, c, h, w], as the sampler returns them.
-            rows: decoded in chunks of exactly this many rows (the last one padded), as the model adapter calls
-                the UNet: CPU kernels differ by batch size, so an image does not depend on its batch.
-        """
+        """Images [n, C, H, W] float32 in [-1, 1] on the latents' device, decoded in chunks of exactly `rows` rows
+        (the last one padded), as the model adapter calls the UNet: CPU kernels differ by batch size."""
         param = next(self.vae.parameters())
         out = []
         for start in range(0, len(latents), rows):
@@ -255,11 +245,7 @@ class Conditions:
         return "classes", "all"
 
     def check(self, model: LoadedModel) -> None:
-        """Raise FieldError naming the flag if these conditions do not fit `model`.
-
-        Args:
-            model: the model they are for.
-        """
+        """Raise FieldError naming the flag if these conditions do not fit `model`."""
         text, classes = model.text_encoder is not None, model.num_classes
         if self.prompts is not None and not text:
             raise FieldError("prompt", self._flag()[1], f"is given, but model {model.name!r} is not text-"
@@ -295,11 +281,7 @@ class Conditions:
         return DEFAULT_TEXT_GUIDANCE if model.text_encoder is not None else 1.0
 
     def bind(self, model: LoadedModel) -> BoundConditions | None:
-        """Check against `model` and build the network inputs once (None for an unconditional model).
-
-        Args:
-            model: the model they are for.
-        """
+        """Check against `model` and build the network inputs once (None for an unconditional model)."""
         self.check(model)
         guidance = self.resolved_guidance(model)
         dtype = next(model.network.parameters()).dtype
@@ -332,19 +314,11 @@ class BoundConditions:
     conditioning: RowConditioning
 
     def prompts_for(self, indices: Sequence[int]) -> list[str] | None:
-        """The prompt of each sample index (i mod P), or None for a model without prompts.
-
-        Args:
-            indices: sample indices.
-        """
+        """The prompt of each sample index (i mod P), or None for a model without prompts."""
         return None if self.prompts is None else [self.prompts[i % len(self.prompts)] for i in indices]
 
     def labels_for(self, indices: Sequence[int]) -> list[int] | None:
-        """The class label of each sample index (i mod L), or None for a model without labels.
-
-        Args:
-            indices: sample indices.
-        """
+        """The class label of each sample index (i mod L), or None for a model without labels."""
         return None if self.labels is None else [self.labels[i % len(self.labels)] for i in indices]
 
     def identity(self) -> dict[str, Any]:

@@ -105,11 +105,7 @@ class StaticPlan:
         return StepDecision(accept, t_next, position + 1, torch.zeros(len(position), device=position.device))
 
     def evaluations_left(self, memory: torch.Tensor) -> torch.Tensor:
-        """Per row, the evaluations its list has left.
-
-        Args:
-            memory: what the last decision returned.
-        """
+        """Per row, the evaluations its list has left after a decision that returned `memory`."""
         return len(self.timesteps) - memory
 
 

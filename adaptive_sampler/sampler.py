@@ -72,14 +72,7 @@ class SampleResult:
     @classmethod
     def join(cls, parts: Sequence[SampleResult | _Batch], shape: Sequence[int], wall_s: float,
              trace: list[StepInfo] | None = None) -> SampleResult:
-        """The parts in order, as one result on the CPU.
-
-        Args:
-            parts: the batches of one run, or the shards of several processes.
-            shape: (C, H, W) of one sample (for an empty result).
-            wall_s: the run's wall time.
-            trace: the steps of the run, if kept.
-        """
+        """The parts (batches of one run, or shards of several processes) in order, as one result on the CPU."""
         empty = torch.zeros(0, dtype=torch.int64)
         return cls(
             samples=torch.cat([p.samples.float().cpu() for p in parts]) if parts else torch.zeros((0, *shape)),

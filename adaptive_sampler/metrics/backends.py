@@ -79,21 +79,13 @@ class MetricBackend:
         return self.feature_extractor.dim if self.feature_extractor is not None else None
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
-        """Raise FieldError (naming `features`) if images of `sample_shape` (C, H, W) cannot be scored.
-
-        Args:
-            sample_shape: (C, H, W) of the images.
-        """
+        """Raise FieldError (naming `features`) if images of `sample_shape` (C, H, W) cannot be scored."""
         if len(sample_shape) != 3:
             raise FieldError("features", self.spec, f"cannot score samples of shape {tuple(sample_shape)}; it "
                                                     "takes images (C, H, W)")
 
     def per_sample(self, batch: ScoringBatch) -> dict[str, torch.Tensor]:
-        """Scores per sample [n] (float64, CPU) by metric name; default: none.
-
-        Args:
-            batch: the images and what goes with them (prompts, labels, reference images).
-        """
+        """Scores per sample [n] (float64, CPU) by metric name; default: none."""
         return {}
 
 

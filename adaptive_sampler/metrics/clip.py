@@ -93,11 +93,7 @@ class LocalClip:
         return self.model.text_projection(pooled).float()
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected CLIP image embeddings [n, dim] (float32, on the images' device), the CLIP FID space.
-
-        Args:
-            images: [n, C, H, W] in [-1, 1].
-        """
+        """Projected CLIP image embeddings [n, dim] (float32, on the images' device), the CLIP FID space."""
         check_images(images)
         device = self.device or images.device
         self.model.to(device)
@@ -106,12 +102,7 @@ class LocalClip:
                               for i in range(0, len(images), self.batch_size)])
 
     def clip_score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """100 · max(cos(image, prompt), 0) per sample [n] (float32, CPU); prompt i belongs to image i.
-
-        Args:
-            images: [n, C, H, W] in [-1, 1].
-            prompts: one per image.
-        """
+        """100 · max(cos(image, prompt), 0) per sample [n] (float32, CPU); prompt i belongs to image i."""
         check_images(images)
         if len(prompts) != len(images):
             raise FieldError("prompts", len(prompts), f"prompts were given for {len(images)} images; give one per "

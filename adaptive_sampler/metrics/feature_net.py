@@ -32,11 +32,7 @@ class FashionFeatureNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feature_dim, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations [n, feature_dim].
-
-        Args:
-            x: images [n, 1, 32, 32] in [-1, 1].
-        """
+        """Penultimate activations [n, feature_dim]."""
         return self.embed(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,12 +97,7 @@ class MetricAccumulator:
         self.n = 0
 
     def add(self, batch: ScoringBatch, features: torch.Tensor | None = None) -> None:
-        """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks).
-
-        Args:
-            batch: the images and what goes with them.
-            features: their features, when computed elsewhere (e.g. gathered across ranks).
-        """
+        """Score `batch`; `features` may be given when they were computed elsewhere (e.g. gathered across ranks)."""
         if self.backend.feature_extractor is not None and self.reference is not None:
             found = features if features is not None else self.backend.feature_extractor(batch.images)
             self._features.append(found.detach().to("cpu", torch.float64))
@@ -118,13 +113,7 @@ class MetricAccumulator:
     def values(self, bootstrap: int = 0, seed: int = 0, precision_recall: bool = True) -> dict[str, float]:
         """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) and KID against the
         reference; where the reference has features and n > dim, precision/recall too (unless `precision_recall`
-        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`.
-
-        Args:
-            bootstrap: resamplings for FID/KID intervals (0: none).
-            seed: the bootstrap's seed.
-            precision_recall: compute precision and recall where possible.
-        """
+        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`."""
         out = {name: total / self._counts[name] for name, total in self._sums.items()}
         features = self.features
         if features is None or self.reference is None:

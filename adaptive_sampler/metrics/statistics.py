@@ -63,22 +63,14 @@ class FeatureStatistics:
 
     @classmethod
     def from_features(cls, features: torch.Tensor) -> FeatureStatistics:
-        """Moments of features [n, d], as pytorch-fid computes them (np.cov, i.e. divided by n - 1).
-
-        Args:
-            features: [n, d].
-        """
+        """Moments of features [n, d], as pytorch-fid computes them (np.cov, i.e. divided by n - 1)."""
         if features.ndim != 2:
             raise FieldError("features", tuple(features.shape), "is its shape; it must be [n, d]")
         x = features.detach().to("cpu", torch.float64)
         return cls(mean=x.mean(0), cov=torch.cov(x.T).reshape(x.shape[1], x.shape[1]), n=x.shape[0])
 
     def save(self, path: Path | str) -> None:
-        """Write as safetensors (tensors `mean`, `cov`; `n` in the metadata; use `save_npz` when n is unknown).
-
-        Args:
-            path: the safetensors file.
-        """
+        """Write as safetensors (tensors `mean`, `cov`; `n` in the metadata; use `save_npz` when n is unknown)."""
         if self.n is None:
             raise FieldError("n", None, "is not recorded; the safetensors layout stores n, use save_npz")
         save_file(
@@ -94,22 +86,13 @@ class FeatureStatistics:
         return buffer.getvalue()
 
     def save_npz(self, path: Path | str) -> None:
-        """Write `npz_bytes()` to `path`.
-
-        Args:
-            path: the npz file.
-        """
+        """Write `npz_bytes()` to `path`."""
         Path(path).write_bytes(self.npz_bytes())
 
     @classmethod
     def load_npz(cls, path: Path | str, field: str = "reference") -> FeatureStatistics:
         """Read pytorch-fid's `.npz` layout (`mu` [d], `sigma` [d, d]; other arrays are ignored, as pytorch-fid
-        does). A missing file, another format or a bad layout raises FieldError naming `field`.
-
-        Args:
-            path: the npz file.
-            field: the name errors give it.
-        """
+        does). A missing file, another format or a bad layout raises FieldError naming `field`."""
         path = Path(path)
         if not path.is_file():
             raise FieldError(field, str(path), "does not exist; make one with `adaptive-sampler stats --images DIR "
@@ -138,11 +121,7 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path: Path | str) -> FeatureStatistics:
-        """Read a file written by `save`.
-
-        Args:
-            path: the safetensors file.
-        """
+        """Read a file written by `save`."""
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         if metadata.get("format") != _FORMAT or "n" not in metadata:

@@ -54,12 +54,7 @@ class RowState:
         self.tensors = {name: value[rows.to(value.device)] for name, value in self.tensors.items()}
 
     def check_rows(self, info: StepInfo, owner: str) -> None:
-        """Raise if the stored rows are not the rows of `info` (rows left without a `keep` call).
-
-        Args:
-            info: the step being observed.
-            owner: the monitor, for the message.
-        """
+        """Raise if the stored rows are not the rows of `info` (rows left without a `keep` call)."""
         rows = len(info.sample_indices)
         for name, value in self.tensors.items():
             if len(value) != rows:
@@ -83,11 +78,7 @@ class Monitor(ABC):
         """Forget all per-row state (a new batch starts)."""
 
     def keep(self, rows: torch.Tensor) -> None:  # noqa: B027 - a no-op hook
-        """Rows of the last StepInfo left the batch: keep the state of `rows` (bool mask, True = stays) only.
-
-        Args:
-            rows: bool [rows], True = stays.
-        """
+        """Rows of the last StepInfo left the batch: keep the state of `rows` (bool mask, True = stays) only."""
 
     def spec(self) -> str:
         """The `monitor_from_spec` string of this monitor."""
@@ -122,12 +113,7 @@ class Guardrails(BaseModel):
 
     def in_window(self, info: StepInfo, finishing_too: bool = False) -> torch.Tensor:
         """Rows of `info` that this step may check: warm-up and t window passed, a check step, and not finishing
-        (unless `finishing_too`).
-
-        Args:
-            info: the step.
-            finishing_too: check rows that walk their tail too.
-        """
+        (unless `finishing_too`)."""
         device = info.x0.device
         check = (info.step + 1) % self.every == 0 and info.step + 1 >= self.min_steps
         ok = torch.full((len(info.sample_indices),), check, dtype=torch.bool, device=device)
@@ -201,11 +187,7 @@ class ThresholdMonitor(Monitor):
         """
 
     def validate_threshold(self, threshold: float) -> None:
-        """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0).
-
-        Args:
-            threshold: the threshold to check.
-        """
+        """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0)."""
         if threshold < 0:
             raise FieldError("threshold", threshold, f"is negative; a {self.name} threshold is a change size >= 0")
 
@@ -220,11 +202,7 @@ class ThresholdMonitor(Monitor):
         return value
 
     def with_threshold(self, threshold: float) -> ThresholdMonitor:
-        """A fresh copy (no per-row state) with another threshold and the same guardrails.
-
-        Args:
-            threshold: the new threshold.
-        """
+        """A fresh copy (no per-row state) with another threshold and the same guardrails."""
         other = copy.copy(self)
         other.threshold = other._check_threshold(threshold)
         other.state = RowState()
@@ -270,11 +248,6 @@ class ThresholdMonitor(Monitor):
         `steps` are the StepInfos of one batch after the other (each batch from step 0, when the monitor starts
         afresh). A row's score depends only on its own x̂0 history, so these are the scores an online run sees at
         every step the sample is still active.
-
-        Args:
-            steps: the recorded StepInfos.
-            n: the run's samples.
-            num_steps: the run's steps.
         """
         if not self.calibratable:
             raise FieldError("monitor", self.name, "cannot be simulated from a recorded x̂0 trace")
@@ -288,10 +261,6 @@ class ThresholdMonitor(Monitor):
         """Exit step [n] of each sample under `threshold` (default: this monitor's) from `replay_scores` output.
 
         A sample that never fires exits at the last step (the full run). Uses the same streak logic as online.
-
-        Args:
-            scores: [n, num_steps] from `replay_scores`.
-            threshold: default: this monitor's.
         """
         threshold = self.threshold if threshold is None else threshold
         n, num_steps = scores.shape

@@ -20,12 +20,7 @@ class Point:
     alpha_bar: torch.Tensor
 
     def where(self, rows: torch.Tensor, other: Point) -> Point:
-        """This point on `rows`, `other` elsewhere.
-
-        Args:
-            rows: bool [rows].
-            other: a point of the same rows.
-        """
+        """This point on `rows` (bool [rows]), `other` elsewhere."""
 
         def pick(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
             return torch.where(rows.view(-1, *([1] * (mine.ndim - 1))), mine, theirs)
