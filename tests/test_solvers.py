@@ -27,9 +27,6 @@ from adaptive_sampler.seeding import draw_noise, sample_generator
 from adaptive_sampler.solvers import make_solver
 from helpers import build_tiny_conditional_unet, build_tiny_unet
 
-# diffusers' own set_timesteps trips a NumPy 2 deprecation on every call
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 SOLVER_NAMES = ("dpmpp-2m", "unipc")
 DIFFUSERS_SCHEDULERS = {"dpmpp-2m": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
 SHAPE = (3, 8, 8)
