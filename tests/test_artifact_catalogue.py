@@ -1,5 +1,5 @@
 """ScheduleArtifact (JSON round trip, atomic save, validation locations, σ/ComfyUI exports), the shipped catalogue
-and the policies that replay artifacts (Learned, FromFile)."""
+and the policies that replay artifacts (CatalogueEntry, FromFile)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from diffusers.schedulers import AysSchedules
 from pydantic import ValidationError
 
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.policies import FromFile, Learned, make_policy
+from adaptive_sampler.policies import CatalogueEntry, FromFile, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
@@ -272,7 +272,7 @@ def test_load_entry_prefers_a_sibling_of_the_requested_length(tmp_path):
     assert load_entry("m/fam-10", 5, root=tmp_path).interpolated
 
 
-# ---------------------------------------------------------------- Learned / FromFile policies
+# ---------------------------------------------------------------- CatalogueEntry / FromFile policies
 
 
 SD = NoiseSchedule.from_config(SD_SPEC)
@@ -280,7 +280,7 @@ SD = NoiseSchedule.from_config(SD_SPEC)
 
 def test_learned_policy_resolves_catalogue_entries():
     policy = make_policy("learned:sd15/ays-10")
-    assert policy == Learned("sd15/ays-10")
+    assert policy == CatalogueEntry("sd15/ays-10")
     assert policy.timesteps(None, SD).tolist() == SD15_AYS
     assert policy.timesteps(10, SD).tolist() == SD15_AYS
     twenty = policy.timesteps(20, SD)
@@ -292,7 +292,7 @@ def test_learned_policy_resolves_catalogue_entries():
 def test_learned_policy_refuses_a_model_with_other_training_timesteps():
     with pytest.raises(ValueError, match=r"^policy: 'sd15/ays-10' is a catalogue entry made for "
                                          r"num_train_timesteps=1000, the model has 500"):
-        Learned("sd15/ays-10").timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
+        CatalogueEntry("sd15/ays-10").timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
 
 
 def test_from_file_policy(tmp_path):

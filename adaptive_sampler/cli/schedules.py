@@ -1,4 +1,4 @@
-"""`adaptive-sampler schedules list|show`: the schedule catalogue (adaptive_sampler/schedules/)."""
+"""`adaptive-sampler schedules list|show`: the catalogue of shipped policy files (the repository's `policies/`)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from adaptive_sampler.policies.builtin import (
     Trailing,
     Uniform,
 )
-from adaptive_sampler.policies.learned import FromFile, Learned, check_solver
+from adaptive_sampler.policies.replay import CatalogueEntry, FromFile, check_solver
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
 STATIC_POLICIES: dict[str, type] = {
@@ -42,7 +42,7 @@ def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Po
     if timesteps is not None:
         raise FieldError("timesteps", list(timesteps), f"is only used with policy 'explicit', not {name!r}")
     if name.startswith("learned:"):
-        return Learned(name.removeprefix("learned:"))
+        return CatalogueEntry(name.removeprefix("learned:"))
     if name.startswith("file:"):
         return FromFile(Path(name.removeprefix("file:")))
     if name not in STATIC_POLICIES:
@@ -51,7 +51,7 @@ def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Po
 
 
 __all__ = [
-    "POLICY_NAMES", "STATIC_POLICIES", "Explicit", "FromFile", "FrontLoaded", "Karras", "Leading", "Learned",
+    "POLICY_NAMES", "STATIC_POLICIES", "CatalogueEntry", "Explicit", "FromFile", "FrontLoaded", "Karras", "Leading",
     "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_solver", "discretize", "make_policy",
     "validate_timesteps",
 ]

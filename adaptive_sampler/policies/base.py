@@ -15,7 +15,7 @@ class Policy(Protocol):
     """Plans the timesteps of a sampling run.
 
     `timesteps` returns a strictly descending 1-D int64 tensor inside [0, T-1] (see `validate_timesteps`).
-    `num_steps` may be None only for policies whose list has its own length (explicit, learned).
+    `num_steps` may be None only for policies whose list has its own length (explicit, a catalogue entry, a file).
     """
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor: ...

@@ -1,4 +1,5 @@
-"""Policies that replay an exported schedule: a catalogue entry by name, or a schedule file."""
+"""Policies that replay a schedule artifact: a catalogue entry by name (`learned:<model>/<family>-<N>`), or a
+schedule file (`file:<path>`)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str, k
 
 
 @dataclass(frozen=True)
-class Learned:
-    """A catalogue entry (`<model>/<family>-<N>`); other step counts are interpolated (see catalogue)."""
+class CatalogueEntry:
+    """A catalogue entry (`<model>/<family>-<N>`); another step count is its family's file of that length, or an
+    interpolation (see `schedules.catalogue.load_entry`)."""
 
     name: str
 
@@ -32,6 +34,11 @@ class Learned:
         return f"learned:{self.name}"
 
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
+        """The entry's artifact.
+
+        Args:
+            num_steps: the step count wanted; None for the entry's own.
+        """
         return load_entry(self.name, num_steps)
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
@@ -50,6 +57,11 @@ class FromFile:
         return f"file:{self.path}"
 
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
+        """The file's artifact, interpolated to `num_steps` when that differs from its length.
+
+        Args:
+            num_steps: the step count wanted; None for the file's own.
+        """
         if str(self.path) in ("", "."):
             raise FieldError("policy", "file:", "names no file; use file:PATH (a schedule JSON file)")
         if not Path(self.path).exists():
@@ -65,8 +77,13 @@ class FromFile:
 
 def check_solver(policy: object, solver: str) -> None:
     """Refuse to run a schedule file or catalogue entry under another solver than the one it was made for (a list
-    tuned for UniPC is not a good DDIM list): FieldError naming `policy` and both solvers."""
-    if not isinstance(policy, (Learned, FromFile)):
+    tuned for UniPC is not a good DDIM list): FieldError naming `policy` and both solvers.
+
+    Args:
+        policy: any policy; only a CatalogueEntry or FromFile is checked.
+        solver: the run's solver name.
+    """
+    if not isinstance(policy, (CatalogueEntry, FromFile)):
         return
     made_for = policy.artifact().solver
     if made_for != solver:
