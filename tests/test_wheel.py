@@ -1,7 +1,8 @@
 """The wheel holds what an installed user needs: built from a clean copy of the sources, installed into a fresh
 virtual environment, and run from there (not from this checkout): `schedules list` and a sample with a shipped
 policy file. The fresh environment borrows this one's dependencies through a `.pth` line, after its own
-site-packages, so torch is not installed again and the wheel's package is the one imported."""
+site-packages, so torch is not installed again and the wheel's package is the one imported. Also: the extras'
+packages stay unimported until used, and a missing one names the pip command that installs it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+
+import pytest
+
+from adaptive_sampler._lazy import MissingExtraError, require_extra
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("matplotlib", "lpips", "cmaes", "psycopg")  # the extras' packages: neither import nor --help loads them
@@ -72,3 +77,10 @@ def test_the_wheel_installs_and_runs_in_a_fresh_environment(tmp_path: Path) -> N
     shipped = json.loads((REPO / "policies" / "fashion-mnist" / "unipc-10.json").read_text())
     assert json.loads(report.read_text())["timesteps"] == shipped["timesteps"]
     assert (work / "grid.png").stat().st_size > 0
+
+
+def test_a_missing_extra_names_the_pip_command_that_installs_it() -> None:
+    require_extra("json", "plots", "anything")  # installed: nothing happens
+    with pytest.raises(MissingExtraError, match=r"^the export's plots needs no_such_module, which is not installed: "
+                                                r"pip install 'adaptive-sampler\[plots\]'$"):
+        require_extra("no_such_module", "plots", "the export's plots")
