@@ -15,10 +15,10 @@ import typer
 from diffusers import DDIMScheduler
 
 from adaptive_sampler.cli import app
-from adaptive_sampler.options import DEFAULT_FINISH_SPEC
 from adaptive_sampler.finish import DEFAULT_FINISH, parse_finish
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import AnyOf, monitor_from_spec
+from adaptive_sampler.options import DEFAULT_FINISH_SPEC
 from adaptive_sampler.policies.step_size_control import SteeredPlan
 from adaptive_sampler.sampler import SampleResult, sample
 from helpers import build_tiny_unet, run_cli

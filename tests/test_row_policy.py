@@ -234,8 +234,8 @@ def test_load_model_puts_the_weights_in_the_asked_dtype(tiny_model_dir):
 
 
 def test_the_cli_samples_with_bfloat16_weights_and_names_the_flag_of_a_bad_dtype(tiny_model_dir, tmp_path):
-    from adaptive_sampler.options import DTYPE_NAMES
     from adaptive_sampler.model_adapter import NETWORK_DTYPES
+    from adaptive_sampler.options import DTYPE_NAMES
 
     assert DTYPE_NAMES == tuple(NETWORK_DTYPES)
     report = tmp_path / "run.json"
