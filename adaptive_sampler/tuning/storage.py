@@ -1,50 +1,23 @@
-"""Where studies live and how workers share them, on Optuna's own pieces.
+"""Where studies live and how workers share them, on Optuna's own pieces (see docs/guides/scaling-out.md).
 
-This module depends on Optuna (and the torch-free `adaptive_sampler.errors`) only, so a worker process can load it
-cheaply, even as a lone file. A bad `--storage` value raises `StorageError`, a `FieldError` on the field "storage".
-`check_storage` checks a value without touching anything (a known scheme; a file that can be written; no in-memory
-SQLite, which workers cannot share), `open_storage` checks, then opens, and reports a file that is not a storage.
+This module depends on Optuna (and the torch-free `adaptive_sampler.errors`) only, so a worker process loads it
+cheaply. A storage (`open_storage`) is a journal file (`runs/tune.journal` by default; several processes on one
+machine) or an SQLAlchemy URL (`RDBStorage` with a heartbeat: a killed worker's trial is failed after the grace
+period and `RetryHeartbeatStaleTrialCallback` enqueues it again); a bad value raises `StorageError`.
 
-Storage (`open_storage`)
-    `None` is the journal file `runs/tune.journal`. `journal:PATH`, or a path ending in `.log`, `.journal` or
-    `.jsonl`, is an Optuna `JournalStorage(JournalFileBackend(PATH))`: append-only and file-locked, for several
-    processes on one machine. Any SQLAlchemy URL (`postgresql://…`, `mysql+pymysql://…`, `sqlite:///path.db`; a
-    bare `.db`/`.sqlite`/`.sqlite3` path is SQLite) is an `RDBStorage` with a heartbeat: a trial whose worker was
-    killed is failed after `grace_period` seconds and `RetryHeartbeatStaleTrialCallback` enqueues it again with the
-    same parameters and user attributes. SQLite needs one workaround, `_begin_immediate` (see there).
+Workers (`run_trials`) started on one storage finish exactly `n_trials` trials together, none twice: each trial
+first checks that fewer than `n_trials` trials numbered below it hold a slot and that none evaluates its warm
+start; one that loses that race is recorded as FAIL with user attribute `surplus`, not evaluated.
 
-Studies (`open_study`)
-    `optuna.create_study(load_if_exists=True)`; the first opener stores the study's config, a resuming one must
-    match it. Warm starts go in with `Study.enqueue_trial(skip_if_exists=True)`, so re-opening enqueues nothing
-    twice; a warm start whose trials all failed (Ctrl-C, a crash) is enqueued once more.
-
-Several workers (`run_trials`)
-    Start the same command in several processes or machines on one storage. `study.optimize` runs trials until
-    `MaxTrialsCallback` sees the target among finished (complete or pruned) plus running trials. That alone can
-    overshoot by a trial per worker (two workers start their trials at the same moment), so each trial first checks
-    that fewer than `n_trials` trials numbered below it are finished, running or waiting, and that no such trial
-    already evaluates its warm start; one that loses that race is not evaluated and is recorded as FAIL with user
-    attribute `surplus`. Together the workers finish exactly `n_trials` trials, none twice.
-
-Interruptions
-    Ctrl-C marks the trial in flight FAIL (Optuna does this) and re-raises; finished trials are already stored.
-    A killed worker (SIGKILL, out of memory, a lost machine) leaves its trial RUNNING. RDB storages fail it after
-    the heartbeat grace period and retry it (same parameters and user attributes, system attribute `failed_trial`).
-    Each trial also records its worker (user attribute `worker`: host, boot, pid, process start time), and
-    `retry_dead_workers_trials` (run on every open and whenever a worker waits or would stop for want of free slots)
-    fails and retries, the same way, a RUNNING trial whose worker on this machine is gone. Journal files have no
-    heartbeat, and a worker killed before its first heartbeat leaves a trial that Optuna never finds stale: for
-    both, this is what frees the trial.
-    A warm start thus runs again after its worker was killed mid-trial. A trial of a worker on another machine
-    (a journal on a shared disk) cannot be checked: run `fail_running_trials` (CLI: `--fail-running`) once no
-    other worker is alive; its warm starts are enqueued again on the next open. Re-running resumes: only the
-    missing trials run.
+Each trial records its worker (user attribute `worker`). A trial left RUNNING by a dead worker of this machine is
+failed and retried the same way as a stale one; this is what frees it on a journal file (no heartbeat) and when the
+worker died before its first heartbeat (which Optuna never finds stale). Workers on other machines sharing a
+journal file cannot be checked: `fail_running_trials` (`--fail-running`) once no other worker is alive.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import socket
 import time
@@ -107,12 +80,7 @@ class StorageTarget:
 
 def unwritable_reason(path: Path, *, folder: bool) -> str | None:
     """Why `path` (a file, or with `folder` a folder) cannot be written or created, or None if it can. Creates
-    nothing: an existing file is opened for appending, a folder is probed with an anonymous temporary file.
-
-    Args:
-        path: the file or folder.
-        folder: `path` is a folder.
-    """
+    nothing: an existing file is opened for appending, a folder is probed with an anonymous temporary file."""
     import tempfile
 
     kind = "folder" if folder else "file"
@@ -139,13 +107,9 @@ def unwritable_reason(path: Path, *, folder: bool) -> str | None:
 
 
 def check_storage(url: str | Path | None = None) -> StorageTarget:
-    """Check a storage value without opening or creating anything (see the module docstring for the forms): a
-    known scheme, a file path that can be written, no in-memory SQLite (each worker would get its own database).
-    Raises StorageError naming `storage`, the value and the rule.
-
-    Args:
-        url: the storage value (None: runs/tune.journal).
-    """
+    """Check the storage value `url` (None: runs/tune.journal) without opening or creating anything: a known
+    scheme, a file path that can be written, no in-memory SQLite (each worker would get its own database).
+    Raises StorageError naming `storage`, the value and the rule."""
     text = str(url) if url is not None else str(DEFAULT_STORAGE)
     forms = (f"use a journal file (journal:PATH, or a path ending in {', '.join(JOURNAL_SUFFIXES)}), a SQLite file "
              f"(sqlite:///PATH.db, or a path ending in {', '.join(SQLITE_SUFFIXES)}) or a PostgreSQL / MySQL URL "
@@ -209,8 +173,8 @@ def ignoring_experimental_warnings() -> Iterator[None]:
 
 def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                  grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
-    """An Optuna storage for `url` (see the module docstring for the accepted forms), checked first
-    (`check_storage`); a file that is not a storage (a corrupt database or journal), an unreachable server or a
+    """An Optuna storage for `url` (see `check_storage` for the accepted forms), checked first; a file that is
+    not a storage (a corrupt database or journal), an unreachable server or a
     missing database driver raises StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback.
 
     Args:
@@ -310,7 +274,7 @@ def open_study(
     """Create study `name`, or resume it if it exists with the same `config` and directions.
 
     The creating call stores `config` (compared on resume) and each `provenance` item as study user attributes.
-    Trials of killed workers are failed and retried first (stale heartbeats; on a journal, dead local workers).
+    Trials of killed workers are failed and retried first (`retry_dead_workers_trials`).
     The warm starts (from `warm_starts`) are enqueued unless a trial with their parameters exists.
     Raises ValueError naming `study_name` if the stored config or directions differ.
 
@@ -337,11 +301,7 @@ def open_study(
         for key, value in (provenance or {}).items():
             study.set_user_attr(key, value)
         study.set_user_attr(CONFIG, dict(config))
-    if _has_heartbeat(study):
-        with ignoring_experimental_warnings():
-            optuna.storages.fail_stale_trials(study)  # and retries them, before the warm starts are checked
-    else:
-        retry_dead_workers_trials(study)
+    retry_dead_workers_trials(study)  # before the warm starts are checked
     if warm_starts is not None:
         enqueue_warm_starts(study, warm_starts())
     return OpenedStudy(study, created=stored is None)
@@ -356,13 +316,8 @@ def _check_config(name: str, stored: Mapping[str, Any], config: Mapping[str, Any
 
 
 def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -> list[str]:
-    """Enqueue each warm start that has no trial yet (`skip_if_exists`), or whose trials all failed; return the
-    tags of the warm starts this call retried (the others Optuna skipped or enqueued silently).
-
-    Args:
-        study: the study.
-        warm_starts: the warm starts.
-    """
+    """Enqueue in `study` each of `warm_starts` that has no trial yet (`skip_if_exists`), or whose trials all
+    failed; return the tags of the warm starts this call retried (the others Optuna skipped or enqueued silently)."""
     trials = study.get_trials(deepcopy=False)
     tried = {t.user_attrs.get(WARM_START) for t in trials}
     live = {t.user_attrs.get(WARM_START) for t in trials if t.state != TrialState.FAIL}
@@ -400,23 +355,15 @@ class TrialCounts:
 
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
-    """How many trials are in each state now (surplus trials left out).
-
-    Args:
-        study: the study.
-    """
+    """How many trials of `study` are in each state now (surplus trials left out)."""
     states = [t.state for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
     return TrialCounts(complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
                        running=states.count(TrialState.RUNNING), failed=states.count(TrialState.FAIL))
 
 
 def fail_running_trials(study: optuna.Study) -> list[int]:
-    """Mark every RUNNING trial FAIL (their warm starts are enqueued again on the next open). Only for trials whose
-    worker is dead: a journal file has no heartbeat to tell. Returns the trial numbers.
-
-    Args:
-        study: the study.
-    """
+    """Mark every RUNNING trial of `study` FAIL (their warm starts are enqueued again on the next open). Only for
+    trials whose worker is dead: a journal file has no heartbeat to tell. Returns the trial numbers."""
     numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     for number in numbers:
         try:
@@ -475,32 +422,22 @@ def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
         return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a failed trial again as Optuna's heartbeat does, but without its `WORKER`: until the worker that
-    pops the retry records itself, the retry must not look like a trial of the dead worker."""
-    clean = copy.deepcopy(trial)  # Optuna's callback appends to the trial's own retry_history list
-    clean.user_attrs.pop(WORKER, None)
-    _retry_callback()(study, clean)
-
-
 def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
-    """Fail, and enqueue again, every RUNNING trial whose worker was a process of this machine that is gone (killed
-    mid-trial); for journal files, and for trials whose worker died before its first heartbeat. Returns the failed
-    trials' numbers.
-
-    Args:
-        study: the study.
-    """
+    """Fail, and enqueue again, the trials of `study` whose worker is dead: stale ones (Optuna's heartbeat), and
+    RUNNING ones whose worker was a process of this machine that is gone. Returns the numbers of the latter."""
+    with ignoring_experimental_warnings():
+        optuna.storages.fail_stale_trials(study)  # and retries them (nothing without a heartbeat)
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _worker_is_dead(trial.user_attrs.get(WORKER)):
+    for trial in study.get_trials(states=(TrialState.RUNNING,)):  # copies: the callback edits its retry_history
+        if not _worker_is_dead(trial.user_attrs.pop(WORKER, None)):
             continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
         except (ValueError, RuntimeError):  # another worker got there first
             continue
         failed.append(trial.number)
-        _retry(study, trial)
+        # enqueued without its worker: until the worker that pops it records itself, it is no dead worker's trial
+        _retry_callback()(study, trial)
     return failed
 
 
@@ -533,7 +470,7 @@ def run_trials(
     `max_consecutive_failures` times in a row: then TrialsKeepFailing (the objective is broken, not the schedule).
 
     Args:
-        study: the study.
+        study: the study (`open_study`).
         objective: Optuna's objective.
         n_trials: finished trials the study should hold, counting every worker's.
         callbacks: Optuna callbacks, run after each trial.
@@ -584,17 +521,13 @@ def run_trials(
         if counts.finished >= n_trials:
             return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=False)
         if counts.finished + counts.running >= n_trials:
-            # with a heartbeat too: Optuna never finds a trial stale that has no heartbeat yet (its worker died
-            # before the heartbeat thread's first write), but the worker record catches it
             if retry_dead_workers_trials(study):
                 continue
             if not _has_heartbeat(study):
                 return WorkerSummary(len(ran), len(surplus), counts.finished, stopped_early=True)
             if on_wait is not None:
                 on_wait(counts.running)
-            time.sleep(1.0)
-            with ignoring_experimental_warnings():
-                optuna.storages.fail_stale_trials(study)  # and retries them
+            time.sleep(1.0)  # then `retry_dead_workers_trials` again, which fails the stale ones
             continue
         study.optimize(guarded, catch=(SurplusTrial, *catch), callbacks=[*callbacks, count_failures, enough])
 
