@@ -1,16 +1,10 @@
 """What a monitor is: one call, StepInfo -> MonitorDecision(done mask, score), with no-op `reset` and `keep` hooks.
 
-`Monitor` is the whole interface the sampling loop sees. The loop calls `reset()` at the start of every batch and
-`keep(rows)` (a bool mask over the rows of the StepInfo just seen, True = stays) whenever rows leave the batch, so
-a monitor's per-row state is row-aligned tensors (`RowState`) that compact with the batch, like the solver's
-`SolverState`. A monitor also starts afresh on its own at step 0 (every batch starts there).
-
-`ThresholdMonitor` is the usual plug-in: a subclass implements only its `score` (one value per row, NaN where it
-has none yet) and, if "score <= threshold" (or ">= threshold" with `fires_above`) does not fit, its `rule`. The
-guardrails (`Guardrails`) live here: a warm-up (`min_steps` network evaluations, and a window
-`min_t <= t <= max_t`), `patience` (consecutive satisfied checks) and `every` (check only after every k-th
-network evaluation). The same streak logic runs online (`__call__`) and offline (`simulate_exits`, used by
-calibration), so a threshold simulated from a recorded trace exits exactly where the online run would.
+The sampling loop calls `reset()` at every batch start and `keep(rows)` whenever rows leave the batch, so per-row
+state is row-aligned tensors (`RowState`) that compact with the batch. `ThresholdMonitor`, the usual plug-in, adds
+a threshold, `Guardrails` and a patience streak; a subclass implements only its `score`. The same streak logic
+runs online (`__call__`) and offline (`simulate_exits`), so a threshold simulated from a recorded trace exits
+exactly where the online run would.
 """
 
 from __future__ import annotations
@@ -30,13 +24,9 @@ from adaptive_sampler.step_info import StepInfo
 
 @dataclass(frozen=True)
 class MonitorDecision:
-    """A monitor's verdict on the active rows of one step.
-
-    `done` [rows] bool: the samples that may stop at this step. `score` [rows] (or [rows, m] for a composite of m
-    monitors) float: the value the rule judged, NaN on rows that were not checked at this step. `step_factor`
-    [rows] float (optional, steering monitors): the planner multiplies each row's next step by it (1 = as planned).
-    `no_tail` [rows] bool (optional, budgets): done rows that finish with x̂0 now even under a tail finish.
-    """
+    """A monitor's verdict on the active rows of one step: `done` rows may stop; `score` [rows] (composites:
+    [rows, m]) is NaN on unchecked rows; `step_factor` (steering) multiplies each row's next step; `no_tail`
+    (budgets) marks done rows that finish with x̂0 now even under a tail finish."""
 
     done: torch.Tensor
     score: torch.Tensor
@@ -86,16 +76,12 @@ class Monitor(ABC):
 
 
 class Guardrails(BaseModel):
-    """When a monitor may fire (validated; a bad value names its field).
+    """When a monitor may fire. A sample walking its finishing tail is not checked, except by budgets.
 
-    min_steps: a sample is checked only once it has taken at least this many network evaluations (NFE = step + 1).
-    min_t, max_t: a sample is checked only at steps whose t lies in [min_t, max_t] (None = unbounded); `max_t` is
-        the usual warm-up in noise level ("not before t <= 600").
-    A sample walking its finishing tail (`StepInfo.finishing`) is not checked (it is done), except by budgets,
-    which cut the tail at their cap.
-    patience: the monitor fires after this many consecutive satisfied checks.
-    every: checks happen only after every k-th network evaluation (NFE % every == 0); between checks the monitor
-        keeps its per-row history (cheap) but computes no score (the costly part).
+    min_steps: check only once a sample has taken this many network evaluations (NFE = step + 1).
+    min_t, max_t: check only at steps whose t lies in [min_t, max_t] (None = unbounded); `max_t` is a warm-up.
+    patience: fire after this many consecutive satisfied checks.
+    every: check only when NFE % every == 0; between checks no score (the costly part) is computed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,8 +98,7 @@ class Guardrails(BaseModel):
         return self
 
     def in_window(self, info: StepInfo, finishing_too: bool = False) -> torch.Tensor:
-        """Rows of `info` that this step may check: warm-up and t window passed, a check step, and not finishing
-        (unless `finishing_too`)."""
+        """Rows of `info` this step may check (finishing rows only with `finishing_too`)."""
         device = info.x0.device
         check = (info.step + 1) % self.every == 0 and info.step + 1 >= self.min_steps
         ok = torch.full((len(info.sample_indices),), check, dtype=torch.bool, device=device)
@@ -128,29 +113,20 @@ class Guardrails(BaseModel):
 
 
 def advance_streak(streak: torch.Tensor, satisfied: torch.Tensor, checked: torch.Tensor) -> torch.Tensor:
-    """One step of the patience counter: checked rows count up if satisfied, else reset; unchecked rows keep it.
-
-    Args:
-        streak: [rows], consecutive satisfied checks so far.
-        satisfied: bool [rows].
-        checked: bool [rows], the rows checked at this step.
-    """
+    """One step of the patience counter: checked rows count up if satisfied, else reset; unchecked rows keep it."""
     return torch.where(checked, torch.where(satisfied, streak + 1, torch.zeros_like(streak)), streak)
 
 
 class ThresholdMonitor(Monitor):
-    """A score per row, a threshold, guardrails and a patience streak; see the module docstring.
+    """A score per row, a threshold, guardrails and a patience streak.
 
-    Subclasses set `name`, implement `score(info)` (float [rows]; NaN = no score yet) and optionally `rule`,
-    `observe(info, checked_step)` (called every step after scoring, to update per-row history in `self.state`)
-    and `validate_threshold`. Per-row state goes in `self.state` (a `RowState`), which `keep` compacts.
+    Subclasses set `name`, implement `score` and optionally `rule`, `observe` and `validate_threshold`; per-row
+    state goes in `self.state` (a `RowState`), which `keep` compacts.
     """
 
     fires_above: ClassVar[bool] = False  # rule: score >= threshold (budgets) instead of score <= threshold
     calibratable: ClassVar[bool] = True
-    # False (budgets): a row it ends returns x̂0 now, whatever the run's finish, and it also judges finishing rows
-    # (a cap cuts a tail)
-    takes_tail: ClassVar[bool] = True
+    takes_tail: ClassVar[bool] = True  # False (budgets): an ended row skips the tail; finishing rows are judged
 
     def __init__(self, threshold: float, *, guardrails: Guardrails | None = None, **guardrail_fields: int | None):
         if guardrails is not None and guardrail_fields:
@@ -163,28 +139,14 @@ class ThresholdMonitor(Monitor):
     # --------------------------------------------------------------------------------------------- subclass API
     @abstractmethod
     def score(self, info: StepInfo) -> torch.Tensor:
-        """Score [rows] of the active rows at this step (NaN where there is none yet).
-
-        Args:
-            info: the step.
-        """
+        """Score [rows] of the active rows at this step (NaN where there is none yet)."""
 
     def rule(self, score: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Satisfied rows: score <= threshold (score >= threshold for budgets). NaN is never satisfied.
-
-        Args:
-            score: [rows].
-            threshold: the monitor's threshold.
-        """
+        """Satisfied rows: score <= threshold (>= with `fires_above`). NaN is never satisfied."""
         return score >= threshold if self.fires_above else score <= threshold
 
     def observe(self, info: StepInfo, checked_step: bool) -> None:
-        """Update per-row history after every step (`checked_step`: whether `score` ran at this step).
-
-        Args:
-            info: the step.
-            checked_step: whether `score` ran at this step.
-        """
+        """Update per-row history after every step (`checked_step`: whether `score` ran at this step)."""
 
     def validate_threshold(self, threshold: float) -> None:
         """Raise FieldError if `threshold` makes no sense for this monitor (default: >= 0)."""
@@ -243,12 +205,8 @@ class ThresholdMonitor(Monitor):
 
     # ------------------------------------------------------------------------------------ offline (calibration)
     def replay_scores(self, steps: Sequence[StepInfo], n: int, num_steps: int) -> torch.Tensor:
-        """Scores [n, num_steps] (NaN where not checked) of a recorded run without exits, on the CPU.
-
-        `steps` are the StepInfos of one batch after the other (each batch from step 0, when the monitor starts
-        afresh). A row's score depends only on its own x̂0 history, so these are the scores an online run sees at
-        every step the sample is still active.
-        """
+        """Scores [n, num_steps] (NaN where not checked) of a recorded run without exits, batch after batch: the
+        scores an online run sees while each sample is active (a score depends only on its row's history)."""
         if not self.calibratable:
             raise FieldError("monitor", self.name, "cannot be simulated from a recorded x̂0 trace")
         scores = torch.full((n, num_steps), float("nan"))
@@ -258,10 +216,8 @@ class ThresholdMonitor(Monitor):
         return scores
 
     def simulate_exits(self, scores: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """Exit step [n] of each sample under `threshold` (default: this monitor's) from `replay_scores` output.
-
-        A sample that never fires exits at the last step (the full run). Uses the same streak logic as online.
-        """
+        """Exit step [n] of each sample under `threshold` (default: this monitor's) from `replay_scores` output;
+        a sample that never fires exits at the last step."""
         threshold = self.threshold if threshold is None else threshold
         n, num_steps = scores.shape
         streak = torch.zeros(n, dtype=torch.int64)

@@ -36,12 +36,10 @@ class MaxNFE(ThresholdMonitor):
 
 
 class Deadline(ThresholdMonitor):
-    """Done once `threshold` wall-clock seconds have passed since the sample's first step (score = seconds).
+    """Done once `threshold` wall-clock seconds have passed since the batch's first step (score = seconds).
 
-    The clock of a batch starts when the monitor first sees it, i.e. after its first network evaluation, and
-    includes the time of everything the sample shares its batch with (the network, the solver, other monitors).
-    On a GPU it reads the host clock without a synchronisation: the device may still be working on queued steps.
-    A wall-clock budget cannot be simulated from a recorded trace, so it has no calibrated threshold.
+    The host clock is read without a device synchronisation, and a wall-clock budget cannot be simulated from a
+    recorded trace, so it has no calibrated threshold.
     """
 
     name = "deadline"

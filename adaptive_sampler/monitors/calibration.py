@@ -1,25 +1,13 @@
 """Calibrate a monitor's threshold for one model and step count against a fidelity target.
 
-Thresholds do not transfer between models or step counts (x̂0 moves by different amounts per step), so each
-(model, steps) pair needs its own. `record_x0_trace` runs the full sampling run once per seed set while recording
-x̂0 of every step; `calibrate_threshold` scores every step of every sample once with the monitor
-(`ThresholdMonitor.replay_scores`, batch by batch as the online run sees them), and then simulates each candidate
-threshold offline (`ThresholdMonitor.simulate_exits`, the same streak logic as the online monitor): a sample that
-exits at step k returns x̂0 of step k. That is exactly what the online run returns with `finish="x0"` (under the
-default tail finish, which returns samples closer to the full run, the threshold is conservative): the core
-computes a sample bitwise identically whether or not other samples leave its batch (the adapter's fixed
-`network_rows`; with `network_rows=None` the two may differ by float round-off), and a monitor's score of a sample
-depends only on that sample's own x̂0 history (its per-row state compacts with the batch). So one recorded run
-prices every threshold, at no further network cost.
-
-A latent model's traces are recorded in either space (`record_x0_trace(..., space=)`): the monitor replays on
-latent x̂0 (`latent`) or on decoded x̂0 (`image`, what an `ImageSpace` monitor sees online); either way the
-fidelity target is measured on decoded images, the ones the user gets.
-
-The target is a `CalibrationTarget`: `PsnrTarget`, `FeatureDistanceTarget` or `DistributionTarget` (FID or KID of
-the exits at most X % above the full run's, on the same seeds). A distribution target is priced the same way, from
-the features of every step's x̂0. That is exact for `finish="x0"`; a tail finish returns samples closer to the full
-run than x̂0, so a threshold calibrated this way is conservative for it.
+Thresholds do not transfer between models or step counts, so each (model, steps) pair needs its own.
+`record_x0_trace` records x̂0 of every step of full runs; `calibrate_threshold` scores every step once
+(`ThresholdMonitor.replay_scores`) and simulates each candidate threshold offline (`simulate_exits`, the online
+streak logic): a sample that exits at step k returns x̂0 of step k. That is what the online run returns with
+`finish="x0"`, because a sample is computed bitwise identically whether or not others leave its batch (fixed
+`network_rows`) and its score depends only on its own x̂0 history; a tail finish lands closer to the full run, so
+the threshold is conservative there. One recorded run prices every threshold. A latent model's monitor replays on
+latent or decoded x̂0 (`space=`); the `CalibrationTarget` is always measured on decoded images.
 """
 
 from __future__ import annotations
@@ -51,12 +39,9 @@ _PSNR_EPS = 1e-8
 
 @dataclass
 class X0Trace:
-    """x̂0 of every step of full runs (no exits): `x0` [n, K, *shape] float32 on the CPU (in the monitor's space),
-    the final `samples` [n, *shape], the walked `timesteps` [K], which (seed, index) each row is, the sampling
-    wall time, the batch size it was sampled in, and the `space` the monitor reads x̂0 in (`image`: a latent
-    model's decoded x̂0). For a latent model traced in latent space, `images` [n, K, *image shape] and
-    `image_samples` hold the decoded x̂0 and samples the fidelity is measured on (None: `x0` and `samples` are
-    images)."""
+    """x̂0 of every step of full runs: `x0` [n, K, *shape] on the CPU in the monitor's `space`, the final `samples`,
+    the `timesteps` [K] and each row's (seed, index). Traced in a latent model's latent space, `images` and
+    `image_samples` hold the decoded copies the fidelity is measured on (None: `x0` and `samples` are images)."""
 
     x0: torch.Tensor
     samples: torch.Tensor
@@ -87,12 +72,10 @@ class X0Trace:
 
     @property
     def seed_list(self) -> list[int]:
-        """The seeds the trace was recorded for, sorted."""
         return sorted({s for s, _ in self.seeds})
 
     def step_infos(self, batch_size: int | None = None) -> list[StepInfo]:
-        """StepInfos of a replay, batch after batch of `batch_size` rows (None: as sampled; each from step 0):
-        step, t, t_prev, x0 and sample_indices = trace rows (`x_t` and `eps` are empty: monitors read x̂0 only)."""
+        """StepInfos of a replay in batches of `batch_size` rows (None: as sampled); `x_t` and `eps` are empty."""
         batch_size = batch_size or self.batch_size
         t_prevs = torch.cat([self.timesteps[1:], self.timesteps.new_full((1,), -1)])
         infos, empty = [], torch.empty(0)
@@ -125,22 +108,20 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
                     seeds: Sequence[int], samples_per_seed: int, *, batch_size: int = 64,
                     progress: bool = False, conditioning: Conditioning | None = None, decode: Decode | None = None,
                     space: str = "latent", solver: Solver | None = None) -> X0Trace:
-    """Full runs for each seed, keeping x̂0 of every step (through a monitor that never stops a sample; cheaper than
-    `sample(..., trace=True)`, which keeps x_t and ε̂).
+    """Full runs for each seed, keeping x̂0 of every step (cheaper than `sample(..., trace=True)`).
 
     Args:
         adapter: the model.
-        shape: the shape of one sample.
+        shape: one sample's shape.
         timesteps: the planned steps, walked in full.
-        seeds: one full run of `samples_per_seed` samples per seed.
+        seeds: one run of `samples_per_seed` samples per seed.
         samples_per_seed: samples drawn per seed.
         batch_size: rows per sampling batch (a replay sees the same batches).
-        progress: show a progress bar over the seeds.
+        progress: show a progress bar.
         conditioning: a conditional model's conditioning.
-        solver: the sampling solver (default DDIM).
-        decode: a latent model's decoder (`LoadedModel.decode`): every x̂0 and sample is decoded too, and the
-            trace's `x0` is then decoded (`space="image"`) or latent with the decoded copy in `images`.
+        decode: a latent model's decoder (`LoadedModel.decode`); x̂0 and samples are decoded too.
         space: where the monitor reads x̂0, `latent` or `image` (only with `decode`).
+        solver: the sampling solver (default DDIM).
     """
     if samples_per_seed < 1:
         raise FieldError("samples_per_seed", samples_per_seed, "is not a positive integer")
@@ -154,7 +135,6 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
         recorder = _X0Recorder()
         result = sample(adapter, planned, shape, samples_per_seed, batch_size=batch_size, seed=seed,
                         monitor=recorder, conditioning=conditioning, solver=solver)
-        # every row of a batch walks every planned step: [rows, K, *shape] per batch
         x0s += [torch.stack(steps, dim=1) for steps in recorder.batches]
         samples.append(result.samples.float())
         if decode is not None:
@@ -173,8 +153,7 @@ def record_x0_trace(adapter: ModelAdapter, shape: Sequence[int], timesteps: Sequ
 
 
 def mse_matrix(trace: X0Trace) -> torch.Tensor:
-    """Mean squared error [n, K] of x̂0 of every step to the final sample, on [0, 1] as `metrics.fidelity` maps
-    images (cached in `trace.cache`, so monitors calibrated on one trace share it)."""
+    """MSE [n, K] of every step's x̂0 to the final sample on [0, 1] (cached in `trace.cache`)."""
     if "mse" not in trace.cache:
         target = to_unit_range(trace.final_images).flatten(1)
         trace.cache["mse"] = torch.stack([(to_unit_range(trace.image_x0[:, k]).flatten(1) - target).pow(2).mean(1)
@@ -198,24 +177,19 @@ def feature_distance_matrix(trace: X0Trace, feature_extractor: FeatureExtractor)
 
 
 class CalibrationTarget(abc.ABC):
-    """What the exits of a threshold must achieve, measured against the full run on the same seeds.
-
-    A plug-in: `met` judges one simulated threshold and `record` names the target for results and calibrated
-    defaults; a target on the distribution of the exits also gives a `distribution` scorer per trace.
-    """
+    """What the exits of a threshold must achieve against the full run on the same seeds (a plug-in)."""
 
     def distribution(self, trace: X0Trace) -> DistributionScorer | None:
-        """The scorer of `ExitSimulation.distribution` on `trace`; default: None (not measured)."""
+        """The scorer of `ExitSimulation.distribution` on `trace` (None: not measured)."""
         return None
 
     @abc.abstractmethod
     def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
-        """Whether `simulation` meets the target (`full_distribution`: the full run's score, under `distribution`)."""
+        """Whether `simulation` meets the target (`full_distribution`: the full run's distribution score)."""
 
     @abc.abstractmethod
     def record(self) -> dict[str, Any]:
-        """The target as `CalibrationResult` records it: `target_psnr`, `target_feature_distance` and
-        `target_distribution`, None where the target is of another kind."""
+        """`target_psnr`, `target_feature_distance` and `target_distribution` of `CalibrationResult`."""
 
 
 def _finite(name: str, value: float, minimum: float | None = None) -> None:
@@ -226,8 +200,7 @@ def _finite(name: str, value: float, minimum: float | None = None) -> None:
 
 @dataclass(frozen=True)
 class PsnrTarget(CalibrationTarget):
-    """PSNR in dB of the mean squared error, over the samples, of the exit x̂0 to the full run's sample on [0, 1]
-    at least `db` (see `ExitSimulation` for why the MSE is averaged before the PSNR)."""
+    """PSNR (dB) of the exits' mean squared error to the full run at least `db` (see `ExitSimulation`)."""
 
     db: float
 
@@ -243,8 +216,7 @@ class PsnrTarget(CalibrationTarget):
 
 @dataclass(frozen=True)
 class FeatureDistanceTarget(CalibrationTarget):
-    """Mean L2 distance between the features of the exit x̂0 and of the full run's sample at most `distance` (in
-    the space of `calibrate_threshold`'s feature extractor; default: the embedded Fashion-MNIST net)."""
+    """Mean feature L2 distance of the exits to the full run at most `distance` (`calibrate_threshold`'s space)."""
 
     distance: float
 
@@ -260,11 +232,9 @@ class FeatureDistanceTarget(CalibrationTarget):
 
 @dataclass(frozen=True)
 class DistributionTarget(CalibrationTarget):
-    """FID or KID of the exit x̂0s at most `max_increase_pct` % above the full run's on the same seeds.
-
-    Both are measured against `reference_features` [m, d] in the space of `feature_extractor` (default: the
-    embedded Fashion-MNIST net and its 10,000 test images). FID needs more samples per seed set than feature
-    dimensions. A relative KID target means little where the full run's KID is near 0; use FID there.
+    """FID or KID of the exits at most `max_increase_pct` % above the full run's, against `reference_features`
+    in the space of `feature_extractor` (default: the embedded net and its test images). FID needs more samples
+    per seed set than feature dimensions; a relative KID target means little where the full run's KID is near 0.
     """
 
     metric: Literal["fid", "kid"]
@@ -296,8 +266,7 @@ class DistributionTarget(CalibrationTarget):
 
 
 class DistributionScorer:
-    """FID or KID of any choice of one x̂0 per sample of a trace (every step's features are computed once), and
-    `full`, the full run's."""
+    """FID or KID of any choice of one x̂0 per sample of a trace (features computed once), and `full`'s."""
 
     def __init__(self, metric: Literal["fid", "kid"], extractor: FeatureExtractor, reference: torch.Tensor,
                  trace: X0Trace) -> None:
@@ -321,13 +290,10 @@ class DistributionScorer:
 
 @dataclass(frozen=True)
 class ExitSimulation:
-    """One threshold simulated on a trace: mean NFE and the fidelity of the exit x̂0s to the full run.
+    """One threshold simulated on a trace: mean NFE and the fidelity of the exits to the full run.
 
-    `psnr` is the PSNR of the mean squared error over all samples (what a `PsnrTarget` constrains); `distribution`
-    the FID or KID of the exits (what a `DistributionTarget` constrains); `mean_psnr` is
-    the mean of per-sample PSNRs, as `metrics.fidelity` reports it. The mean of per-sample PSNRs is easy to game:
-    a sample that never exits scores 80 dB and hides another that exits far too early; an MSE averaged over the
-    samples is not fooled that way. `psnr_p10`: the 10th percentile of per-sample PSNR.
+    `psnr` is the PSNR of the MSE averaged over the samples (what `PsnrTarget` constrains); `mean_psnr`, the mean of
+    per-sample PSNRs, is easy to game: a sample that never exits scores 80 dB and hides one that exits too early.
     """
 
     threshold: float
@@ -336,18 +302,13 @@ class ExitSimulation:
     mean_psnr: float
     psnr_p10: float
     feature_distance: float | None
-    distribution: float | None = None  # FID or KID of the exits, under a distribution target
+    distribution: float | None = None
 
 
 @dataclass
 class CalibrationResult:
-    """A calibrated threshold and what it achieves.
-
-    `met_target`: the target holds on the calibration seeds (it always can, unless a score is exactly 0 where
-    exiting hurts: a threshold that never fires gives the full run). `heldout` comes from the same offline
-    simulation on seeds not used for the choice, and `heldout_fidelity` from `metrics.fidelity` on its exit x̂0s
-    (its `psnr` is the mean of per-sample PSNRs; see `ExitSimulation` for why the target uses the mean MSE).
-    """
+    """A calibrated threshold and what it achieves on the calibration seeds and on held-out seeds
+    (`heldout_fidelity`: `metrics.fidelity` of the held-out exits)."""
 
     monitor: str
     name: str
@@ -356,7 +317,7 @@ class CalibrationResult:
     num_steps: int
     target_psnr: float | None
     target_feature_distance: float | None
-    target_distribution: dict[str, Any] | None  # metric and max_increase_pct of a DistributionTarget
+    target_distribution: dict[str, Any] | None
     full_distribution: dict[str, float] | None  # the full run's FID or KID on the calibration and held-out seeds
     met_target: bool
     calibration: ExitSimulation
@@ -370,7 +331,6 @@ class CalibrationResult:
     curve: list[ExitSimulation] = field(default_factory=list)
 
     def to_json(self, with_curve: bool = False) -> dict[str, Any]:
-        """The result as JSON-ready data (the per-candidate curve only if asked)."""
         data = asdict(self)
         if not with_curve:
             data.pop("curve")
@@ -390,7 +350,7 @@ class CalibrationResult:
 
 
 def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int, grid_size: int) -> list[float]:
-    """Thresholds from the most conservative (never or rarely fires) to the most aggressive."""
+    """Thresholds from the most conservative to the most aggressive."""
     finite = scores[torch.isfinite(scores)].double()
     if monitor.fires_above:  # budgets: score = NFE-like, fires when score >= threshold
         values = sorted({float(v) for v in finite.unique()} | {float(num_steps)}, reverse=True)
@@ -426,20 +386,17 @@ def calibrate_threshold(monitor: ThresholdMonitor, target: CalibrationTarget, ca
                         grid_size: int = 256) -> CalibrationResult:
     """The threshold of `monitor` that exits earliest while the exits meet `target` on the calibration trace.
 
-    Candidate thresholds are `grid_size` quantiles of the scores seen on the calibration trace plus 0 (budgets:
-    every NFE); they are scanned from the most conservative and the scan stops at the first that misses the
-    target, so the answer does not rest on a lucky bump of a noisy fidelity curve. Exits are simulated offline
-    from the traces; see the module docstring for why that equals the online run. The held-out trace reports what
-    the chosen threshold achieves on samples it was not chosen on. The result's `monitor` spec carries
-    `space=image` when the traces were recorded in a latent model's image space.
+    Candidates (`grid_size` quantiles of the calibration scores plus 0; budgets: every NFE) are scanned from the
+    most conservative, stopping at the first that misses the target, so the answer does not rest on a lucky bump
+    of a noisy fidelity curve.
 
     Args:
-        monitor: the monitor to calibrate; its threshold is replaced, its guardrails are kept.
-        target: what the exits must achieve (`PsnrTarget`, `FeatureDistanceTarget`, `DistributionTarget`).
+        monitor: the monitor to calibrate; its guardrails are kept.
+        target: what the exits must achieve.
         calibration: the trace (`record_x0_trace`) the threshold is chosen on.
-        heldout: a trace of the same timesteps and space on other seeds.
-        feature_extractor: the feature space of the reported feature distance (and of a `FeatureDistanceTarget`;
-            default there: the embedded Fashion-MNIST net); None reports none.
+        heldout: a trace of the same timesteps and space on other seeds, which reports what the choice achieves.
+        feature_extractor: the space of the reported feature distance (default for a `FeatureDistanceTarget`:
+            the embedded net; else none).
         grid_size: the number of candidate quantiles (at least 2).
     """
     if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable:

@@ -1,11 +1,7 @@
 """One monitor on how much x̂0 still changes from one step to the next, under a pluggable distance.
 
-The score compares x̂0 of this evaluation with x̂0 of the row's previous evaluation (one network evaluation
-earlier, also when `every` > 1, so a threshold means the same whatever the check interval). A batch's first step
-has no previous x̂0 and so no score. A summary of x̂0 computed at a check is kept for the next step, so with
-`every` = 1 each x̂0 is summarised once; both are per-row tensors that compact with the batch.
-
-`SteeringChange` is the same score used to steer: it doubles or halves a sample's next step instead of ending it.
+The score compares x̂0 with the row's x̂0 one network evaluation earlier, also when `every` > 1, so a threshold
+means the same whatever the check interval. `SteeringChange` uses the same score to steer instead of ending a sample.
 """
 
 from __future__ import annotations
@@ -19,16 +15,13 @@ from adaptive_sampler.monitors.base import Guardrails, MonitorDecision, Threshol
 from adaptive_sampler.monitors.distances import Distance, make_distance
 from adaptive_sampler.step_info import StepInfo
 
-# the spec name of a change monitor is its distance's, except for the pixel distance (historically `x0-l2`)
+# the spec name of a change monitor is its distance's, except for the pixel distance's
 SPEC_NAMES = {"l2": "x0-l2"}
 
 
 class ChangeMonitor(ThresholdMonitor):
-    """Fires when distance(summary(x̂0_prev), summary(x̂0_now)) <= threshold.
-
-    `distance`: a `Distance`, or the name of one in `DISTANCES` (l2, ssim, haarpsi, gmsd, features, lpips,
-    sharpness) built with `distance_options`.
-    """
+    """Fires when distance(summary(x̂0_prev), summary(x̂0_now)) <= threshold; `distance` is a `Distance` or the
+    name of one in `DISTANCES`, built with `distance_options`."""
 
     def __init__(self, distance: str | Distance, threshold: float, *, distance_options: dict[str, Any] | None = None,
                  guardrails: Guardrails | None = None, **guardrail_fields: int | None):
@@ -68,12 +61,9 @@ class ChangeMonitor(ThresholdMonitor):
 
 
 class SteeringChange(ChangeMonitor):
-    """Steers each sample's next step by how much its x̂0 changed: ×`grow` (2) when the change is below `low`,
-    ×`shrink` (0.5) when it is above `high`, unchanged in between and where there is no score (the first step,
-    outside the guardrails' window, a finishing sample). It never ends a sample (`done` is all False), so it
-    composes with an ending monitor (`x0-l2:0.02|steer-x0-l2:0.005:0.05`) and with a planner that has a step size:
-    `SteeredPlan` (a uniform-in-λ start the monitor doubles or halves) or `StepSizeControl` (the factor multiplies
-    the controller's next step). Spec: `steer-NAME:LOW:HIGH[,KEY=VALUE...]`, NAME a change monitor (x0-l2, ssim, …).
+    """Multiplies each sample's next step by `grow` when its x̂0 changed less than `low`, by `shrink` above
+    `high`, else (and where there is no score) by 1. It never ends a sample, so it composes with an ending monitor
+    (`x0-l2:0.02|steer-x0-l2:0.005:0.05`); the planner needs a step size (`SteeredPlan`, `StepSizeControl`).
     """
 
     steers = True

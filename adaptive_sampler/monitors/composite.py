@@ -1,11 +1,8 @@
 """Monitors made of monitors: `AnyOf` is done when any child is done, `AllOf` when all are done at the same step.
 
-Steering children (`Monitor.steers`, e.g. `SteeringChange`) never end a row and take no part in that vote; their
-step factors multiply. A row ended by a budget child (`no_tail`) finishes with x̂0 even under a tail finish.
-
-Every child sees every step and keeps its own state and guardrails; a composite has no threshold of its own. It
-records which child stopped each sample early (`stopped_by`), without a host sync per step: the per-step verdicts
-are kept as tensors and turned into the dict when it is read (and at each batch start).
+Every child sees every step with its own state and guardrails. Steering children take no part in the vote; their
+step factors multiply. Which child stopped each sample (`stopped_by`) is kept as tensors and read once per batch,
+so there is no host sync per step.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Distances between x̂0 of consecutive steps, the plug-ins of `ChangeMonitor`: pixels, structure, features, sharpness.
 
-A `Distance` has one method, `__call__(previous, current) -> [rows]`, over two summaries of x̂0, and one no-op
-hook, `summary(x0)` (default: x̂0 itself; features, the Laplacian). Each is registered by name in
-`DISTANCES`; `make_distance(name, **options)` builds one. LPIPS's network comes from `lpips_distance` (its weights
-need care).
+Each is registered by name in `DISTANCES`; `make_distance(name, **options)` builds one.
 """
 
 from __future__ import annotations
@@ -28,11 +25,7 @@ class Distance(ABC):
     name: ClassVar[str] = "distance"
 
     def summary(self, x0: torch.Tensor) -> torch.Tensor:
-        """What is compared between steps (rows first); default x̂0 itself.
-
-        Args:
-            x0: x̂0 of the active rows.
-        """
+        """What is compared between steps (rows first); default x̂0 itself."""
         return x0
 
     @abstractmethod
@@ -99,11 +92,7 @@ _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def laplacian(x: torch.Tensor) -> torch.Tensor:
-    """The (per-channel, 4-neighbour, valid) Laplacian of each image [n, C, H, W] -> [n, C, H - 2, W - 2].
-
-    Args:
-        x: images [n, C, H, W].
-    """
+    """The (per-channel, 4-neighbour, valid) Laplacian of each image [n, C, H, W] -> [n, C, H - 2, W - 2]."""
     x = x.float()
     channels = x.shape[1]
     kernel = _LAPLACIAN.to(x.device).expand(channels, 1, 3, 3)
@@ -115,18 +104,16 @@ def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
     al. 2000).
 
     Args:
-        x: images [n, C, H, W].
+        x: the images.
     """
     return laplacian(x).flatten(1).var(dim=1)
 
 
-class Sharpness(Distance):
-    """Relative L2 change ||L(x̂0_k) - L(x̂0_{k-1})|| / ||L(x̂0_{k-1})|| of the Laplacian L of x̂0, its edges and
-    fine detail: small once the detail stops moving.
+class Sharpness(RelativeL2):
+    """Relative L2 change of the Laplacian L of x̂0 (its edges and fine detail): small once the detail stops moving.
 
-    Not the change of the one number Var(L(x̂0)) (Pech-Pacheco et al. 2000): that number falls while x̂0 sheds noise,
-    turns (a false plateau of one step) and then grows up to the last step, so it never settles; the map itself
-    keeps changing through the turn (docs/experiments.md).
+    Not the change of Var(L(x̂0)): that number turns while x̂0 sheds noise (a false plateau) and never settles
+    (docs/experiments.md).
     """
 
     name = "sharpness"
@@ -134,16 +121,11 @@ class Sharpness(Distance):
     def summary(self, x0: torch.Tensor) -> torch.Tensor:
         return laplacian(x0)
 
-    def __call__(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        diff = (current - previous).flatten(1).norm(dim=1)
-        return diff / previous.flatten(1).norm(dim=1).clamp_min(1e-12)
-
 
 class LPIPS(Distance):
     """LPIPS(x̂0_{k-1}, x̂0_k) (Zhang et al. 2018) on x̂0 clamped to [-1, 1], grayscale repeated to RGB.
 
-    The network is built (from local files only, see `lpips_distance`) when the distance is made, so missing
-    weights fail before sampling.
+    The network is built from local files when the distance is made, so missing weights fail before sampling.
 
     Args:
         net: the backbone: alex, vgg or squeeze.
@@ -175,7 +157,7 @@ DISTANCES: dict[str, Callable[..., Distance]] = {
 
 
 def make_distance(name: str, **options: Any) -> Distance:
-    """The distance registered as `name` (one of `DISTANCES`), built with `options` (e.g. net="vgg" for lpips).
+    """The distance registered as `name`.
 
     Args:
         name: one of `DISTANCES`.

@@ -1,13 +1,9 @@
-"""The LPIPS network (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric",
-arXiv:1801.03924) from local files only, for the `lpips` distance and the fidelity-lpips metric. The `lpips` package
-is an optional extra (`pip install 'adaptive-sampler[lpips]'`), imported on first use.
+"""The LPIPS network (Zhang et al. 2018, arXiv:1801.03924) from local files only, for the `lpips` distance and the
+fidelity-lpips metric (the `lpips` extra).
 
-LPIPS has two sets of weights. Its linear layers ship inside the `lpips` package (`lpips/weights/v0.1/<net>.pth`).
-Its backbone (AlexNet, VGG16 or SqueezeNet 1.1 ImageNet weights) is torchvision's, which `lpips` fetches from the
-internet into the torch hub cache (`torch.hub.get_dir()/checkpoints/`, i.e. `$TORCH_HOME/hub/checkpoints`, by
-default `~/.cache/torch/hub/checkpoints`). Here the backbone is read from that cache only; if the file is missing,
-`LPIPSWeightsMissingError` says which file to put where. `random_backbone=True` builds an untrained backbone, for
-tests that say so: its scores are not perceptual.
+Its linear layers ship inside the `lpips` package; its backbone is torchvision's ImageNet weights, which `lpips`
+would download and which are read here from the torch hub cache only (`LPIPSWeightsMissingError` says which file to
+put where).
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ def _lpips_package() -> Any:
 
 
 def backbone_weights_path(net: str) -> Path:
-    """Where torchvision (and so `lpips`) keeps the backbone weights of `net`: the torch hub checkpoints dir.
+    """Where torchvision (and so `lpips`) keeps the backbone weights of `net`: the torch hub cache.
 
     Args:
         net: the backbone: alex, vgg or squeeze.
@@ -56,17 +52,17 @@ def linear_weights_path(net: str, version: str = "0.1") -> Path:
 
     Args:
         net: the backbone: alex, vgg or squeeze.
-        version: the LPIPS version whose weights are meant.
+        version: the LPIPS version.
     """
     return Path(_lpips_package().__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
 
 
 def build_lpips(net: str = "alex", *, random_backbone: bool = False) -> torch.nn.Module:
-    """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only; see the module docstring.
+    """An `lpips.LPIPS` module (v0.1, eval mode, CPU) from local files only.
 
     Args:
-        net: the backbone: alex, vgg or squeeze (FieldError naming `net` otherwise).
-        random_backbone: an untrained backbone instead of the ImageNet weights, for tests.
+        net: the backbone: alex, vgg or squeeze.
+        random_backbone: an untrained backbone, for tests (its scores are not perceptual).
     """
     if net not in BACKBONE_WEIGHTS:
         raise FieldError("net", net, f"is not one of {', '.join(map(repr, BACKBONE_WEIGHTS))}")

@@ -1,12 +1,9 @@
 """Which space a monitor sees x̂0 in: a latent model's latents (`space=latent`, free) or its decoded images
 (`space=image`, one VAE decode of the checked rows per decoded step).
 
-`ImageSpace` wraps a monitor and hands it a StepInfo whose x̂0 is decoded. It decodes only at the steps the monitor
-reads x̂0 at: its check steps (NFE % every == 0) and the step before each (a change monitor compares with x̂0 one
-evaluation earlier); at the other steps the monitor is not called and judges no row (its guardrails would not have
-checked them). So with any `every` the wrapped monitor scores exactly what it scores on a fully decoded trace, and
-calibration in image space (`monitors.calibration` with `space="image"`) is exact. The decode time is inside the
-sampling loop, so it is part of the run's wall time; `decode_s` and `decodes` report it.
+`ImageSpace` decodes x̂0 only at the steps its monitor reads: the check steps and the step before each (a change
+monitor compares with one evaluation earlier). So it scores exactly what the monitor scores on a fully decoded trace,
+and calibration in image space is exact. `decode_s` and `decodes` report the decoding, which is in the wall time.
 """
 
 from __future__ import annotations
@@ -70,11 +67,7 @@ class ImageSpace(Monitor):
 
 
 def decode_cost(monitor: object) -> tuple[int, float]:
-    """(rows decoded, seconds) of every `ImageSpace` inside `monitor` (composites included).
-
-    Args:
-        monitor: a monitor, possibly composite.
-    """
+    """(rows decoded, seconds) of every `ImageSpace` inside `monitor` (composites included)."""
     if isinstance(monitor, ImageSpace):
         return monitor.decodes, monitor.decode_s
     rows, seconds = 0, 0.0

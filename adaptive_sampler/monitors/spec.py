@@ -1,14 +1,10 @@
-"""Monitors from strings (`x0-l2:0.01`, `sharpness,patience=2`, `ssim:0.002|max-nfe:30`) and calibrated defaults.
+"""Monitors from the command line's strings (`x0-l2:0.01`, `sharpness,patience=2`, `ssim:0.002|max-nfe:30`).
 
-Grammar: SPEC := TERM ('|' TERM)* for AnyOf, or TERM ('&' TERM)* for AllOf (not mixed); TERM := NAME[:THRESHOLD]
-(',' KEY=VALUE)*, the KEYs being the guardrails (min_steps, min_t, max_t, patience, every) and `space`: `latent` (the
-default: x̂0 as the network predicts it, latents for a latent model) or `image` (x̂0 decoded by the model's VAE at the
-steps the monitor reads it, see `monitors.space`; the same as `latent` for a pixel model). A steering term is
-`steer-NAME:LOW:HIGH` (NAME a change monitor, e.g. `steer-x0-l2:0.005:0.05`, a `SteeringChange`): it doubles a
-sample's next step when the change is below LOW and halves it above HIGH, and never ends a sample. Without a threshold a
-quality monitor takes the default calibrated for the model and the step count (`calibrated_defaults.json` next to
-this file, written by `experiments/bench_early_exit.py --write-defaults` via `monitors.calibration`), with the
-guardrails it was calibrated under; budgets (`max-nfe`, `deadline`) always need their number.
+SPEC := TERM ('|' TERM)* (AnyOf) or TERM ('&' TERM)* (AllOf); TERM := NAME[:THRESHOLD](',' KEY=VALUE)*, KEY a
+guardrail or `space` (`latent`, the default, or `image`: x̂0 decoded by the VAE, see `monitors.space`). A steering
+term is `steer-NAME:LOW:HIGH` (a `SteeringChange`). A quality monitor without a threshold takes the default
+calibrated for the model and step count (`calibrated_defaults.json`, written by `experiments/bench_early_exit.py
+--write-defaults`) with its guardrails; budgets (`max-nfe`, `deadline`) always need their number.
 """
 
 from __future__ import annotations
@@ -28,9 +24,7 @@ from adaptive_sampler.monitors.composite import AllOf, AnyOf
 from adaptive_sampler.monitors.distances import DISTANCES
 from adaptive_sampler.monitors.space import SPACES, Decode, ImageSpace
 
-# spec name -> distance name of the change monitors (one per registered distance)
-CHANGE_DISTANCES = {SPEC_NAMES.get(d, d): d for d in DISTANCES}
-# spec name -> the class that builds it
+CHANGE_DISTANCES = {SPEC_NAMES.get(d, d): d for d in DISTANCES}  # spec name -> distance name
 MONITORS: dict[str, type[ThresholdMonitor]] = {**{name: ChangeMonitor for name in CHANGE_DISTANCES},
                                                "max-nfe": MaxNFE, "deadline": Deadline,
                                                **{f"steer-{name}": SteeringChange for name in CHANGE_DISTANCES}}
@@ -40,12 +34,11 @@ DEFAULTS_PATH = Path(__file__).resolve().parent / "calibrated_defaults.json"
 DEFAULTS_FORMAT = "adaptive_sampler.calibrated_defaults/1"
 _RULE = ("NAME[:THRESHOLD][,KEY=VALUE...] with NAME one of " + ", ".join(MONITOR_NAMES) +
          ", THRESHOLD a number >= 0 (max-nfe: a positive integer; deadline: seconds > 0; steer-NAME: LOW:HIGH), "
-         "KEY one of "
-         + ", ".join(Guardrails.model_fields) + ", or space=latent|image")
+         "KEY one of " + ", ".join(Guardrails.model_fields) + ", or space=latent|image")
 
 
 def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
-    """The calibrated-defaults file as a dict ({"format", "models": {model: {"steps": {N: {...}}}}})."""
+    """The calibrated-defaults file ({"format", "models": {model: {"steps": {N: {...}}}}})."""
     path = path or DEFAULTS_PATH
     if not path.is_file():
         return {"format": DEFAULTS_FORMAT, "models": {}}
@@ -57,11 +50,8 @@ def load_calibrated_defaults(path: Path | None = None) -> dict[str, Any]:
 
 def calibrated_default(name: str, model: str | None, num_steps: int | None,
                        path: Path | None = None) -> dict[str, Any]:
-    """The stored {"threshold", "guardrails", ...} of monitor `name` for `model` at `num_steps` steps (an
-    image-space monitor of a latent model is stored as `NAME,space=image`).
-
-    Raises FieldError (field `monitor`) saying what exists and how to calibrate when there is none.
-    """
+    """The stored {"threshold", "guardrails", ...} of monitor `name` (`NAME,space=image` in image space) for
+    `model` at `num_steps` steps; where there is none, a FieldError says what exists and how to calibrate."""
     how = ("give a threshold (e.g. {example}) or calibrate one with adaptive_sampler.monitors.calibration."
            "calibrate_threshold (experiments/bench_early_exit.py --write-defaults for the embedded model)")
     example = name.replace(",", ":0.01,", 1) if "," in name else f"{name}:0.01"
@@ -173,17 +163,13 @@ def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dic
 
 def make_monitor(name: str, threshold: float, *, guardrails: Guardrails | None = None,
                  options: dict[str, Any] | None = None) -> ThresholdMonitor:
-    """The threshold monitor registered as `name` (a key of `MONITORS` other than a `steer-` one, which is a
-    `SteeringChange(distance, low, high)`), the object a spec term `NAME:THRESHOLD` stands for.
+    """The threshold monitor a spec term `NAME:THRESHOLD` stands for (`steer-` names are `SteeringChange`s).
 
     Args:
-        name: the monitor's spec name, e.g. "x0-l2", "lpips", "max-nfe".
+        name: a key of `MONITORS`, e.g. "x0-l2", "lpips", "max-nfe".
         threshold: where it fires (see the monitor's class).
-        guardrails: when it may fire (default: `Guardrails()`).
-        options: its constructor keywords (for a change monitor: its distance's, e.g. {"net": "vgg"} for lpips).
-
-    Raises FieldError (field "monitor") for a name that is not a threshold monitor's, and the monitor's own
-    FieldError for a bad threshold or option.
+        guardrails: when it may fire.
+        options: its constructor keywords (a change monitor's: its distance's, e.g. {"net": "vgg"} for lpips).
     """
     cls = MONITORS.get(name)
     if cls is None or cls is SteeringChange:
@@ -196,14 +182,14 @@ def make_monitor(name: str, threshold: float, *, guardrails: Guardrails | None =
 
 def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | None = None,
                       options: dict[str, dict[str, Any]] | None = None, decode: Decode | None = None) -> Monitor:
-    """Build a monitor from a spec string; see the module docstring for the grammar.
+    """Build a monitor from a spec string (grammar: the module docstring); bad input raises FieldError("monitor").
 
-    `model` (a `LoadedModel.name`, e.g. "fashion-mnist" for the embedded model) and `num_steps` pick calibrated
-    defaults for terms without a threshold. `options` passes constructor keywords per monitor name, e.g.
-    {"lpips": {"net": "vgg"}, "features": {"feature_extractor": extractor}} (for change monitors: options of their
-    distance). `decode` (latents -> images; a latent model's `LoadedModel.decode`) serves the `space=image` terms;
-    without it (a pixel model) x̂0 already is the image. Bad input raises FieldError (field "monitor") that names
-    the value and the rule.
+    Args:
+        spec: the spec string.
+        model: a `LoadedModel.name`; with `num_steps` it picks calibrated defaults for terms without a threshold.
+        num_steps: the step count.
+        options: constructor keywords per monitor name, e.g. {"lpips": {"net": "vgg"}}.
+        decode: a latent model's `LoadedModel.decode`, for `space=image` terms (a pixel model's x̂0 is the image).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise FieldError("monitor", spec, f"is empty; write {_RULE}")

@@ -1,10 +1,8 @@
 """Calibrate a steering monitor (`steer-NAME:LOW:HIGH`) to a mean NFE on calibration seeds.
 
-A steering monitor changes the path it watches, so one recorded trace cannot price its thresholds as it prices an
-ending monitor's (`calibrate_threshold`): every candidate is an online run. LOW and HIGH start at two quantiles
-(the 25th and 75th) of the per-step change of x̂0 on the unsteered plan, and one scale s multiplies both. The mean
-NFE falls as s grows (more steps grow, fewer shrink), so s is bracketed by factors of 4 and then bisected on a log
-scale; the candidate whose calibration NFE is closest to the target wins, and held-out seeds report what it reaches.
+A steering monitor changes the path it watches, so no recorded trace can price its thresholds: every candidate is
+an online run. LOW and HIGH start at two quantiles of the per-step change of x̂0 on the unsteered plan and one scale
+multiplies both; the mean NFE falls as it grows, so it is bracketed by factors of 4 and then bisected on a log scale.
 """
 
 from __future__ import annotations
@@ -30,8 +28,7 @@ from adaptive_sampler.step_info import StepInfo
 
 @dataclass(frozen=True)
 class SteeringCalibration:
-    """The calibrated `monitor` spec, its `low`/`high`, the mean NFE on the calibration and held-out seeds, and
-    every candidate run (`runs`: scale, low, high, calibration NFE mean), in the order tried."""
+    """The calibrated `monitor` spec, its mean NFE on both seed sets, and every candidate run in the order tried."""
 
     monitor: str
     low: float
@@ -82,12 +79,11 @@ def calibrate_steering(
     conditioning: Conditioning | None = None,
     progress: bool = False,
 ) -> SteeringCalibration:
-    """LOW/HIGH of `steer-MONITOR:LOW:HIGH` whose mean NFE on the calibration seeds is closest to `target_nfe`
-    (see the module docstring for the search).
+    """LOW/HIGH of `steer-MONITOR:LOW:HIGH` whose mean NFE on the calibration seeds is closest to `target_nfe`.
 
     Args:
         adapter: the model.
-        shape: the shape of one sample.
+        shape: one sample's shape.
         planner: a planner with a step size (`SteeredPlan`, `StepSizeControl`).
         target_nfe: the mean NFE to reach.
         monitor: a change monitor's name (x0-l2, ssim, features, ...).
@@ -100,7 +96,7 @@ def calibrate_steering(
         nfe_tolerance: stop once a run's mean NFE is this close to the target.
         solver: the sampling solver (default DDIM).
         conditioning: a conditional model's conditioning.
-        progress: show a progress bar over the runs.
+        progress: show a progress bar.
     """
     if not isinstance(planner, Steerable):
         raise steering_error(planner)
