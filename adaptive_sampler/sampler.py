@@ -2,7 +2,7 @@
 
 Each iteration evaluates the network once on every active row at its own t. The planner accepts or rejects each
 row's step and picks its next timestep; a monitor may end a row and may steer its next step, both through the
-planner: with `finish="x0"` an ended row is sent to t_prev = -1 (ᾱ = 1, the step returns x̂0), with a tail finish
+planner: with `Finish(mode="x0")` an ended row is sent to t_prev = -1 (ᾱ = 1, the step returns x̂0), with a tail finish
 (`FinishingPlan`) it walks a short tail to t = 0 first. Accepted points become the rows' anchors; the solver
 steps from the anchor, so a rejected evaluation costs NFE but leaves no trace in the sample. Rows that reach -1
 leave the batch, and every per-row tensor (solver history, planner memory, monitor state) is compacted with them.
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.finish import Finish, FinishingPlan, parse_finish
+from adaptive_sampler.finish import DEFAULT_FINISH, Finish, FinishingPlan
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.planner import (
@@ -252,7 +252,7 @@ def sample(
     trace: bool = False,
     progress: bool = False,
     start: int = 0,
-    finish: str | Finish | None = None,
+    finish: Finish | None = None,
     noise: torch.Tensor | None = None,
     grad: bool = False,
 ) -> SampleResult:
@@ -279,8 +279,8 @@ def sample(
         progress: show a progress bar over the batches.
         start: the run draws samples start … start + n - 1 of a larger one (a shard, see
             `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.
-        finish: how an ended sample finishes (`Finish`: `"x0"` returns x̂0 of that evaluation, `"tail:K[:logsnr|t]"`
-            takes K more steps to t = 0 with the run's solver, counted in NFE; None: `finish.DEFAULT_FINISH`).
+        finish: how an ended sample finishes: `Finish(mode="x0")` returns x̂0 of that evaluation, `Finish(steps=K,
+            spacing=...)` takes K more steps to t = 0 with the run's solver, counted in NFE; None: `DEFAULT_FINISH`.
         noise: [n, *shape], replaces the initial draws (e.g. a pipeline's `latents`); η-noise still comes from
             (seed, i).
         grad: keep the autograd graph instead of running in inference mode, so that a loss on the samples reaches
@@ -290,7 +290,7 @@ def sample(
     if noise is not None and tuple(noise.shape) != (n, *shape):
         raise FieldError("noise", tuple(noise.shape), f"is not the shape of {n} samples of {tuple(shape)}")
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
-    finish_mode = parse_finish(finish)
+    finish_mode = finish if finish is not None else DEFAULT_FINISH
     if monitor is not None and finish_mode.mode == "tail":
         planner = FinishingPlan(planner, finish_mode)
     solver = solver or DDIM()

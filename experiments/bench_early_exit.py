@@ -289,7 +289,7 @@ def evaluate_solver(model: LoadedModel, adapter: Any, solver: str, calibration: 
         """Samples as images (decoded inside the timing: a latent model's user pays for it) and the wall time."""
         def draw() -> Any:
             result = sample(adapter, plan, shape, args.n, batch_size=args.batch_size, seed=args.seed,
-                            solver=make_solver(solver), monitor=monitor, finish=finish,
+                            solver=make_solver(solver), monitor=monitor, finish=parse_finish(finish),
                             conditioning=model.conditioning)
             return replace(result, samples=model.decode(result.samples.to(device)).cpu())
         return timed(device, draw)

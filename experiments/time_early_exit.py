@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from harness import environment, markdown_table, round_decimals, save_report
 
+from adaptive_sampler.finish import parse_finish
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import monitor_from_spec
 from adaptive_sampler.policies.builtin import Uniform
@@ -83,7 +84,8 @@ def main() -> None:
                   solver: str = solver) -> tuple[float, float]:
             start = time.perf_counter()
             result = sample(adapter, plan, model.sample_shape, args.n, batch_size=settings["batch_size"],
-                            seed=settings["seed"], solver=make_solver(solver), monitor=monitor, finish=finish)
+                            seed=settings["seed"], solver=make_solver(solver), monitor=monitor,
+                            finish=parse_finish(finish))
             return time.perf_counter() - start, result.nfe_mean
 
         full_plan = Uniform().timesteps(steps, adapter.schedule)

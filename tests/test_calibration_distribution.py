@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.finish import Finish
 from adaptive_sampler.metrics.distribution import KidReference, fid, kid
 from adaptive_sampler.metrics.statistics import FeatureStatistics
 from adaptive_sampler.model_adapter import ModelAdapter
@@ -63,7 +64,7 @@ def test_distribution_target_is_met_and_equals_the_online_run(tiny, traces, metr
     assert result.target_distribution == {"metric": metric, "max_increase_pct": 10.0}
     # the online run with the chosen threshold (finish x0) exits where the simulation said, so its FID/KID is the same
     online = sample(tiny, TIMESTEPS, SHAPE, 24, batch_size=8, seed=11, monitor=monitor_from_spec(result.monitor),
-                    finish="x0")
+                    finish=Finish(mode="x0"))
     full = sample(tiny, TIMESTEPS, SHAPE, 24, batch_size=8, seed=11)
     features, reference = pooled(online.samples).double(), REFERENCE.double()
     measured = (fid(FeatureStatistics.from_features(features), FeatureStatistics.from_features(reference))

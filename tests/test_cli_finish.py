@@ -38,7 +38,8 @@ def _library(model_dir: Path, plan: list[int] | SteeredPlan, n: int, spec: str |
     """What the CLI should have run: the same model, rows (fixed:8), seed 0, one AnyOf over the --monitor."""
     loaded = load_model(str(model_dir))
     watch = AnyOf(monitor_from_spec(spec)) if spec else None
-    result = sample(loaded.adapter(network_rows=8), plan, loaded.sample_shape, n, monitor=watch, finish=finish)
+    result = sample(loaded.adapter(network_rows=8), plan, loaded.sample_shape, n, monitor=watch,
+                    finish=parse_finish(finish))
     return result, watch.stopped_by if watch is not None else {}
 
 

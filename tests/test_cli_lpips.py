@@ -18,7 +18,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
-from adaptive_sampler.finish import parse_finish, tail_timesteps
+from adaptive_sampler.finish import Finish, parse_finish, tail_timesteps
 from adaptive_sampler.models import LoadedModel, load_model
 from adaptive_sampler.monitors import AnyOf, monitor_from_spec
 from adaptive_sampler.monitors.lpips_distance import backbone_weights_path
@@ -56,7 +56,7 @@ def model_32(tmp_path: Path) -> Path:
 def _run(loaded: LoadedModel, spec: str | None, trace: bool = False):
     watch = AnyOf(monitor_from_spec(spec)) if spec else None
     result = sample(loaded.adapter(network_rows=8), UNIFORM_10, loaded.sample_shape, N, batch_size=N, monitor=watch,
-                    finish="tail" if spec else None, trace=trace)
+                    finish=Finish() if spec else None, trace=trace)
     return result, watch.stopped_by if watch is not None else {}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptive_sampler import ModelAdapter, StepSizeControl, make_solver, sample
+from adaptive_sampler import Finish, ModelAdapter, StepSizeControl, make_solver, sample
 from adaptive_sampler.monitors import MaxNFE, monitor_from_spec
 from helpers import TINY_SHAPE
 
@@ -73,7 +73,7 @@ def test_adaptive_unipc_with_an_x0_monitor_ends_samples_at_their_own_steps(adapt
     plan, update = StepSizeControl(tolerance=0.01), make_solver("unipc")
     free = sample(adapter, plan, TINY_SHAPE, 6, batch_size=3, seed=5, solver=update)
     watched = [sample(adapter, plan, TINY_SHAPE, 6, batch_size=bs, seed=5, solver=update,
-                      monitor=monitor_from_spec("x0-l2:0.02,min_steps=5"), finish="x0") for bs in (3, 6)]
+                      monitor=monitor_from_spec("x0-l2:0.02,min_steps=5"), finish=Finish(mode="x0")) for bs in (3, 6)]
     assert torch.equal(watched[0].samples, watched[1].samples) and torch.equal(watched[0].nfe, watched[1].nfe)
     stopped = watched[0].nfe < free.nfe
     assert len(set(watched[0].nfe[stopped].tolist())) > 1, "samples should exit at different evaluations"

@@ -66,7 +66,7 @@ def test_tail_finish_nfe_timesteps_and_bitwise_unchanged_survivors(adapter, k, s
     seen: list[StepInfo] = []
     baseline = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5)
     result = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS, seen),
-                    finish=f"tail:{k}:{spacing}", trace=True)
+                    finish=Finish(steps=k, spacing=spacing), trace=True)
     exit_step = {i: step for step, rows in EXITS.items() for i in rows}
     for i in range(5):
         if i in exit_step:
@@ -90,7 +90,7 @@ def test_tail_finish_nfe_timesteps_and_bitwise_unchanged_survivors(adapter, k, s
 @pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m", "unipc"])
 def test_a_tail_finished_sample_is_the_static_solver_over_its_own_list(adapter, solver):
     result = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, seed=3, solver=make_solver(solver),
-                    monitor=_scripted(EXITS), finish="tail:2")
+                    monitor=_scripted(EXITS), finish=Finish(steps=2))
     for i in (0, 2, 3):
         static = sample(adapter, result.timesteps[i], TINY_SHAPE, 1, batch_size=1, seed=3, start=i,
                         solver=make_solver(solver))
@@ -99,10 +99,11 @@ def test_a_tail_finished_sample_is_the_static_solver_over_its_own_list(adapter, 
 
 def test_the_default_is_the_tail_and_finish_x0_returns_x0_of_the_exit_step(adapter):
     default = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS))
-    tail = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS), finish="tail:3:t")
+    tail = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS),
+                  finish=Finish(steps=3, spacing="t"))
     assert torch.equal(default.samples, tail.samples) and torch.equal(default.nfe, tail.nfe)
     seen: list[StepInfo] = []
-    x0 = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS, seen), finish="x0")
+    x0 = sample(adapter, LIST, TINY_SHAPE, 5, batch_size=5, monitor=_scripted(EXITS, seen), finish=Finish(mode="x0"))
     assert x0.nfe.tolist() == [3, 10, 3, 6, 10] and default.nfe.tolist() == [6, 10, 6, 9, 10]
     assert all(info.finishing is None for info in seen)
     row = seen[2].sample_indices.tolist().index(0)
@@ -110,7 +111,7 @@ def test_the_default_is_the_tail_and_finish_x0_returns_x0_of_the_exit_step(adapt
 
 
 def test_a_row_done_at_the_last_step_of_its_plan_takes_no_tail(adapter):
-    result = sample(adapter, LIST, TINY_SHAPE, 2, monitor=_scripted({len(LIST) - 1: {0, 1}}), finish="tail:3")
+    result = sample(adapter, LIST, TINY_SHAPE, 2, monitor=_scripted({len(LIST) - 1: {0, 1}}), finish=Finish(steps=3))
     plain = sample(adapter, LIST, TINY_SHAPE, 2)
     assert torch.equal(result.samples, plain.samples) and result.nfe.tolist() == [len(LIST)] * 2
 
@@ -118,20 +119,20 @@ def test_a_row_done_at_the_last_step_of_its_plan_takes_no_tail(adapter):
 def test_a_row_with_at_most_k_evaluations_left_walks_its_list_instead_of_a_longer_tail(adapter):
     # done at steps 5..8 of 10: 4, 3, 2 and 1 evaluations left; a 3-step tail only pays for the first
     result = sample(adapter, LIST, TINY_SHAPE, 4, monitor=_scripted({5: {0}, 6: {1}, 7: {2}, 8: {3}}),
-                    finish="tail:3")
+                    finish=Finish(steps=3))
     plain = sample(adapter, LIST, TINY_SHAPE, 4)
     assert result.nfe.tolist() == [9, 10, 10, 10]
     assert torch.equal(result.samples[1:], plain.samples[1:]) and result.timesteps[1:] == [LIST] * 3
 
 
 def test_a_budget_finishes_with_x0_and_cuts_a_tail_at_its_cap(adapter):
-    capped = sample(adapter, LIST, TINY_SHAPE, 3, monitor=MaxNFE(4), finish="tail:3")
+    capped = sample(adapter, LIST, TINY_SHAPE, 3, monitor=MaxNFE(4), finish=Finish(steps=3))
     assert capped.nfe.tolist() == [4, 4, 4]
-    x0 = sample(adapter, LIST, TINY_SHAPE, 3, monitor=MaxNFE(4), finish="x0")
+    x0 = sample(adapter, LIST, TINY_SHAPE, 3, monitor=MaxNFE(4), finish=Finish(mode="x0"))
     assert torch.equal(capped.samples, x0.samples)
     # sample 0 is done at step 2 (NFE 3): its 3-step tail is cut after one tail evaluation by max-nfe:4
     both = AnyOf(monitor_from_spec("max-nfe:4"), _AsMonitor(_scripted({2: {0}})))
-    cut = sample(adapter, LIST, TINY_SHAPE, 3, monitor=both, finish="tail:3")
+    cut = sample(adapter, LIST, TINY_SHAPE, 3, monitor=both, finish=Finish(steps=3))
     assert cut.nfe.tolist() == [4, 4, 4] and len(cut.timesteps[0]) == 4 and cut.timesteps[0][3] < LIST[2]
 
 
@@ -152,7 +153,7 @@ class _AsMonitor(MaxNFE):
 @pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m"])
 def test_tail_finish_is_batch_size_invariant(adapter, solver):
     runs = [sample(adapter, LIST, TINY_SHAPE, 5, batch_size=bs, seed=1, solver=make_solver(solver),
-                   monitor=_scripted(EXITS), finish="tail:2:t") for bs in (1, 2, 5)]
+                   monitor=_scripted(EXITS), finish=Finish(steps=2, spacing="t")) for bs in (1, 2, 5)]
     for run in runs[1:]:
         assert torch.equal(run.samples, runs[0].samples) and torch.equal(run.nfe, runs[0].nfe)
         assert run.timesteps == runs[0].timesteps
@@ -252,7 +253,7 @@ def test_step_size_control_a_steering_and_an_ending_monitor_compose(adapter, sol
     plan, spec = StepSizeControl(tolerance=0.01), "x0-l2:0.05,min_steps=6|steer-x0-l2:0.02:0.2"
     free = sample(adapter, plan, TINY_SHAPE, 5, seed=2, solver=make_solver(solver))
     runs = [sample(adapter, plan, TINY_SHAPE, 5, batch_size=bs, seed=2, solver=make_solver(solver),
-                   monitor=monitor_from_spec(spec), finish="tail:2") for bs in (2, 5)]
+                   monitor=monitor_from_spec(spec), finish=Finish(steps=2)) for bs in (2, 5)]
     assert torch.equal(runs[0].samples, runs[1].samples) and runs[0].timesteps == runs[1].timesteps
     assert torch.equal(runs[0].nfe, runs[1].nfe) and torch.equal(runs[0].rejected, runs[1].rejected)
     assert runs[0].timesteps != free.timesteps, "the steering monitor should change some steps"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from adaptive_sampler import ModelAdapter, sample
+from adaptive_sampler import Finish, ModelAdapter, sample
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.seeding import draw_noise, sample_generator
@@ -74,7 +74,8 @@ def test_a_fractional_list_with_a_monitor_and_a_tail_finish():
     adapter = ModelAdapter.from_diffusers(build_tiny_unet(), tiny_scheduler_config())
     plan = [999, 800.5, 600.5, 400.5, 200.5, 50.5]
     monitor = ChangeMonitor("l2", threshold=1e9)  # fires at its first comparison: every row finishes on its tail
-    result = sample(adapter, plan, TINY_SHAPE, 4, batch_size=4, seed=1, monitor=monitor, finish="tail:2:logsnr")
+    result = sample(adapter, plan, TINY_SHAPE, 4, batch_size=4, seed=1, monitor=monitor,
+                    finish=Finish(steps=2, spacing="logsnr"))
     assert torch.isfinite(result.samples).all()
     for ts in result.timesteps:
         assert ts[:2] == plan[:2] and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:], strict=False))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaptive_sampler import ModelAdapter, StepSizeControl, make_policy, make_solver, sample
+from adaptive_sampler import Finish, ModelAdapter, StepSizeControl, make_policy, make_solver, sample
 from adaptive_sampler.monitors import monitor_from_spec
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,7 +50,7 @@ def _run(name: str, adapter: ModelAdapter):
         plan = make_policy(case["policy"]).timesteps(META["steps"], adapter.schedule)
     monitor = monitor_from_spec(case["monitor"]) if case["monitor"] else None
     return sample(adapter, plan, (1, 8, 8), META["n"], batch_size=META["batch_size"], seed=META["seed"],
-                  eta=case["eta"], solver=make_solver(case["solver"]), monitor=monitor, finish="x0")
+                  eta=case["eta"], solver=make_solver(case["solver"]), monitor=monitor, finish=Finish(mode="x0"))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaptive_sampler.finish import Finish
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors import AnyOf, ChangeMonitor, monitor_from_spec
 from adaptive_sampler.monitors.calibration import PsnrTarget, calibrate_threshold, record_x0_trace
@@ -24,7 +25,7 @@ def sd(tiny_sd_dir):
 def _online(model, spec: str, timesteps: torch.Tensor, seed: int, n: int) -> tuple[torch.Tensor, object]:
     monitor = AnyOf(monitor_from_spec(spec, decode=model.decode))
     result = sample(model.adapter(), timesteps, model.sample_shape, n, seed=seed, batch_size=3, monitor=monitor,
-                    conditioning=model.conditioning, finish="x0")
+                    conditioning=model.conditioning, finish=Finish(mode="x0"))
     return result.nfe, monitor
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from adaptive_sampler.finish import Finish
 from adaptive_sampler.metrics import fidelity
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.monitors import (
@@ -358,8 +359,8 @@ def test_a_monitor_in_batches_of_any_size_exits_at_the_same_steps(tiny):
     runs = []
     for batch_size in (8, 3, 5):
         monitor = monitor_from_spec(f"x0-l2:{threshold!r}|max-nfe:8")
-        runs.append((sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=batch_size, seed=5, monitor=monitor, finish="x0"),
-                     monitor))
+        runs.append((sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=batch_size, seed=5, monitor=monitor,
+                            finish=Finish(mode="x0")), monitor))
     (first, first_monitor), *others = runs
     assert len(set(first.nfe.tolist())) >= 3  # exits spread over several steps
     for result, monitor in others:
@@ -430,7 +431,7 @@ def test_exits_return_x0_of_their_step_and_leave_survivors_bitwise_unchanged(tin
     full = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, monitor=record)
     plan = {0: 2, 3: 2, 4: 5, 7: 0, 8: 9}  # 7 exits after one evaluation; 6-9 are the second batch
     monitor = _Scripted(plan)
-    early = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, monitor=monitor, finish="x0")
+    early = sample(tiny, TIMESTEPS, SHAPE, n, batch_size=6, seed=3, monitor=monitor, finish=Finish(mode="x0"))
     rows_seen = monitor.rows_seen
     for i in range(n):
         if i in plan:
@@ -465,7 +466,7 @@ def test_online_x0_l2_exits_where_the_offline_simulation_says(tiny):
     monitor = ChangeMonitor("l2", threshold)
     expected = monitor.simulate_exits(scores)
     assert 0 < int((expected < len(TIMESTEPS) - 1).sum()) < trace.n
-    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=5, monitor=monitor, finish="x0")
+    online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=5, monitor=monitor, finish=Finish(mode="x0"))
     assert online.nfe.tolist() == (expected + 1).tolist()
     assert torch.equal(online.samples, trace.exit_x0(expected))
 
@@ -582,7 +583,7 @@ def test_calibration_meets_the_target_on_calibration_seeds_and_matches_the_onlin
     # the offline simulation is what the online run does (same seeds, same threshold)
     full = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=11)
     online = sample(tiny, TIMESTEPS, SHAPE, 8, batch_size=8, seed=11, monitor=monitor_from_spec(result.monitor),
-                    finish="x0")
+                    finish=Finish(mode="x0"))
     assert online.nfe_mean == pytest.approx(result.calibration.nfe_mean)
     assert fidelity(online.samples, full.samples).psnr == pytest.approx(result.calibration.mean_psnr, abs=1e-4)
     mse = ((online.samples - full.samples) / 2).pow(2).mean()  # the target's PSNR: of the MSE over samples

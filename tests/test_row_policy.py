@@ -13,6 +13,7 @@ import torch
 
 from adaptive_sampler import load_model, make_policy
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.finish import Finish
 from adaptive_sampler.model_adapter import (
     Conditioning,
     ModelAdapter,
@@ -139,7 +140,8 @@ def test_in_bucket_mode_a_sample_is_bitwise_unchanged_when_neighbours_exit_withi
     def exit_four(info):  # 16 -> 12 active rows: still the bucket of 16
         return torch.tensor([i % 4 == 0 for i in info.sample_indices.tolist()]) if info.step == 3 else None
 
-    exits = sample(adapter, TS, TINY_SHAPE, 16, batch_size=16, seed=4, monitor=exit_four, finish="x0").samples
+    exits = sample(adapter, TS, TINY_SHAPE, 16, batch_size=16, seed=4, monitor=exit_four,
+                   finish=Finish(mode="x0")).samples
     stayed = [i for i in range(16) if i % 4]
     assert torch.equal(exits[stayed], alone[stayed])
     assert not torch.equal(exits[0], alone[0])
@@ -156,7 +158,7 @@ def test_the_sampler_bounds_each_bucket_by_its_batch_and_exits_shrink_the_calls(
     def exit_some(info):  # rows leave: 20 -> 13 after the first step, -> 6 after the second
         return torch.tensor([i % 3 == info.step for i in info.sample_indices.tolist()]) if info.step < 2 else None
 
-    sample(adapter, TS[:4], TINY_SHAPE, 20, batch_size=20, monitor=exit_some, finish="x0")
+    sample(adapter, TS[:4], TINY_SHAPE, 20, batch_size=20, monitor=exit_some, finish=Finish(mode="x0"))
     assert seen == [20, 16, 8, 8]
 
 

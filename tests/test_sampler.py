@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from pydantic import ValidationError
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from adaptive_sampler import ModelAdapter, NonFiniteOutputError, StepInfo, make_policy, sample
+from adaptive_sampler import Finish, ModelAdapter, NonFiniteOutputError, StepInfo, make_policy, sample
 from adaptive_sampler.seeding import draw_noise, sample_generator
 from helpers import TINY_SHAPE
 
@@ -138,7 +138,7 @@ def test_callback_true_stops_every_sample_with_x0_of_that_step(adapter, eta):
             return True
         return None
 
-    result = sample(adapter, CUSTOM, TINY_SHAPE, 5, batch_size=2, eta=eta, monitor=stop_at_k, finish="x0")
+    result = sample(adapter, CUSTOM, TINY_SHAPE, 5, batch_size=2, eta=eta, monitor=stop_at_k, finish=Finish(mode="x0"))
     assert result.nfe.tolist() == [k + 1] * 5
     assert steps_seen == [0, 1, 2, 3] * 3  # three batches, none runs past step k
     assert sorted(seen) == [0, 1, 2, 3, 4]
@@ -162,7 +162,8 @@ def test_callback_mask_exits_only_those_samples_and_leaves_the_rest_bitwise_unch
         return done
 
     baseline = sample(adapter, CUSTOM, TINY_SHAPE, 5, batch_size=batch_size, eta=eta)
-    result = sample(adapter, CUSTOM, TINY_SHAPE, 5, batch_size=batch_size, eta=eta, monitor=monitor, finish="x0")
+    result = sample(adapter, CUSTOM, TINY_SHAPE, 5, batch_size=batch_size, eta=eta, monitor=monitor,
+                    finish=Finish(mode="x0"))
 
     assert result.nfe.tolist() == [3, 10, 3, 6, 10]
     for i in (0, 2, 3):
@@ -178,7 +179,7 @@ def test_callback_mask_that_empties_a_batch_of_several_rows(adapter):
     def all_done_at_step_1(info: StepInfo):
         return torch.full((len(info.sample_indices),), info.step == 1)
 
-    result = sample(adapter, CUSTOM, TINY_SHAPE, 3, batch_size=3, monitor=all_done_at_step_1, finish="x0")
+    result = sample(adapter, CUSTOM, TINY_SHAPE, 3, batch_size=3, monitor=all_done_at_step_1, finish=Finish(mode="x0"))
     assert result.nfe.tolist() == [2, 2, 2]
 
 

@@ -19,6 +19,7 @@ from diffusers import (
 )
 
 from adaptive_sampler.cli import main
+from adaptive_sampler.finish import Finish
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.policies import make_policy
@@ -123,7 +124,7 @@ def test_early_exit_keeps_the_history_of_the_other_samples(tiny_rgb_unet, solver
         return (info.sample_indices == 1) if info.step == 2 else None
 
     cut = sample(adapter, ts, SHAPE, 4, solver=make_solver(solver), monitor=exit_sample_1_at_step_2,
-                 finish="x0")
+                 finish=Finish(mode="x0"))
     kept = [0, 2, 3]
     assert torch.equal(cut.samples[kept], full.samples[kept])
     assert torch.equal(cut.samples[1], full.trace[2].x0[1])
