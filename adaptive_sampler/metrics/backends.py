@@ -1,19 +1,8 @@
 """Metric back-ends as plug-ins: one interface over the feature spaces and per-sample scorers that `eval`, `tune
---objective` and the benchmarks use, named by a spec (`--features`).
-
-A `MetricBackend` may have a feature space (`feature_extractor`, where FID/KID live against reference statistics,
-see `scoring`) and may score each sample (`per_sample`, averaged over the set). Specs:
-
-- `embedded`: the shipped Fashion-MNIST classifier's 128-d features ((1, 32, 32) images; the default).
-- `inception:PATH`: pytorch-fid's FID InceptionV3 from a local state-dict file (pt_inception-2015-12-05), 2048-d,
-  images quantised and resized by clean-fid's convention (`features.InceptionFeatureExtractor`); any size.
-- `clip:PATH`: a local transformers CLIP folder: CLIP image features (projection_dim) for FID, and `clip_score`
-  (100 · max(cos, 0)) of each image against its prompt where prompts are given (`clip.LocalClip`).
-- `fidelity`, `fidelity:lpips[:NET]`: `psnr`, `ssim` (and `lpips`, NET alex/vgg/squeeze, from local weights) to a
-  many-step reference from the same noise and prompt; any model.
-- `label`: `label_agreement`, 1 where the embedded classifier's class is the requested label, else 0 (class-
-  conditional Fashion-MNIST-shaped models).
-Bad specs, missing files and wrong formats raise FieldError naming `features` (the CLI's --features).
+--objective` and the benchmarks use, named by a spec (`--features`; the specs are `BACKEND_SPECS`, described in
+docs/guides/evaluation.md). A `MetricBackend` may have a feature space (`feature_extractor`, where FID/KID live
+against reference statistics) and may score each sample (`per_sample`). Bad specs and files raise FieldError naming
+`features`.
 """
 
 from __future__ import annotations
@@ -43,8 +32,8 @@ BACKEND_SPECS = ("embedded", "inception:PATH", "clip:PATH", "fidelity", "fidelit
 
 @dataclass(frozen=True)
 class ScoringBatch:
-    """What a back-end scores: images [n, C, H, W] in [-1, 1] and, per sample, the prompt, the class label and the
-    many-step reference image of the same noise and prompt, where the run has them."""
+    """Images [n, C, H, W] in [-1, 1] and, where the run has them, each sample's prompt, class label and many-step
+    reference image of the same noise and prompt."""
 
     images: torch.Tensor
     prompts: Sequence[str] | None = None
@@ -62,11 +51,7 @@ class ScoringBatch:
 
 
 class MetricBackend:
-    """A feature space and/or per-sample scores (see the module docstring); subclasses set what they have.
-
-    `metric_names` lists what `per_sample` returns (when its inputs are given); `needs_reference_images` says
-    whether it scores against the many-step reference; `check_shape` refuses sample shapes it cannot score.
-    """
+    """A feature space and/or per-sample scores (`metric_names`); subclasses set what they have."""
 
     spec: str
     feature_extractor: FeatureExtractor | None = None
@@ -75,7 +60,7 @@ class MetricBackend:
 
     @property
     def dim(self) -> int | None:
-        """The feature dimension (FID needs more samples than this), or None without a feature space."""
+        """The feature dimension, or None without a feature space."""
         return self.feature_extractor.dim if self.feature_extractor is not None else None
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
@@ -210,10 +195,10 @@ class LabelBackend(MetricBackend):
 
 
 def make_backend(spec: str, device: torch.device | str | None = None) -> MetricBackend:
-    """The back-end a spec names (see the module docstring); FieldError("features", spec, ...) otherwise.
+    """The back-end a spec names.
 
     Args:
-        spec: a back-end name or spec (see the module docstring).
+        spec: one of `BACKEND_SPECS`, its PATH or NET filled in.
         device: where its network runs.
     """
     name, _, arg = spec.partition(":")

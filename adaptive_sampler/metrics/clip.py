@@ -1,15 +1,9 @@
 """CLIP from a local transformers folder: the CLIP score of images against their prompts, and image features for FID.
 
-The folder is what `CLIPModel.save_pretrained` + `CLIPProcessor.save_pretrained` write (config.json, safetensors
-weights, preprocessor_config.json or processor_config.json, the tokenizer files), e.g. a copy of
-openai/clip-vit-large-patch14; it is read with `local_files_only=True`, safetensors only; nothing is downloaded.
-
-- CLIP score (Hessel et al. 2021, "CLIPScore", arXiv:2104.08718, with the weight 100 of torchmetrics' and most
-  text-to-image papers' convention): 100 · max(cos(E_image, E_text), 0) per sample, E the projected embeddings.
-- FID features: the projected image embeddings, unnormalised, as clean-fid's CLIP features (`encode_image`), dim =
-  the model's `projection_dim` (Kynkäänniemi et al. 2023, arXiv:2203.06026, on FID in CLIP space).
-Images are quantised to 8 bits (as saved to a PNG), grayscale repeated to RGB, then prepared by the folder's own
-image processor (resize, centre crop, normalisation), as CLIP was trained.
+The folder is what `CLIPModel` and `CLIPProcessor.save_pretrained` write (safetensors weights only); nothing is
+downloaded. The CLIP score is 100 · max(cos(E_image, E_text), 0) (Hessel et al. 2021, arXiv:2104.08718, torchmetrics'
+weight); the FID features are the unnormalised projected image embeddings, as clean-fid's. Images are quantised to 8
+bits (as a PNG holds them), then prepared by the folder's own image processor, as CLIP was trained.
 """
 
 from __future__ import annotations
@@ -33,11 +27,8 @@ def _transformers(field: str, spec: str) -> Any:
 
 
 class LocalClip:
-    """A CLIP model, image processor and tokenizer read from `folder`; `field` names the input in errors.
-
-    `image_features(images)` [n, projection_dim] and `clip_score(images, prompts)` [n] take images [n, 1 or 3, H, W]
-    in [-1, 1] (any H, W), computed on `device` if given, else on the images' device, in batches of `batch_size`.
-    """
+    """A CLIP model, image processor and tokenizer read from `folder` (`field` names it in errors); computed on
+    `device` (default: the images') for images [n, 1 or 3, H, W] in [-1, 1]."""
 
     def __init__(self, folder: Path | str, device: torch.device | str | None = None, batch_size: int = 64,
                  field: str = "features") -> None:
@@ -81,8 +72,7 @@ class LocalClip:
 
     def _image_embeds(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         pixels = self._pixels(images).to(device, self.model.dtype)
-        # the projection of the pooled output, spelled out: get_image_features returns a tensor in transformers 4
-        # and an output object in 5
+        # spelled out: get_image_features returns a tensor in transformers 4 and an output object in 5
         return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output).float()
 
     def _text_embeds(self, prompts: Sequence[str], device: torch.device) -> torch.Tensor:

@@ -43,11 +43,8 @@ class DistributionMetrics:
 
 
 def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-6) -> float:
-    """Fréchet distance ||μa - μb||² + Tr(Σa + Σb - 2 (Σa Σb)^½) between two Gaussian feature fits.
-
-    Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"
-    (arXiv:1706.08500). Numerics follow pytorch-fid: scipy's sqrtm; if the product is too near singular for a
-    finite root, `eps` is added to both diagonals; a negligible imaginary part from round-off is dropped.
+    """Fréchet distance ||μa - μb||² + Tr(Σa + Σb - 2 (Σa Σb)^½) between two Gaussian feature fits (Heusel et al.
+    2017, arXiv:1706.08500), with pytorch-fid's numerics.
 
     Args:
         stats_a: one set's feature moments.
@@ -60,8 +57,7 @@ def fid(stats_a: FeatureStatistics, stats_b: FeatureStatistics, eps: float = 1e-
     mu_a, mu_b = stats_a.mean.numpy(), stats_b.mean.numpy()
     cov_a, cov_b = stats_a.cov.numpy(), stats_b.cov.numpy()
     with warnings.catch_warnings():
-        # Singular covariances are routine (a ReLU unit that never fires has zero variance; the embedded net has
-        # ~18 such units) and scipy warns on each; the result is checked for finiteness below instead.
+        # singular covariances are routine (a ReLU unit that never fires); the result is checked for finiteness
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
         if not np.isfinite(covmean).all():
@@ -90,20 +86,18 @@ def _check_features(name: str, features: torch.Tensor, dim: int | None = None, m
 
 
 def _cubic_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """KID's kernel k(x, y) = (x·y / d + 1)³ between the rows of x and y (Bińkowski et al. 2018, arXiv:1801.01401,
-    Sec. 3; the same arithmetic as piq's and scikit-learn's polynomial kernel with gamma 1/d, coef0 1)."""
+    """KID's kernel k(x, y) = (x·y / d + 1)³ between the rows of x and y (as piq's and scikit-learn's)."""
     return (x @ y.T * (1.0 / x.shape[1]) + 1).pow(3)
 
 
 class KidReference:
-    """The reference side of the unbiased KID estimate, computed once and reusable across generated sets: the
-    reference features and mean_{i≠j} k(r_i, r_j) (~10⁸ kernel values for 10,000 references)."""
+    """The reference side of the unbiased KID estimate, mean_{i≠j} k(r_i, r_j), computed once for many sets."""
 
     def __init__(self, features: torch.Tensor, chunk: int = 1024) -> None:
         self.features = features.double()
         m = self.features.shape[0]
         total = torch.zeros((), dtype=torch.float64, device=self.features.device)
-        # In chunks: the reference Gram matrix (10,000² in float64) would take 800 MB at once.
+        # in chunks: the 10,000² reference Gram matrix would take 800 MB at once
         for i in range(0, m, chunk):
             k_ref = _cubic_kernel(self.features[i : i + chunk], self.features)
             total += k_ref.sum() - k_ref.diagonal(offset=i).sum()
@@ -114,10 +108,9 @@ class KidReference:
 class _KidTerms:
     """The kernel sums of the unbiased MMD² estimate, kept so the generated set can be reweighted cheaply.
 
-    With counts c (how often each generated sample is drawn), MMD² = Σ_{i≠j} c_i c_j k(g_i, g_j) / (N² - Σ c_i²)
-    + mean_{i≠j} k(r_i, r_j) - 2 Σ_i c_i Σ_j k(g_i, r_j) / (N m), N = Σ c. Pairs of copies of one sample are left
-    out: a bootstrap duplicate is not an independent draw, and counting k(g, g) would bias KID upward. With all
-    c_i = 1 this is the usual estimate, and equal to piq's KID when the two sets have the same size.
+    With counts c (bootstrap draws), MMD² = Σ_{i≠j} c_i c_j k(g_i, g_j) / (N² - Σ c_i²) + mean_{i≠j} k(r_i, r_j)
+    - 2 Σ_i c_i Σ_j k(g_i, r_j) / (N m), N = Σ c: pairs of copies of one sample are left out, as they would bias
+    KID upward. With all c_i = 1 this is the usual estimate.
     """
 
     def __init__(self, gen: torch.Tensor, ref: KidReference, chunk: int = 1024) -> None:
@@ -136,13 +129,8 @@ class _KidTerms:
 
 
 def kid(features_a: torch.Tensor, features_b: torch.Tensor | KidReference) -> float:
-    """Kernel Inception Distance: unbiased MMD² with the cubic kernel (x·y / d + 1)³, over the full sets.
-
-    `features_b` may be a `KidReference`, so that a reference scored against many sets is prepared once.
-
-    Bińkowski et al. 2018, "Demystifying MMD GANs" (arXiv:1801.01401). piq's KID has the same kernel and
-    estimator but, for sets of different size, silently draws a subset of the larger one (from the global RNG);
-    here every sample is used, so the value is deterministic and the sizes may differ.
+    """Kernel Inception Distance (Bińkowski et al. 2018, arXiv:1801.01401): unbiased MMD² with the cubic kernel over
+    the full sets. Unlike piq's, it draws no random subset of the larger set, so it is deterministic.
 
     Args:
         features_a: generated features [n, d].
@@ -164,15 +152,13 @@ def _subset(features: torch.Tensor, size: int, generator: torch.Generator) -> to
 def precision_recall(
     gen_features: torch.Tensor, ref_features: torch.Tensor, nearest_k: int = 3, seed: int = 0
 ) -> PrecisionRecall:
-    """Improved precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991) via piq's PR.
-
-    k-NN radii shrink as a set grows, so the larger set is cut to the smaller one's size (a seeded random subset),
-    as the paper compares equal-sized sets. `nearest_k` = 3 is the paper's choice.
+    """Improved precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991) via piq's PR; k-NN radii shrink
+    as a set grows, so the larger set is cut to a seeded random subset of the smaller one's size, as in the paper.
 
     Args:
         gen_features: generated features [n, d].
         ref_features: reference features [m, d].
-        nearest_k: the k of the k-NN radii (3, the paper's).
+        nearest_k: the k of the k-NN radii.
         seed: the subset's seed.
     """
     _check_features("gen_features", gen_features, min_n=nearest_k + 2)
@@ -200,11 +186,9 @@ def distribution_metrics(
 ) -> DistributionMetrics:
     """FID (against `ref_stats`), KID and precision/recall (against `ref_features`) of generated features [n, d].
 
-    With `bootstrap` > 0, 95 % percentile intervals for FID and KID come from that many resamplings of the
-    generated features with replacement (Efron & Tibshirani 1993); the reference is held fixed. `seed` drives
-    the resampling and the precision/recall subset. FID is biased upward at finite n (Chong & Forsyth 2020,
-    arXiv:1911.07023) and a resample holds only ~63 % distinct samples, so near the real-vs-real floor the FID
-    interval can sit above the point estimate; compare intervals of runs with the same n.
+    The 95 % bootstrap intervals resample the generated features (the reference is fixed). FID is biased upward at
+    finite n and a resample holds ~63 % distinct samples, so the FID interval can sit above the point estimate;
+    compare intervals of runs with the same n.
 
     Args:
         gen_features: generated features [n, d].

@@ -1,8 +1,5 @@
-"""The embedded feature network: a small Fashion-MNIST classifier whose penultimate layer is the FID space.
-
-For MNIST-like data, Inception features are a poor fit; a domain classifier's penultimate activations are the
-usual substitute (as in the FID-on-MNIST practice of e.g. Heusel et al. 2017 follow-ups). Inputs are images in
-the model's range [-1, 1], shape [n, 1, 32, 32].
+"""The embedded feature network: a small Fashion-MNIST classifier whose penultimate layer is the FID space
+(Inception features fit MNIST-like data poorly). Inputs are images [n, 1, 32, 32] in [-1, 1].
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Feature extractors: images in [-1, 1] -> feature vectors [n, dim], the space FID/KID/precision-recall live in.
 
-`EmbeddedFeatureExtractor` runs the Fashion-MNIST classifier shipped in the package (offline, 128-d).
-`InceptionFeatureExtractor` runs the InceptionV3 of the FID paper (Heusel et al. 2017, arXiv:1706.08500) as ported
-by pytorch-fid, from a weights file the user supplies, on images prepared by clean-fid's convention (`resize`).
+The shipped Fashion-MNIST classifier (128-d) and pytorch-fid's InceptionV3 from a weights file the user supplies;
 CLIP image features live in `clip`. Nothing here downloads.
 """
 
@@ -70,12 +68,8 @@ class _PenultimateFeatures(nn.Module):
 
 
 class EmbeddedFeatureExtractor:
-    """Penultimate features (FEATURE_DIM = 128) of the shipped classifier for images [n, 1, 32, 32] in [-1, 1].
-
-    Values outside [-1, 1] are clamped first, as saving the images would (an unclipped sampler's background
-    overshoots -1). Features are computed on `device` if given, else on the images' device, and returned there as
-    float32.
-    """
+    """Penultimate features (128-d) of the shipped classifier for images [n, 1, 32, 32] in [-1, 1], clamped first
+    as saving them would; computed on `device` (default: the images')."""
 
     def __init__(self, device: torch.device | str | None = None, batch_size: int = 1000) -> None:
         _check_batch_size(batch_size)
@@ -94,13 +88,8 @@ class EmbeddedFeatureExtractor:
 
 
 def build_fid_inception_v3() -> nn.Module:
-    """The FID InceptionV3 architecture of pytorch-fid, randomly initialised (no weights are fetched).
-
-    This is piq's `InceptionV3.fid_inception_v3` (which copies pytorch-fid) without its download: torchvision's
-    InceptionV3 with 1008 classes, no aux head, and piq's TensorFlow-compatible mixed blocks. Its state dict has
-    the keys of `pt_inception-2015-12-05-6726825d.pth`.
-    """
-    # piq's InceptionV3 class cannot be used directly: its constructor always downloads the weights.
+    """The FID InceptionV3 architecture of pytorch-fid, randomly initialised: piq's `fid_inception_v3` without its
+    download (piq's constructor always downloads), with the keys of `pt_inception-2015-12-05-6726825d.pth`."""
     net = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
     net.Mixed_5b = FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = FIDInceptionA(256, pool_features=64)
@@ -115,8 +104,7 @@ def build_fid_inception_v3() -> nn.Module:
 
 
 class _InceptionPool(nn.Module):
-    """clean-fid's preprocessing (`resize.clean_preprocess`: 8-bit quantisation, grayscale -> RGB, PIL-bicubic
-    resize to 299), pytorch-fid's input scaling (0-255 -> [-1, 1]), then the 2048-d final average-pool features."""
+    """clean-fid's preprocessing, pytorch-fid's input scaling, then the 2048-d final average-pool features."""
 
     def __init__(self, inception: nn.Module) -> None:
         super().__init__()
@@ -129,12 +117,8 @@ class _InceptionPool(nn.Module):
 
 
 class InceptionFeatureExtractor:
-    """FID Inception pool features [n, 2048] for images [n, 1 or 3, H, W] in [-1, 1], from a local weights file,
-    with clean-fid's quantisation and resize (see `_InceptionPool`); any H, W.
-
-    `weights_path` is pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a state dict; loaded with
-    `weights_only=True`). Features are computed on `device` if given, else on the images' device.
-    """
+    """FID Inception pool features [n, 2048] of images [n, 1 or 3, H, W] in [-1, 1] (any H, W), from pytorch-fid's
+    `pt_inception-2015-12-05-6726825d.pth` at `weights_path`; computed on `device` (default: the images')."""
 
     def __init__(
         self, weights_path: Path | str, device: torch.device | str | None = None, batch_size: int = 50

@@ -17,8 +17,7 @@ from adaptive_sampler.metrics.features import FeatureExtractor
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Images from the model range [-1, 1] to [0, 1] in float32, clamped: samplers clip x̂0 to [-1, 1], and the
-    clamp absorbs round-off (and unclipped x̂0) that piq's range check would reject.
+    """Images from the model range [-1, 1] to [0, 1] in float32, clamped (piq's range check rejects round-off).
 
     Args:
         images: [n, C, H, W] in [-1, 1].
@@ -41,11 +40,8 @@ def _check_pair(images: torch.Tensor, reference: torch.Tensor) -> None:
 
 def fidelity_per_sample(images: torch.Tensor, reference: torch.Tensor,
                         lpips_model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Per-sample PSNR (dB), SSIM (images at least 11 pixels wide) and, with `lpips_model` (an `lpips.LPIPS`, see
-    `monitors.lpips_distance.build_lpips`), LPIPS of images to reference, as float64 CPU tensors [n].
-
-    Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise (and prompt) as sample i of the
-    other; PSNR and SSIM use piq on [0, 1], LPIPS takes [-1, 1] RGB (grayscale repeated).
+    """Per-sample PSNR (dB), SSIM (images at least 11 pixels wide) and LPIPS of images to reference, as float64 CPU
+    tensors [n].
 
     Args:
         images: [n, C, H, W] in [-1, 1].
@@ -80,10 +76,7 @@ class Fidelity:
 def fidelity(
     images: torch.Tensor, reference: torch.Tensor, feature_extractor: FeatureExtractor | None = None
 ) -> Fidelity:
-    """Per-sample PSNR, SSIM (Wang et al. 2004) and feature L2 distance of images to reference, averaged.
-
-    Both are [n, C, H, W] in [-1, 1], sample i of one from the same initial noise as sample i of the other.
-    PSNR and SSIM use piq on [0, 1]; identical images give PSNR 80 dB (piq's 1e-8 floor on the MSE) and SSIM 1.
+    """Per-sample PSNR, SSIM and feature L2 distance of images to reference, averaged (identical images: 80 dB).
 
     Args:
         images: [n, C, H, W] in [-1, 1].

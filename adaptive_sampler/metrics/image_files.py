@@ -1,12 +1,7 @@
-"""Sets of real images on disk, read batch by batch in the model range [-1, 1]: a folder of image files or a .npy
-array. `adaptive-sampler stats` computes reference statistics from them.
+"""Sets of real images on disk, read batch by batch in the model range [-1, 1], for `adaptive-sampler stats`.
 
-- A folder: every .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp file below it, in sorted path order, all of one size;
-  grayscale files (PIL modes 1, L, I, I;16, F) stay one channel when all of them are grayscale, else everything is
-  converted to RGB (as clean-fid reads files). 8-bit values v become v / 127.5 - 1.
-- A .npy file: float images in [-1, 1] as [n, C, H, W] (what `sample --save` writes), or uint8 images 0-255 as
-  [n, H, W], [n, C, H, W] or [n, H, W, C] (C = 1 or 3).
-Bad input raises FieldError naming `images` or `npy`.
+A folder's image files (sorted, one size) stay one channel when all are grayscale, else are converted to RGB, as
+clean-fid reads files. A .npy holds float images in [-1, 1] [n, C, H, W] or uint8 images 0-255.
 """
 
 from __future__ import annotations
@@ -56,10 +51,10 @@ def _read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 def image_folder(folder: Path) -> ImageSet:
-    """The images below `folder` (see the module docstring).
+    """The images below `folder`, in sorted path order.
 
     Args:
-        folder: a folder of PNG/JPEG images.
+        folder: a folder of image files of one size.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -94,10 +89,10 @@ def _array_to_model_range(array: np.ndarray) -> torch.Tensor:
 
 
 def npy_images(path: Path) -> ImageSet:
-    """The images of the .npy file `path` (see the module docstring).
+    """The images of a .npy file.
 
     Args:
-        path: a .npy file.
+        path: float images in [-1, 1] [n, C, H, W], or uint8 images [n, H, W], [n, C, H, W] or [n, H, W, C].
     """
     if not path.is_file():
         raise FieldError("npy", str(path), "does not exist")

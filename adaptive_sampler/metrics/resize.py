@@ -1,12 +1,8 @@
 """Images from the model range to a feature network's input, by clean-fid's "clean" convention.
 
-Parmar, Zhang & Zhu 2022, "On Aliased Resizing and Surprising Subtleties in GAN Evaluation" (arXiv:2104.11222):
-FID depends on how images are quantised and resized, so every image is first quantised to 8 bits (as if saved to
-a PNG and read back), then each channel is resized on the float values 0-255 with PIL's antialiased bicubic filter
-(`Image.fromarray(x, mode="F").resize(size, BICUBIC)`) and clipped to [0, 255], with no second quantisation.
-Here the resize is torch's antialiased bicubic (a = -0.5, PIL's kernel and support) in float64, which matches PIL
-to ~3e-5 of a grey level (tests/test_metric_backends.py checks it against PIL), runs on the images' device and
-batches.
+FID depends on how images are quantised and resized (Parmar et al. 2022, arXiv:2104.11222), so images are quantised
+to 8 bits, then each channel is resized on the values 0-255 with PIL's antialiased bicubic filter and clipped, with no
+second quantisation. torch's antialiased bicubic in float64 matches PIL to ~3e-5 of a grey level and batches.
 """
 
 from __future__ import annotations
@@ -18,12 +14,7 @@ from adaptive_sampler.errors import FieldError
 
 
 def check_images(images: torch.Tensor, field: str = "images") -> None:
-    """Images must be [n, C, H, W] with C = 1 (grayscale) or 3 (RGB).
-
-    Args:
-        images: the images.
-        field: the name errors give them.
-    """
+    """Refuse anything but images [n, C, H, W] with C = 1 (grayscale) or 3 (RGB); errors name `field`."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise FieldError(field, tuple(images.shape), "is its shape; it must be [n, 1 or 3, H, W]: grayscale or RGB "
                                                      "images in [-1, 1]")
@@ -39,17 +30,12 @@ def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Grayscale [n, 1, H, W] repeated to three channels (as PIL's convert("RGB")); RGB unchanged.
-
-    Args:
-        images: [n, 1 or 3, H, W].
-    """
+    """Grayscale [n, 1, H, W] repeated to three channels (as PIL's convert("RGB")); RGB unchanged."""
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 def clean_resize(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Values 0-255 [n, C, H, W] resized to `size` (H, W) per channel with PIL's bicubic filter, clipped to
-    [0, 255] (float32); see the module docstring.
+    """Values 0-255 resized per channel with PIL's bicubic filter, clipped to [0, 255] (float32).
 
     Args:
         values: [n, C, H, W] in 0-255.
@@ -62,7 +48,7 @@ def clean_resize(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def clean_preprocess(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Images in [-1, 1] of shape (n, 1 or 3, H, W) -> RGB values 0-255 at `size`: quantised, then clean-resized.
+    """Images in [-1, 1] -> RGB values 0-255 at `size`: quantised, then clean-resized.
 
     Args:
         images: [n, 1 or 3, H, W] in [-1, 1].

@@ -1,10 +1,7 @@
 """A back-end plus reference statistics: the metrics of a set of samples, gathered batch by batch.
 
-`MetricAccumulator(backend, reference)` takes `ScoringBatch`es (`add`) and gives the metrics of everything added
-so far (`values`): the means of the back-end's per-sample scores, and, where it has a feature space and a
-reference, FID (once n exceeds the feature dimension) — plus KID and precision/recall where the reference holds
-its features (the shipped embedded one does; an npz holds only `mu`, `sigma`). Tuning adds one chunk per rung,
-`eval` adds all its samples at once; `score_images` is the one-call form for benchmarks and scripts.
+Tuning adds one chunk per rung to a `MetricAccumulator`, `eval` all its samples at once; `score_images` is the
+one-call form for benchmarks and scripts.
 """
 
 from __future__ import annotations
@@ -52,9 +49,8 @@ def embedded_reference() -> Reference:
 
 
 def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Reference | None:
-    """The reference of `backend`: the npz at `path` (pytorch-fid layout, see `FeatureStatistics.load_npz`), else
-    the shipped one for `embedded`, else None. Raises FieldError("reference", ...) for a bad file, one whose
-    dimension is not the back-end's, or a back-end without a feature space.
+    """The reference of `backend`: the npz at `path` (pytorch-fid layout), else the shipped one for `embedded`, else
+    None; a bad file or one of another dimension raises FieldError("reference").
 
     Args:
         backend: the back-end.
@@ -74,7 +70,7 @@ def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Refere
 
 
 def check_fid_n(backend: MetricBackend, n: int, field: str = "n") -> None:
-    """FID is refused at n ≤ the feature dimension (a rank-deficient covariance): FieldError naming `field`.
+    """Refuse FID at n ≤ the feature dimension (a rank-deficient covariance) with a FieldError naming `field`.
 
     Args:
         backend: the back-end.
@@ -87,7 +83,8 @@ def check_fid_n(backend: MetricBackend, n: int, field: str = "n") -> None:
 
 
 class MetricAccumulator:
-    """Metrics of the samples added so far (see the module docstring)."""
+    """Metrics of the samples added so far: per-sample means and, with a reference, FID (n > dim), KID and, where
+    the reference holds its features (an npz holds only moments), precision/recall."""
 
     def __init__(self, backend: MetricBackend, reference: Reference | None = None) -> None:
         self.backend, self.reference = backend, reference
@@ -111,9 +108,8 @@ class MetricAccumulator:
         return torch.cat(self._features) if self._features else None
 
     def values(self, bootstrap: int = 0, seed: int = 0, precision_recall: bool = True) -> dict[str, float]:
-        """Metric name -> value over the samples so far: per-sample means, and FID (n > dim) and KID against the
-        reference; where the reference has features and n > dim, precision/recall too (unless `precision_recall`
-        is False) and, with `bootstrap`, `fid_ci_low`…`kid_ci_high`."""
+        """Metric name -> value over the samples so far (precision/recall unless `precision_recall` is False; with
+        `bootstrap`, also `fid_ci_low`…`kid_ci_high`)."""
         out = {name: total / self._counts[name] for name, total in self._sums.items()}
         features = self.features
         if features is None or self.reference is None:
@@ -137,9 +133,7 @@ def score_images(images: torch.Tensor, features: str | MetricBackend = "embedded
                  *, prompts: Sequence[str] | None = None, labels: Sequence[int] | None = None,
                  reference_images: torch.Tensor | None = None, bootstrap: int = 0, seed: int = 0,
                  device: torch.device | str | None = None) -> dict[str, float]:
-    """The metrics of images [n, C, H, W] in [-1, 1] with a back-end (a spec or a built one, reused across calls)
-    against `reference` (npz; default the back-end's shipped one), with per-sample prompts, labels and many-step
-    reference images where the back-end scores them. FID is refused at n ≤ the feature dimension (FieldError).
+    """The metrics of images with a back-end; FID is refused at n ≤ the feature dimension (FieldError).
 
     Args:
         images: [n, C, H, W] in [-1, 1].

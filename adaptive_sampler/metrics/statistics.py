@@ -1,10 +1,8 @@
 """Feature moments (mean, covariance) for FID, their files, and the shipped Fashion-MNIST references.
 
-Two file layouts: the package's safetensors (`save`/`load`, with n), and pytorch-fid's `.npz` (`save_npz`/
-`load_npz`: float64 arrays `mu` [d] and `sigma` [d, d], read by pytorch-fid and clean-fid as `np.load(path)["mu"]`,
-`["sigma"]`), which `adaptive-sampler stats` writes and `--reference` reads. The shipped references are features
-of the embedded feature net (see `features.EmbeddedFeatureExtractor`) for the 10,000 test images and for the first
-10,000 training images; `experiments/compute_reference_stats.py` writes them.
+Two file layouts: the package's safetensors (`save`/`load`, with n) and pytorch-fid's `.npz` (`mu`, `sigma`), which
+`adaptive-sampler stats` writes and `--reference` reads. `experiments/compute_reference_stats.py` writes the shipped
+references (embedded features of the 10,000 test images and of the first 10,000 training images).
 """
 
 from __future__ import annotations
@@ -28,11 +26,7 @@ _FORMAT = "adaptive_sampler.FeatureStatistics"
 
 
 def reference_statistics_path(split: Literal["test", "train"]) -> Path:
-    """Where the shipped moments of `split` live.
-
-    Args:
-        split: test or train.
-    """
+    """Where the shipped moments of `split` (test or train) live."""
     if split not in ("test", "train"):
         raise FieldError("split", split, "is not one of 'test', 'train'")
     return EMBEDDED_DIR / f"reference_stats_{split}.safetensors"
@@ -40,8 +34,7 @@ def reference_statistics_path(split: Literal["test", "train"]) -> Path:
 
 @dataclass(frozen=True)
 class FeatureStatistics:
-    """Mean [d] and unbiased covariance [d, d] (float64, CPU) of n feature vectors (n None: not recorded, as in
-    pytorch-fid's npz files)."""
+    """Mean [d] and unbiased covariance [d, d] (float64, CPU) of n feature vectors (None: not recorded)."""
 
     mean: torch.Tensor
     cov: torch.Tensor
@@ -63,14 +56,14 @@ class FeatureStatistics:
 
     @classmethod
     def from_features(cls, features: torch.Tensor) -> FeatureStatistics:
-        """Moments of features [n, d], as pytorch-fid computes them (np.cov, i.e. divided by n - 1)."""
+        """Moments of features [n, d], as pytorch-fid computes them (divided by n - 1)."""
         if features.ndim != 2:
             raise FieldError("features", tuple(features.shape), "is its shape; it must be [n, d]")
         x = features.detach().to("cpu", torch.float64)
         return cls(mean=x.mean(0), cov=torch.cov(x.T).reshape(x.shape[1], x.shape[1]), n=x.shape[0])
 
     def save(self, path: Path | str) -> None:
-        """Write as safetensors (tensors `mean`, `cov`; `n` in the metadata; use `save_npz` when n is unknown)."""
+        """Write as safetensors (`n` in the metadata; use `save_npz` when n is unknown)."""
         if self.n is None:
             raise FieldError("n", None, "is not recorded; the safetensors layout stores n, use save_npz")
         save_file(
@@ -80,7 +73,7 @@ class FeatureStatistics:
         )
 
     def npz_bytes(self) -> bytes:
-        """The moments in pytorch-fid's layout: an uncompressed `.npz` with float64 `mu` [d] and `sigma` [d, d]."""
+        """The moments in pytorch-fid's layout: an `.npz` with float64 `mu` [d] and `sigma` [d, d]."""
         buffer = io.BytesIO()
         np.savez(buffer, mu=self.mean.numpy(), sigma=self.cov.numpy())
         return buffer.getvalue()
@@ -91,8 +84,7 @@ class FeatureStatistics:
 
     @classmethod
     def load_npz(cls, path: Path | str, field: str = "reference") -> FeatureStatistics:
-        """Read pytorch-fid's `.npz` layout (`mu` [d], `sigma` [d, d]; other arrays are ignored, as pytorch-fid
-        does). A missing file, another format or a bad layout raises FieldError naming `field`."""
+        """Read pytorch-fid's `.npz` layout (other arrays are ignored); errors name `field`."""
         path = Path(path)
         if not path.is_file():
             raise FieldError(field, str(path), "does not exist; make one with `adaptive-sampler stats --images DIR "
@@ -140,8 +132,5 @@ def embedded_reference_statistics(split: Literal["test", "train"] = "test") -> F
 
 
 def embedded_reference_features() -> torch.Tensor:
-    """Shipped embedded features [10000, 128] of the Fashion-MNIST test images (stored float16; returned float32).
-
-    KID and precision-recall need the feature set itself, not only its moments.
-    """
+    """Shipped embedded features [10000, 128] of the Fashion-MNIST test images (for KID and precision-recall)."""
     return load_file(REFERENCE_FEATURES_PATH)["features"].float()
