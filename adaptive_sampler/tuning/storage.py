@@ -171,11 +171,15 @@ def ignoring_experimental_warnings() -> Iterator[None]:
         yield
 
 
+with ignoring_experimental_warnings():  # stateless: one serves every storage and every retry
+    _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
 def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                  grace_period: int = GRACE_PERIOD_S) -> BaseStorage:
     """An Optuna storage for `url` (see `check_storage` for the accepted forms), checked first; a file that is
-    not a storage (a corrupt database or journal), an unreachable server or a
-    missing database driver raises StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback.
+    not a storage (a corrupt database or journal), an unreachable server or a missing database driver raises
+    StorageError naming `storage`, not SQLAlchemy's or Optuna's traceback.
 
     Args:
         url: the storage value (None: runs/tune.journal).
@@ -198,7 +202,7 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
                     # SQLite: no implicit pysqlite transactions; `_begin_immediate` below opens each one instead
                     text, engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                    heartbeat_stale_trial_callback=_retry_callback())
+                    heartbeat_stale_trial_callback=_RETRY)
             break
         except (ImportError, ValueError) as exc:
             raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {first_line(exc)}") from None
@@ -279,13 +283,11 @@ def open_study(
     Raises ValueError naming `study_name` if the stored config or directions differ.
 
     Args:
-        storage: an opened storage.
+        storage: an opened storage (`open_storage`).
         name: the study name.
         directions: minimize or maximize, one per objective.
         config: what a resuming run must match.
         provenance: stored once, by the creating call.
-        sampler: Optuna's sampler.
-        pruner: Optuna's pruner.
         warm_starts: builds the warm starts (called once the study is open).
     """
     study = optuna.create_study(storage=storage, study_name=name, directions=list(directions), sampler=sampler,
@@ -335,10 +337,6 @@ def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -
 HOLDING = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
-def _counted(trial: FrozenTrial) -> bool:
-    return trial.state in HOLDING and not trial.user_attrs.get(SURPLUS)
-
-
 @dataclass(frozen=True)
 class TrialCounts:
     """Trials of a study by state. `--trials` counts `finished` (complete + pruned); failed trials (errors, killed
@@ -366,10 +364,8 @@ def fail_running_trials(study: optuna.Study) -> list[int]:
     trials whose worker is dead: a journal file has no heartbeat to tell. Returns the trial numbers."""
     numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     for number in numbers:
-        try:
+        with contextlib.suppress(ValueError, RuntimeError):  # finished meanwhile
             study.tell(number, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):  # finished meanwhile
-            pass
     return numbers
 
 
@@ -417,11 +413,6 @@ def _worker_is_dead(worker: Any) -> bool:
     return start is None or bool(worker.get("start") and start and start != worker.get("start"))
 
 
-def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    with ignoring_experimental_warnings():
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-
 def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
     """Fail, and enqueue again, the trials of `study` whose worker is dead: stale ones (Optuna's heartbeat), and
     RUNNING ones whose worker was a process of this machine that is gone. Returns the numbers of the latter."""
@@ -437,7 +428,7 @@ def retry_dead_workers_trials(study: optuna.Study) -> list[int]:
             continue
         failed.append(trial.number)
         # enqueued without its worker: until the worker that pops it records itself, it is no dead worker's trial
-        _retry_callback()(study, trial)
+        _RETRY(study, trial)
     return failed
 
 
@@ -471,7 +462,6 @@ def run_trials(
 
     Args:
         study: the study (`open_study`).
-        objective: Optuna's objective.
         n_trials: finished trials the study should hold, counting every worker's.
         callbacks: Optuna callbacks, run after each trial.
         on_wait: called with the running count while the worker waits for the last slots.
@@ -490,7 +480,7 @@ def run_trials(
         ran.append(trial.number)
         trial.set_user_attr(WORKER, worker)  # lets a later run on this machine retry the trial if this one dies
         ahead = [t for t in study.get_trials(deepcopy=False, states=HOLDING)
-                 if t.number < trial.number and _counted(t)]
+                 if t.number < trial.number and not t.user_attrs.get(SURPLUS)]
         tag = trial.user_attrs.get(WARM_START)
         repeat = tag is not None and any(t.user_attrs.get(WARM_START) == tag for t in ahead)
         if len(ahead) >= n_trials or repeat:
