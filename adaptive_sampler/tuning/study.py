@@ -1,21 +1,18 @@
 """Tuning studies: per-budget single-objective studies (pruned) or one multi-objective study (quality vs NFE).
 
-`per-budget` mode opens one study per step count N, named `<study>:steps=N`, minimising or maximising the
-objective with a MedianPruner: each trial reports the objective after every chunk of tuning samples (step = the
-number of samples so far), and a trial whose running value is worse than the median of earlier trials at that
-sample count stops. `pareto` mode opens one study `<study>:pareto` with two objectives, quality and NFE, over
-N ∈ steps as a categorical parameter; Optuna cannot prune multi-objective studies, so its trials always run all
-samples. Either way the first trials are the warm starts: the DP initialiser, the shipped catalogue entry for the
-model's weights, solver and N, then the built-in policies and Align Your Steps (the SD1.5 10-step table,
-log-linearly interpolated to N).
+`per-budget` mode opens one study per step count N (`<study>:steps=N`) with a MedianPruner over the running value
+after each chunk of tuning samples; `pareto` mode one study `<study>:pareto` with two objectives, quality and NFE,
+over N ∈ steps (Optuna cannot prune it). The first trials are the warm starts: the DP initialiser, the shipped
+catalogue entry, the built-in policies and Align Your Steps (the SD1.5 table interpolated to N).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +36,7 @@ from adaptive_sampler.schedules.catalogue import catalogue_dir, load_entry
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 from adaptive_sampler.tuning.cache import DEFAULT_CACHE_DIR
 from adaptive_sampler.tuning.dp_init import build_cost_matrix
-from adaptive_sampler.tuning.evaluator import ScheduleEvaluator, model_identity
+from adaptive_sampler.tuning.evaluator import Evaluation, ScheduleEvaluator, model_identity
 from adaptive_sampler.tuning.ld3 import LD3, LD3Settings
 from adaptive_sampler.tuning.objectives import Objective
 from adaptive_sampler.tuning.search_space import SearchSpace, encode_params, make_space, suggest_timesteps
@@ -163,9 +160,6 @@ class Tuner:
             return {None: f"{self.base_name}:pareto"}
         return {n: f"{self.base_name}:steps={n}" for n in self.settings.steps}
 
-    def targets(self) -> dict[str, int]:
-        return {name: self.settings.trials for name in self.study_names().values()}
-
     def _config(self, steps: int | None) -> dict[str, Any]:
         """What a resuming run must share with the stored study: `TuneSettings.STUDY_KEYS`, the model, the tuning
         seeds, the budget (and the reference, for an objective that scores against one)."""
@@ -256,24 +250,25 @@ class Tuner:
         return out
 
     # --- objectives --------------------------------------------------------------------------------------------
+    def _score(self, trial: optuna.Trial, timesteps: Sequence[float] | torch.Tensor, prune: bool = True) -> Evaluation:
+        """Evaluate `timesteps` for `trial`, reporting each rung to its pruner (with `prune`)."""
+
+        def on_rung(samples: int, value: float) -> None:
+            trial.report(value, samples)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{self.settings.objective}={value:.4g} after {samples} samples")
+
+        result = self.evaluator.evaluate(timesteps, on_rung if prune else None)
+        trial.set_user_attr("metrics", result.metrics)
+        return result
+
     def _per_budget_objective(self, steps: int) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
-            start = time.perf_counter()
-            ts = suggest_timesteps(trial, self.space, steps, self.schedule)
-            trial.set_user_attr("steps", steps)
-            trial.set_user_attr("timesteps", ts.tolist())
-
-            def on_rung(samples: int, value: float) -> None:
-                trial.report(value, samples)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"{self.settings.objective}={value:.4g} after {samples} samples")
-
-            try:
-                result = self.evaluator.evaluate(ts, on_rung)
-            finally:
-                trial.set_user_attr("wall_s", time.perf_counter() - start)
-            trial.set_user_attr("metrics", result.metrics)
-            return result.value
+            with _timed(trial):
+                ts = suggest_timesteps(trial, self.space, steps, self.schedule)
+                trial.set_user_attr("steps", steps)
+                trial.set_user_attr("timesteps", ts.tolist())
+                return self._score(trial, ts).value
 
         return objective
 
@@ -287,29 +282,18 @@ class Tuner:
         assert self.ld3 is not None  # noqa: S101 - set in __init__ for method ld3
 
         def objective(trial: optuna.Trial) -> float:
-            start = time.perf_counter()
-            hyper = LD3Settings(lr=trial.suggest_float("lr", 0.005, 0.2, log=True),
-                                ball_radius=trial.suggest_float("ball_radius", 0.0, 0.1),
-                                teacher_steps=trial.suggest_categorical("teacher_steps", [50, 100, 200]),
-                                loss=trial.suggest_categorical("loss", losses), iterations=s.ld3_iterations,
-                                train_n=s.ld3_train_n, batch_size=s.ld3_batch_size)
-            init = str(trial.suggest_categorical("init", list(starts)))
-            trial.set_user_attr("steps", steps)
-            try:
+            with _timed(trial):
+                hyper = LD3Settings(lr=trial.suggest_float("lr", 0.005, 0.2, log=True),
+                                    ball_radius=trial.suggest_float("ball_radius", 0.0, 0.1),
+                                    teacher_steps=trial.suggest_categorical("teacher_steps", [50, 100, 200]),
+                                    loss=trial.suggest_categorical("loss", losses), iterations=s.ld3_iterations,
+                                    train_n=s.ld3_train_n, batch_size=s.ld3_batch_size)
+                init = str(trial.suggest_categorical("init", list(starts)))
+                trial.set_user_attr("steps", steps)
                 learned = self.ld3.learn(starts[init], hyper)  # type: ignore[union-attr]
                 trial.set_user_attr("timesteps", learned.timesteps)
                 trial.set_user_attr("ld3_loss", {"first": learned.initial_loss, "last": learned.losses[-1]})
-
-                def on_rung(samples: int, value: float) -> None:
-                    trial.report(value, samples)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"{s.objective}={value:.4g} after {samples} samples")
-
-                result = self.evaluator.evaluate(learned.timesteps, on_rung)
-            finally:
-                trial.set_user_attr("wall_s", time.perf_counter() - start)
-            trial.set_user_attr("metrics", result.metrics)
-            return result.value
+                return self._score(trial, learned.timesteps).value
 
         return objective
 
@@ -323,17 +307,13 @@ class Tuner:
 
     def _pareto_objective(self) -> Callable[[optuna.Trial], tuple[float, float]]:
         def objective(trial: optuna.Trial) -> tuple[float, float]:
-            start = time.perf_counter()
-            steps = trial.suggest_categorical("steps", list(self.settings.steps))
-            ts = suggest_timesteps(trial, self.space, int(steps), self.schedule, prefix=f"n{steps}.")
-            trial.set_user_attr("steps", int(steps))
-            trial.set_user_attr("timesteps", ts.tolist())
-            try:
-                result = self.evaluator.evaluate(ts)  # no pruning: Optuna cannot prune multi-objective studies
-            finally:
-                trial.set_user_attr("wall_s", time.perf_counter() - start)
-            trial.set_user_attr("metrics", result.metrics)
-            return result.value, result.nfe
+            with _timed(trial):
+                steps = trial.suggest_categorical("steps", list(self.settings.steps))
+                ts = suggest_timesteps(trial, self.space, int(steps), self.schedule, prefix=f"n{steps}.")
+                trial.set_user_attr("steps", int(steps))
+                trial.set_user_attr("timesteps", ts.tolist())
+                result = self._score(trial, ts, prune=False)  # Optuna cannot prune multi-objective studies
+                return result.value, result.nfe
 
         return objective
 
@@ -358,12 +338,9 @@ class Tuner:
                           provenance={"settings": s.model_dump(mode="json")}, sampler=self._sampler(cmaes_from),
                           pruner=pruner, warm_starts=warm).study
 
-    def studies(self) -> dict[int | None, optuna.Study]:
-        return {steps: self.open(steps) for steps in self.study_names()}
-
     def fail_running(self) -> dict[str, list[int]]:
         """Mark RUNNING trials of this run's studies FAIL (use only when no other worker is alive)."""
-        return {study.study_name: fail_running_trials(study) for study in self.studies().values()}
+        return {name: fail_running_trials(self.open(steps)) for steps, name in self.study_names().items()}
 
     def run(self, on_trial: Callable[[TrialReport], None] | None = None,
             on_wait: Callable[[str, int], None] | None = None) -> TuneRun:
@@ -408,11 +385,17 @@ class Tuner:
             workers[name] = run(study, objective, s.trials)
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
 
+    def _stored(self) -> dict[int | None, optuna.Study]:
+        """The studies of `study_names` that exist, by step count."""
+        names = set(optuna.study.get_all_study_names(self.storage))
+        return {steps: optuna.load_study(study_name=name, storage=self.storage)
+                for steps, name in self.study_names().items() if name in names}
+
     def trial_counts(self) -> dict[str, TrialCounts]:
         """Trials per state of each study now (all zero for studies that do not exist yet)."""
-        names = set(optuna.study.get_all_study_names(self.storage))
-        return {name: trial_counts(optuna.load_study(study_name=name, storage=self.storage)) if name in names
-                else TrialCounts(0, 0, 0, 0) for name in self.study_names().values()}
+        stored = self._stored()
+        return {name: trial_counts(stored[steps]) if steps in stored else TrialCounts(0, 0, 0, 0)
+                for steps, name in self.study_names().items()}
 
     def finished_counts(self) -> dict[str, int]:
         """Finished trials (complete + pruned, what `--trials` counts) per study now."""
@@ -420,13 +403,9 @@ class Tuner:
 
     def best(self) -> list[BudgetBest]:
         """The best complete trial per step count, from the stored studies (budgets without one are left out)."""
-        names = set(optuna.study.get_all_study_names(self.storage))
         maximize = self.objective.direction == "maximize"
         out = []
-        for steps, name in self.study_names().items():
-            if name not in names:
-                continue
-            study = optuna.load_study(study_name=name, storage=self.storage)
+        for steps, study in self._stored().items():
             complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                         if "timesteps" in t.user_attrs]
             for n in ([steps] if steps is not None else list(self.settings.steps)):
@@ -435,8 +414,18 @@ class Tuner:
                     continue
                 out.append(BudgetBest(steps=n, timesteps=list(best.user_attrs["timesteps"]), value=best.values[0],
                                       metrics=dict(best.user_attrs.get("metrics", {})), trial_number=best.number,
-                                      warm_start=best.user_attrs.get(WARM_START), study_name=name))
+                                      warm_start=best.user_attrs.get(WARM_START), study_name=study.study_name))
         return sorted(out, key=lambda b: b.steps)
+
+
+@contextlib.contextmanager
+def _timed(trial: optuna.Trial) -> Iterator[None]:
+    """Record the block's wall time as the trial's `wall_s`, also when it fails or is pruned."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        trial.set_user_attr("wall_s", time.perf_counter() - start)
 
 
 def _best_trial(trials: Sequence[FrozenTrial], maximize: bool) -> FrozenTrial | None:
