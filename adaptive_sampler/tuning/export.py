@@ -9,10 +9,11 @@ held-out seeds. Every file is written atomically (a temporary file, then `os.rep
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,14 +70,6 @@ def _noise_schedule_spec(config: dict[str, Any]) -> NoiseScheduleSpec | None:
         return None
 
 
-def heldout_evaluator(tuner: Tuner) -> ScheduleEvaluator:
-    """The tuner's objective on its held-out seeds (same solver, reference steps and batch size)."""
-    s = tuner.settings
-    return ScheduleEvaluator(tuner.model, tuner.objective, tuner.heldout_seeds, solver=s.solver,
-                             reference_steps=s.reference_steps, batch_size=s.batch_size, cache_dir=tuner.cache_dir,
-                             adapter=tuner.adapter)
-
-
 def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleArtifact:
     s, seeds = tuner.settings, tuner.tuning_seeds
     metrics = {f"heldout_{k}": float(v) for k, v in heldout.metrics.items()}
@@ -121,7 +114,10 @@ def export_best(
         raise ValueError("trials: the studies hold no complete trial to export; run some trials first")
     if plots_dir is not None:  # before the held-out scoring, which takes long
         require_extra("matplotlib", "plots", "the export's plots")
-    evaluator = heldout_evaluator(tuner)
+    s = tuner.settings  # the tuner's objective on its held-out seeds
+    evaluator = ScheduleEvaluator(tuner.model, tuner.objective, tuner.heldout_seeds, solver=s.solver,
+                                  reference_steps=s.reference_steps, batch_size=s.batch_size,
+                                  cache_dir=tuner.cache_dir, adapter=tuner.adapter)
     cache: dict[tuple[int, ...], Evaluation] = {}
 
     def score(label: str, steps: int, ts: list[int]) -> HeldoutScore:
@@ -137,7 +133,7 @@ def export_best(
     for b in best:
         scored = score("learned", b.steps, b.timesteps)
         learned.append(scored)
-        path = schedule_path(export_dir, tuner.model.name, tuner.settings.solver, b.steps)
+        path = schedule_path(export_dir, tuner.model.name, s.solver, b.steps)
         _artifact(tuner, b, scored.evaluation).save(path)  # atomic
         schedules[b.steps] = path
     baseline_scores = [score(name, b.steps, ts.tolist()) for b in best
@@ -146,15 +142,14 @@ def export_best(
     if plots_dir is not None:
         pareto_png, timesteps_png = Path(plots_dir) / "pareto.png", Path(plots_dir) / "timesteps.png"
         plot_pareto(learned, baseline_scores, tuner.objective.label, pareto_png,
-                    title=f"{tuner.model.name}, {tuner.settings.solver}: held-out seed {tuner.heldout_seeds.seed}, "
+                    title=f"{tuner.model.name}, {s.solver}: held-out seed {tuner.heldout_seeds.seed}, "
                           f"n={tuner.heldout_seeds.n}")
         plot_timesteps(learned, tuner.schedule.num_train_timesteps, timesteps_png,
-                       title=f"learned timesteps ({tuner.model.name}, {tuner.settings.solver}, "
-                             f"{tuner.settings.objective})")
+                       title=f"learned timesteps ({tuner.model.name}, {s.solver}, {s.objective})")
         report_json = Path(plots_dir) / "report.json"
         report = {
             "model": {"name": tuner.model.name, "weights_sha256": tuner.model.weights_sha256},
-            "settings": tuner.settings.model_dump(mode="json"),
+            "settings": s.model_dump(mode="json"),
             "heldout": {"seed": tuner.heldout_seeds.seed, "n": tuner.heldout_seeds.n},
             "learned": [_score_json(x) | {"file": str(schedules[x.steps])} for x in learned],
             "baselines": [_score_json(x) for x in baseline_scores],
@@ -167,7 +162,21 @@ def _score_json(score: HeldoutScore) -> dict[str, Any]:
     return {"label": score.label, "steps": score.steps, "timesteps": score.timesteps, **asdict(score.evaluation)}
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+@contextlib.contextmanager
+def _plot(path: Path, title: str, xlabel: str, ylabel: str) -> Iterator[Any]:
+    """Axes to draw on; on exit, titled, labelled, with grid and legend, saved as a PNG at `path` (atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    yield ax
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -176,50 +185,30 @@ def _save_figure(fig: Any, path: Path) -> None:
 def plot_pareto(learned: list[HeldoutScore], baselines: list[HeldoutScore], ylabel: str, path: Path,
                 title: str = "") -> None:
     """Held-out quality against NFE: the learned schedules (thick line) and each built-in policy (thin lines)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.5, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    by_label: dict[str, list[HeldoutScore]] = {}
-    for score in baselines:
-        by_label.setdefault(score.label, []).append(score)
-    for label, scores in by_label.items():
-        scores = sorted(scores, key=lambda s: s.steps)
-        ax.plot([s.evaluation.nfe for s in scores], [s.evaluation.value for s in scores], "o-", lw=1, ms=3,
-                alpha=0.8, label=label)
-    learned = sorted(learned, key=lambda s: s.steps)
-    ax.plot([s.evaluation.nfe for s in learned], [s.evaluation.value for s in learned], "k*-", lw=2.5, ms=10,
-            label="learned", zorder=5)
-    nfes = sorted({s.evaluation.nfe for s in [*learned, *baselines]})
-    ax.set_xticks(nfes if len(nfes) <= 12 else MaxNLocator(integer=True).tick_values(nfes[0], nfes[-1]))
-    ax.set_xlim(nfes[0] - 0.5, nfes[-1] + 0.5)
-    ax.set_xlabel("NFE (network evaluations per sample)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save_figure(fig, path)
+    with _plot(path, title, "NFE (network evaluations per sample)", ylabel) as ax:
+        by_label: dict[str, list[HeldoutScore]] = {}
+        for score in baselines:
+            by_label.setdefault(score.label, []).append(score)
+        for label, scores in by_label.items():
+            scores = sorted(scores, key=lambda s: s.steps)
+            ax.plot([s.evaluation.nfe for s in scores], [s.evaluation.value for s in scores], "o-", lw=1, ms=3,
+                    alpha=0.8, label=label)
+        learned = sorted(learned, key=lambda s: s.steps)
+        ax.plot([s.evaluation.nfe for s in learned], [s.evaluation.value for s in learned], "k*-", lw=2.5, ms=10,
+                label="learned", zorder=5)
+        nfes = sorted({s.evaluation.nfe for s in [*learned, *baselines]})
+        ax.set_xticks(nfes if len(nfes) <= 12 else MaxNLocator(integer=True).tick_values(nfes[0], nfes[-1]))
+        ax.set_xlim(nfes[0] - 0.5, nfes[-1] + 0.5)
 
 
 def plot_timesteps(learned: list[HeldoutScore], num_train_timesteps: int, path: Path, title: str = "") -> None:
     """The learned lists: timestep against step index, one line per budget."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.5, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for score in sorted(learned, key=lambda s: s.steps):
-        ax.plot(range(score.steps), score.timesteps, "o-", label=f"N={score.steps}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step index")
-    ax.set_ylabel("timestep t")
-    ax.set_ylim(-0.02 * num_train_timesteps, 1.02 * num_train_timesteps)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    with _plot(path, title, "step index", "timestep t") as ax:
+        for score in sorted(learned, key=lambda s: s.steps):
+            ax.plot(range(score.steps), score.timesteps, "o-", label=f"N={score.steps}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(-0.02 * num_train_timesteps, 1.02 * num_train_timesteps)
