@@ -1,9 +1,8 @@
-"""A content-keyed tensor cache on disk (safetensors), for results that are costly and fully determined by a key:
-the high-step fidelity references and the DP initialiser's cost matrix.
+"""A content-keyed tensor cache on disk (safetensors) for costly results fully determined by a key: the fidelity
+references and the DP initialiser's cost matrix.
 
-A key is a JSON-able dict (model hash, seeds, step counts, …); its SHA-256 names the file, and the key itself is
-stored in the file's metadata and checked on load. Writes are atomic (temporary file, then `os.replace`), so
-concurrent workers computing the same entry only waste work, never corrupt it.
+A key is a JSON-able dict; its SHA-256 names the file, and the key itself is stored in the file's metadata and
+checked on load. Writes are atomic, so concurrent workers computing the same entry only waste work.
 """
 
 from __future__ import annotations
@@ -23,17 +22,6 @@ from adaptive_sampler.atomic_write import atomic_write_bytes
 DEFAULT_CACHE_DIR = Path("runs") / "cache"
 
 
-def cache_key(key: Mapping[str, Any]) -> str:
-    """The canonical JSON text of a key (sorted, compact): what is hashed and stored."""
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
-
-
-def cache_path(cache_dir: Path, kind: str, key: Mapping[str, Any]) -> Path:
-    """Where the entry of `kind` for `key` lives."""
-    digest = hashlib.sha256(cache_key(key).encode()).hexdigest()[:32]
-    return Path(cache_dir) / kind / f"{digest}.safetensors"
-
-
 def cached_tensors(
     cache_dir: Path | None, kind: str, key: Mapping[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
@@ -41,8 +29,8 @@ def cached_tensors(
     disables the cache. A file whose stored key differs (a hash collision or a foreign file) is recomputed."""
     if cache_dir is None:
         return compute()
-    path = cache_path(cache_dir, kind, key)
-    text = cache_key(key)
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"))  # canonical: what is hashed and stored
+    path = Path(cache_dir) / kind / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
