@@ -33,9 +33,6 @@ class Parameter:
     log: bool = False
     grid: tuple[float, ...] = ()
 
-    def distribution(self) -> optuna.distributions.FloatDistribution:
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
-
 
 @runtime_checkable
 class SearchSpace(Protocol):
@@ -46,15 +43,12 @@ class SearchSpace(Protocol):
 
     def parameters(self, num_steps: int) -> dict[str, Parameter]:
         """The parameters of an N-step list, by name (without prefix)."""
-        ...
 
     def decode(self, params: Mapping[str, float], num_steps: int, schedule: NoiseSchedule) -> torch.Tensor:
         """The N-step list the parameters stand for (strictly descending, top at T-1)."""
-        ...
 
     def encode(self, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
         """Parameters whose decoded list is `timesteps` (free space) or closest to it (families)."""
-        ...
 
 
 def _check_steps(num_steps: int, schedule: NoiseSchedule) -> None:
@@ -65,20 +59,6 @@ def _check_steps(num_steps: int, schedule: NoiseSchedule) -> None:
 def _ramp(num_steps: int) -> np.ndarray:
     """i / (N-1) for i = 0…N-1 (0 at the top of the list); [0] for N = 1."""
     return np.linspace(0.0, 1.0, num_steps) if num_steps > 1 else np.zeros(1)
-
-
-def _nearest(space: SearchSpace, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
-    """The grid point of a family whose list is closest to `timesteps` in mean |Δ log(1 + t)|."""
-    n = len(timesteps)
-    params = space.parameters(n)
-    target = np.log1p(timesteps.double().numpy())
-    best, best_distance = {}, np.inf
-    for values in itertools.product(*(p.grid for p in params.values())):
-        candidate = dict(zip(params, values, strict=True))
-        distance = float(np.abs(np.log1p(space.decode(candidate, n, schedule).double().numpy()) - target).mean())
-        if distance < best_distance:
-            best, best_distance = candidate, distance
-    return best
 
 
 FREE_LOW = 1e-4
@@ -117,12 +97,28 @@ class FreeSpace:
 _T_MIN = Parameter(0.0, 0.2, grid=(0.0, 0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2))
 
 
+class _Family:
+    """A low-dimensional family: encodes a list as its grid point whose list is closest in mean |Δ log(1 + t)|."""
+
+    def encode(self: SearchSpace, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
+        n = len(timesteps)
+        params = self.parameters(n)
+        target = np.log1p(timesteps.double().numpy())
+        best, best_distance = {}, np.inf
+        for values in itertools.product(*(p.grid for p in params.values())):
+            candidate = dict(zip(params, values, strict=True))
+            distance = float(np.abs(np.log1p(self.decode(candidate, n, schedule).double().numpy()) - target).mean())
+            if distance < best_distance:
+                best, best_distance = candidate, distance
+        return best
+
+
 def _log_grid(low: float, high: float, anchors: Sequence[float], points: int = 13) -> tuple[float, ...]:
     return tuple(sorted({*np.geomspace(low, high, points).round(6).tolist(), *anchors}))
 
 
 @dataclass(frozen=True)
-class PowerSpace:
+class PowerSpace(_Family):
     """t_i = t_min + (T-1-t_min)·(1 - i/(N-1))^p: p = 1 is uniform, p = 2 the DDIM paper's quadratic shape.
 
     Parameters: `power` p ∈ [0.5, 4] (log scale) and `t_min` as a fraction of T-1 in [0, 0.2].
@@ -140,12 +136,10 @@ class PowerSpace:
         points = t_min + (top - t_min) * (1.0 - _ramp(num_steps)) ** params["power"]
         return discretize(points, schedule.num_train_timesteps)
 
-    def encode(self, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
-        return _nearest(self, timesteps, schedule)
 
 
 @dataclass(frozen=True)
-class KarrasSpace:
+class KarrasSpace(_Family):
     """σ_i = (σ_max^(1/ρ) + i/(N-1)·(σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ (Karras et al. 2022, eq. 5), σ_max = σ(T-1),
     σ_min = σ(t_min), mapped to timesteps by interpolating log σ; ρ = 7 and t_min = 0 is the `karras` policy.
 
@@ -167,12 +161,10 @@ class KarrasSpace:
         wanted = (hi + _ramp(num_steps) * (lo - hi)) ** rho
         return discretize(np.interp(np.log(wanted), log_sigmas, np.arange(T, dtype=np.float64)), T)
 
-    def encode(self, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
-        return _nearest(self, timesteps, schedule)
 
 
 @dataclass(frozen=True)
-class LogSNRSpace:
+class LogSNRSpace(_Family):
     """A warp of the log-SNR spacing: -λ_i = -λ(T-1) + (i/(N-1))^w·(λ(T-1) - λ(t_min)); w = 1 and t_min = 0 is
     the `logsnr` policy (uniform in λ, as DPM-Solver spaces its steps), w > 1 puts more steps at high noise.
 
@@ -193,8 +185,6 @@ class LogSNRSpace:
         wanted = neg_lambda[-1] + _ramp(num_steps) ** params["warp"] * (low - neg_lambda[-1])
         return discretize(np.interp(wanted, neg_lambda, grid), T)
 
-    def encode(self, timesteps: torch.Tensor, schedule: NoiseSchedule) -> dict[str, float]:
-        return _nearest(self, timesteps, schedule)
 
 
 SPACES: dict[str, type] = {"free": FreeSpace, "power": PowerSpace, "karras": KarrasSpace, "logsnr": LogSNRSpace}
