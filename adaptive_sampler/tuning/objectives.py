@@ -1,25 +1,10 @@
 """What a trial scores: the quality of one timestep list on a fixed seed set (`tuning.seeds`), as an objective.
 
-Objectives are plug-ins: an `Objective` has a name, a direction, the fewest samples it is defined for, a
-sample-shape check, its tuning seed set, and one abstract method, `evaluate`, which turns the samples of each chunk
-(drawn by `tuning.evaluator.ScheduleEvaluator`) into a running `Score`. `register_objective` adds one instance to
-`OBJECTIVES` (name -> object); `get_objective` looks one up, and `Objective.configured(features, reference,
-fid_limit)` binds it to a metric back-end (see `adaptive_sampler.metrics.backends`) and reference statistics
-(`tune --features/--reference/--fid-limit`). The shipped ones are `MetricObjective` instances: a metric of the
-back-end's `MetricAccumulator`, chunk by chunk.
-
-- `fid`, `kid`: FID (Heusel et al. 2017) / KID (Bińkowski et al. 2018) in a back-end's feature space: by default
-  the embedded Fashion-MNIST one against its 10,000 test images ((1, 32, 32) models); with `--features
-  inception:PATH|clip:PATH --reference ref.npz`, any images (KID needs the reference's features: embedded only).
-- `fidelity`: mean PSNR of each sample to the many-step DDIM result of the same noise (a cheap proxy that needs
-  no reference data and works for any model); `fidelity-lpips` the mean LPIPS to it (local LPIPS weights). The
-  references are computed once and cached on disk, keyed by the model's weights and scheduler config, the seeds,
-  the conditioning and the reference step count.
-- `clip-score`: mean CLIP score of each sample against its prompt (`--features clip:PATH`).
-- `label`: the fraction of samples the embedded classifier puts in their requested class.
-- `clip-at-fid`: CLIP score at a fixed FID (both in the CLIP space, `--features clip:PATH --reference ref.npz
-  --fid-limit F`): the CLIP score where FID ≤ F, else F - FID (< 0), so every schedule within the FID limit ranks
-  above every one outside it — guidance-aware quality under a distribution constraint.
+Objectives are plug-ins: `register_objective` adds an `Objective` instance to `OBJECTIVES` (name -> object), and
+`Objective.configured` binds it to a metric back-end (`adaptive_sampler.metrics.backends`) and reference
+statistics (`tune --features/--reference/--fid-limit`). The shipped ones (fid, kid, fidelity, fidelity-lpips,
+clip-score, label, clip-at-fid; see docs/guides/schedule-search.md) are `MetricObjective` instances: a metric of
+the back-end's `MetricAccumulator`, chunk by chunk.
 """
 
 from __future__ import annotations
