@@ -1,12 +1,9 @@
 """Schedule search with Optuna: search spaces, objectives, a DP initialiser, studies, export.
 
-Flow: `search_space` turns trial parameters into valid timestep lists; `objectives` holds the objective plug-ins
-(name -> `Objective`: FID/KID in the embedded feature space, fidelity to a cached many-step reference) that score
-the samples `evaluator` draws for a list on fixed tuning seeds (`seeds`); `dp_init` builds a warm start from one
-cost matrix; `storage` opens/resumes studies and runs workers that share one storage, on Optuna's own pieces;
-`settings` declares every tune option once; `study` wires them into per-budget (pruned) or Pareto studies; `export`
-writes the best list per budget, scored on held-out seeds, as catalogue files with plots. The `adaptive-sampler
-tune` command lives in the CLI (`adaptive_sampler/cli/tune.py`); this package is only the library.
+`search_space` turns trial parameters into valid timestep lists, scored by an `objectives` plug-in on the samples
+`evaluator` draws on fixed seeds (`seeds`); `dp_init` builds a warm start; `storage` opens studies shared by
+workers; `settings` declares the tune options; `study` runs per-budget or Pareto studies; `export` writes the best
+list per budget, scored on held-out seeds, as catalogue files with plots (the library of `adaptive-sampler tune`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """A dynamic-programming initialiser: the best N-step subset of a coarse timestep grid, for every N at once.
 
-In the spirit of GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling",
-arXiv:2405.11326) and OSS (Pei, Hu & Gu 2025, "Optimal Stepsize for Diffusion Sampling", arXiv:2503.21774): a few
-reference trajectories are run with many small DDIM steps; cost[i][j] is the error of jumping in one DDIM step from the
-reference state at grid timestep g_i straight to g_j, measured against the reference state at g_j (RMS over pixels,
-averaged over the trajectories). A schedule is a path g_0 = T-1 > … > end (t_prev = -1) through the grid, its cost
-the sum of its jumps' costs, and one DP over the matrix gives the cheapest path with exactly N jumps for every N.
-The result seeds the search as a warm-start trial; the local errors are DDIM's whatever the tuned solver.
+After GITS (arXiv:2405.11326) and OSS (arXiv:2503.21774): cost[i][j] is the RMS error of one DDIM jump from the
+reference state at grid timestep g_i to g_j, against the reference state at g_j (a few many-step trajectories); one
+DP gives the cheapest path T-1 = g_0 > … > end with exactly N jumps for every N. It seeds the search as a warm
+start; the local errors are DDIM's whatever the tuned solver.
 """
 
 from __future__ import annotations

@@ -52,15 +52,12 @@ class Evaluation:
 
 @dataclass
 class ScheduleEvaluator:
-    """Scores timestep lists for one model, solver, objective and seed set.
+    """Scores timestep lists for one model, solver (η = 0), objective and seed set.
 
-    `evaluate(timesteps, on_rung)` samples the seed set chunk by chunk with `solver` (η = 0) and returns an
-    `Evaluation`; after each chunk, `on_rung(samples_so_far, value_so_far)` is called where the objective is defined
-    (it may raise `optuna.TrialPruned`). `objective` is a registered objective's name or an `Objective` (e.g. a
-    `configured` one). `reference(chunk)` is the many-step result of a chunk (`reference_steps` uniform steps of the
-    same solver from the same noise), cached under `cache_dir` (None: in memory only); the fidelity objectives score
-    against it. `conditioning` is passed to the sampler for every chunk (sample i of a chunk takes row i), and
-    sample i of a chunk is scored against `prompts[i % P]` and `labels[i % L]` (`conditions`).
+    `objective` is a registered objective's name or an `Objective` (e.g. a `configured` one). `reference(chunk)` is
+    the many-step result of a chunk (`reference_steps` uniform steps of the same solver from the same noise), cached
+    under `cache_dir` (None: in memory only). `conditioning` goes to the sampler for every chunk, and sample i of a
+    chunk is scored against `prompts[i % P]` and `labels[i % L]`.
     """
 
     model: LoadedModel
@@ -96,10 +93,6 @@ class ScheduleEvaluator:
             self.conditioning = self.conditioning or bound.conditioning
             self.prompts = self.prompts or bound.prompts
             self.labels = self.labels or bound.labels
-
-    @property
-    def direction(self) -> str:
-        return self.scorer.direction
 
     def sample(self, timesteps: torch.Tensor, chunk: int) -> torch.Tensor:
         """Chunk `chunk` of the seed set sampled over `timesteps` with the evaluator's solver, as images (a latent
@@ -142,11 +135,12 @@ class ScheduleEvaluator:
 
     def evaluate(self, timesteps: Sequence[int | float] | torch.Tensor,
                  on_rung: Callable[[int, float], None] | None = None) -> Evaluation:
-        """Sample the seed set over `timesteps` and score it (see the class docstring).
+        """Sample the seed set over `timesteps` chunk by chunk and score it.
 
         Args:
             timesteps: the list to score.
-            on_rung: called with (samples so far, value so far) after each chunk where the objective is defined.
+            on_rung: called with (samples so far, value so far) after each chunk where the objective is defined;
+                it may raise `optuna.TrialPruned`.
         """
         ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
         start = time.perf_counter()

@@ -1,15 +1,11 @@
-"""Learning the timesteps by backpropagating through the solver (LD3-style discretisation learning).
+"""Learning the timesteps by backpropagating through the solver (after Tong et al., "Learning to Discretize
+Denoising Diffusion ODEs", ICLR 2025).
 
-After Tong et al., "Learning to Discretize Denoising Diffusion ODEs" (ICLR 2025): the N timesteps are a smooth
-function of free parameters, the project's own sampling loop runs them with autograd on (`sample(grad=True)`,
-fractional timesteps), and a loss to a many-step teacher from the same noise moves them. The parameters are
-softmax increments over [t_min, T-1]: N + 1 positive gaps (above the top step, between steps, below the last one)
-that sum to the whole range, so every iterate is a strictly descending list inside it. Each network call is
-checkpointed, so memory holds one step's activations, not N.
-
-The optional ball surrogate (LD3's soft objective) lets each training sample start anywhere within a ball of
-radius `ball_radius`·sqrt(d) around its noise: the student has to reach the teacher's output from some nearby
-noise, not from exactly the same one, which LD3 found to generalise better from ~100 training noises.
+The N timesteps are softmax increments over [t_min, T-1] (N + 1 positive gaps, so every iterate is a strictly
+descending list), run through the project's own sampling loop with autograd on, and moved by a loss to a many-step
+teacher from the same noise; each network call is checkpointed. The optional ball surrogate (LD3's soft objective)
+lets each training sample start within a ball of radius `ball_radius`·sqrt(d) around its noise, which LD3 found to
+generalise better from ~100 training noises.
 """
 
 from __future__ import annotations
@@ -141,7 +137,6 @@ class LD3:
         model, solver = checkpointed(self.adapter), make_solver(self.solver)
         order = torch.Generator().manual_seed(settings.train_seed)
         losses: list[float] = []
-        initial_loss = float("nan")
         for iteration in range(settings.iterations):
             rows = torch.randperm(settings.train_n, generator=order)[:settings.batch_size]
             timesteps = timesteps_from_logits(logits, T, settings.t_min)
@@ -156,12 +151,10 @@ class LD3:
                     norms = offsets.flatten(1).norm(dim=1).clamp(min=radius).view(-1, *([1] * len(self.shape)))
                     offsets.mul_(radius / norms)
             losses.append(loss.item())
-            if iteration == 0:
-                initial_loss = losses[0]
             if on_iteration is not None:
                 on_iteration(iteration, losses[-1])
         learned = timesteps_from_logits(logits.detach(), T, settings.t_min)
-        return LD3Result([float(t) for t in learned], losses, initial_loss, time.perf_counter() - start)
+        return LD3Result([float(t) for t in learned], losses, losses[0], time.perf_counter() - start)
 
 
 __all__ = ["LD3", "LD3Result", "LD3Settings", "checkpointed", "logits_from_timesteps", "timesteps_from_logits"]

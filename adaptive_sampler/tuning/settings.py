@@ -1,9 +1,8 @@
-"""The tune settings, declared once: each field's default, bound and help are the `adaptive-sampler tune` flag
-(the CLI builds the command from these fields), the validation, and the study's provenance.
+"""The tune settings, declared once: each field is an `adaptive-sampler tune` flag (default, bound and help), its
+validation, and part of the study's provenance.
 
-`TuneSettings` is what decides the search (a `Tuner` takes it); `TuneOptions` adds the model (`ModelOptions`, shared
-with `sample` and `eval`) and what only the command needs (where the studies live, export). A study stores
-`TuneSettings.model_dump()` when it is created, and refuses to resume under different `STUDY_KEYS` (see `Tuner`).
+`TuneSettings` decides the search (a `Tuner` takes it); `TuneOptions` adds the model (`ModelOptions`) and what only
+the command needs (storage, export).
 """
 
 from __future__ import annotations
@@ -156,10 +155,9 @@ class TuneOptions(TuneSettings, ModelOptions):
         return TuneSettings.model_validate({k: getattr(self, k) for k in TuneSettings.model_fields})
 
     def check_outputs(self) -> None:
-        """Check, before any model is loaded or trial run, that every place the run writes to can be written: the
-        storage (`check_storage`: scheme, file, no in-memory SQLite), `cache_dir`, and with `export` the export and
-        plots folders, and that the optional dependencies the run needs are installed. Creates nothing. Raises
-        FieldError naming the field (StorageError for `storage`), MissingExtraError for a missing dependency."""
+        """Check, before any model is loaded or trial run and creating nothing, that every place the run writes to
+        can be written and that the optional dependencies it needs are installed. Raises FieldError naming the
+        field (StorageError for `storage`), MissingExtraError for a missing dependency."""
         from adaptive_sampler._lazy import require_extra
         from adaptive_sampler.tuning.storage import check_storage, unwritable_reason
 
