@@ -183,9 +183,8 @@ class Tuner:
     def _sampler(self, cmaes_from: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
         """TPE, or CMA-ES (the `cmaes` package through Optuna) started at the parameters `cmaes_from`."""
         with ignoring_experimental_warnings():
-            # x0 and sigma0 are deprecated since Optuna 4.9 (removal planned for 6.0, hence optuna<6) in favour of
-            # source_trials, which estimates the start from a whole population; a local search from one known good
-            # list needs exactly x0 and a small sigma0
+            # x0 and sigma0 are deprecated since Optuna 4.9 (hence optuna<6) for source_trials, which estimates the
+            # start from a whole population; a local search from one known good list needs exactly x0 and sigma0
             warnings.simplefilter("ignore", FutureWarning)
             if cmaes_from is not None:  # {}: no trial to start from, CMA-ES starts at the centre of the space
                 require_extra("cmaes", "cmaes", f"--method {self.settings.method}")
@@ -224,14 +223,8 @@ class Tuner:
         """Warm-start lists for N steps by tag, in trial order: the DP initialiser first (the likeliest good
         start when the budget is small), the shipped catalogue entry (unless `shipped` is False), then the
         built-ins; identical lists are merged (`uniform+karras`)."""
-        lists: dict[str, torch.Tensor] = {}
-        dp = self.dp_schedules().get(steps)
-        if dp is not None:
-            lists["dp"] = dp
-        entry = self.shipped_list(steps) if shipped else None
-        if entry is not None:
-            lists["catalogue"] = entry
-        lists.update(builtin_warm_starts(steps, self.schedule))
+        found = {"dp": self.dp_schedules().get(steps), "catalogue": self.shipped_list(steps) if shipped else None}
+        lists = {tag: ts for tag, ts in found.items() if ts is not None} | builtin_warm_starts(steps, self.schedule)
         merged: dict[tuple[int, ...], list[str]] = {}
         for tag, ts in lists.items():
             decoded = self.space.decode(self.space.encode(ts, self.schedule), steps, self.schedule)
@@ -299,11 +292,9 @@ class Tuner:
 
     def _ld3_warm_start(self, steps: int) -> list[WarmStart]:
         """The first LD3 trial: LD3's defaults from the first warm start (the DP initialiser's list, if any)."""
-        d = LD3Settings()
         first = next(iter(self.warm_start_lists(steps, shipped=False)))
-        return [WarmStart(tag=f"ld3 defaults from {first}", params={
-            "lr": d.lr, "ball_radius": d.ball_radius, "teacher_steps": d.teacher_steps, "loss": d.loss,
-            "init": first})]
+        defaults = LD3Settings().model_dump(include={"lr", "ball_radius", "teacher_steps", "loss"})
+        return [WarmStart(tag=f"ld3 defaults from {first}", params={**defaults, "init": first})]
 
     def _pareto_objective(self) -> Callable[[optuna.Trial], tuple[float, float]]:
         def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -324,10 +315,8 @@ class Tuner:
         s = self.settings
         pareto = steps is None
         name = self.study_names()[steps]
-        pruner: optuna.pruners.BasePruner = (
-            optuna.pruners.NopPruner() if pareto
-            else optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=0)
-        )
+        pruner = optuna.pruners.NopPruner() if pareto else optuna.pruners.MedianPruner(
+            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=0)
         budgets: list[int] = list(s.steps) if steps is None else [steps]
         warm: Callable[[], list[WarmStart]] | None = None
         if s.method == "ld3" and steps is not None:
