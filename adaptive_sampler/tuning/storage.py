@@ -207,9 +207,8 @@ def open_storage(url: str | Path | None = None, *, heartbeat_interval: int = HEA
         except (ImportError, ValueError) as exc:
             raise StorageError(target.text, f"cannot be opened as an Optuna RDB storage: {first_line(exc)}") from None
         except (SQLAlchemyError, RuntimeError) as exc:
-            # Workers opening a new database at once race to create Optuna's tables and stamp their version
-            # (SQLite: "UNIQUE constraint failed: alembic_version"; PostgreSQL: 'relation "studies" already
-            # exists'): the loser retries. Anything else is no race: not a database, an old schema.
+            # Workers opening a new database at once race to create Optuna's tables (SQLite: "UNIQUE constraint
+            # failed: alembic_version"; PostgreSQL: 'relation "studies" already exists'): the loser retries.
             lost_race = isinstance(exc, IntegrityError | OperationalError) or (
                 isinstance(exc, ProgrammingError) and "already exists" in str(exc))
             if not lost_race:
@@ -228,9 +227,8 @@ def _begin_immediate(connection: Any) -> None:
     """Start every SQLite transaction with BEGIN IMMEDIATE (the SQLAlchemy recipe for serialisable SQLite).
 
     Optuna reads, then writes, in one transaction (it pops an enqueued trial with `SELECT … FOR UPDATE`, numbers a
-    new trial by counting the study's trials); SQLite ignores FOR UPDATE, and a deferred transaction reads before
-    it locks, so two workers can both pop one trial, or race on a new one (Optuna's cache then fails with
-    "'<' not supported between NoneType and int"). Taking the write lock first makes each transaction atomic.
+    new trial by counting the study's trials); SQLite ignores FOR UPDATE and a deferred transaction reads before it
+    locks, so two workers could both pop one trial or race on a new one. Taking the write lock first prevents it.
     """
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -339,8 +337,7 @@ HOLDING = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """Trials of a study by state. `--trials` counts `finished` (complete + pruned); failed trials (errors, killed
-    workers) and surplus trials (lost the race for the last slot) are not counted."""
+    """Trials of a study by state; `--trials` counts `finished` (complete + pruned), not failed or surplus ones."""
 
     complete: int
     pruned: int
