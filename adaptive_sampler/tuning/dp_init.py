@@ -103,8 +103,7 @@ def build_cost_matrix(
     if n < 1:
         raise FieldError("n", n, "is not a positive number of reference trajectories")
     grid = Uniform().timesteps(grid_size, schedule)
-    fine = torch.unique(torch.cat([grid, Uniform().timesteps(min(max(fine_steps, grid_size), T), schedule)]))
-    fine = fine.flip(0)
+    fine = torch.unique(torch.cat([grid, Uniform().timesteps(min(max(fine_steps, grid_size), T), schedule)])).flip(0)
 
     def compute() -> dict[str, torch.Tensor]:
         result = sample(adapter, fine, model.sample_shape, n, batch_size=n, seed=seed, trace=True,

@@ -1,8 +1,5 @@
-"""Scores a timestep list: samples a fixed seed set with it and hands the chunks to an objective.
-
-Samples are drawn chunk by chunk; after each chunk the objective over the samples so far is passed to `on_rung`,
-which is how a per-budget study reports successive sample counts to its pruner.
-"""
+"""Scores a timestep list: samples a fixed seed set with it, chunk by chunk, and hands the chunks to an objective;
+the value after each chunk goes to `on_rung` (how a per-budget study reports to its pruner)."""
 
 from __future__ import annotations
 

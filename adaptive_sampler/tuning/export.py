@@ -1,10 +1,8 @@
 """Export the best schedule per budget as catalogue files, scored on held-out seeds, with a Pareto plot.
 
-Each budget's best trial becomes `DIR/<model>/<solver>-<N>.json` (a `ScheduleArtifact`), so with DIR the
-catalogue folder (`policies/` of the repository) it is `--policy learned:<model>/<solver>-<N>`, and anywhere it is
-`--policy file:DIR/<model>/<solver>-<N>.json`. Its `metrics` hold the objective on held-out seeds (samples tuning
-never saw) next to the tuning score. The plots compare the learned lists with every built-in policy on the same
-held-out seeds. Every file is written atomically (a temporary file, then `os.replace`).
+Each budget's best trial becomes `DIR/<model>/<solver>-<N>.json` (a `ScheduleArtifact`; with DIR `policies/`, it is
+`--policy learned:<model>/<solver>-<N>`), its `metrics` holding the objective on held-out seeds (samples tuning
+never saw) next to the tuning score. The plots compare it with every built-in policy on the same seeds.
 """
 
 from __future__ import annotations

@@ -58,12 +58,9 @@ class SampleSource(Protocol):
 class Objective(abc.ABC):
     """What a trial optimises, as a plug-in: one instance per name in `OBJECTIVES` (`register_objective`).
 
-    `name`, `direction` and `label` (for plots) describe it; `min_n` is the fewest samples it is defined for (no
-    value is reported to the pruner before that), `default_n` / `default_heldout_n` the tuning and held-out sample
-    counts when none are given, `rungs` the number of chunks the tuning samples come in (the pruner's steps), and
-    `uses_reference` says that it scores against the evaluator's many-step reference (a study key then). A
-    `configured` copy may change them (FID needs more samples than its feature dimension). Implement `evaluate`;
-    the other methods are defaults and no-op hooks.
+    `min_n` is the fewest samples it is defined for (none reported to the pruner before), `default_n` /
+    `default_heldout_n` the sample counts when none are given, `rungs` the chunks of the tuning samples (the
+    pruner's steps), `uses_reference`: scored against the evaluator's many-step reference. Implement `evaluate`.
     """
 
     name: str
@@ -92,8 +89,7 @@ class Objective(abc.ABC):
         return self
 
     def study_identity(self) -> dict[str, object]:
-        """What besides the settings' STUDY_KEYS a resumed study must share (e.g. the reference file); default:
-        nothing."""
+        """What besides the settings' STUDY_KEYS a resumed study must share (e.g. the reference file)."""
         return {}
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
@@ -101,12 +97,7 @@ class Objective(abc.ABC):
         return None
 
     def tuning_seeds(self, n: int, seed: int) -> SeedSet:
-        """The tuning set: n samples in up to `rungs` chunks, each at least `min_n` (and 2) samples.
-
-        Args:
-            n: the number of tuning samples.
-            seed: the seed of the first chunk.
-        """
+        """The tuning set: `n` samples from `seed` on, in up to `rungs` chunks of at least `min_n` (and 2)."""
         if n < self.min_n:
             raise FieldError("n", n, f"tuning samples is below the {self.min_n} that {self.name} needs")
         return SeedSet.split(seed, n, self.rungs, min_first=max(self.min_n, 2))
@@ -131,21 +122,13 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(objective: Objective) -> Objective:
-    """Add `objective` to `OBJECTIVES` under its name (replacing one of the same name); returns it.
-
-    Args:
-        objective: the instance to register.
-    """
+    """Add `objective` to `OBJECTIVES` under its name (replacing one of the same name); returns it."""
     OBJECTIVES[objective.name] = objective
     return objective
 
 
 def get_objective(name: str) -> Objective:
-    """The registered objective called `name`.
-
-    Args:
-        name: a key of `OBJECTIVES` (`tune --objective`).
-    """
+    """The registered objective called `name` (`tune --objective`)."""
     if name not in OBJECTIVES:
         raise FieldError("objective", name, f"is not one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
@@ -164,9 +147,8 @@ class MetricObjective(Objective):
     `metric` is the key of `MetricAccumulator.values`, `default_features` the back-end when `--features` is not
     given (None: it must be given, one of `allowed`, the spec prefixes that can score it). `needs_features`: FID or
     KID, scored in the back-end's feature space against a reference; `uses_fid`: defined only for more samples than
-    the feature dimension; `takes_fid_limit`: the CLIP score at a fixed FID (`fid_limit`, required). A `configured`
-    copy holds the spec, the reference path and the FID limit; the back-end and the reference load on first use,
-    once per process.
+    the feature dimension; `takes_fid_limit`: the CLIP score at a fixed FID (`fid_limit`, required). The back-end
+    and the reference of a `configured` copy load on first use, once per process.
     """
 
     metric: str

@@ -1,10 +1,8 @@
 """Search spaces over timestep lists: Optuna parameters -> a valid, strictly descending list inside [0, T-1].
 
 Every space decodes through `discretize`, so whatever the sampler suggests is a valid list of exactly N timesteps.
-The free space places both ends freely; the low-dimensional families start at T-1 (DDIM starts from pure noise,
-which matches x_{T-1} best) and free the bottom through `t_min`. A space also encodes a given list into its
-parameters (exactly for the free space, as the nearest member for the families), which is how the built-in
-policies and the DP initialiser enter a study as warm-start trials.
+The free space places both ends freely; the families start at T-1 (pure noise) and free the bottom through `t_min`.
+A space also encodes a given list (exactly, or as the nearest family member): so warm starts enter a study.
 """
 
 from __future__ import annotations
@@ -69,10 +67,8 @@ class FreeSpace:
     """Positive increments normalised onto [0, T-1]: the N steps' gaps d_0 … d_{N-1} counted from the bottom, plus
     the gap d_N between the top timestep and T-1, each log-uniform on [1e-4, 1].
 
-    The k-th timestep from the bottom sits at (T-1)·(d_0 + … + d_k)/Σd, so the lowest is (T-1)·d_0/Σd and the top
-    (T-1)·(1 - d_N/Σd); rounding (`discretize`) keeps every list strictly descending. Only ratios matter, and a gap
-    at its lower bound rounds away, so both ends can reach 0 and T-1, and every valid N-step list is encoded
-    exactly (the built-in policies enter as themselves, including those that start below T-1 such as quadratic).
+    The k-th timestep from the bottom sits at (T-1)·(d_0 + … + d_k)/Σd. A gap at its lower bound rounds away, so
+    both ends can reach 0 and T-1 and every valid N-step list is encoded exactly (quadratic, below T-1, included).
     """
 
     name: str = "free"

@@ -40,14 +40,8 @@ class SeedSet:
 
     @classmethod
     def split(cls, seed: int, n: int, parts: int, min_first: int = 1) -> SeedSet:
-        """n samples in up to `parts` near-equal chunks, fewer if the first chunk would hold < `min_first`.
-
-        Args:
-            seed: the seed of the first chunk.
-            n: the number of samples.
-            parts: the most chunks.
-            min_first: the fewest samples the first chunk may hold.
-        """
+        """`n` samples, the first chunk drawn with `seed`, in up to `parts` near-equal chunks; fewer if the first
+        chunk would hold less than `min_first`."""
         if n < 1:
             raise FieldError("n", n, "is not a positive number of samples")
         parts = max(1, min(parts, n // max(min_first, 1)))

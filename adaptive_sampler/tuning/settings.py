@@ -130,8 +130,8 @@ class TuneSettings(BaseModel):
 
 
 class TuneOptions(TuneSettings, ModelOptions):
-    """Every option of `adaptive-sampler tune`: the settings, the model (`ModelOptions`: its conditions are part of
-    the model's identity, so a study resumes only with the same ones), and what only the command needs."""
+    """Every option of `adaptive-sampler tune`: the settings, the model (its conditions are part of its identity,
+    so a study resumes only with the same ones), and what only the command needs."""
 
     storage: str | None = Field(None, description=(
         "Optuna storage shared by all workers: a journal file (journal:FILE, or FILE.log/.journal/.jsonl; the "
