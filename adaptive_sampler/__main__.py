@@ -1,9 +1,8 @@
 """`python -m adaptive_sampler`: the command line, also as torchrun's module.
 
 `torchrun --nproc-per-node N -m adaptive_sampler sample|eval ...` shards the samples over N processes (see
-`adaptive_sampler.distributed`). Each rank is bound to its GPU (cuda:LOCAL_RANK) before the model loads, and ranks
-other than 0 print nothing: their stdout and stderr go to /dev/null while the command runs (a traceback, which
-only a bug prints, still shows). Without torchrun it is the `adaptive-sampler` console script.
+`adaptive_sampler.distributed`); each rank is bound to its GPU before the model loads, and ranks other than 0
+print nothing (a traceback still shows).
 """
 
 from __future__ import annotations

@@ -14,28 +14,16 @@ class MissingExtraError(ImportError):
 
 
 def require_extra(module: str, extra: str, needed_by: str) -> None:
-    """Raise MissingExtraError, with the pip command that installs `module`, unless it can be imported. Only looks
-    the module up: the caller imports it where it is used.
-
-    Args:
-        module: the top-level module of the optional dependency (e.g. `matplotlib`).
-        extra: the extra of adaptive-sampler that installs it (e.g. `plots`).
-        needed_by: what needs it, for the message (e.g. `the export's plots`).
-    """
+    """Raise MissingExtraError naming `needed_by` and the pip command of `extra` unless top-level `module` can be
+    imported (only looked up: the caller imports it where it is used)."""
     if importlib.util.find_spec(module) is None:
         raise MissingExtraError(f"{needed_by} needs {module}, which is not installed: "
                                 f"pip install 'adaptive-sampler[{extra}]'")
 
 
 def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
-    """A module `__getattr__` for `package` that imports `name` from `package.<exports[name]>` when first asked
-    for and caches it in the package's `namespace`.
-
-    Args:
-        package: the package's `__name__`.
-        exports: public name -> the submodule that defines it.
-        namespace: the package's `globals()`.
-    """
+    """A module `__getattr__` for `package` that imports `name` from `package.<exports[name]>` (public name -> the
+    submodule that defines it) when first asked for and caches it in `namespace`, the package's `globals()`."""
 
     def __getattr__(name: str) -> Any:
         if name not in exports:

@@ -29,13 +29,9 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
     """Write every `path: data` of `files`, all or nothing: each goes to a temporary file in its own folder, and
     only when all of them are complete are they renamed into place.
 
-    If any write fails (a full device, a folder that went away), every temporary file is removed, no path of `files`
-    is touched, and `AtomicWriteError` names the path that failed. (If a rename fails, which a rename within one
-    folder does only when the folder changes under it, the files already renamed are removed again.) The files get
-    the mode of an ordinary new file (0666 minus the umask), not mkstemp's 0600. Folders are not created.
-
-    Args:
-        files: path -> the bytes it gets.
+    If any write fails, every temporary file is removed, no path of `files` is touched, and `AtomicWriteError`
+    names the path that failed (if a rename fails, the files already renamed are removed again). The files get the
+    mode of an ordinary new file (0666 minus the umask), not mkstemp's 0600. Folders are not created.
     """
     umask = os.umask(0)
     os.umask(umask)
@@ -65,12 +61,7 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename (the folder is
-    created if missing). The file gets the mode of an ordinary new file (0666 minus the umask), not mkstemp's 0600.
-
-    Args:
-        path: the file.
-        data: its new content.
-    """
+    created if missing), with the mode of an ordinary new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,10 +1,8 @@
 """Replay the network as CUDA graphs: one graph per call shape (a row bucket or a fixed chunk), on static buffers.
 
-A diffusion step launches hundreds of small kernels; at small batches the GPU waits for the Python that launches
-them. A CUDA graph records the launches once and replays them in one call. Capture needs fixed shapes and
-addresses, which the adapter's `buckets` and `fixed:N` row policies give: each call copies its inputs into the
-static buffers of its shape, replays, and clones the static output (the next replay overwrites it, and the sampler
-keeps ε̂ across steps). experiments/bench_gpu_core.py compares it with eager mode on a GPU.
+At small batches the GPU waits for the Python that launches a step's many small kernels; a graph replays them in
+one call. Capture needs the fixed shapes of the `buckets` and `fixed:N` row policies; the static output is cloned
+because the next replay overwrites it and the sampler keeps ε̂ across steps.
 """
 
 from __future__ import annotations

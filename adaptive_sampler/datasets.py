@@ -40,12 +40,8 @@ def _find(directory: Path, stem: str) -> Path:
 
 
 def load_fashion_mnist(split: str, data_dir: Path | str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (images uint8 [n, 28, 28], labels uint8 [n]) of the `train` or `test` split.
-
-    Args:
-        split: train or test.
-        data_dir: the folder of the IDX files (default: DEFAULT_FASHION_MNIST_DIR).
-    """
+    """(images uint8 [n, 28, 28], labels uint8 [n]) of the `train` or `test` split from the idx files in
+    `data_dir` (default: DEFAULT_FASHION_MNIST_DIR)."""
     if split not in ("train", "test"):
         raise FieldError("split", split, "is not one of 'train', 'test'")
     directory = Path(data_dir) if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
@@ -55,10 +51,6 @@ def load_fashion_mnist(split: str, data_dir: Path | str | None = None) -> tuple[
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 [n, 28, 28] -> float32 [n, 1, 32, 32] in [-1, 1], zero-padded (-1) to 32x32 as the DDPM expects.
-
-    Args:
-        images: uint8 [n, 28, 28].
-    """
+    """uint8 [n, 28, 28] -> float32 [n, 1, 32, 32] in [-1, 1], zero-padded (-1) to 32x32 as the DDPM expects."""
     x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
     return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)

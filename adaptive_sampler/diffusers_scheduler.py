@@ -15,15 +15,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import PREDICTION_TYPES, eps_and_x0
-from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.noise_schedule import BETA_KEYS, NoiseSchedule
 from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import Leading, Trailing, Uniform
 from adaptive_sampler.solvers.ddim import ddim_step
 from adaptive_sampler.timesteps import validate_timesteps
 
 _SPACINGS = ("linspace", "leading", "trailing")
-_BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-              "rescale_betas_zero_snr")
 
 
 def _check_x0_settings(config: Any) -> None:
@@ -42,26 +40,15 @@ def _check_x0_settings(config: Any) -> None:
 class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
     """DDIM (Song, Meng & Ermon 2021, eq. 12 and 16) over an explicit timestep list, as a diffusers scheduler.
 
-    It takes every `DDIMScheduler` config key with the same defaults and meaning, so
-    `AdaptiveDDIMScheduler.from_config(pipe.scheduler.config)` works for any DDIM-compatible config, plus
-    `custom_timesteps`: a list that `set_timesteps()` runs when given no other, and that `save_pretrained` keeps
-    (diffusers' own schedulers drop custom lists on save). It passes diffusers' own DDIM scheduler test suite
-    (tests/diffusers_vendored).
+    It takes every `DDIMScheduler` config key with the same defaults and meaning, plus `custom_timesteps`: a list
+    that `set_timesteps()` runs when given no other, and that `save_pretrained` keeps. It passes diffusers' own DDIM
+    scheduler test suite (tests/diffusers_vendored).
 
-    `step` is stateless, as in `DDIMScheduler`: it steps from its `timestep` argument t to t_prev, the next entry
-    below t in the scheduler's own list, or past the last entry to the final ᾱ (1 with `set_alpha_to_one`, else
-    ᾱ_0); never to `t - T // N`. So a pipeline may start mid-list (img2img), repeat a step, or step at a timestep
-    that is not in the list. With `leading` and `trailing` spacing that is what `DDIMScheduler` does at its own
-    timesteps, and the two agree. With `linspace` spacing `DDIMScheduler.step` assumes a stride of T // N that its
-    own list does not have (diffusers issue #12633), so this scheduler deliberately differs there and follows its
-    list.
-
-    Zero-terminal-SNR configs (`rescale_betas_zero_snr=True`) use ᾱ_{T-1} = 2**-24 (see `NoiseSchedule`), where
-    `DDIMScheduler` uses 0 and so returns NaN for ε-prediction at t = T-1; `betas` and `alphas` are diffusers' own.
-
-    `diffusers.DDIMPipeline.__init__` converts any scheduler to `DDIMScheduler`; to use this one there, assign it
-    after construction: `pipe.scheduler = AdaptiveDDIMScheduler.from_config(pipe.scheduler.config,
-    custom_timesteps=[...])`. Pipelines with a `timesteps=` argument (e.g. `StableDiffusionPipeline`) take it as is.
+    `step` is stateless: it steps from t to the next entry below t in the scheduler's own list, or past the last
+    entry to the final ᾱ; never to `t - T // N`, so with `linspace` spacing it follows its list where
+    `DDIMScheduler` does not (diffusers issue #12633). Zero-terminal-SNR configs use ᾱ_{T-1} = 2**-24 (see
+    `NoiseSchedule`) where `DDIMScheduler` uses 0 and returns NaN. `DDIMPipeline.__init__` converts any scheduler
+    to `DDIMScheduler`: assign this one after construction (docs/guides/schedule-files.md).
     """
 
     _compatibles = list(DDIMScheduler._compatibles)
@@ -104,7 +91,7 @@ class AdaptiveDDIMScheduler(SchedulerMixin, ConfigMixin):
             # plain ints, so that save_pretrained writes the list to JSON whatever type it came in
             self.register_to_config(custom_timesteps=listed.tolist())
         _check_x0_settings(self.config)  # now, not at the first step
-        diffusers_ddim = DDIMScheduler(**{k: self.config[k] for k in _BETA_KEYS})
+        diffusers_ddim = DDIMScheduler(**{k: self.config[k] for k in BETA_KEYS})
         self.betas, self.alphas = diffusers_ddim.betas, diffusers_ddim.alphas
         self.schedule = NoiseSchedule.from_config(self.config)
         self.alphas_cumprod = self.schedule.alphas_cumprod

@@ -1,13 +1,9 @@
 """Sampling and evaluation sharded over the processes of a `torchrun` launch, bitwise equal to one process.
 
-Under torchrun (`WORLD_SIZE`, `RANK` and `LOCAL_RANK` in the environment) `sample` gives every rank one contiguous
-shard of the sample indices, ceil(n / world) of them, and samples it with the global indices (`sampler.sample`'s
-`start`), so sample i still draws from its generator (seed, i); with the model's fixed `network_rows` each sample
-is bitwise the one a single process draws. The shards are gathered in rank order, so every rank ends with the whole
-`SampleResult`; rank 0 (`is_main`) writes the outputs. `score` extracts the embedded features of the one-process
-feature batches round-robin over the ranks (the same batches, so the same features), gathers them, and rank 0
-computes FID/KID/precision/recall and shares them. The process group (gloo for a CPU model, nccl for a CUDA one)
-starts on the first collective and is destroyed at exit. Without torchrun every function is the one-process one.
+Every rank samples a contiguous shard of the global sample indices, so sample i still draws from its generator
+(seed, i); results are gathered in rank order and rank 0 (`is_main`) writes the outputs. The process group (gloo
+for a CPU model, nccl for a CUDA one) starts on the first collective and is destroyed at exit. Without torchrun
+every function is the one-process one.
 """
 
 from __future__ import annotations
@@ -60,13 +56,8 @@ def is_main() -> bool:
 
 
 def shard(n: int, rank: int, world_size: int) -> range:
-    """The sample indices of `rank`: contiguous, ceil(n / world_size) each (the last ranks may get fewer or none).
-
-    Args:
-        n: the samples of the whole run.
-        rank: this process's rank.
-        world_size: the number of ranks.
-    """
+    """The sample indices of `rank` among `n`: contiguous, ceil(n / world_size) each (the last ranks may get fewer
+    or none)."""
     size = math.ceil(n / world_size)
     return range(min(rank * size, n), min((rank + 1) * size, n))
 
@@ -120,8 +111,6 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
 
     Args:
         model: the network's adapter (its device picks the process group: nccl for CUDA, gloo for CPU).
-        plan: the timestep list or planner.
-        shape: (C, H, W) of one sample.
         n: samples of the whole run.
         **kwargs: the other arguments of `sampler.sample` (`trace` is refused under torchrun).
     """
@@ -165,11 +154,8 @@ def sample(model: ModelAdapter, plan: Sequence[int] | torch.Tensor | Planner, sh
 
 
 def gather_stopped_by(stopped_by: dict[int, str]) -> dict[int, str]:
-    """A monitor's `stopped_by` of every rank, merged; this process's outside torchrun.
-
-    Args:
-        stopped_by: this rank's global sample index -> the monitor that ended it.
-    """
+    """A monitor's `stopped_by` (global sample index -> the monitor that ended it) of every rank, merged; this
+    process's outside torchrun."""
     if ranks() is None or not dist.is_initialized():
         return stopped_by
     merged: dict[int, str] = {}
@@ -181,12 +167,7 @@ def gather_stopped_by(stopped_by: dict[int, str]) -> dict[int, str]:
 def features(samples: torch.Tensor, extractor: FeatureExtractor) -> torch.Tensor:
     """`extractor(samples)` over the ranks: its batches (`extractor.batch_size`, the ones one process runs) go
     round-robin to the ranks and are gathered in order, so the features are bitwise one process's; every rank
-    returns all of them. Outside torchrun it is `extractor(samples)`.
-
-    Args:
-        samples: every sample of the run (each rank holds all of them).
-        extractor: the feature extractor.
-    """
+    returns all of them. Every rank holds all `samples`. Outside torchrun it is `extractor(samples)`."""
     here = ranks()
     if here is None:
         return extractor(samples)
@@ -209,8 +190,7 @@ def score(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> Distribut
 
     Args:
         samples: every sample of the run, in [-1, 1].
-        bootstrap: bootstrap resamples for confidence intervals (0: none).
-        seed: the bootstrap's seed.
+        bootstrap: bootstrap resamples for confidence intervals (0: none), drawn with `seed`.
     """
     from adaptive_sampler.metrics.distribution import distribution_metrics
     from adaptive_sampler.metrics.evaluation import score_samples

@@ -46,11 +46,7 @@ class FileFieldError(FieldError):
 
 def first_line(exc: BaseException) -> str:
     """The line of `exc`'s message that says what went wrong, for a one-line rule: a "size mismatch" line where
-    there is one (torch lists every tensor), without SQLAlchemy's " [SQL: …]" tail, at most 300 characters.
-
-    Args:
-        exc: the exception a library raised.
-    """
+    there is one (torch lists every tensor), without SQLAlchemy's " [SQL: …]" tail, at most 300 characters."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     line = next((x for x in lines if "size mismatch" in x), lines[0] if lines else type(exc).__name__)
     line = line.split(" [SQL:", 1)[0]
@@ -59,13 +55,8 @@ def first_line(exc: BaseException) -> str:
 
 def validation_parts(exc: Any, fields: Any = ()) -> tuple[str, Any, str]:
     """(inner field, value, rule) of a pydantic `ValidationError`'s first error, for a `FileFieldError`: the location
-    as "a.b[2]", a validator's `FieldError` by its own field, value and rule. (Duck-typed: this module imports
-    nothing.)
-
-    Args:
-        exc: the ValidationError.
-        fields: the allowed names, for the "is not a field" rule of an extra key.
-    """
+    as "a.b[2]", a validator's `FieldError` by its own field, value and rule; `fields` (the allowed names) go into
+    the rule of an extra key. Duck-typed: this module imports nothing."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     where = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc))

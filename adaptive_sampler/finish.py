@@ -1,8 +1,5 @@
-"""How a row that a monitor marked done ends: at once with x̂0, or through a short tail of solver steps to t = 0.
-
-With `finish="x0"` the row is sent to -1 at once (it returns x̂0 of that evaluation); with a tail finish (`Finish`,
-`tail` = `tail:3:t`) `FinishingPlan` gives the row a short remaining plan of K tail timesteps from its t down to 0,
-walked by the run's solver, then -1.
+"""How a row that a monitor marked done ends: at once with x̂0 (`Finish(mode="x0")`: the row is sent to -1), or
+through a short tail of K solver steps from its t down to 0, then -1 (`FinishingPlan`).
 """
 
 from __future__ import annotations
@@ -81,12 +78,7 @@ def tail_timesteps(t: torch.Tensor, finish: Finish, schedule: NoiseSchedule) -> 
 
     Entry j (1..K) aims at a fraction j/K of the way from t to 0, in log-SNR (rounded towards t: the smallest
     timestep whose log-SNR does not pass the target) or in t (rounded down); each entry is then kept at least one
-    below the one before, so a tail never repeats a timestep.
-
-    Args:
-        t: [rows], where each row's tail starts.
-        finish: a tail finish (K and the spacing).
-        schedule: the model's noise schedule (for log-SNR spacing).
+    below the one before, so a tail never repeats a timestep. `finish` gives K and the spacing.
     """
     k = finish.steps
     fraction = torch.arange(1, k + 1, device=t.device, dtype=torch.float64) / k  # [K]

@@ -22,14 +22,8 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 def eps_and_x0(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
                prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ε̂, x̂0) from a network `output` at x_t = sqrt(ᾱ)·x0 + sqrt(1 - ᾱ)·ε; x̂0 is not clipped here.
-
-    Args:
-        output: the network's output.
-        x: x_t.
-        alpha_bar: ᾱ_t, broadcast against x.
-        prediction_type: epsilon, v_prediction (Salimans & Ho 2022) or sample (x0).
-    """
+    """(ε̂, x̂0), x̂0 unclipped, from a network `output` at x_t = sqrt(ᾱ)·x0 + sqrt(1 - ᾱ)·ε (ᾱ broadcast against x)
+    for an epsilon, v_prediction (Salimans & Ho 2022) or sample (x0) `prediction_type`."""
     if prediction_type == "epsilon":
         return output, (x - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
     if prediction_type == "v_prediction":
@@ -102,11 +96,7 @@ class Prediction:
 
 
 def tensor_output(out: Any) -> torch.Tensor:
-    """The output tensor of a network call.
-
-    Args:
-        out: a tensor, a diffusers output (its `.sample`) or a tuple (its first item).
-    """
+    """The output tensor of a network call: a tensor, a diffusers output's `.sample` or a tuple's first item."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
@@ -130,11 +120,7 @@ NETWORK_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": t
 
 
 def network_dtype(name: str | torch.dtype) -> torch.dtype:
-    """The torch dtype of `name`; anything else raises FieldError naming `dtype`.
-
-    Args:
-        name: float32, float16 or bfloat16 (a name or the torch dtype).
-    """
+    """The torch dtype of `name` (float32, float16 or bfloat16, or that dtype); else FieldError naming `dtype`."""
     if isinstance(name, torch.dtype) and name in NETWORK_DTYPES.values():
         return name
     if isinstance(name, str) and name in NETWORK_DTYPES:
@@ -178,13 +164,8 @@ class RowPolicy:
 
     @classmethod
     def parse(cls, spec: RowSpec, device: torch.device) -> RowPolicy:
-        """The row policy of `spec`; anything else raises FieldError naming `network_rows`.
-
-        Args:
-            spec: `auto` (fixed:8 on CPU and other devices, buckets on CUDA), `all`, `buckets[:MIN]`, `fixed:N`, an
-                integer N (fixed:N), None (all) or a RowPolicy.
-            device: the network's device, which `auto` depends on.
-        """
+        """The row policy of `spec`: `auto` (buckets on a CUDA `device`, else fixed:8), `all`, `buckets[:MIN]`,
+        `fixed:N`, an integer N (fixed:N), None (all) or a RowPolicy; else FieldError naming `network_rows`."""
         if isinstance(spec, RowPolicy):
             return spec
         if spec is None:
@@ -232,12 +213,8 @@ MAX_NETWORK_ROWS = 4096  # far above any real call, low enough that a typo canno
 
 
 def row_spec_from_text(text: str | int) -> str | int | None:
-    """A row policy as a command line gives it, checked (sizes up to MAX_NETWORK_ROWS); a bad one raises FieldError
-    naming `network_rows`.
-
-    Args:
-        text: an integer N (0 = all rows, else fixed:N) or a policy name (see `RowPolicy.parse`).
-    """
+    """A command line's row policy, checked (sizes up to MAX_NETWORK_ROWS): an integer N (0 = all rows, else
+    fixed:N) or a `RowPolicy.parse` spec; a bad one raises FieldError naming `network_rows`."""
     value = str(text).strip()
     if value.lstrip("+-").isdigit():
         rows = int(value)
@@ -281,7 +258,6 @@ class ModelAdapter:
         params = next(network.parameters(), None) if isinstance(network, torch.nn.Module) else None
         self.device = params.device if params is not None else torch.device("cpu")
         self.network_dtype = params.dtype if params is not None else torch.float32
-        # the sampler state stays in at least float32 even for half-precision networks
         self.dtype = torch.promote_types(self.network_dtype, torch.float32)
         self.row_policy = RowPolicy.parse(network_rows, self.device)
         self._graphs: CudaGraphs | None = None

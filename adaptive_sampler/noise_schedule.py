@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+# the config keys that define the β schedule (all others are ignored)
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "rescale_betas_zero_snr")
 
 @dataclass(frozen=True)
 class NoiseSchedule:
@@ -38,9 +41,7 @@ class NoiseSchedule:
             config: `num_train_timesteps`, the β schedule (`linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`,
                 or `trained_betas`) and `rescale_betas_zero_snr`; other keys are ignored.
         """
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                "rescale_betas_zero_snr")
-        ddpm = DDPMScheduler(**{k: config[k] for k in keys if k in config})
+        ddpm = DDPMScheduler(**{k: config[k] for k in BETA_KEYS if k in config})
         alphas_cumprod = ddpm.alphas_cumprod.clone()
         if config.get("rescale_betas_zero_snr", False):
             # ᾱ_{T-1} is exactly 0 under zero-terminal-SNR; diffusers' DDIM uses 2**-24 there to keep ε-models finite
@@ -52,14 +53,11 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.shape[0])
 
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """ᾱ at timesteps (float32); -1 (any negative t) maps to 1.
+        """ᾱ at `timesteps` of any shape (float32); -1 (any negative t) maps to 1.
 
         Integer timesteps read the table. Fractional ones (a floating tensor) interpolate linearly in log-SNR between
         the two neighbouring training steps, the parameterisation in which solvers such as DPM-Solver step; a
         floating t that is a whole number reads the table exactly as its integer does.
-
-        Args:
-            timesteps: a tensor of any shape, integer or floating.
         """
         device = timesteps.device
         table = self._table("alpha_bar", device)

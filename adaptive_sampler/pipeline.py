@@ -1,13 +1,6 @@
-"""A loaded model, the parts around its network, and the user's conditions.
-
-- `LoadedModel`: the network with its scheduler config, identity and parts (what `models.load_model` returns).
-- `TextEncoder`: CLIP tokenizer + text encoder; prompts -> `encoder_hidden_states`, each distinct prompt encoded
-  once, alone (as `StableDiffusionPipeline.encode_prompt`: padded to the tokenizer's length, last hidden state).
-- `LatentDecoder`: the VAE; latents -> images in [-1, 1] (`latents / scaling_factor + shift_factor`), in fixed
-  row chunks so that an image does not depend on the batch it was decoded in.
-- `Conditions`: what the user asks for (prompts, a negative prompt, class labels, a guidance scale), checked
-  against the model (`FieldError` naming the flag) and bound to it once (`BoundConditions`), as a
-  `RowConditioning`: sample i takes prompt i mod P (label i mod L), whatever batch it is drawn in.
+"""A loaded model (`LoadedModel`, what `models.load_model` returns), the parts around its network (`TextEncoder`,
+`LatentDecoder`), and the user's `Conditions`, checked against the model and bound to it once: sample i takes
+prompt i mod P (label i mod L), whatever batch it is drawn in.
 """
 
 from __future__ import annotations
@@ -46,12 +39,7 @@ class LoadedModel:
     conditions: BoundConditions | None = None
 
     def adapter(self, network_rows: RowSpec = "auto", cuda_graphs: bool = False) -> ModelAdapter:
-        """The adapter of `network`.
-
-        Args:
-            network_rows: the row policy (default fixed:8 on CPU, buckets on CUDA; see ModelAdapter).
-            cuda_graphs: replay the network's calls as CUDA graphs.
-        """
+        """The adapter of `network` with row policy `network_rows` (see ModelAdapter), optionally on CUDA graphs."""
         return ModelAdapter.from_diffusers(self.network, self.scheduler_config, network_rows=network_rows,
                                            cuda_graphs=cuda_graphs)
 
@@ -66,20 +54,12 @@ class LoadedModel:
         return None if self.conditions is None else self.conditions.conditioning
 
     def decode(self, samples: torch.Tensor, rows: int = 8) -> torch.Tensor:
-        """Samples as images in [-1, 1]: latents through the VAE, a pixel model's samples unchanged.
-
-        Args:
-            samples: latents (or pixels) [n, C, h, w].
-            rows: the VAE's fixed chunk of rows, so that an image does not depend on its batch.
-        """
+        """Samples [n, C, h, w] as images in [-1, 1]: latents through the VAE in fixed chunks of `rows` (an image
+        does not depend on its batch), a pixel model's samples unchanged."""
         return samples if self.decoder is None else self.decoder(samples, rows)
 
     def with_conditions(self, conditions: Conditions) -> LoadedModel:
-        """This model bound to `conditions` (checked against it; each distinct prompt encoded once).
-
-        Args:
-            conditions: the prompts or labels, as the user gave them.
-        """
+        """This model bound to `conditions` (checked against it; each distinct prompt encoded once)."""
         return replace(self, conditions=conditions.bind(self))
 
 
@@ -147,22 +127,14 @@ class RowConditioning(Conditioning):
 
 
 def read_prompts(path: str | Path) -> tuple[str, ...]:
-    """The prompts of a file, one per line (blank lines skipped); FieldError naming `prompts` if it is missing,
-    unreadable or holds none.
-
-    Args:
-        path: a UTF-8 text file.
-    """
-    file = Path(path)
+    """The prompts of a UTF-8 text file, one per line (blank lines skipped); FieldError naming `prompts` if it is
+    missing, unreadable or holds none."""
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FieldError("prompts", str(path), "does not exist; give a text file with one prompt per line") from None
-    except IsADirectoryError:
-        raise FieldError("prompts", str(path), "is a folder; give a text file with one prompt per line") from None
-    except UnicodeDecodeError:
-        raise FieldError("prompts", str(path), "is not UTF-8 text; give a text file with one prompt per line") \
-            from None
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as e:
+        whys: dict[type, str] = {FileNotFoundError: "does not exist", IsADirectoryError: "is a folder"}
+        why = whys.get(type(e), "is not UTF-8 text")
+        raise FieldError("prompts", str(path), f"{why}; give a text file with one prompt per line") from None
     except OSError as exc:
         raise FieldError("prompts", str(path), f"cannot be read ({exc.strerror or exc})") from None
     prompts = tuple(line.strip() for line in text.splitlines() if line.strip())
@@ -172,11 +144,7 @@ def read_prompts(path: str | Path) -> tuple[str, ...]:
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
-    """`0,3,7` as (0, 3, 7); FieldError naming `class_labels` if it is not a comma-separated list of integers.
-
-    Args:
-        text: the --class-labels value.
-    """
+    """--class-labels `0,3,7` as (0, 3, 7); FieldError naming `class_labels` if it is not a list of integers."""
     items = [v.strip() for v in text.split(",")]
     if not all(item.lstrip("-").isdigit() for item in items):
         raise FieldError("class_labels", text, "is not a comma-separated list of integers, e.g. 0,3,7")

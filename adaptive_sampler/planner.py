@@ -1,12 +1,7 @@
-"""What a planner is: per row, accept or reject the step just evaluated and choose the next timestep.
-
-Every row of the sampling loop carries its own current t and its own next t. After each network evaluation the
-planner sees the rows' new x̂0 and the last accepted point they stepped from, and returns per row whether that step
-is accepted and where to evaluate next (t_next = -1 ends the row: ᾱ = 1, the step returns x̂0). A static list is
-the planner that accepts every step and walks its list; `StepSizeControl` accepts or rejects.
-
-A monitor acts through the planner. Its "done" ends a row (at once, or through a short tail: see `finish.py`); its
-`step_factor` steers a planner that has a step size (`steer`, see `Steerable`): the next step is multiplied by it.
+"""What a planner is: per row, accept or reject the step just evaluated and choose the next timestep (t_next = -1
+ends the row: ᾱ = 1, the step returns x̂0). A static list accepts every step and walks its list; `StepSizeControl`
+accepts or rejects. A monitor acts through the planner: its "done" ends a row (see `finish.py`), its `step_factor`
+multiplies the next step of a `Steerable` planner.
 """
 
 from __future__ import annotations
@@ -57,23 +52,12 @@ class Planner(Protocol):
     def name(self) -> str: ...
 
     def start(self, rows: int, schedule: NoiseSchedule, device: torch.device) -> tuple[torch.Tensor, Any]:
-        """The first timestep [rows] (int64) and the initial memory (a tensor [rows], or another value that a bool
-        row mask indexes, like `FinishMemory`).
-
-        Args:
-            rows: the batch's rows.
-            schedule: the model's noise schedule.
-            device: where the rows live.
-        """
+        """The first timestep of each of `rows` rows on `device` (int64) and the initial memory (a tensor [rows], or
+        another value that a bool row mask indexes, like `FinishMemory`)."""
         ...
 
     def decide(self, observation: StepObservation, schedule: NoiseSchedule) -> StepDecision:
-        """Per row: accept or reject the step just evaluated, and the next timestep.
-
-        Args:
-            observation: what the active rows saw at their latest evaluation.
-            schedule: the model's noise schedule.
-        """
+        """Per row of `observation`: accept or reject the step just evaluated, and the next timestep."""
         ...
 
 
@@ -122,15 +106,8 @@ class Steerable(Protocol):
 
     def steer(self, observation: StepObservation, decision: StepDecision, factor: torch.Tensor,
               schedule: NoiseSchedule) -> StepDecision:
-        """`decision` with the next step of each accepted, unfinished row multiplied by `factor`; rejected rows and
-        rows going to -1 keep theirs.
-
-        Args:
-            observation: what the rows saw at their latest evaluation.
-            decision: the planner's decision on it.
-            factor: [rows], 1 = as decided.
-            schedule: the model's noise schedule.
-        """
+        """`decision` (the planner's on `observation`) with the next step of each accepted, unfinished row
+        multiplied by `factor` [rows] (1 = as decided); rejected rows and rows going to -1 keep theirs."""
         ...
 
 

@@ -1,11 +1,9 @@
 """The one sampling loop: every active row carries its own t and next t; a planner, a solver and a monitor plug in.
 
-Each iteration evaluates the network once on every active row at its own t. The planner accepts or rejects each
-row's step and picks its next timestep; a monitor may end a row and may steer its next step, both through the
-planner: with `Finish(mode="x0")` an ended row is sent to t_prev = -1 (ᾱ = 1, the step returns x̂0), with a tail finish
-(`FinishingPlan`) it walks a short tail to t = 0 first. Accepted points become the rows' anchors; the solver
-steps from the anchor, so a rejected evaluation costs NFE but leaves no trace in the sample. Rows that reach -1
-leave the batch, and every per-row tensor (solver history, planner memory, monitor state) is compacted with them.
+Each iteration evaluates the network once on every active row at its own t; the planner accepts or rejects each
+row's step and picks its next timestep, and a monitor ends or steers rows through it (see `planner`, `finish`).
+The solver steps from the last accepted point, so a rejected evaluation costs NFE but leaves no trace in the sample.
+Rows that reach -1 leave the batch, and every per-row tensor is compacted with them.
 """
 
 from __future__ import annotations
@@ -34,10 +32,9 @@ from adaptive_sampler.seeding import draw_noise, sample_generator
 from adaptive_sampler.solvers import DDIM, Point, Solver, SolverState
 from adaptive_sampler.step_info import StepInfo
 
-# A monitor sees every step. It returns a MonitorDecision (its `done`, and its optional `step_factor` and `no_tail`
-# are used), a bool tensor over the active rows marking the samples that are done, True to end every active sample
-# now, or None/False to go on. If it has
-# `reset()`, that runs at the start of every batch; if it has `keep(rows)`, that runs whenever rows leave the batch.
+# A monitor sees every step and returns a MonitorDecision (`done`, optional `step_factor` and `no_tail`), a bool
+# tensor over the active rows marking done samples, True to end every active sample, or None/False to go on. Its
+# optional `reset()` runs at the start of every batch, `keep(rows)` whenever rows leave the batch.
 StepMonitor = Callable[[StepInfo], object]
 
 
@@ -267,8 +264,6 @@ def sample(
         plan: an explicit timestep list (each consecutive pair is one step, the last goes to t_prev = -1 and
             returns x̂0) or a `Planner` that picks each sample's steps while sampling (e.g. `StepSizeControl`).
         shape: (C, H, W) of one sample.
-        n: how many samples.
-        batch_size: samples per batch.
         seed: the run's seed (sample i's generator is seeded by (seed, i)).
         eta: DDIM's η (0: deterministic); needs a solver that supports it.
         solver: DDIM (the default, Song et al. 2021), DPM-Solver++(2M) or UniPC (`make_solver`).
@@ -276,7 +271,6 @@ def sample(
             (`MonitorDecision.step_factor`, for planners with a step size: `StepSizeControl`, `SteeredPlan`).
         conditioning: the network's extra inputs per sample, and classifier-free guidance.
         trace: keep every step's `StepInfo` in the result.
-        progress: show a progress bar over the batches.
         start: the run draws samples start … start + n - 1 of a larger one (a shard, see
             `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.
         finish: how an ended sample finishes: `Finish(mode="x0")` returns x̂0 of that evaluation, `Finish(steps=K,

@@ -13,8 +13,7 @@ from adaptive_sampler.errors import FieldError
 if TYPE_CHECKING:
     import torch
 
-# torch is imported inside the two functions that return tensors: schedule files are checked without it
-# (`adaptive-sampler schedules list` starts in a fraction of a second)
+# torch is imported inside the functions that return tensors: `schedules list` checks files without loading it
 
 
 def validate_timesteps(
@@ -37,11 +36,7 @@ def validate_timesteps(
 
 
 def is_fractional(timesteps: Sequence[int | float]) -> bool:
-    """Whether a checked list holds a fractional timestep (`check_timesteps` returns whole numbers as ints).
-
-    Args:
-        timesteps: a list `check_timesteps` returned.
-    """
+    """Whether a list `check_timesteps` returned (whole numbers as ints) holds a fractional timestep."""
     return any(isinstance(v, float) for v in timesteps)
 
 

@@ -1,11 +1,8 @@
 """The `adaptive-sampler` command line: the app, `main()`, and the one place that turns errors into one line.
 
-One module per command: `sample`, `evaluate` (`eval`), `tune`, `stats`, `schedules` (`schedules list|show`); `common`
-holds what they share, `drawing` what `sample` and `eval` do before they write or score. The options of `sample`,
-`eval` and `tune` are pydantic models (`adaptive_sampler.options`, `tuning.settings`), one flag per field. The
-commands raise the library's errors unchanged; `FlagCommand` (every command's class) maps a `FieldError`'s field, or
-a pydantic error's location, to the flag of the command that ran, and `main()` prints "error: --flag: ..." with exit
-status 2. Nothing outside this package imports it.
+One module per command (`sample`, `evaluate`, `tune`, `stats`, `schedules`); their options are pydantic models, one
+flag per field. The commands raise the library's errors unchanged; `FlagCommand` maps a `FieldError`'s field, or a
+pydantic error's location, to the flag of the command that ran, and `main()` prints "error: --flag: ..." (exit 2).
 """
 
 from __future__ import annotations

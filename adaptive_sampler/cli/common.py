@@ -47,11 +47,7 @@ def _cli_default(value: Any) -> Any:
 def options_command(model: type[Options]) -> Callable[[Callable[[Options], None]], Callable[..., None]]:
     """Turn `run(options)` into a command whose options are the fields of `model`: one `--<field-name>` option per
     field, with its default and its description as help; the values are validated once, by `model` (its
-    `ValidationError` or a `FieldError` names the field, which the CLI maps to the flag).
-
-    Args:
-        model: the pydantic model of the command's options.
-    """
+    `ValidationError` or a `FieldError` names the field, which the CLI maps to the flag)."""
     hints = typing.get_type_hints(model)
     signature = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_cli_type(hints[name]),
@@ -72,12 +68,8 @@ def options_command(model: type[Options]) -> Callable[[Callable[[Options], None]
 
 
 def row_policy(network_rows: str, device: torch.device) -> RowPolicy:
-    """`--network-rows` as the adapter's row policy (see `model_adapter.row_spec_from_text`).
-
-    Args:
-        network_rows: the option's text, e.g. `auto`, `8`, `fixed:8`, `buckets:4`, `all`.
-        device: where the network runs (`auto` is fixed:8 on CPU, buckets on CUDA).
-    """
+    """`--network-rows` (e.g. `auto`, `8`, `fixed:8`, `buckets:4`, `all`) as the adapter's row policy on `device`
+    (see `model_adapter.row_spec_from_text`)."""
     from adaptive_sampler.model_adapter import RowPolicy, row_spec_from_text
 
     return RowPolicy.parse(row_spec_from_text(network_rows), device)

@@ -120,15 +120,9 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
     """Check, load, condition, plan, sample and decode what `options` ask for.
 
     Bad input raises the library's `FieldError` (the CLI names the flag), all of it before the first network call (a
-    steering monitor with a static policy included); `check` runs on the loaded model (bound to its conditions)
-    after the plan and the monitors are built. Sample i takes prompt i mod P or label i mod L and its noise from
-    (seed, i), whatever its batch. The samples are returned, not written (the command writes its outputs, see
-    `outputs.py`); if the model produces NaN or Inf, the batches finished before it are saved next to `--save`, as
-    <save>.partial.npy (a latent model's latents).
-
-    Args:
-        options: the validated options of the command.
-        check: a last check of the loaded model before sampling (e.g. that a metric can score its images).
+    steering monitor with a static policy included); `check`, a last check of the loaded model (e.g. that a metric
+    can score its images), runs after the plan and the monitors are built. The samples are returned, not written;
+    if the model produces NaN or Inf, the batches finished before it are saved as <save>.partial.npy.
     """
     # the library, torch included, is imported only when a command runs (`--help` stays fast)
     from adaptive_sampler import distributed

@@ -20,15 +20,9 @@ from adaptive_sampler.policies.builtin import (
 from adaptive_sampler.policies.replay import CatalogueEntry, FromFile, check_solver
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
-STATIC_POLICIES: dict[str, type] = {
-    "uniform": Uniform,
-    "leading": Leading,
-    "trailing": Trailing,
-    "quadratic": Quadratic,
-    "karras": Karras,
-    "logsnr": LogSNR,
-    "front-loaded": FrontLoaded,
-}
+STATIC_POLICIES: dict[str, type] = {"uniform": Uniform, "leading": Leading, "trailing": Trailing,
+                                    "quadratic": Quadratic, "karras": Karras, "logsnr": LogSNR,
+                                    "front-loaded": FrontLoaded}
 POLICY_NAMES = (*STATIC_POLICIES, "explicit", "learned:<model>/<family>-<N>", "file:<path>")
 
 

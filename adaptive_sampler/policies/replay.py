@@ -34,11 +34,7 @@ class CatalogueEntry:
         return f"learned:{self.name}"
 
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
-        """The entry's artifact.
-
-        Args:
-            num_steps: the step count wanted; None for the entry's own.
-        """
+        """The entry's artifact at `num_steps` (None: the entry's own)."""
         return load_entry(self.name, num_steps)
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
@@ -57,11 +53,7 @@ class FromFile:
         return f"file:{self.path}"
 
     def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
-        """The file's artifact, interpolated to `num_steps` when that differs from its length.
-
-        Args:
-            num_steps: the step count wanted; None for the file's own.
-        """
+        """The file's artifact, interpolated to `num_steps` when given and different from its length."""
         if str(self.path) in ("", "."):
             raise FieldError("policy", "file:", "names no file; use file:PATH (a schedule JSON file)")
         if not Path(self.path).exists():

@@ -8,12 +8,8 @@ safety · (tolerance / error)^(1/2), the exponent of a first-order method.
 The error estimate is the one embedded in DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095): in log-SNR time
 λ = log(α/σ), DDIM (η = 0) is the first-order exponential integrator, and the second-order term it leaves out, with
 x̂0 linear in λ over the step, is α_t · φ(h) · (x̂0(t) − x̂0(s)) with φ(h) = (h − 1 + e^(−h)) / h ≈ h / 2. It costs no
-extra network call: x̂0(t) is the evaluation the next step needs anyway. A rejected step still cost its evaluation,
-and the sampler counts it.
-
-Both planners here have a step size in λ that a steering monitor (`MonitorDecision.step_factor`, e.g.
-`SteeringChange`) can scale: `StepSizeControl.steer` multiplies the controller's next step, and `SteeredPlan` is the
-planner whose step only a monitor changes (it starts uniform in λ; the monitor doubles or halves it).
+extra network call: x̂0(t) is the evaluation the next step needs anyway. Both planners here have a step size in λ
+that a steering monitor (`MonitorDecision.step_factor`) can scale.
 """
 
 from __future__ import annotations

@@ -28,11 +28,7 @@ def catalogue_dir() -> Path:
 
 
 def list_entries(root: Path | None = None) -> list[str]:
-    """All entry names, sorted.
-
-    Args:
-        root: the catalogue folder; default `catalogue_dir()`.
-    """
+    """All entry names in the catalogue folder `root` (default `catalogue_dir()`), sorted."""
     root = root or catalogue_dir()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.json"))
 
@@ -42,7 +38,6 @@ def interpolate(artifact: ScheduleArtifact, num_steps: int) -> ScheduleArtifact:
     (the log-linear rule of Align Your Steps, Sabour et al. 2024; +1 keeps t = 0 finite).
 
     Args:
-        artifact: the schedule to resample.
         num_steps: the new length, in [1, num_train_timesteps].
     """
     if num_steps < 1 or num_steps > artifact.num_train_timesteps:

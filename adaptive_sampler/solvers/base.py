@@ -47,15 +47,8 @@ class SolverState:
 
 
 def push_history(anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> None:
-    """On accepted rows, the old anchor becomes the previous point (x̂0 and ᾱ); `has_prev` marks rows that have one.
-
-    Multistep solvers use it to pick their order per row: first order without a previous point.
-
-    Args:
-        anchor: the rows' last accepted point (None at a batch's first evaluation).
-        accepted: bool [rows], the rows whose new point was accepted.
-        state: the solver's per-row history, updated in place.
-    """
+    """On `accepted` rows, the old `anchor` (None at a batch's first evaluation) becomes the previous point (x̂0 and
+    ᾱ) in `state`; `has_prev` marks rows that have one, so multistep solvers take first order without it."""
     if anchor is None:
         rows = len(accepted)
         state.tensors = {"has_prev": torch.zeros(rows, dtype=torch.bool, device=accepted.device)}
@@ -82,14 +75,8 @@ class Solver(Protocol):
     supports_eta: bool
 
     def accept(self, new: Point, anchor: Point | None, accepted: torch.Tensor, state: SolverState) -> Point:
-        """The rows' new anchor.
-
-        Args:
-            new: the point just evaluated.
-            anchor: the last accepted point (None at a batch's first evaluation).
-            accepted: bool [rows], where `new` is accepted.
-            state: the per-row history.
-        """
+        """The rows' new anchor: `new` (the point just evaluated) where `accepted` [rows], else `anchor` (the last
+        accepted point; None at a batch's first evaluation); `state` is the per-row history."""
         ...
 
     def step(self, anchor: Point, alpha_bar_to: torch.Tensor, state: SolverState, eta: float,
@@ -97,9 +84,7 @@ class Solver(Protocol):
         """x at ᾱ_to from the anchor.
 
         Args:
-            anchor: the rows' last accepted point.
             alpha_bar_to: ᾱ of the next timestep, per row (1: return x̂0).
-            state: the per-row history.
             eta: DDIM's η (0 for deterministic solvers).
             noise: the step's fresh noise when η > 0, else None.
         """
@@ -107,11 +92,6 @@ class Solver(Protocol):
 
 
 def replace_anchor(new: Point, anchor: Point | None, accepted: torch.Tensor) -> Point:
-    """`new` on accepted rows, the old anchor elsewhere (the first evaluation of a batch is always accepted).
-
-    Args:
-        new: the point just evaluated.
-        anchor: the last accepted point (None at a batch's first evaluation).
-        accepted: bool [rows].
-    """
+    """`new` on `accepted` rows, the old `anchor` elsewhere (None: the first evaluation of a batch, always
+    accepted)."""
     return new if anchor is None else new.where(accepted, anchor)

@@ -20,33 +20,19 @@ class NoiseLevel:
 
 
 def noise_level(alpha_bar: torch.Tensor) -> NoiseLevel:
-    """α, σ, λ at ᾱ (in ᾱ's dtype and device, so no host sync); ᾱ = 1 (t = -1) gives σ = 0 and λ = +∞.
-
-    Args:
-        alpha_bar: ᾱ per row.
-    """
+    """α, σ, λ at ᾱ per row (in ᾱ's dtype and device, so no host sync); ᾱ = 1 (t = -1) gives σ = 0, λ = +∞."""
     alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     return NoiseLevel(alpha, sigma, alpha.log() - sigma.log())
 
 
 def second_order_rows(state: SolverState, alpha_bar_to: torch.Tensor) -> torch.Tensor:
-    """Rows whose step may be second order: they have a previous point and do not end at σ = 0 (broadcastable).
-
-    Args:
-        state: the per-row history (`has_prev`).
-        alpha_bar_to: ᾱ of the next timestep, per row.
-    """
+    """Rows whose step may be second order: they have a previous point (`has_prev`) and do not end at σ = 0."""
     return state.tensors["has_prev"].view_as(alpha_bar_to) & (alpha_bar_to < 1)
 
 
 def safe_ratio(rows: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """r on the second-order `rows`, 1 elsewhere: those rows discard the second-order term, and a 0 there (a step
-    to σ = 0 has h = ∞) would turn the gradients of a learned schedule into NaN through the discarded 1/r.
-
-    Args:
-        rows: the second-order rows (`second_order_rows`).
-        r: the step-size ratio per row.
-    """
+    """The step-size ratio r on the second-order `rows`, 1 elsewhere: those rows discard the second-order term,
+    and a 0 there (a step to σ = 0 has h = ∞) would turn a learned schedule's gradients into NaN through 1/r."""
     return torch.where(rows, r, torch.ones_like(r))
 
 
