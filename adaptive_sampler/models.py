@@ -2,10 +2,9 @@
 unconditional or class-conditional), or a Stable Diffusion 1.x/2.x pipeline folder (unet/, vae/, text_encoder/ +
 tokenizer/, scheduler/). Safetensors only unless pickles are allowed; nothing downloads.
 
-diffusers, transformers and safetensors refuse what they cannot load (a corrupt file, a config they cannot build,
-weights that do not fit it); their first line becomes one FieldError naming `model` and the part's folder. Checked
-here, part by part as it loads, is only what they accept but the sampler cannot use: the config keys the sampler
-reads, parts that must fit each other (latent channels, the prompt width, the tokenizer's length) and pickles.
+What diffusers, transformers and safetensors refuse becomes one FieldError naming `model` and the part's folder.
+Checked here is only what they accept but the sampler cannot use: the config keys the sampler reads, parts that
+must fit each other (latent channels, the prompt width, the tokenizer's length) and pickles.
 """
 
 from __future__ import annotations
@@ -192,10 +191,7 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
     libraries refuse, and FileFieldError naming the file and its key for a config value the sampler cannot use.
 
     Args:
-        spec: `embedded`, `embedded-t2i` or a diffusers folder: a UNet folder or DDPM pipeline folder
-            (UNet2DModel, class-conditional through `num_class_embeds`, or UNet2DConditionModel, plus a scheduler
-            config), or a Stable Diffusion 1.x/2.x pipeline folder (unet/, vae/ AutoencoderKL, text_encoder/
-            CLIPTextModel + tokenizer/ CLIPTokenizer, scheduler/).
+        spec: `embedded`, `embedded-t2i` or a diffusers folder (see the module docstring).
         allow_pickle: load pickled `.bin`/`.pt` weights, which can run code when loaded.
         device: where the parts run (see `resolve_device`).
         height: a latent model's image height in pixels (default: the UNet's sample size times the VAE's

@@ -1,11 +1,9 @@
 """The options of a run that loads a model, declared once: each field's default, bound and description are a flag
 of `adaptive-sampler sample`, `eval` or `tune` (the CLI builds the commands from these fields) and its validation.
 
-`ModelOptions` is what every such command shares (the model, its conditions, rows, device); `DrawOptions` adds what
-`sample` and `eval` share (policy, solver, monitors, how many samples); `SampleOptions` and `EvalOptions` add their
-own; `tuning.settings.TuneOptions` adds the tune settings. Policies, monitors, finishes and row policies are the
-spec strings a command line gives; the CLI turns them into the library's objects. Nothing here imports torch, so
-`--help` stays fast.
+`ModelOptions` <- `DrawOptions` (what `sample` and `eval` share) <- `SampleOptions`, `EvalOptions`; `TuneOptions`
+(tuning.settings) adds the tune settings. Policies, monitors, finishes and row policies stay spec strings here; the
+CLI turns them into the library's objects. Nothing here imports torch, so `--help` stays fast.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The output files of `sample` and `eval` (--save, --json, --out): checked before any work, written all-or-nothing.
 
-`OutputPaths.check` runs before the model is loaded: every path must be a file (not a folder, not a device) in an
-existing, writable folder (a temporary file is created there and removed), an image path must end in a format that
-can be written, and no two outputs may be the same file; a bad one raises `FieldError` naming its field ("save",
-"json", "out"), so the CLI names the flag. `OutputPaths.write` renders nothing itself: it takes every output's bytes
-and writes them through `atomic_write_files`, so either all of them appear or none does (a full device included).
+`OutputPaths.check` runs before the model is loaded: every path must be a writable file in an existing folder, an
+image path must end in a writable format, and no two outputs may be the same file (else `FieldError` naming its
+field). `OutputPaths.write` writes every output's bytes through `atomic_write_files`: all of them appear or none.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """`adaptive-sampler tune`: search timestep schedules with Optuna (the library is `adaptive_sampler.tuning`).
 
-Its flags are the fields of `TuneOptions` (tuning/settings.py): `--<field-name>` with the field's default and help,
-built by `options_command`; the values are validated once, by that model. Bad input raises the model's
-`ValidationError` or the library's `FieldError`; the CLI (`__init__.py`) names the flag.
+Its flags are the fields of `TuneOptions` (tuning/settings.py), built by `options_command` and validated once by
+that model.
 """
 
 from __future__ import annotations
