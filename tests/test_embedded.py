@@ -24,6 +24,6 @@ def test_embedded_scheduler_config_is_the_ddpm_one_without_clipping() -> None:
     config = json.loads((embedded_model_dir() / "scheduler_config.json").read_text())
     assert (config["num_train_timesteps"], config["beta_schedule"], config["beta_start"], config["beta_end"],
             config["prediction_type"]) == (1000, "linear", 0.0001, 0.02, "epsilon")
-    # not the DDPM default: clipping x̂0 costs DDIM about a fifth of its FID (experiments/clip_diagnosis.py)
+    # not the DDPM default: clipping x̂0 costs DDIM about a fifth of its FID (docs/experiments.md, "clip_diagnosis")
     assert config["clip_sample"] is False and config["thresholding"] is False
     assert (embedded_model_dir() / "diffusion_pytorch_model.safetensors").stat().st_size < 15_000_000
