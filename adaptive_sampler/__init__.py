@@ -1,7 +1,7 @@
 """adaptive-sampler: fewer network passes per diffusion sample.
 
 A DDIM core over any explicit timestep list, pluggable step-allocation policies, a schedule catalogue with
-tool-neutral exports, and a diffusers drop-in scheduler.
+tool-neutral exports, and diffusers drop-in schedulers (DDIM, DPM-Solver++(2M), UniPC).
 
 The public names below are imported on first use (PEP 562), so `import adaptive_sampler.errors` or the CLI's
 `--help` do not pay for torch and diffusers.
@@ -15,7 +15,8 @@ from adaptive_sampler._lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "AdaptiveDDIMScheduler": "diffusers_scheduler",
+    "AdaptiveDDIMScheduler": "dropins", "AdaptiveDPMSolverMultistepScheduler": "dropins",
+    "AdaptiveUniPCMultistepScheduler": "dropins", "use_schedule": "dropins",
     "Conditioning": "model_adapter", "ModelAdapter": "model_adapter", "Prediction": "model_adapter",
     "X0Processing": "model_adapter",
     "LoadedModel": "models", "embedded_model_dir": "models", "load_model": "models",
@@ -35,12 +36,13 @@ _EXPORTS = {
     "FieldError": "errors",
 }
 __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
-    "AdaptiveDDIMScheduler", "Conditioning", "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel",
+    "AdaptiveDDIMScheduler", "AdaptiveDPMSolverMultistepScheduler", "AdaptiveUniPCMultistepScheduler",
+    "Conditioning", "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel",
     "ModelAdapter", "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy",
     "Prediction", "SampleResult", "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan",
     "StepDecision", "StepInfo", "StepObservation", "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step",
     "discretize", "embedded_model_dir", "interpolate", "list_entries", "load_entry", "load_model", "make_policy",
-    "make_solver", "sample", "validate_timesteps",
+    "make_solver", "sample", "use_schedule", "validate_timesteps",
 ]
 
 
@@ -48,7 +50,12 @@ __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
-    from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+    from adaptive_sampler.dropins import (
+        AdaptiveDDIMScheduler,
+        AdaptiveDPMSolverMultistepScheduler,
+        AdaptiveUniPCMultistepScheduler,
+        use_schedule,
+    )
     from adaptive_sampler.errors import FieldError
     from adaptive_sampler.finish import Finish
     from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
