@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 from adaptive_sampler import (
     AdaptiveDDIMScheduler,
@@ -144,6 +144,33 @@ def test_a_learned_list_runs_in_stable_diffusion_on_embedded_t2i(solver):
     expected = project_images(embedded_t2i_dir(), schedule, prompts, "")
     got = pipeline_images(embedded_t2i_dir(), schedule, prompts, "")
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("solver", list(DROPINS))
+def test_img2img_pipeline_enters_the_list_mid_way(tiny_sd_dir, solver):
+    """StableDiffusionImg2ImgPipeline with `timesteps=` and strength 0.6 runs the tail of the list (its
+    `set_begin_index`); the DPM-Solver++ drop-in gives diffusers' own scheduler's latents there."""
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, feature_extractor=None,
+                                                          requires_safety_checker=False, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def run(scheduler) -> tuple[torch.Tensor, list[int]]:
+        pipe.scheduler, seen = scheduler, []
+
+        def record(pipeline, i, t, callback_kwargs):
+            seen.append(int(t))
+            return callback_kwargs
+
+        latents = pipe(prompt="a red car", image=image, strength=0.6, timesteps=INTEGER, output_type="latent",
+                       generator=torch.Generator().manual_seed(0), callback_on_step_end=record).images
+        return latents, seen
+
+    config = pipe.scheduler.config
+    got, seen = run(DROPINS[solver].from_config(config))
+    assert seen == INTEGER[4:] and torch.isfinite(got).all()  # 9 steps, strength 0.6: enter at index 9 - 5
+    if solver == "dpmpp-2m":
+        assert torch.equal(got, run(DPMSolverMultistepScheduler.from_config(config))[0])
 
 
 def test_use_schedule_installs_the_artifact_s_drop_in(tiny_sd_dir):
