@@ -253,7 +253,7 @@ def stable_diffusion_images(folder: Path, timesteps: list[int], prompts: list[st
     project's sampler draws for samples 0 … n-1 (passed as `latents=`), as images in [-1, 1]."""
     from diffusers import StableDiffusionPipeline
 
-    from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+    from adaptive_sampler.dropins import AdaptiveDDIMScheduler
     from adaptive_sampler.seeding import draw_noise, sample_generator
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,

@@ -17,7 +17,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from adaptive_sampler.diffusers_scheduler import AdaptiveDDIMScheduler
+from adaptive_sampler.dropins import AdaptiveDDIMScheduler
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
 from adaptive_sampler.sampler import sample
