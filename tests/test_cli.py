@@ -141,6 +141,19 @@ def test_schedules_show_formats():
     assert len(twenty) == 20 and twenty[0] == 999 and twenty[-1] == 24
 
 
+def test_schedules_show_takes_a_schedule_file(tmp_path, monkeypatch, capsys):
+    """A user's own file converts like a catalogue entry: by path, or as file:PATH; a bad file names it."""
+    path = tmp_path / "mine.json"
+    path.write_text(invoke("schedules", "show", "sd15/ays-10").stdout)
+    assert json.loads(invoke("schedules", "show", path, "--format", "diffusers").stdout) == SD15_AYS
+    catalogue = invoke("schedules", "show", "sd15/ays-10", "--format", "comfyui").stdout
+    assert invoke("schedules", "show", f"file:{path}", "--format", "comfyui").stdout == catalogue
+    five = json.loads(invoke("schedules", "show", path, "--steps", 5, "--format", "diffusers").stdout)
+    assert len(five) == 5 and five[0] == 999
+    code, lines = run_main(monkeypatch, capsys, "schedules", "show", tmp_path / "missing.json")
+    assert code == 2 and lines == [f"error: NAME: {tmp_path / 'missing.json'}: does not exist"]
+
+
 # ---------------------------------------------------------------- error paths through main()
 
 

@@ -1,14 +1,17 @@
-"""`adaptive-sampler schedules list|show`: the catalogue of shipped policy files (the repository's `policies/`)."""
+"""`adaptive-sampler schedules list|show`: the catalogue of shipped policy files (the repository's `policies/`), and
+the user's own schedule files."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.schedules.catalogue import list_entries, load_entry
+from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.catalogue import interpolate, list_entries, load_entry
 
 FORMATS = ("json", "diffusers", "sigmas", "comfyui")
 
@@ -21,14 +24,21 @@ def list_command() -> None:
 
 
 def show_command(
-    name: Annotated[str, typer.Argument(help="catalogue entry, e.g. sd15/ays-10")],
+    name: Annotated[str, typer.Argument(help="catalogue entry, e.g. sd15/ays-10, or a schedule file (a path to a "
+                                        ".json file, or file:PATH)")],
     steps: Annotated[int | None, typer.Option(help="another step count (log-linear interpolation)")] = None,
     format: Annotated[str, typer.Option(help="json, diffusers, sigmas or comfyui")] = "json",
 ) -> None:
-    """Print a catalogue schedule, as its JSON or as an export."""
+    """Print a catalogue schedule or a schedule file, as its JSON or as an export."""
     if format not in FORMATS:
         raise FieldError("format", format, f"is not one of {', '.join(FORMATS)}")
-    artifact = load_entry(name, steps)
+    path = name.removeprefix("file:")
+    if name.startswith("file:") or path.endswith(".json") or Path(path).is_file():
+        artifact = ScheduleArtifact.read(path, field="policy", shown=name)
+        if steps is not None and steps != len(artifact.timesteps):
+            artifact = interpolate(artifact, steps)
+    else:
+        artifact = load_entry(name, steps)
     text = {
         "json": lambda: artifact.model_dump_json(indent=2),
         "diffusers": lambda: json.dumps(artifact.to_diffusers_timesteps()),
