@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -42,6 +44,18 @@ class FileFieldError(FieldError):
         message = f"{field}: {file}: {where}{shown}{' ' if shown else ''}{rule}"
         ValueError.__init__(self, " ".join(message.splitlines()))  # one line, whatever the file held
         self.field, self.value, self.rule = field, (None if value is FileFieldError._WHOLE else value), rule
+
+
+def did_you_mean(value: str, names: Iterable[str]) -> str:
+    """" (did you mean 'karras'?)" for the name in `names` closest to a mistyped `value` (difflib), or "". A form with
+    a parameter (`adaptive:<tolerance>`) matches by its head and keeps the value's parameter (`adaptve:0.1`)."""
+    heads = {name.partition(":")[0]: name for name in names}
+    head, colon, rest = value.partition(":")
+    close = difflib.get_close_matches(head, list(heads), n=1)
+    if not close:
+        return ""
+    guess = close[0] + colon + rest if colon and ":" in heads[close[0]] else heads[close[0]]
+    return f" (did you mean {guess!r}?)"
 
 
 def first_line(exc: BaseException) -> str:

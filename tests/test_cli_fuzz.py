@@ -328,7 +328,8 @@ bad_monitors = st.one_of(
               ).map(":".join),
     st.sampled_from(["max-nfe:0", "max-nfe:1.5", "max-nfe:-3", "deadline:0", "deadline:-1", "max-nfe", "deadline"]),
     st.tuples(st.sampled_from(["x0-l2:0.1", "max-nfe:5", "sharpness:0.1"]),
-              st.sampled_from([",bogus=1", ",patience=x", ",patience", ",every=1.5", ",=3", ",min_steps=abc"])
+              st.sampled_from([",bogus=1", ",patience=x", ",patience", ",every=1.5", ",=3", ",min_steps=abc",
+                               ",patience=0", ",every=0", ",max_t=-1", ",min_t=500,max_t=100"])
               ).map("".join),
     st.sampled_from(["", "|", "&", "x0-l2:0.1|", "|max-nfe:3", "x0-l2:0.1|max-nfe:3&max-nfe:4", ":", ",",
                      "x0-l2:0.1,"]),
@@ -343,6 +344,40 @@ def test_a_bad_monitor_spec_names_monitor(tiny_model_dir, work, command, spec, g
                 "--monitor", spec, *other_outputs(command, "", folder, ["--save", "--json"], False)]
         before = snapshot(folder)
         assert_rejected(run_cli(*args), "--monitor", folder, before)
+
+
+@pytest.mark.parametrize("guardrail, rule", [
+    ("patience=0", "patience = 0 is below its minimum, 1"),
+    ("every=0", "every = 0 is below its minimum, 1"),
+    ("max_t=-1", "max_t = -1 is below its minimum, 0"),
+    ("min_t=500,max_t=100", "min_t 500 is above max_t 100; the t window [min_t, max_t] is empty"),
+])
+def test_a_bad_monitor_guardrail_is_one_line_with_its_rule(tiny_model_dir, guardrail, rule):
+    run = run_cli(*base_args("sample", tiny_model_dir), "--monitor", f"x0-l2:0.01,{guardrail}")
+    assert run.code == 2 and run.err_lines == [
+        f"error: --monitor: 'x0-l2:0.01,{guardrail}' has bad guardrails: {rule}"], run.err
+
+
+@pytest.mark.parametrize("flag, typed, suggested", [
+    ("--policy", "karas", "'karras'"), ("--policy", "adaptve:0.01", "'adaptive:0.01'"),
+    ("--solver", "dpmpp", "'dpmpp-2m'"), ("--monitor", "x0-l3:0.01", "'x0-l2'"),
+])
+def test_a_mistyped_name_gets_a_suggestion(tiny_model_dir, flag, typed, suggested):
+    run = run_cli(*base_args("sample", tiny_model_dir), flag, typed)
+    assert run.code == 2 and len(run.err_lines) == 1, run.err
+    assert run.err_lines[0].startswith(f"error: {flag}: ") and f"(did you mean {suggested}?)" in run.err
+    if flag == "--policy":  # every form is listed
+        assert "learned:<model>/<family>-<N>, file:<path>, adaptive:<tolerance>, steered:<N>" in run.err
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_as_a_schedule_file_is_refused_not_read(tiny_model_dir, tmp_path):
+    fifo = tmp_path / "schedule.json"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    run = run_cli(*base_args("sample", tiny_model_dir), "--policy", f"file:{fifo}")
+    assert run.code == 2 and run.err_lines == [
+        f"error: --policy: file:{fifo}: is not a regular file (a FIFO, socket or device); it should hold a "
+        "schedule artifact"], run.err
 
 
 # ---------------------------------------------------------------- valid edge cases succeed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,13 +12,14 @@ import torch
 from pydantic import ValidationError
 
 from adaptive_sampler import ModelAdapter, make_policy, sample
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, FileFieldError, did_you_mean
 from adaptive_sampler.models import load_model
 from adaptive_sampler.monitors.spec import monitor_from_spec
 from adaptive_sampler.noise_schedule import NoiseSchedule
 from adaptive_sampler.schedules.artifact import ScheduleArtifact
 from adaptive_sampler.solvers import make_solver
 from adaptive_sampler.timesteps import validate_timesteps
+from adaptive_sampler.tuning import get_objective
 
 LINEAR = NoiseSchedule.from_config({"num_train_timesteps": 1000})
 
@@ -133,3 +136,50 @@ def test_a_bad_schedule_file_is_a_validation_error_located_at_the_timestep(tmp_p
     assert len(errors) == 1
     cause = errors[0]["ctx"]["error"]
     assert isinstance(cause, FieldError) and (cause.field, cause.value) == ("timesteps[1]", 1200)
+
+
+@pytest.mark.parametrize(("build", "field", "value", "suggestion"), [
+    (lambda: make_policy("karas"), "policy", "karas", " (did you mean 'karras'?)"),
+    (lambda: make_policy("steerd:20"), "policy", "steerd:20", " (did you mean 'steered:20'?)"),
+    (lambda: make_solver("unpic"), "solver", "unpic", " (did you mean 'unipc'?)"),
+    (lambda: monitor_from_spec("ssmi:0.1"), "monitor", "ssmi", " (did you mean 'ssim'?)"),
+    (lambda: get_objective("fidelty"), "objective", "fidelty", " (did you mean 'fidelity'?)"),
+])
+def test_a_mistyped_name_is_located_and_gets_the_closest_name(build, field, value, suggestion):
+    with pytest.raises(FieldError) as caught:
+        build()
+    assert (caught.value.field, caught.value.value) == (field, value)
+    assert suggestion in caught.value.rule
+
+
+def test_did_you_mean_says_nothing_when_no_name_is_close():
+    assert did_you_mean("bogus", ("ddim", "dpmpp-2m", "unipc")) == ""
+    assert did_you_mean("adaptve", ("uniform", "adaptive:<tolerance>")) == " (did you mean 'adaptive:<tolerance>'?)"
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_is_refused_as_a_schedule_file_before_it_is_opened(tmp_path):
+    fifo = tmp_path / "schedule.json"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(FileFieldError, match="is not a regular file") as caught:
+        ScheduleArtifact.read(fifo, field="policy")
+    assert caught.value.field == "policy"
+    with pytest.raises(FileFieldError, match="is not a regular file") as caught:
+        ScheduleArtifact.load(fifo)
+    assert caught.value.field == "path"
+    with pytest.raises(FileFieldError, match="is a folder") as caught:
+        ScheduleArtifact.load(tmp_path)
+
+
+def test_exporting_without_a_complete_trial_names_trials(tmp_path):
+    import typer
+
+    from adaptive_sampler.cli import app, flag_error
+    from adaptive_sampler.tuning.export import export_best
+
+    tuner = SimpleNamespace(best=lambda: [], settings=SimpleNamespace(trials=0))
+    with pytest.raises(FieldError) as caught:
+        export_best(tuner, tmp_path)  # type: ignore[arg-type]
+    assert (caught.value.field, caught.value.value) == ("trials", 0)
+    command = typer.main.get_command(app).commands["tune"]  # type: ignore[attr-defined]
+    assert str(flag_error(caught.value, command)).startswith("--trials: 0 left the studies without a complete trial")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, did_you_mean
 from adaptive_sampler.monitors.base import Guardrails, Monitor, ThresholdMonitor
 from adaptive_sampler.monitors.budget import Deadline, MaxNFE
 from adaptive_sampler.monitors.change import SPEC_NAMES, ChangeMonitor, SteeringChange
@@ -100,6 +100,20 @@ def split_space(term: str) -> tuple[str, str]:
     return ",".join(kept), space
 
 
+def _guardrails(term: str, fields: dict[str, Any]) -> Guardrails:
+    """`Guardrails(**fields)`; a bad one raises a one-line FieldError("monitor") naming the guardrail and its rule."""
+    try:
+        return Guardrails(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        if err["type"] == "greater_than_equal":
+            rule = f"{key} = {err['input']} is below its minimum, {err['ctx']['ge']}"
+        else:
+            rule = str(err["msg"]).removeprefix("Value error, ")
+        raise FieldError("monitor", term, f"has bad guardrails: {rule}") from None
+
+
 def _term(term: str, model: str | None, num_steps: int | None, kwargs: dict[str, Any],
           decode: Decode | None) -> Monitor:
     bare, space = split_space(term)
@@ -114,7 +128,8 @@ def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dic
     name, sep, threshold_text = head.partition(":")
     name = name.strip()
     if name not in MONITORS:
-        raise FieldError("monitor", name, f"(in {term!r}) is not a known monitor; write {_RULE}")
+        raise FieldError("monitor", name, f"(in {term!r}) is not a known monitor{did_you_mean(name, MONITOR_NAMES)}; "
+                         f"write {_RULE}")
     fields: dict[str, Any] = {}
     for option in options:
         key, eq, value = option.partition("=")
@@ -126,10 +141,7 @@ def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dic
         if number != int(number):
             raise FieldError("monitor", term, f"has {key} = {value.strip()!r}, which is not an integer")
         fields[key] = int(number)
-    try:
-        guardrails = Guardrails(**fields)
-    except ValidationError as e:
-        raise FieldError("monitor", term, f"has bad guardrails: {e}") from e
+    guardrails = _guardrails(term, fields)
     cls = MONITORS[name]
     if cls is SteeringChange:
         low_text, colon, high_text = threshold_text.partition(":")
@@ -150,7 +162,7 @@ def _parse_term(term: str, model: str | None, num_steps: int | None, kwargs: dic
     else:
         entry = calibrated_default(name if space == "latent" else f"{name},space=image", model, num_steps)
         calibrated = Guardrails(**entry.get("guardrails", {}))
-        if fields and Guardrails(**{**calibrated.model_dump(), **fields}) != calibrated:
+        if fields and _guardrails(term, {**calibrated.model_dump(), **fields}) != calibrated:
             raise FieldError("monitor", term, "changes the guardrails the default threshold was calibrated with "
                              f"({calibrated.model_dump(exclude_defaults=True) or 'none'}); a threshold depends on "
                              "them, so give a threshold too")

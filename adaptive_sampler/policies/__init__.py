@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, did_you_mean
 from adaptive_sampler.policies.base import Policy
 from adaptive_sampler.policies.builtin import (
     Explicit,
@@ -24,6 +24,7 @@ STATIC_POLICIES: dict[str, type] = {"uniform": Uniform, "leading": Leading, "tra
                                     "quadratic": Quadratic, "karras": Karras, "logsnr": LogSNR,
                                     "front-loaded": FrontLoaded}
 POLICY_NAMES = (*STATIC_POLICIES, "explicit", "learned:<model>/<family>-<N>", "file:<path>")
+DYNAMIC_POLICY_NAMES = ("adaptive:<tolerance>", "steered:<N>")  # per-sample plans (policies.step_size_control)
 
 
 def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Policy:
@@ -40,12 +41,13 @@ def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Po
     if name.startswith("file:"):
         return FromFile(Path(name.removeprefix("file:")))
     if name not in STATIC_POLICIES:
-        raise FieldError("policy", name, f"is not one of {', '.join(POLICY_NAMES)}")
+        every = (*POLICY_NAMES, *DYNAMIC_POLICY_NAMES)
+        raise FieldError("policy", name, f"is not one of {', '.join(every)}{did_you_mean(name, every)}")
     return STATIC_POLICIES[name]()
 
 
 __all__ = [
-    "POLICY_NAMES", "STATIC_POLICIES", "CatalogueEntry", "Explicit", "FromFile", "FrontLoaded", "Karras", "Leading",
-    "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_solver", "discretize", "make_policy",
-    "validate_timesteps",
+    "DYNAMIC_POLICY_NAMES", "POLICY_NAMES", "STATIC_POLICIES", "CatalogueEntry", "Explicit", "FromFile", "FrontLoaded",
+    "Karras", "Leading", "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_solver", "discretize",
+    "make_policy", "validate_timesteps",
 ]

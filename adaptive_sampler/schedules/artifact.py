@@ -22,12 +22,11 @@ if TYPE_CHECKING:
 def read_json_object(path: str | Path, field: str, shown: str, what: str = "a JSON object") -> dict[str, Any]:
     """The JSON object in file `path`, which input `field` names (shown as `shown`); a missing, unreadable, empty,
     non-UTF-8 or non-JSON file, or JSON that is not an object, raises a `FileFieldError`."""
+    _refuse_non_file(Path(path), field, shown, what)
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise FileFieldError(field, shown, "does not exist") from None
-    except IsADirectoryError:
-        raise FileFieldError(field, shown, f"is a folder, not a file holding {what}") from None
     except OSError as exc:
         raise FileFieldError(field, shown, f"cannot be read ({exc.strerror or exc})") from None
     if not raw.strip():
@@ -47,6 +46,14 @@ def read_json_object(path: str | Path, field: str, shown: str, what: str = "a JS
     if not isinstance(data, dict):
         raise FileFieldError(field, shown, f"holds a JSON {_json_kind(data)}, not {what} (a JSON object)")
     return data
+
+
+def _refuse_non_file(path: Path, field: str, shown: str, what: str) -> None:
+    """A FileFieldError for a folder, FIFO, socket or device at `path` (reading a FIFO would wait for a writer)."""
+    if path.is_dir():
+        raise FileFieldError(field, shown, f"is a folder, not a file holding {what}")
+    if path.exists() and not path.is_file():
+        raise FileFieldError(field, shown, f"is not a regular file (a FIFO, socket or device); it should hold {what}")
 
 
 def _json_kind(value: Any) -> str:
@@ -120,7 +127,9 @@ class ScheduleArtifact(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ScheduleArtifact:
-        """Parse a schedule file (raises pydantic's ValidationError; see `read` for errors that name the file)."""
+        """Parse a schedule file (raises pydantic's ValidationError, a FileFieldError("path") for a folder or FIFO;
+        see `read` for errors that name the file)."""
+        _refuse_non_file(Path(path), "path", str(path), "a schedule artifact")
         return cls.model_validate_json(Path(path).read_text())
 
     @classmethod

@@ -1,6 +1,6 @@
 """Solvers: the update rule of a sampling run, chosen like a policy."""
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, did_you_mean
 from adaptive_sampler.solvers.base import Point, Solver, SolverState
 from adaptive_sampler.solvers.ddim import DDIM, ddim_sigma, ddim_step
 from adaptive_sampler.solvers.dpmpp_2m import DPMSolverPP2M
@@ -16,7 +16,7 @@ def make_solver(name: str) -> Solver:
         name: ddim, dpmpp-2m or unipc (see SOLVERS).
     """
     if name not in SOLVERS:
-        raise FieldError("solver", name, f"is not one of {', '.join(SOLVERS)}")
+        raise FieldError("solver", name, f"is not one of {', '.join(SOLVERS)}{did_you_mean(name, SOLVERS)}")
     return SOLVERS[name]()
 
 

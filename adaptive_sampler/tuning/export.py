@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.atomic_write import atomic_write_bytes
+from adaptive_sampler.errors import FieldError
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.tuning.evaluator import Evaluation, ScheduleEvaluator
@@ -109,7 +110,8 @@ def export_best(
     the schedules to `export_dir`, and the Pareto and timestep plots plus `report.json` to `plots_dir`."""
     best = tuner.best()
     if not best:
-        raise ValueError("trials: the studies hold no complete trial to export; run some trials first")
+        raise FieldError("trials", tuner.settings.trials, "left the studies without a complete trial, so there is "
+                         "nothing to export; run at least one trial that completes")
     if plots_dir is not None:  # before the held-out scoring, which takes long
         require_extra("matplotlib", "plots", "the export's plots")
     s = tuner.settings  # the tuner's objective on its held-out seeds

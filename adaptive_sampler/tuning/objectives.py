@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from adaptive_sampler.errors import FieldError
+from adaptive_sampler.errors import FieldError, did_you_mean
 from adaptive_sampler.metrics import (
     EMBEDDED_IMAGE_SHAPE,
     FEATURE_DIM,
@@ -130,7 +130,7 @@ def register_objective(objective: Objective) -> Objective:
 def get_objective(name: str) -> Objective:
     """The registered objective called `name` (`tune --objective`)."""
     if name not in OBJECTIVES:
-        raise FieldError("objective", name, f"is not one of {', '.join(OBJECTIVES)}")
+        raise FieldError("objective", name, f"is not one of {', '.join(OBJECTIVES)}{did_you_mean(name, OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
