@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -107,6 +108,19 @@ def tensor_output(out: Any) -> torch.Tensor:
 def _unwrapped_call(network: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor
                     ) -> torch.Tensor:
     return tensor_output(network(x, t, **kwargs))
+
+
+def required_inputs(network: Callable[..., Any]) -> tuple[str, ...]:
+    """The inputs that `network(x, t, **inputs)` cannot run without: the parameters after (x, t) without a default
+    (a UNet2DConditionModel's `encoder_hidden_states`), and `class_labels` of a class-conditional diffusers UNet."""
+    try:
+        params = list(inspect.signature(getattr(network, "forward", network)).parameters.values())[2:]
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C extension)
+        params = []
+    names = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if getattr(getattr(network, "config", None), "num_class_embeds", None) is not None:
+        names.append("class_labels")
+    return tuple(names)
 
 
 def _pad(rows: torch.Tensor, count: int) -> torch.Tensor:
@@ -260,6 +274,7 @@ class ModelAdapter:
         self.network_dtype = params.dtype if params is not None else torch.float32
         self.dtype = torch.promote_types(self.network_dtype, torch.float32)
         self.row_policy = RowPolicy.parse(network_rows, self.device)
+        self.required_inputs = required_inputs(network)
         self._graphs: CudaGraphs | None = None
         if cuda_graphs:
             if self.device.type != "cuda":
@@ -291,6 +306,18 @@ class ModelAdapter:
             network_rows=network_rows,
             cuda_graphs=cuda_graphs,
         )
+
+    def check_conditioning(self, conditioning: Conditioning | None) -> None:
+        """Raise FieldError naming `conditioning` if it lacks an input the network needs (`required_inputs`), e.g.
+        the prompts of a text-to-image UNet, and say how a loaded model gives it."""
+        given = set() if conditioning is None else set(conditioning.cond)
+        missing = [name for name in self.required_inputs if name not in given]
+        if missing:
+            what = "labels=(0, 3)" if missing == ["class_labels"] else "prompts=('a photo of a sneaker',)"
+            raise FieldError("conditioning", None if conditioning is None else sorted(given), (
+                f"lacks {', '.join(missing)}, which the network ({type(self.network).__name__}) needs; bind the "
+                f"loaded model to conditions and pass its conditioning: model = model.with_conditions(Conditions("
+                f"{what})), then sample(model.adapter(), ..., conditioning=model.conditioning)"))
 
     def _call(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = x.to(self.network_dtype)

@@ -85,6 +85,11 @@ def embedded_t2i_dir() -> Path:
     return Path(__file__).parent / "embedded" / "t2i"
 
 
+# embedded-t2i's recommended guidance: its best FID at every solver and step count of its quality table
+# (docs/results/quality.md, guidance 1, 3 and 7.5); other text-to-image folders get DEFAULT_TEXT_GUIDANCE
+EMBEDDED_T2I_GUIDANCE = 3.0
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 hex digest of a file, read in 1 MiB blocks.
 
@@ -248,6 +253,7 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, device: str | to
         network=network, scheduler_config=scheduler_config, weights_sha256=digest,
         name={"embedded": "fashion-mnist", EMBEDDED_T2I: EMBEDDED_T2I}.get(shown, path.resolve().name),
         sample_shape=(channels, *sample_size), decoder=decoder, text_encoder=text_encoder, num_classes=num_classes,
+        recommended_guidance=EMBEDDED_T2I_GUIDANCE if path.resolve() == embedded_t2i_dir().resolve() else None,
     )
 
 
@@ -355,5 +361,5 @@ def _scheduler_config(file: Path) -> dict[str, Any]:
     return config
 
 
-__all__ = ["EMBEDDED_T2I", "LoadedModel", "embedded_model_dir", "embedded_t2i_dir", "file_sha256", "load_model",
-           "resolve_device"]
+__all__ = ["EMBEDDED_T2I", "EMBEDDED_T2I_GUIDANCE", "LoadedModel", "embedded_model_dir", "embedded_t2i_dir",
+           "file_sha256", "load_model", "resolve_device"]

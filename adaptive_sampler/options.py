@@ -48,7 +48,8 @@ class ModelOptions(BaseModel):
     negative_prompt: str | None = Field(None, description=(
         "the prompt of guidance's unconditional branch (default: the empty prompt)"))
     guidance_scale: float | None = Field(None, description=(
-        "classifier-free guidance scale >= 1; default 7.5 for text-to-image models, 1 (no guidance) otherwise"))
+        "classifier-free guidance scale >= 1; default: the model's recommended scale (3 for embedded-t2i), else 7.5 "
+        "for text-to-image models, 1 (no guidance) otherwise"))
     class_labels: str | None = Field(None, description=(
         "class labels of a class-conditional model, e.g. 0,3,7; sample i takes label i mod L"))
     classes: str | None = Field(None, description=(

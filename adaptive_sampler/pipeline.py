@@ -25,8 +25,9 @@ DEFAULT_TEXT_GUIDANCE = 7.5  # StableDiffusionPipeline's default
 class LoadedModel:
     """A network with the scheduler config it was trained with, its identity, and for latent or conditional
     models the parts around it: the VAE `decoder` (samples are latents of `sample_shape`, decoded to
-    `image_shape`), the `text_encoder` (+ tokenizer), the class count. `conditions` are the prompts or labels it
-    is sampled with, bound by `with_conditions` (None: unconditional)."""
+    `image_shape`), the `text_encoder` (+ tokenizer), the class count, the `recommended_guidance` of a text-to-image
+    model (None: DEFAULT_TEXT_GUIDANCE). `conditions` are the prompts or labels it is sampled with, bound by
+    `with_conditions` (None: unconditional)."""
 
     network: torch.nn.Module
     scheduler_config: dict[str, Any]
@@ -37,6 +38,7 @@ class LoadedModel:
     text_encoder: TextEncoder | None = None
     num_classes: int | None = None
     conditions: BoundConditions | None = None
+    recommended_guidance: float | None = None
 
     def adapter(self, network_rows: RowSpec = "auto", cuda_graphs: bool = False) -> ModelAdapter:
         """The adapter of `network` with row policy `network_rows` (see ModelAdapter), optionally on CUDA graphs."""
@@ -157,9 +159,9 @@ class Conditions:
 
     `prompts` (sample i takes prompt i mod P) with an optional `negative_prompt` for the unconditional branch of
     classifier-free guidance (default: the empty prompt), or class `labels` (sample i takes label i mod L), or
-    `all_classes` (label i mod the model's class count). `guidance_scale` >= 1 (None: 7.5 for text-to-image
-    models, 1 otherwise; 1 runs no unconditional branch). A class-conditional model given nothing takes
-    `all_classes`.
+    `all_classes` (label i mod the model's class count). `guidance_scale` >= 1 (None: the model's recommended
+    guidance, 3 for embedded-t2i, 7.5 for other text-to-image models, 1 otherwise; 1 runs no unconditional branch).
+    A class-conditional model given nothing takes `all_classes`.
     """
 
     prompts: tuple[str, ...] | None = None
@@ -243,10 +245,13 @@ class Conditions:
                              "unconditional branch of a text-to-image model under --guidance-scale > 1")
 
     def resolved_guidance(self, model: LoadedModel) -> float:
-        """The guidance scale for `model`: the given one, else 7.5 for a text-to-image model and 1 otherwise."""
+        """The guidance scale for `model`: the given one, else the model's recommended one for a text-to-image model
+        (`DEFAULT_TEXT_GUIDANCE` if it has none) and 1 otherwise."""
         if self.guidance_scale is not None:
             return self.guidance_scale
-        return DEFAULT_TEXT_GUIDANCE if model.text_encoder is not None else 1.0
+        if model.text_encoder is None:
+            return 1.0
+        return DEFAULT_TEXT_GUIDANCE if model.recommended_guidance is None else model.recommended_guidance
 
     def bind(self, model: LoadedModel) -> BoundConditions | None:
         """Check against `model` and build the network inputs once (None for an unconditional model)."""

@@ -269,7 +269,8 @@ def sample(
         solver: DDIM (the default, Song et al. 2021), DPM-Solver++(2M) or UniPC (`make_solver`).
         monitor: may end samples early (see `StepMonitor`) and steer their step size
             (`MonitorDecision.step_factor`, for planners with a step size: `StepSizeControl`, `SteeredPlan`).
-        conditioning: the network's extra inputs per sample, and classifier-free guidance.
+        conditioning: the network's extra inputs per sample, and classifier-free guidance (a loaded model's
+            `conditioning` after `with_conditions`); FieldError if it lacks one the network needs.
         trace: keep every step's `StepInfo` in the result.
         start: the run draws samples start … start + n - 1 of a larger one (a shard, see
             `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.
@@ -283,6 +284,7 @@ def sample(
     options = SamplingOptions(n=n, batch_size=batch_size, seed=seed, start=start, eta=eta, trace=trace)
     if noise is not None and tuple(noise.shape) != (n, *shape):
         raise FieldError("noise", tuple(noise.shape), f"is not the shape of {n} samples of {tuple(shape)}")
+    model.check_conditioning(conditioning)
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
     finish_mode = finish if finish is not None else DEFAULT_FINISH
     if monitor is not None and finish_mode.mode == "tail":

@@ -164,7 +164,9 @@ def test_embedded_t2i_is_a_model_name(tmp_path):
     from adaptive_sampler.models import embedded_t2i_dir
 
     if embedded_t2i_dir().is_dir():
-        ok("sample", "--model", "embedded-t2i", "--prompt", "a shoe", "--steps", 3, "--n", 2)
+        ok("sample", "--model", "embedded-t2i", "--prompt", "a shoe", "--steps", 3, "--n", 2, "--json",
+           tmp_path / "r.json")
+        assert json.loads((tmp_path / "r.json").read_text())["guidance_scale"] == 3.0  # its recommended guidance
         return
     run = run_cli("sample", "--model", "embedded-t2i", "--prompt", "a shoe", "--steps", 3, "--n", 1)
     assert run.code == 2 and run.err_lines[-1].startswith("error: --model: 'embedded-t2i' is not installed here")

@@ -18,7 +18,7 @@ from adaptive_sampler import (
 )
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.model_adapter import ModelAdapter
-from adaptive_sampler.models import embedded_t2i_dir, load_model
+from adaptive_sampler.models import EMBEDDED_T2I_GUIDANCE, embedded_t2i_dir, load_model
 from adaptive_sampler.pipeline import Conditions
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.schedules import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
@@ -105,14 +105,15 @@ def artifact(solver: str, timesteps: list, total: int = 1000, **betas: object) -
                             model=ModelIdentity(name="test"), method="test", noise_schedule=spec)
 
 
-def pipeline_images(folder, schedule: ScheduleArtifact, prompts: list[str], negative: str) -> torch.Tensor:
+def pipeline_images(folder, schedule: ScheduleArtifact, prompts: list[str], negative: str,
+                    guidance: float) -> torch.Tensor:
     """An unmodified StableDiffusionPipeline, `use_schedule` and the project's noise as `latents=`, in [-1, 1]."""
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     kwargs = use_schedule(pipe, schedule)
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    images = pipe(prompt=prompts, negative_prompt=[negative] * len(prompts), guidance_scale=7.5,
+    images = pipe(prompt=prompts, negative_prompt=[negative] * len(prompts), guidance_scale=guidance,
                   latents=initial_noise(len(prompts), shape), output_type="pt", **kwargs).images
     return images * 2 - 1
 
@@ -131,7 +132,8 @@ def test_use_schedule_in_stable_diffusion_gives_the_project_s_images(tiny_sd_dir
     schedule = artifact(solver, timesteps)
     prompts = ["a photo of cat", "a red car"]
     expected = project_images(tiny_sd_dir, schedule, prompts, "a dog")
-    torch.testing.assert_close(pipeline_images(tiny_sd_dir, schedule, prompts, "a dog"), expected, atol=2e-5, rtol=0)
+    got = pipeline_images(tiny_sd_dir, schedule, prompts, "a dog", 7.5)  # the project's default for an SD folder
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
 
 
 @pytest.mark.skipif(not embedded_t2i_dir().is_dir(), reason="embedded-t2i is not installed here")
@@ -143,7 +145,7 @@ def test_a_learned_list_runs_in_stable_diffusion_on_embedded_t2i(solver):
     schedule = shipped.model_copy(update={"solver": solver})
     prompts = ["a shoe", "a bag"]
     expected = project_images(embedded_t2i_dir(), schedule, prompts, "")
-    got = pipeline_images(embedded_t2i_dir(), schedule, prompts, "")
+    got = pipeline_images(embedded_t2i_dir(), schedule, prompts, "", EMBEDDED_T2I_GUIDANCE)  # the model's default
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 

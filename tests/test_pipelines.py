@@ -86,6 +86,31 @@ def test_labels_cycle_and_are_batch_size_invariant(tiny_class_dir):
     assert load_model(tiny_class_dir).with_conditions(Conditions()).conditions.labels == tuple(range(10))
 
 
+def test_a_conditional_network_without_conditioning_says_what_to_pass(tiny_sd_dir, tiny_class_dir):
+    """Not the UNet's TypeError (or ValueError) from inside the loop: a FieldError naming `conditioning`."""
+    for folder, needed, hint in ((tiny_sd_dir, "encoder_hidden_states", "Conditions(prompts="),
+                                 (tiny_class_dir, "class_labels", "Conditions(labels=")):
+        model = load_model(folder)
+        with pytest.raises(FieldError) as caught:
+            sample(model.adapter(), LIST, model.sample_shape, 1)
+        assert caught.value.field == "conditioning" and caught.value.value is None
+        assert needed in caught.value.rule and hint in caught.value.rule
+        assert "conditioning=model.conditioning" in caught.value.rule
+
+
+def test_guidance_defaults_to_the_model_s_recommended_scale(tiny_sd_dir):
+    from adaptive_sampler import embedded_t2i_dir  # exported beside embedded_model_dir
+
+    def default(model) -> float:
+        return model.with_conditions(Conditions(prompts=("a",))).conditions.guidance_scale
+
+    assert default(load_model(tiny_sd_dir)) == 7.5  # a user's SD folder: StableDiffusionPipeline's default
+    if embedded_t2i_dir().is_dir():
+        t2i = load_model("embedded-t2i")
+        assert t2i.recommended_guidance == default(t2i) == 3.0  # the best of its quality table
+        assert t2i.with_conditions(Conditions(prompts=("a",), guidance_scale=7.5)).conditions.guidance_scale == 7.5
+
+
 def test_the_vae_decodes_in_fixed_row_chunks(tiny_sd_dir):
     model = load_model(tiny_sd_dir)
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
