@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from diffusers.schedulers import AysSchedules
 from pydantic import ValidationError
 
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.policies import CatalogueEntry, FromFile, make_policy
-from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.policies import CatalogueEntry, FromFile, check_model, interpolated_from, make_policy
+from adaptive_sampler.schedules.artifact import ConditionsRecord, ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
@@ -308,3 +309,61 @@ def test_from_file_policy(tmp_path):
         policy.timesteps(None, NoiseSchedule.from_config({"num_train_timesteps": 500}))
     with pytest.raises(ValueError, match=r"^policy: '.*missing\.json' is a schedule file that does not exist"):
         FromFile(tmp_path / "missing.json").timesteps(None, SD)
+
+
+# ---------------------------------------------------------------- provenance: conditions, model, interpolation
+
+
+def test_a_file_records_its_conditions_and_one_from_before_them_still_loads(tmp_path):
+    conditions = ConditionsRecord(prompts_sha256=ConditionsRecord.prompts_digest(["a cat", "a car"]),
+                                  prompts_file="prompts.txt", negative_prompt="blurry", guidance_scale=3.0)
+    path = tmp_path / "t2i.json"
+    make_artifact(conditions=conditions).save(path)
+    assert ScheduleArtifact.load(path).conditions == conditions
+    old = json.loads(path.read_text())
+    del old["conditions"]
+    path.write_text(json.dumps(old))
+    assert ScheduleArtifact.load(path).conditions is None
+
+
+def _model(weights: str = "ab" * 32, **scheduler) -> SimpleNamespace:
+    """What check_model reads of a LoadedModel."""
+    return SimpleNamespace(name="mine", weights_sha256=weights, scheduler_config={**SD_SPEC, **scheduler})
+
+
+def test_a_file_made_for_another_model_is_refused_naming_both_unless_allowed(tmp_path):
+    path = tmp_path / "tiny.json"
+    make_artifact().save(path)
+    policy = FromFile(path)
+    assert check_model(policy, _model()) is None
+    assert check_model(make_policy("uniform"), _model("cd" * 32)) is None
+    with pytest.raises(ValueError) as caught:
+        check_model(policy, _model("cd" * 32))
+    assert str(caught.value) == (f"policy: 'file:{path}' was made for model 'tiny' (weights SHA-256 abababababab…); "
+                                 "this run samples 'mine' (weights SHA-256 cdcdcdcdcdcd…); a schedule tuned for one "
+                                 "model is not one for another: pass --allow-other-model to run it anyway")
+    warning = check_model(policy, _model("cd" * 32), allow_other_model=True)
+    assert warning is not None and warning.startswith(f"warning: --policy file:{path} was made for model 'tiny'")
+    # a file without a weights hash is compared by its noise schedule; one that records neither, not at all
+    make_artifact(model=ModelIdentity(name="tiny")).save(path)
+    with pytest.raises(ValueError, match=r"\(beta_end 0\.012\); this run samples 'mine' \(beta_end 0\.02\)"):
+        check_model(policy, _model("cd" * 32, beta_end=0.02))
+    make_artifact(model=ModelIdentity(name="tiny"), noise_schedule=None).save(path)
+    assert check_model(policy, _model("cd" * 32, beta_end=0.02)) is None
+
+
+def test_a_catalogue_entry_that_records_a_hash_is_refused_on_another_model():
+    with pytest.raises(ValueError, match=r"^policy: 'learned:fashion-mnist/ddim-6' was made for model "
+                                         r"'fashion-mnist' \(weights SHA-256 f975575279ed…\)"):
+        check_model(CatalogueEntry("fashion-mnist/ddim-6"), _model(beta_schedule="linear"))
+    assert check_model(CatalogueEntry("sd15/ays-10"), _model("cd" * 32)) is None  # records no hash; same β
+
+
+def test_interpolated_from_names_the_length_a_list_was_stretched_from(tmp_path):
+    path = tmp_path / "five.json"
+    make_artifact().save(path)
+    assert interpolated_from(FromFile(path), 8) == 5
+    assert interpolated_from(FromFile(path), 5) is None and interpolated_from(FromFile(path), None) is None
+    assert interpolated_from(CatalogueEntry("fashion-mnist/ddim-6"), 7) == 6
+    assert interpolated_from(CatalogueEntry("fashion-mnist/ddim-6"), 8) is None  # its sibling ddim-8, as it is
+    assert interpolated_from(make_policy("uniform"), 8) is None

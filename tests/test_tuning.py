@@ -319,6 +319,19 @@ def test_changed_settings_do_not_resume_a_study(tmp_path: Path) -> None:
         open_study(storage, "s", ["minimize"], config={"objective": "kid"})
 
 
+def test_a_study_clash_is_one_line_naming_the_nested_setting_that_changed(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "cfg.db")
+    model = {"name": "sd", "weights_sha256": "ab" * 32, "conditions": {"prompts": 4, "guidance_scale": 3.0}}
+    open_study(storage, "s", ["minimize"], config={"objective": "fid", "model": model})
+    changed = {**model, "conditions": {"prompts": 4, "guidance_scale": 7.5}}
+    with pytest.raises(ValueError) as caught:
+        open_study(storage, "s", ["minimize"], config={"objective": "fid", "model": changed})
+    assert "\n" not in str(caught.value)
+    assert str(caught.value) == ("study_name: 's' was made with other settings (model.conditions.guidance_scale: "
+                                 "stored 3.0, now 7.5); re-run with the same settings to resume it, or pass another "
+                                 "study name")
+
+
 @pytest.mark.parametrize("url", ["sqlite:///{tmp}/shared.db", "journal:{tmp}/shared.log"], ids=["sqlite", "journal"])
 def test_two_worker_processes_finish_the_requested_trials_exactly(tmp_path: Path, url: str) -> None:
     url = url.format(tmp=tmp_path)

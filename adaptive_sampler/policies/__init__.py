@@ -17,7 +17,7 @@ from adaptive_sampler.policies.builtin import (
     Trailing,
     Uniform,
 )
-from adaptive_sampler.policies.replay import CatalogueEntry, FromFile, check_solver
+from adaptive_sampler.policies.replay import CatalogueEntry, FromFile, check_model, check_solver, interpolated_from
 from adaptive_sampler.timesteps import discretize, validate_timesteps
 
 STATIC_POLICIES: dict[str, type] = {"uniform": Uniform, "leading": Leading, "trailing": Trailing,
@@ -48,6 +48,6 @@ def make_policy(name: str, timesteps: Sequence[int | float] | None = None) -> Po
 
 __all__ = [
     "DYNAMIC_POLICY_NAMES", "POLICY_NAMES", "STATIC_POLICIES", "CatalogueEntry", "Explicit", "FromFile", "FrontLoaded",
-    "Karras", "Leading", "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_solver", "discretize",
-    "make_policy", "validate_timesteps",
+    "Karras", "Leading", "LogSNR", "Policy", "Quadratic", "Trailing", "Uniform", "check_model", "check_solver",
+    "discretize", "interpolated_from", "make_policy", "validate_timesteps",
 ]

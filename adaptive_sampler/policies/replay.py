@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from adaptive_sampler.errors import FieldError, FileFieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import interpolate, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
+
+if TYPE_CHECKING:
+    from adaptive_sampler.pipeline import LoadedModel
 
 
 def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str, kind: str) -> torch.Tensor:
@@ -65,6 +69,46 @@ class FromFile:
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         return _checked(self.artifact(num_steps), schedule, str(self.path), "schedule file")
+
+
+def check_model(policy: object, model: LoadedModel, *, allow_other_model: bool = False) -> str | None:
+    """Refuse a schedule file or catalogue entry made for another model: one whose recorded weights SHA-256 or
+    noise schedule differs from `model`'s (a FieldError naming `policy` and both models). What a file does not
+    record is not compared.
+
+    Args:
+        policy: any policy; only a CatalogueEntry or FromFile is checked.
+        model: the loaded model the run samples.
+        allow_other_model: run the list on another model anyway (`--allow-other-model`).
+
+    Returns:
+        With `allow_other_model` and another model, the warning to show; else None.
+    """
+    if not isinstance(policy, (CatalogueEntry, FromFile)):
+        return None
+    artifact = policy.artifact()
+    made_for, own = artifact.model, NoiseScheduleSpec.from_config(model.scheduler_config)
+    if made_for.weights_sha256 is not None and made_for.weights_sha256 != model.weights_sha256:
+        theirs, ours = (f"weights SHA-256 {h[:12]}…" for h in (made_for.weights_sha256, model.weights_sha256))
+    elif artifact.noise_schedule is not None and own is not None and artifact.noise_schedule != own:
+        keys = [k for k, v in artifact.noise_schedule if v != getattr(own, k)]
+        theirs, ours = (", ".join(f"{k} {getattr(spec, k)}" for k in keys) for spec in (artifact.noise_schedule, own))
+    else:
+        return None
+    what = f"was made for model {made_for.name!r} ({theirs}); this run samples {model.name!r} ({ours})"
+    if allow_other_model:
+        return f"warning: --policy {policy.source} {what}; running it anyway (--allow-other-model)"
+    raise FieldError("policy", policy.source, f"{what}; a schedule tuned for one model is not one for another: "
+                                              "pass --allow-other-model to run it anyway")
+
+
+def interpolated_from(policy: object, num_steps: int | None) -> int | None:
+    """The length of the list a schedule file or catalogue entry had when `num_steps` makes the run interpolate it
+    to another length (`schedules.catalogue.interpolate`); None when the run replays a stored list as it is."""
+    if num_steps is None or not isinstance(policy, (CatalogueEntry, FromFile)):
+        return None
+    own = len(policy.artifact().timesteps)
+    return own if own != num_steps and policy.artifact(num_steps).interpolated else None
 
 
 def check_solver(policy: object, solver: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -79,10 +81,38 @@ class NoiseScheduleSpec(BaseModel):
     beta_end: float = Field(gt=0)
     rescale_betas_zero_snr: bool = False
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> NoiseScheduleSpec | None:
+        """The spec of a diffusers scheduler config; None for one it cannot describe (`trained_betas`, bad values)."""
+        if config.get("trained_betas") is not None:
+            return None
+        try:
+            return cls(**{k: config[k] for k in cls.model_fields if k in config})
+        except ValidationError:
+            return None
+
     def noise_schedule(self) -> NoiseSchedule:
         from adaptive_sampler.noise_schedule import NoiseSchedule  # torch and diffusers: only for the σ exports
 
         return NoiseSchedule.from_config(self.model_dump())
+
+
+class ConditionsRecord(BaseModel):
+    """The conditions a schedule was tuned under: a text-to-image model's prompts (the SHA-256 of the JSON list, and
+    the prompts file's name if they came from one), negative prompt and guidance scale, or a class-conditional
+    model's labels (guidance 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompts_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    prompts_file: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = Field(None, ge=1)
+    labels: list[int] | None = None
+
+    @staticmethod
+    def prompts_digest(prompts: Sequence[str]) -> str:
+        """The SHA-256 of a prompt list (as a JSON list, UTF-8)."""
+        return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
 
 
 class ScheduleArtifact(BaseModel):
@@ -101,6 +131,7 @@ class ScheduleArtifact(BaseModel):
     solver: Literal["ddim", "dpmpp-2m", "unipc"] = "ddim"
     eta: float = Field(0.0, ge=0.0, le=1.0)
     model: ModelIdentity
+    conditions: ConditionsRecord | None = None  # None: an unconditional model, or a file from before it was recorded
     noise_schedule: NoiseScheduleSpec | None = None
     objective: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from adaptive_sampler._lazy import require_extra
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.pipeline import BoundConditions
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
-from adaptive_sampler.schedules.artifact import ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ConditionsRecord, ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.tuning.evaluator import Evaluation, ScheduleEvaluator
 from adaptive_sampler.tuning.study import AYS_ENTRY, BudgetBest, Tuner, builtin_warm_starts
 
@@ -60,20 +60,32 @@ def schedule_path(export_dir: Path, model_name: str, solver: str, steps: int) ->
     return Path(export_dir) / catalogue_model_name(model_name) / f"{solver}-{steps}.json"
 
 
-def _noise_schedule_spec(config: dict[str, Any]) -> NoiseScheduleSpec | None:
-    if config.get("trained_betas") is not None:
+def conditions_record(conditions: BoundConditions | None, prompts_file: Path | None = None) -> ConditionsRecord | None:
+    """What a schedule file records of the conditions a model was bound to (None: an unconditional model).
+
+    Args:
+        conditions: the model's bound conditions (`LoadedModel.conditions`).
+        prompts_file: the file the prompts were read from (its name is recorded), if any.
+    """
+    if conditions is None:
         return None
-    try:
-        return NoiseScheduleSpec(**{k: config[k] for k in NoiseScheduleSpec.model_fields if k in config})
-    except ValidationError:
-        return None
+    prompts = conditions.prompts
+    return ConditionsRecord(
+        prompts_sha256=None if prompts is None else ConditionsRecord.prompts_digest(prompts),
+        prompts_file=None if prompts is None or prompts_file is None else Path(prompts_file).name,
+        negative_prompt=conditions.negative_prompt, guidance_scale=conditions.guidance_scale,
+        labels=None if conditions.labels is None else list(conditions.labels))
 
 
-def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleArtifact:
+def schedule_artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation | None = None,
+                      prompts_file: Path | None = None) -> ScheduleArtifact:
+    """The artifact of a budget's best trial: its metrics hold the tuning score and, if given, the held-out ones."""
     s, seeds = tuner.settings, tuner.tuning_seeds
-    metrics = {f"heldout_{k}": float(v) for k, v in heldout.metrics.items()}
-    metrics.update({"heldout_n": float(heldout.n), "heldout_seed": float(tuner.heldout_seeds.seed),
-                    f"tuning_{s.objective}": float(best.value), "nfe": float(best.steps)})
+    metrics: dict[str, float] = {}
+    if heldout is not None:
+        metrics = {f"heldout_{k}": float(v) for k, v in heldout.metrics.items()}
+        metrics.update({"heldout_n": float(heldout.n), "heldout_seed": float(tuner.heldout_seeds.seed)})
+    metrics.update({f"tuning_{s.objective}": float(best.value), "nfe": float(best.steps)})
     how = {"tpe": f"optuna TPE search over the '{s.space}' space",
            "cmaes": f"optuna CMA-ES search over the '{s.space}' space from the best warm start",
            "tpe+cmaes": f"optuna TPE then CMA-ES search over the '{s.space}' space",
@@ -86,7 +98,8 @@ def _artifact(tuner: Tuner, best: BudgetBest, heldout: Evaluation) -> ScheduleAr
     return ScheduleArtifact.model_validate({
         "num_train_timesteps": tuner.schedule.num_train_timesteps, "timesteps": best.timesteps, "solver": s.solver,
         "model": ModelIdentity(name=tuner.model.name, weights_sha256=tuner.model.weights_sha256),
-        "noise_schedule": _noise_schedule_spec(tuner.model.scheduler_config), "objective": objective,
+        "conditions": conditions_record(tuner.model.conditions, prompts_file),
+        "noise_schedule": NoiseScheduleSpec.from_config(tuner.model.scheduler_config), "objective": objective,
         "metrics": metrics, "method": method,
     })
 
@@ -105,9 +118,12 @@ def export_best(
     plots_dir: Path | None = None,
     baselines: bool = True,
     on_progress: Callable[[str], None] | None = None,
+    prompts_file: Path | None = None,
 ) -> ExportResult:
     """Score each budget's best trial (and, with `baselines`, every built-in policy) on the held-out seeds, write
-    the schedules to `export_dir`, and the Pareto and timestep plots plus `report.json` to `plots_dir`."""
+    the schedules to `export_dir`, and the Pareto and timestep plots plus `report.json` to `plots_dir`. Each
+    schedule file records the model's conditions (`conditions_record`; `prompts_file`: the file the prompts came
+    from)."""
     best = tuner.best()
     if not best:
         raise FieldError("trials", tuner.settings.trials, "left the studies without a complete trial, so there is "
@@ -134,7 +150,7 @@ def export_best(
         scored = score("learned", b.steps, b.timesteps)
         learned.append(scored)
         path = schedule_path(export_dir, tuner.model.name, s.solver, b.steps)
-        _artifact(tuner, b, scored.evaluation).save(path)  # atomic
+        schedule_artifact(tuner, b, scored.evaluation, prompts_file).save(path)  # atomic
         schedules[b.steps] = path
     baseline_scores = [score(name, b.steps, ts.tolist()) for b in best
                        for name, ts in baseline_lists(tuner, b.steps).items()] if baselines else []

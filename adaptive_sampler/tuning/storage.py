@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import time
 import warnings
@@ -307,12 +308,38 @@ def open_study(
     return OpenedStudy(study, created=stored is None)
 
 
+def check_study(storage: BaseStorage, name: str, config: Mapping[str, Any]) -> None:
+    """Raise the error `open_study` would (one line naming each differing setting, stored and now) if study `name`
+    exists with another config; create nothing. Lets a run refuse a clash before it does any expensive work."""
+    if name not in optuna.study.get_all_study_names(storage):
+        return
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(CONFIG)
+    if stored is not None:
+        _check_config(name, stored, config)
+
+
 def _check_config(name: str, stored: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-    differing = sorted(k for k in {*stored, *config} if stored.get(k) != config.get(k))
+    differing = _differences(stored, config)
     if differing:
-        shown = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
+        shown = "; ".join(f"{key}: stored {_short(old)}, now {_short(new)}" for key, old, new in differing)
         raise FieldError("study_name", name, f"was made with other settings ({shown}); re-run with the same "
                          "settings to resume it, or pass another study name")
+
+
+def _short(value: Any) -> str:
+    """repr of a setting, a SHA-256 cut to 12 hex digits."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return repr(value[:12] + "…")
+    return repr(value)
+
+
+def _differences(stored: Any, config: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys (e.g. `model.conditions.guidance_scale`) whose values differ, with the stored and new value;
+    nested dicts are compared key by key, so a message names the setting that changed, not a whole dict."""
+    if not (isinstance(stored, Mapping) and isinstance(config, Mapping)):
+        return [] if stored == config else [(prefix, stored, config)]
+    return [diff for key in sorted({*stored, *config})
+            for diff in _differences(stored.get(key), config.get(key), f"{prefix}.{key}" if prefix else key)]
 
 
 def enqueue_warm_starts(study: optuna.Study, warm_starts: Iterable[WarmStart]) -> list[str]:

@@ -48,6 +48,7 @@ from adaptive_sampler.tuning.storage import (
     TrialCounts,
     WarmStart,
     WorkerSummary,
+    check_study,
     fail_running_trials,
     ignoring_experimental_warnings,
     open_study,
@@ -143,7 +144,10 @@ class Tuner:
             raise FieldError("method", settings.method, "needs --mode per-budget: CMA-ES and LD3 optimise one "
                                                         "objective per budget")
         kind = "ld3" if settings.method == "ld3" else settings.space
-        self.base_name = settings.study_name or f"{model.name}-{settings.solver}-{settings.objective}-{kind}"
+        # a conditioned model's default name ends in a hash of its conditions: other prompts or guidance, another study
+        conditioned = "" if model.conditions is None else f"-c{model.conditions.identity()['sha256'][:8]}"
+        default_name = f"{model.name}-{settings.solver}-{settings.objective}-{kind}{conditioned}"
+        self.base_name = settings.study_name or default_name
         self._dp: dict[int, torch.Tensor] | None = None
         self.ld3: LD3 | None = None
         if settings.method == "ld3":
@@ -152,6 +156,8 @@ class Tuner:
             if train.overlaps(self.tuning_seeds) or train.overlaps(self.heldout_seeds):
                 raise FieldError("seed", settings.seed, f"makes the tuning or held-out seeds reach LD3's training "
                                                         f"seed {train.seed}; training noises must be their own")
+        for steps, name in self.study_names().items():  # a clash with a stored study, before any sampling
+            check_study(storage, name, self._config(steps))
 
     # --- names and configuration -----------------------------------------------------------------------------
     def study_names(self) -> dict[int | None, str]:
