@@ -111,6 +111,7 @@ BENCH_TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "early-exit-timing": ("time_early_exit", "markdown",
                           ("early_exit_ddim.timing.json", "early_exit_dpmpp-2m.timing.json")),
     "throughput": ("bench_throughput", "markdown", ("bench_throughput.json",)),
+    "dropin": ("bench_dropin", "markdown", ("bench_dropin.json",)),
 }
 # Marker name -> the renderer of a table that no bench renders.
 OWN_TABLES: dict[str, Callable[[], str]] = {
