@@ -1,7 +1,7 @@
 """adaptive-sampler: fewer network passes per diffusion sample.
 
 A DDIM core over any explicit timestep list, pluggable step-allocation policies, a schedule catalogue with
-tool-neutral exports, and diffusers drop-in schedulers (DDIM, DPM-Solver++(2M), UniPC).
+tool-neutral exports, a schedule search (`tune`), and diffusers drop-in schedulers (DDIM, DPM-Solver++(2M), UniPC).
 
 The public names below are imported on first use (PEP 562), so `import adaptive_sampler.errors` or the CLI's
 `--help` do not pay for torch and diffusers.
@@ -33,16 +33,17 @@ _EXPORTS = {
     "ddim_sigma": "solvers.ddim", "ddim_step": "solvers.ddim",
     "StepInfo": "step_info",
     "discretize": "timesteps", "validate_timesteps": "timesteps",
+    "TuneOptions": "tuning.settings", "TuneResult": "tuning.runner", "tune": "tuning.runner",
     "FieldError": "errors",
 }
 __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
-    "AdaptiveDDIMScheduler", "AdaptiveDPMSolverMultistepScheduler", "AdaptiveUniPCMultistepScheduler",
-    "Conditioning", "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel",
-    "ModelAdapter", "ModelIdentity", "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy",
-    "Prediction", "SampleResult", "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan",
-    "StepDecision", "StepInfo", "StepObservation", "StepSizeControl", "X0Processing", "ddim_sigma", "ddim_step",
-    "discretize", "embedded_model_dir", "embedded_t2i_dir", "interpolate", "list_entries", "load_entry", "load_model",
-    "make_policy", "make_solver", "sample", "use_schedule", "validate_timesteps",
+    "AdaptiveDDIMScheduler", "AdaptiveDPMSolverMultistepScheduler", "AdaptiveUniPCMultistepScheduler", "Conditioning",
+    "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel", "ModelAdapter", "ModelIdentity", "NoiseSchedule",
+    "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy", "Prediction", "SampleResult", "SamplingOptions",
+    "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan", "StepDecision", "StepInfo", "StepObservation",
+    "StepSizeControl", "TuneOptions", "TuneResult", "X0Processing", "ddim_sigma", "ddim_step", "discretize",
+    "embedded_model_dir", "embedded_t2i_dir", "interpolate", "list_entries", "load_entry", "load_model", "make_policy",
+    "make_solver", "sample", "tune", "use_schedule", "validate_timesteps",
 ]
 
 
@@ -78,3 +79,5 @@ if TYPE_CHECKING:
     from adaptive_sampler.solvers.ddim import ddim_sigma, ddim_step
     from adaptive_sampler.step_info import StepInfo
     from adaptive_sampler.timesteps import discretize, validate_timesteps
+    from adaptive_sampler.tuning.runner import TuneResult, tune
+    from adaptive_sampler.tuning.settings import TuneOptions

@@ -6,12 +6,9 @@ that model.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import typer
 
-from adaptive_sampler.cli.common import CliError, options_command, row_policy
+from adaptive_sampler.cli.common import CliError, options_command
 from adaptive_sampler.tuning.settings import TuneOptions
 
 
@@ -30,38 +27,33 @@ def tune_command(options: TuneOptions) -> None:
     import optuna
     from tqdm.auto import tqdm
 
-    from adaptive_sampler.models import load_model, resolve_device
-    from adaptive_sampler.tuning.export import export_best
-    from adaptive_sampler.tuning.storage import DEFAULT_STORAGE, TrialsKeepFailing, open_storage
+    from adaptive_sampler.tuning.runner import tune
+    from adaptive_sampler.tuning.storage import DEFAULT_STORAGE, TrialsKeepFailing
     from adaptive_sampler.tuning.study import TrialReport, Tuner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings, storage, export, plots = options.settings(), options.storage, options.export, options.plots
-    options.check_outputs()  # every output writable, the storage usable: before the model loads or a trial runs
-    conditions = options.conditions()  # a prompts file is read here
-    device = resolve_device(options.device)
-    loaded = load_model(options.model, allow_pickle=options.allow_pickle, device=device,
-                        height=options.height, width=options.width).with_conditions(conditions)
-    store = open_storage(storage)
-    tuner = Tuner(loaded, settings, store, network_rows=row_policy(options.network_rows, device),
-                  cache_dir=options.cache_dir)
-    if options.fail_running:
-        for name, numbers in tuner.fail_running().items():
+    settings = options.settings()
+    where = options.storage or f"journal {DEFAULT_STORAGE}"
+    started: list[Tuner] = []
+    finished: dict[str, int] = {}
+    bar = tqdm(total=0, desc="tuning", unit="trial", disable=True)
+
+    def on_start(tuner: Tuner, marked: dict[str, list[int]]) -> None:
+        nonlocal bar
+        for name, numbers in marked.items():
             if numbers:
                 typer.echo(f"{name}: marked running trials {numbers} as failed")
-    before = tuner.finished_counts()
-
-    where = storage or f"journal {DEFAULT_STORAGE}"
-    total = settings.trials * len(before)
-    typer.echo(f"{loaded.name}: {settings.mode} tuning of {settings.space} schedules for steps {list(settings.steps)}"
-               f" ({settings.objective}, {tuner.tuning_seeds.n} samples per trial, solver {settings.solver}); "
-               f"storage {where}; {sum(before.values())}/{total} trials already finished")
-    finished = dict(before)
-    bar = tqdm(total=total, initial=min(sum(finished.values()), total), desc="tuning", unit="trial")
+        started.append(tuner)
+        finished.update(tuner.finished_counts())
+        total = settings.trials * len(finished)
+        typer.echo(f"{tuner.model.name}: {settings.mode} tuning of {settings.space} schedules for steps "
+                   f"{list(settings.steps)} ({settings.objective}, {tuner.tuning_seeds.n} samples per trial, solver "
+                   f"{settings.solver}); storage {where}; {sum(finished.values())}/{total} trials already finished")
+        bar = tqdm(total=total, initial=min(sum(finished.values()), total), desc="tuning", unit="trial")
 
     def on_trial(report: TrialReport) -> None:
         finished[report.study_name] = report.finished
-        bar.n = min(sum(finished.values()), total)
+        bar.n = min(sum(finished.values()), bar.total)
         bar.refresh()
         value = f"{report.value:.4g}" if report.value is not None else "-"
         warm = f"  [warm start: {report.warm_start}]" if report.warm_start else ""
@@ -72,22 +64,26 @@ def tune_command(options: TuneOptions) -> None:
     def on_wait(name: str, running: int) -> None:
         bar.set_postfix_str(f"waiting for {running} trial(s) of other workers in {name}")
 
+    def on_progress(message: str) -> None:
+        bar.close()  # the search is over: its bar must not redraw between the scoring lines
+        typer.echo(f"  scoring {message}")
+
     try:
-        run = tuner.run(on_trial=on_trial, on_wait=on_wait)
+        result = tune(options, on_start=on_start, on_trial=on_trial, on_wait=on_wait, on_progress=on_progress)
     except KeyboardInterrupt:
         bar.close()
-        done = sum(tuner.finished_counts().values())
-        typer.echo(f"interrupted: {done}/{total} trials are stored in {where}; the trial in flight is marked failed. "
-                   "Re-run the same command to resume.", err=True)
+        if not started:
+            raise typer.Abort() from None
+        done = sum(started[0].finished_counts().values())
+        typer.echo(f"interrupted: {done}/{bar.total} trials are stored in {where}; the trial in flight is marked "
+                   "failed. Re-run the same command to resume.", err=True)
         raise typer.Abort() from None
     except TrialsKeepFailing as exc:
-        bar.close()
         raise CliError(str(exc)) from None
-    except ValueError:
+    finally:
         bar.close()
-        raise
-    bar.close()
 
+    tuner, run = result.tuner, result.run
     stopped = [name for name, w in run.workers.items() if w.stopped_early]
     if stopped:
         typer.echo(f"note: {', '.join(stopped)} still has trials running elsewhere; if their workers are dead, "
@@ -100,16 +96,12 @@ def tune_command(options: TuneOptions) -> None:
         typer.echo(f"best {b.steps:>3} steps: {settings.objective}={b.value:.4g} (trial {b.trial_number}{warm}) "
                    f"{b.timesteps}")
     typer.echo(f"tuning took {run.wall_s:.1f} s")
-    if export is None:
+    exported = result.export
+    if exported is None:
         return
-    plots_dir = plots or Path("runs") / "tune" / re.sub(r"[^A-Za-z0-9_.-]", "_", tuner.base_name)
-    result = export_best(tuner, export, plots_dir=plots_dir, baselines=options.baselines,
-                         on_progress=lambda msg: typer.echo(f"  scoring {msg}"))
-    if not result.learned:
-        raise CliError("--export: no budget has a complete trial to export")
     typer.echo(f"held-out {settings.objective} (seed {tuner.heldout_seeds.seed}, n={tuner.heldout_seeds.n}):")
-    for score in result.learned:
-        rivals = [b for b in result.baselines if b.steps == score.steps]
+    for score in exported.learned:
+        rivals = [b for b in exported.baselines if b.steps == score.steps]
         better = max if tuner.objective.direction == "maximize" else min
         best_builtin = better(rivals, key=lambda b: b.evaluation.value) if rivals else None
         uniform = next((b for b in rivals if b.label == "uniform"), None)
@@ -117,5 +109,5 @@ def tune_command(options: TuneOptions) -> None:
             f"; best built-in {best_builtin.label} {best_builtin.evaluation.value:.4g}"
             if best_builtin is not None else "")
         typer.echo(f"  {score.steps:>3} steps: learned {score.evaluation.value:.4g}{versus} "
-                   f"-> {result.schedules[score.steps]}")
-    typer.echo(f"plots: {result.pareto_png}, {result.timesteps_png}; report: {result.report_json}")
+                   f"-> {exported.schedules[score.steps]}")
+    typer.echo(f"plots: {exported.pareto_png}, {exported.timesteps_png}; report: {exported.report_json}")
