@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from adaptive_sampler.errors import FieldError
 
 if TYPE_CHECKING:
     from adaptive_sampler.pipeline import Conditions
 
-__all__ = ["DEFAULT_FINISH_SPEC", "DTYPE_NAMES", "POLICY_NAMES", "SOLVER_NAMES", "DrawOptions", "EvalOptions",
-           "ModelOptions", "SampleOptions"]
+__all__ = ["DEFAULT_FINISH_SPEC", "DTYPE_NAMES", "POLICY_NAMES", "SOLVER_NAMES", "CalibrateOptions", "DrawOptions",
+           "EvalOptions", "ModelOptions", "SampleOptions"]
 
 # The registries' names, spelled out so that `--help` imports no torch; a test checks them against
 # policies.POLICY_NAMES, solvers.SOLVERS, model_adapter.NETWORK_DTYPES and finish.DEFAULT_FINISH.spec().
@@ -127,3 +129,42 @@ class EvalOptions(DrawOptions):
     reference: Path | None = Field(None, description=(
         "reference statistics .npz (mu, sigma; from `adaptive-sampler stats`) in the --features space"))
     reference_steps: int = Field(200, description="steps of the many-step reference (--features fidelity)")
+
+
+class CalibrateOptions(ModelOptions):
+    """Every option of `adaptive-sampler calibrate`: the plan, the monitor, one target, the two disjoint seed sets."""
+
+    policy: str = Field("uniform", description=(
+        f"a static list: one of {', '.join(p for p in POLICY_NAMES if p != 'explicit')} (a threshold holds for one "
+        "list only)"))
+    steps: int = Field(20, ge=1, description="number of steps (NFE) of the full runs")
+    solver: str = Field("ddim", description=f"update rule, one of: {', '.join(SOLVER_NAMES)}")
+    monitor: str = Field("x0-l2", description=(
+        "the monitor whose threshold is searched: NAME[,KEY=VALUE...] (guardrails, space=image), one term, e.g. "
+        "x0-l2 or lpips,patience=2; a wall-clock deadline cannot be calibrated"))
+    target_psnr: float | None = Field(None, description=(
+        "target: PSNR (dB) of the early exits to the full runs of the same seeds at least DB, e.g. 30"))
+    target_fid_pct: float | None = Field(None, ge=0, description=(
+        "target: FID of the early exits at most X % above the full runs' (embedded feature space; --n above 128)"))
+    target_kid_pct: float | None = Field(None, ge=0, description=(
+        "target: KID of the early exits at most X % above the full runs' (embedded feature space)"))
+    n: int = Field(32, ge=1, le=MAX_N, description="samples per seed set (the calibration set and the held-out set)")
+    seed: int = Field(1000, ge=0, le=2**63 - 1, description="the calibration samples' seed")
+    heldout_seed: int = Field(2000, ge=0, le=2**63 - 1, description=(
+        "the held-out samples' seed (another than --seed): what the threshold gives on samples it was not chosen on"))
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE, description="samples per batch")
+    grid_size: int = Field(256, ge=2, le=10**5, description="candidate thresholds (quantiles of the monitor's scores)")
+    json_path: Path | None = Field(None, description="write the calibration (threshold, NFE, fidelity) as JSON")
+
+    @model_validator(mode="after")
+    def _one_target_and_disjoint_seeds(self) -> CalibrateOptions:
+        given = [f for f in ("target_psnr", "target_fid_pct", "target_kid_pct") if getattr(self, f) is not None]
+        if not given:
+            raise FieldError("target_psnr", None, "and the other targets are not given; give exactly one: "
+                                                  "--target-psnr DB, --target-fid-pct X or --target-kid-pct X")
+        if len(given) > 1:
+            first = f"--{given[0].replace('_', '-')} {getattr(self, given[0])}"
+            raise FieldError(given[1], getattr(self, given[1]), f"is given with {first}; give exactly one target")
+        if self.heldout_seed == self.seed:
+            raise FieldError("heldout_seed", self.heldout_seed, "is also --seed; held-out samples need their own seed")
+        return self

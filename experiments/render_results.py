@@ -24,7 +24,7 @@ RESULTS = ROOT / "experiments" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 # The commands whose --help the CLI reference shows, in this order.
-CLI_COMMANDS = (["sample"], ["eval"], ["tune"], ["stats"], ["schedules", "list"], ["schedules", "show"])
+CLI_COMMANDS = (["sample"], ["eval"], ["calibrate"], ["tune"], ["stats"], ["schedules", "list"], ["schedules", "show"])
 HELP_WIDTH = 100
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, imported by name

@@ -1,8 +1,9 @@
 """The `adaptive-sampler` command line: the app, `main()`, and the one place that turns errors into one line.
 
-One module per command (`sample`, `evaluate`, `tune`, `stats`, `schedules`); their options are pydantic models, one
-flag per field. The commands raise the library's errors unchanged; `FlagCommand` maps a `FieldError`'s field, or a
-pydantic error's location, to the flag of the command that ran, and `main()` prints "error: --flag: ..." (exit 2).
+One module per command (`sample`, `evaluate`, `calibrate`, `tune`, `stats`, `schedules`); their options are
+pydantic models, one flag per field, and their --help ends with examples. The commands raise the library's errors
+unchanged; `FlagCommand` maps a `FieldError`'s field, or a pydantic error's location, to the flag of the command
+that ran, and `main()` prints "error: --flag: ..." (exit 2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import typer.core
 from pydantic import ValidationError
 
 from adaptive_sampler._lazy import MissingExtraError
+from adaptive_sampler.cli.calibrate import EXAMPLES as CALIBRATE_EXAMPLES
+from adaptive_sampler.cli.calibrate import calibrate_command
 from adaptive_sampler.cli.common import CliError
 from adaptive_sampler.cli.evaluate import eval_command
 from adaptive_sampler.cli.sample import sample_command
@@ -56,8 +59,8 @@ def flag_error(exc: ValueError, command: typer.core.TyperCommand) -> CliError:
         field = str(err["loc"][0]) if err["loc"] else ""
         where = _flag(field, command) or field
         cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, FieldError):  # raised by a validator: its value and rule
-            return CliError(where + str(cause)[len(cause.root):])
+        if isinstance(cause, FieldError):  # raised by a validator (a model validator's: its own field)
+            return CliError((_flag(cause.root, command) or where) + str(cause)[len(cause.root):])
         rule = str(err["msg"]).removeprefix("Value error, ")
         return CliError(f"{where}: {err.get('input')!r}{' ' if rule.startswith('is ') else ' — '}{rule}")
     if isinstance(exc, FieldError):
@@ -79,15 +82,42 @@ class FlagCommand(typer.core.TyperCommand):
             raise CliError(str(exc)) from None
 
 
+# the end of each command's --help
+_EXAMPLES = {
+    "sample": ("adaptive-sampler sample --steps 10 --policy karras --out grid.png",
+               "adaptive-sampler sample --model embedded-t2i --prompt 'a red shoe' --solver dpmpp-2m --steps 8 "
+               "--policy learned:embedded-t2i/dpmpp-2m-8",
+               "adaptive-sampler sample --steps 20 --monitor x0-l2 --json run.json"),
+    "eval": ("adaptive-sampler eval --steps 10 --policy trailing",
+             "adaptive-sampler eval --solver unipc --steps 6 --policy file:my_schedule.json --n 500",
+             "adaptive-sampler eval --model DIR --features clip:CLIP_DIR --reference ref.npz --prompts prompts.txt"),
+    "calibrate": CALIBRATE_EXAMPLES,
+    "tune": ("adaptive-sampler tune --steps 6 --solver dpmpp-2m --trials 20",
+             "adaptive-sampler tune --steps 5,10 --trials 40 --export policies",
+             "adaptive-sampler tune --model embedded-t2i --prompts prompts.txt --objective fidelity --steps 8"),
+    "stats": ("adaptive-sampler stats --images real_images/ --out ref.npz",
+              "adaptive-sampler stats --npy samples.npy --features inception:pt_inception.pth --out ref.npz"),
+    "list": ("adaptive-sampler schedules list",),
+    "show": ("adaptive-sampler schedules show sd15/ays-10 --format diffusers",
+             "adaptive-sampler schedules show my_schedule.json --steps 12 --format comfyui"),
+}
+
+
+def _epilog(command: str) -> str:
+    """The examples of `command` as its --help epilog (one paragraph each: rich joins single lines)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in _EXAMPLES[command])
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fewer network passes per diffusion sample.")
-app.command("sample", cls=FlagCommand)(sample_command)
-app.command("eval", cls=FlagCommand)(eval_command)
-app.command("tune", cls=FlagCommand)(tune_command)
-app.command("stats", cls=FlagCommand)(stats_command)
+app.command("sample", cls=FlagCommand, epilog=_epilog("sample"))(sample_command)
+app.command("eval", cls=FlagCommand, epilog=_epilog("eval"))(eval_command)
+app.command("calibrate", cls=FlagCommand, epilog=_epilog("calibrate"))(calibrate_command)
+app.command("tune", cls=FlagCommand, epilog=_epilog("tune"))(tune_command)
+app.command("stats", cls=FlagCommand, epilog=_epilog("stats"))(stats_command)
 schedules_app = typer.Typer(no_args_is_help=True, help="The schedule catalogue.")
-schedules_app.command("list", cls=FlagCommand)(list_command)
-schedules_app.command("show", cls=FlagCommand)(show_command)
+schedules_app.command("list", cls=FlagCommand, epilog=_epilog("list"))(list_command)
+schedules_app.command("show", cls=FlagCommand, epilog=_epilog("show"))(show_command)
 app.add_typer(schedules_app, name="schedules")
 
 

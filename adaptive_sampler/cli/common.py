@@ -46,13 +46,16 @@ def _cli_default(value: Any) -> Any:
 
 def options_command(model: type[Options]) -> Callable[[Callable[[Options], None]], Callable[..., None]]:
     """Turn `run(options)` into a command whose options are the fields of `model`: one `--<field-name>` option per
-    field, with its default and its description as help; the values are validated once, by `model` (its
-    `ValidationError` or a `FieldError` names the field, which the CLI maps to the flag)."""
+    field, with its default and its description as help, grouped in `--help` by the model's `help_panels` (panel ->
+    field names) if it has them; the values are validated once, by `model` (its `ValidationError` or a `FieldError`
+    names the field, which the CLI maps to the flag)."""
     hints = typing.get_type_hints(model)
+    panel_of = {name: panel for panel, names in getattr(model, "help_panels", {}).items() for name in names}
     signature = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_cli_type(hints[name]),
                           default=typer.Option(... if info.is_required() else _cli_default(info.default),
-                                               *_FLAGS.get(name, "").split(), help=info.description))
+                                               *_FLAGS.get(name, "").split(), help=info.description,
+                                               rich_help_panel=panel_of.get(name)))
         for name, info in model.model_fields.items()
     ])
 

@@ -3,12 +3,14 @@ objects, load, condition, plan, sample and decode; and `Drawn`, its result and J
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import typer
 
 from adaptive_sampler.cli.common import CliError, decode_rows, row_policy
 from adaptive_sampler.errors import FieldError
@@ -116,6 +118,23 @@ def _steering_terms(monitor: Monitor) -> list[str]:
     return []
 
 
+def no_exit_note(options: DrawOptions, planned: list[int] | None) -> str:
+    """The line that says no sample exited early, with the `calibrate` command for this model and plan (a static
+    plan and a calibratable monitor) that finds a threshold that fires."""
+    steps = f"{len(planned)} steps" if planned is not None else "its steps"
+    note = f"--monitor {' --monitor '.join(options.monitor or ())}: no sample exited early in {steps}"
+    name = (options.monitor or [""])[0].replace("&", "|").split("|")[0].split(",")[0].partition(":")[0].strip()
+    if planned is None or options.timesteps is not None or name == "deadline":
+        return note
+    same = (("model", options.model, None), ("prompt", options.prompt, None), ("prompts", options.prompts, None),
+            ("negative-prompt", options.negative_prompt, None), ("guidance-scale", options.guidance_scale, None),
+            ("monitor", name, None), ("steps", len(planned), None), ("policy", options.policy, "uniform"),
+            ("solver", options.solver, "ddim"))
+    command = "".join(f" --{flag} {shlex.quote(str(value))}" for flag, value, default in same
+                      if value is not None and value != default)
+    return f"{note}; calibrate a threshold for this model: adaptive-sampler calibrate{command} --target-psnr 30"
+
+
 def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = None) -> Drawn:
     """Check, load, condition, plan, sample and decode what `options` ask for.
 
@@ -197,6 +216,8 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
     if watch is not None:
         stopped = distributed.gather_stopped_by(watch.stopped_by)  # under torchrun: every rank's samples
         stopped_by = [stopped.get(i) for i in range(n)]
+        if not any(stopped_by) and not _steering_terms(watch) and distributed.is_main():
+            typer.echo(no_exit_note(options, planned), err=True)
     start = time.perf_counter()
     images = loaded.decode(result.samples.to(torch_device), chunk).float().cpu()
     bound = loaded.conditions

@@ -132,6 +132,19 @@ class TuneOptions(TuneSettings, ModelOptions):
     """Every option of `adaptive-sampler tune`: the settings, the model (its conditions are part of its identity,
     so a study resumes only with the same ones), and what only the command needs."""
 
+    # the groups of `tune --help` (a field in none is listed under "Options")
+    help_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model and conditioning": ("model", "prompt", "prompts", "negative_prompt", "guidance_scale", "class_labels",
+                                   "classes", "height", "width", "allow_pickle"),
+        "Search": ("steps", "trials", "solver", "space", "mode", "method", "seed", "n", "warm_start", "dp_grid",
+                   "dp_trajectories", "dp_fine_steps", "sampler_seed", "pruner_startup_trials", "cmaes_sigma0",
+                   "ld3_iterations", "ld3_train_n", "ld3_batch_size"),
+        "Scoring": ("objective", "features", "reference", "fid_limit", "heldout_n", "heldout_seed", "reference_steps",
+                    "baselines"),
+        "Storage and export": ("study_name", "storage", "export", "plots", "cache_dir", "fail_running"),
+        "Devices": ("device", "network_rows", "batch_size"),
+    }
+
     storage: str | None = Field(None, description=(
         "Optuna storage shared by all workers: a journal file (journal:FILE, or FILE.log/.journal/.jsonl; the "
         "default, runs/tune.journal, for workers on one machine) or an RDB URL (postgresql://…, mysql://…, "
