@@ -37,6 +37,8 @@ def test_tune_returns_the_studies_and_a_best_artifact_per_budget(tiny_model_dir:
         assert ScheduleArtifact.load(tmp_path / f"ddim-{steps}.json") == artifact
     frame = result.studies[2].trials_dataframe()  # pandas, from the analysis extra
     assert len(frame) == len(result.studies[2].trials) and "value" in frame.columns
+    figure = optuna.visualization.plot_optimization_history(result.studies[2])  # plotly, from the analysis extra
+    assert len(figure.data[0].y) == 3  # the complete trials
 
     # keyword arguments override the options; the stored trials are resumed, and export adds held-out scores
     exported = tune(tiny_options(tiny_model_dir, tmp_path), export=tmp_path / "catalogue", plots=tmp_path / "plots",
