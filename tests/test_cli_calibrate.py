@@ -1,4 +1,5 @@
-"""`adaptive-sampler calibrate` and the line that says a `--monitor` never fired."""
+"""`adaptive-sampler calibrate`, the line that says a `--monitor` never fired, and the examples and groups of
+`--help`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 from diffusers import DDIMScheduler
+from typer.testing import CliRunner
 
-from adaptive_sampler.cli import main
+from adaptive_sampler.cli import app, main
 from adaptive_sampler.monitors import ThresholdMonitor, monitor_from_spec
 from helpers import build_tiny_unet
 
@@ -78,3 +80,20 @@ def test_a_run_where_a_sample_exited_says_nothing_more(tiny_dir, monkeypatch, ca
     code, _, err = run(monkeypatch, capsys, "sample", "--model", tiny_dir, "--steps", 5, "--n", 2,
                        "--monitor", "max-nfe:2")
     assert code == 0 and err == []
+
+
+@pytest.mark.parametrize("command", [["sample"], ["eval"], ["calibrate"], ["tune"], ["stats"], ["schedules", "list"],
+                                     ["schedules", "show"]])
+def test_every_help_ends_with_examples(command):
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    examples = result.output.split("Examples:")[-1].splitlines()
+    assert result.output.count("Examples:") == 1
+    assert 1 <= sum(line.strip().startswith(f"adaptive-sampler {' '.join(command)}") for line in examples) <= 3
+
+
+def test_tune_help_groups_its_options():
+    output = CliRunner().invoke(app, ["tune", "--help"]).output
+    panels = ["Model and conditioning", "Devices", "Search", "Scoring", "Storage and export"]
+    assert all(f"─ {panel} ─" in output for panel in panels)
+    assert output.index("│ --trials ") > output.index("─ Search ─") > output.index("│ --device ")
