@@ -69,11 +69,11 @@ def test_calibrate_errors_are_one_line_naming_the_flag(monkeypatch, capsys, args
 
 def test_a_run_where_no_sample_exited_says_so_with_the_calibrate_command(tiny_dir, monkeypatch, capsys):
     code, _, err = run(monkeypatch, capsys, "sample", "--model", tiny_dir, "--steps", 5, "--n", 2,
-                       "--monitor", "x0-l2:0", "--solver", "dpmpp-2m")
+                       "--monitor", "x0-l2:0,patience=2", "--solver", "dpmpp-2m")
     assert code == 0
-    assert err == [f"--monitor x0-l2:0: no sample exited early in 5 steps; calibrate a threshold for this model: "
-                   f"adaptive-sampler calibrate --model {tiny_dir} --monitor x0-l2 --steps 5 --solver dpmpp-2m "
-                   "--target-psnr 30"]
+    assert err == [f"--monitor x0-l2:0,patience=2: no sample exited early in 5 steps; calibrate a threshold for this "
+                   f"model: adaptive-sampler calibrate --model {tiny_dir} --monitor x0-l2,patience=2 --steps 5 "
+                   "--solver dpmpp-2m --target-psnr 30"]
 
 
 def test_a_run_where_a_sample_exited_says_nothing_more(tiny_dir, monkeypatch, capsys):

@@ -123,12 +123,13 @@ def no_exit_note(options: DrawOptions, planned: list[int] | None) -> str:
     plan and a calibratable monitor) that finds a threshold that fires."""
     steps = f"{len(planned)} steps" if planned is not None else "its steps"
     note = f"--monitor {' --monitor '.join(options.monitor or ())}: no sample exited early in {steps}"
-    name = (options.monitor or [""])[0].replace("&", "|").split("|")[0].split(",")[0].partition(":")[0].strip()
+    head, sep, keys = (options.monitor or [""])[0].replace("&", "|").split("|")[0].strip().partition(",")
+    name = head.partition(":")[0].strip()  # the first term without its threshold, its guardrails and space kept
     if planned is None or options.timesteps is not None or name == "deadline":
         return note
     same = (("model", options.model, None), ("prompt", options.prompt, None), ("prompts", options.prompts, None),
             ("negative-prompt", options.negative_prompt, None), ("guidance-scale", options.guidance_scale, None),
-            ("monitor", name, None), ("steps", len(planned), None), ("policy", options.policy, "uniform"),
+            ("monitor", name + sep + keys, None), ("steps", len(planned), None), ("policy", options.policy, "uniform"),
             ("solver", options.solver, "ddim"))
     command = "".join(f" --{flag} {shlex.quote(str(value))}" for flag, value, default in same
                       if value is not None and value != default)
