@@ -106,6 +106,9 @@ class DrawOptions(ModelOptions):
     save: Path | None = Field(None, description=(
         ".npy float32 array (n, C, H, W) of the images in [-1, 1] (a latent model's decoded by its VAE)"))
     json_path: Path | None = Field(None, description="write the run's report as JSON")
+    allow_other_model: bool = Field(False, description=(
+        "run a --policy file:PATH or learned: list made for another model (other weights or noise schedule), with "
+        "a warning, instead of refusing it"))
 
 
 class SampleOptions(DrawOptions):

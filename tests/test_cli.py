@@ -318,3 +318,43 @@ def test_console_script_errors_are_one_line_without_traceback(tiny_dir, pickled_
         assert proc.returncode != 0, args
         assert len(lines) == 1 and lines[0].startswith(start), (args, err)
         assert all(word in lines[0] for word in words), (args, err)
+
+
+def _main(monkeypatch, capsys, *args: object) -> tuple[int, list[str]]:
+    """Like run_main, for a run that may succeed (main() returns without SystemExit)."""
+    monkeypatch.setattr(sys, "argv", ["adaptive-sampler", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_a_schedule_file_interpolated_or_made_for_another_model_is_said(tiny_dir, tmp_path, monkeypatch, capsys):
+    report = tmp_path / "r.json"
+    invoke("sample", "--model", tiny_dir, "--steps", 6, "--n", 1, "--json", report)
+    data = json.loads(report.read_text())
+    assert data["interpolated_from"] is None
+    path = tmp_path / "six.json"
+    ScheduleArtifact.model_validate({"num_train_timesteps": 1000, "timesteps": data["timesteps"], "method": "test",
+                                     "model": data["model"]}).save(path)
+    # another --steps interpolates the file: said on stderr and in the report
+    code, err = _main(monkeypatch, capsys, "sample", "--model", tiny_dir, "--policy", f"file:{path}", "--steps", 4,
+                      "--n", 1, "--json", report)
+    assert code == 0 and f"note: --policy file:{path} holds 6 steps; it is interpolated (log-linear) to --steps 4" \
+        in err, err
+    assert json.loads(report.read_text())["interpolated_from"] == 6
+    # a file made for other weights is refused in one line naming both models, or run with a warning
+    other = tmp_path / "other.json"
+    theirs = {"name": "theirs", "weights_sha256": "cd" * 32}
+    ScheduleArtifact.model_validate({**json.loads(path.read_text()), "model": theirs}).save(other)
+    code, err = _main(monkeypatch, capsys, "sample", "--model", tiny_dir, "--policy", f"file:{other}", "--n", 1)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: --policy: 'file:{other}' was made for model 'theirs' (weights SHA-256 "
+                             f"cdcdcdcdcdcd…); this run samples '{tiny_dir.name}' (weights SHA-256 "
+                             f"{data['model']['weights_sha256'][:12]}…)"), err
+    code, err = _main(monkeypatch, capsys, "sample", "--model", tiny_dir, "--policy", f"file:{other}", "--n", 1,
+                      "--allow-other-model")
+    assert code == 0 and any(line.startswith(f"warning: --policy file:{other} was made for model 'theirs'")
+                             for line in err), err

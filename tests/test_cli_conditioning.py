@@ -6,13 +6,16 @@ StableDiffusionPipeline through the drop-in scheduler with the images of the pro
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
-from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ConditionsRecord, ScheduleArtifact
+from adaptive_sampler.tuning.storage import open_storage
 from helpers import run_cli, stable_diffusion_images
 
 PROMPTS = ["a photo of cat", "a red car", "", "a photo of cat"]  # the blank line is skipped: 3 prompts
@@ -106,6 +109,19 @@ def test_tune_a_stable_diffusion_folder_then_the_export_runs_in_stable_diffusion
                                                                                           tmp_path):
     export = _tune(tmp_path, tiny_sd_dir, "--prompts", prompts_file, "--guidance-scale", 7.5)
     artifact = ScheduleArtifact.load(export / tiny_sd_dir.name / "ddim-4.json")
+    # the file records the conditions it was tuned under
+    assert artifact.conditions == ConditionsRecord(prompts_sha256=ConditionsRecord.prompts_digest(
+        [p for p in PROMPTS if p]), prompts_file="prompts.txt", negative_prompt=None, guidance_scale=7.5)
+    # the default study name ends in a hash of them; another guidance under that name is one line, naming both
+    names = optuna.get_all_study_names(open_storage(tmp_path / "t.journal"))
+    assert names and all(re.fullmatch(rf"{tiny_sd_dir.name}-ddim-fidelity-free-c[0-9a-f]{{8}}:steps=[34]", n)
+                         for n in names), names
+    clash = run_cli("tune", "--model", tiny_sd_dir, "--prompts", prompts_file, "--guidance-scale", 3, "--steps", 4,
+                    "--study-name", names[0].split(":")[0], "--objective", "fidelity", "--trials", 2, "--n", 4,
+                    "--reference-steps", 10, "--storage", tmp_path / "t.journal", "--cache-dir", tmp_path / "cache",
+                    "--device", "cpu")
+    assert clash.code != 0 and len(clash.err.strip().splitlines()) == 1, clash.err
+    assert "guidance_scale: stored 7.5, now 3.0" in clash.err and "tuning" not in clash.err, clash.err
     timesteps = artifact.to_diffusers_timesteps()
     assert len(timesteps) == 4
     # the project's sampler with the exported list, as `sample --policy file:` runs it

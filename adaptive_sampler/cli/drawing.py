@@ -48,6 +48,7 @@ class Drawn:
     decode_s: float = 0.0  # the VAE decode of the final latents (not in result.wall_s)
     finish: str | None = None  # the finish spec of the samples a monitor ends; None without a monitor
     monitor_decode: tuple[int, float] = field(default=(0, 0.0))  # space=image monitors: rows decoded, seconds
+    interpolated_from: int | None = None  # the length of the schedule file or catalogue list interpolated to `steps`
 
     @property
     def steps(self) -> int | None:
@@ -79,7 +80,8 @@ class Drawn:
         return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
                 "stopped_by": self.stopped_by, "finish": self.finish, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
-                "policy": self.policy, "steps": self.steps, **conditioned, **extra}
+                "policy": self.policy, "steps": self.steps, "interpolated_from": self.interpolated_from,
+                **conditioned, **extra}
 
 
 def _parse_timesteps(text: str | None) -> list[int | float] | None:
@@ -150,7 +152,7 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
     from adaptive_sampler.models import load_model, resolve_device
     from adaptive_sampler.monitors import AnyOf, LPIPSWeightsMissingError, monitor_from_spec
     from adaptive_sampler.monitors.space import decode_cost
-    from adaptive_sampler.policies import check_solver, make_policy
+    from adaptive_sampler.policies import check_model, check_solver, interpolated_from, make_policy
     from adaptive_sampler.policies.step_size_control import SteeredPlan, check_steered, parse_dynamic_policy
     from adaptive_sampler.sampler import NonFiniteOutputError
     from adaptive_sampler.solvers import make_solver
@@ -179,10 +181,18 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
         if isinstance(controller, SteeredPlan):
             check_steered(controller, policy, adapter.schedule.num_train_timesteps)
         planned: list[int] | None = None
+        stretched: int | None = None
         plan: StepSizeControl | SteeredPlan | list[int]
         if controller is None:
             chosen = make_policy(policy_name, _parse_timesteps(timesteps))
             check_solver(chosen, options.solver)  # a schedule file or catalogue entry made for another solver
+            other_model = check_model(chosen, loaded, allow_other_model=options.allow_other_model)  # or model
+            if other_model is not None and distributed.is_main():
+                typer.echo(other_model, err=True)
+            stretched = interpolated_from(chosen, steps)
+            if stretched is not None and distributed.is_main():
+                typer.echo(f"note: --policy {policy} holds {stretched} steps; it is interpolated (log-linear) to "
+                           f"--steps {steps}", err=True)
             planned = chosen.timesteps(steps, adapter.schedule).tolist()
             plan = planned
         else:
@@ -226,4 +236,5 @@ def draw(options: DrawOptions, check: Callable[[LoadedModel], None] | None = Non
                  prompts=bound.prompts_for(range(n)) if bound is not None else None,
                  labels=bound.labels_for(range(n)) if bound is not None else None,
                  decode_s=time.perf_counter() - start if loaded.decoder is not None else 0.0,
-                 finish=finish_mode.spec() if watch is not None else None, monitor_decode=decode_cost(watch))
+                 finish=finish_mode.spec() if watch is not None else None, monitor_decode=decode_cost(watch),
+                 interpolated_from=stretched)
