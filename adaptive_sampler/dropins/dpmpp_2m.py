@@ -3,16 +3,12 @@ possibly fractional) timestep list."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from adaptive_sampler.dropins.list_handling import (
-    ListInput,
-    custom_list,
-    install_list,
-    refuse_other_sigma_spacings,
-)
-from adaptive_sampler.noise_schedule import NoiseSchedule
+from adaptive_sampler.dropins.list_handling import ListInput, plan_pass
 
 # config keys that choose the σs themselves; a custom list cannot be combined with them
 SIGMA_SPACINGS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
@@ -47,11 +43,5 @@ class AdaptiveDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
         """Plan the next pass: `num_inference_steps` spaced as diffusers spaces them, or the list `timesteps`
         (integers or fractional, strictly descending in [0, T-1]) or `sigmas` (strictly descending σ_t); one of the
         three. A list refuses the config keys that set the σs themselves (`use_karras_sigmas`, …)."""
-        listed = custom_list(self.config.num_train_timesteps, num_inference_steps, timesteps, sigmas,
-                             NoiseSchedule(self.alphas_cumprod))
-        if listed is None:
-            super().set_timesteps(num_inference_steps, device=device, mu=mu)
-            return
-        refuse_other_sigma_spacings(self.config, SIGMA_SPACINGS)
-        super().set_timesteps(len(listed), device=device, mu=mu)  # resets the history as diffusers does
-        install_list(self, listed, device)
+        plan_pass(self, functools.partial(super().set_timesteps, device=device, mu=mu), num_inference_steps,
+                  device, timesteps, sigmas, SIGMA_SPACINGS)

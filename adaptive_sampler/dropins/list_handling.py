@@ -8,7 +8,7 @@ them). Either is checked by `validate_timesteps`; a bad one raises a FieldError 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,7 @@ def multistep_sigmas(listed: torch.Tensor, alphas_cumprod: torch.Tensor, config:
     return torch.cat([sigmas.float(), last.float()])
 
 
-def refuse_other_sigma_spacings(config: Any, keys: Sequence[str]) -> None:
+def _refuse_other_sigma_spacings(config: Any, keys: Sequence[str]) -> None:
     """A custom list replaces the σ spacing: a config that asks for another (Karras, exponential, …) is refused."""
     for key in keys:
         if config.get(key, False):
@@ -96,10 +96,26 @@ def refuse_other_sigma_spacings(config: Any, keys: Sequence[str]) -> None:
                              f"set {key}=False")
 
 
-def install_list(scheduler: Any, listed: torch.Tensor, device: str | torch.device | None) -> None:
+def _install_list(scheduler: Any, listed: torch.Tensor, device: str | torch.device | None) -> None:
     """Replace the list and σs of a multistep scheduler on which its parent's `set_timesteps` has just run for the
     same number of steps (so its history, step and begin index are reset as diffusers resets them)."""
     scheduler.sigmas = multistep_sigmas(listed, scheduler.alphas_cumprod, scheduler.config)
     dtype = torch.float32 if listed.is_floating_point() else torch.int64
     scheduler.timesteps = listed.to(device=device, dtype=dtype)
     scheduler.num_inference_steps = len(listed)
+
+
+def plan_pass(scheduler: Any, parent_set_timesteps: Callable[[int | None], None], num_inference_steps: int | None,
+              device: str | torch.device | None, timesteps: ListInput | None, sigmas: ListInput | None,
+              sigma_spacings: Sequence[str]) -> None:
+    """The `set_timesteps` of the multistep drop-ins: a step count is spaced by the diffusers parent; a list runs
+    the parent for as many steps (which resets the history as diffusers resets it), then replaces its timesteps and
+    σs. A list refuses the config keys in `sigma_spacings`, which set the σs themselves."""
+    listed = custom_list(scheduler.config.num_train_timesteps, num_inference_steps, timesteps, sigmas,
+                         NoiseSchedule(scheduler.alphas_cumprod))
+    if listed is None:
+        parent_set_timesteps(num_inference_steps)
+        return
+    _refuse_other_sigma_spacings(scheduler.config, sigma_spacings)
+    parent_set_timesteps(len(listed))
+    _install_list(scheduler, listed, device)

@@ -3,17 +3,13 @@ timestep list, which diffusers' own takes for flow models only (diffusers issue 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers import UniPCMultistepScheduler
 
-from adaptive_sampler.dropins.list_handling import (
-    ListInput,
-    custom_list,
-    install_list,
-    refuse_other_sigma_spacings,
-)
+from adaptive_sampler.dropins.list_handling import ListInput, plan_pass
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.noise_schedule import NoiseSchedule
 
 # config keys that choose the σs themselves; a custom list cannot be combined with them
 SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -55,11 +51,5 @@ class AdaptiveUniPCMultistepScheduler(UniPCMultistepScheduler):
                                  "sigmas=[...]")
             super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu)
             return
-        listed = custom_list(self.config.num_train_timesteps, num_inference_steps, timesteps, sigmas,
-                             NoiseSchedule(self.alphas_cumprod))
-        if listed is None:
-            super().set_timesteps(num_inference_steps, device=device, mu=mu)
-            return
-        refuse_other_sigma_spacings(self.config, SIGMA_SPACINGS)
-        super().set_timesteps(len(listed), device=device, mu=mu)  # resets the history as diffusers does
-        install_list(self, listed, device)
+        plan_pass(self, functools.partial(super().set_timesteps, device=device, mu=mu), num_inference_steps,
+                  device, timesteps, sigmas, SIGMA_SPACINGS)
