@@ -130,7 +130,10 @@ class RowConditioning(Conditioning):
 
 def read_prompts(path: str | Path) -> tuple[str, ...]:
     """The prompts of a UTF-8 text file, one per line (blank lines skipped); FieldError naming `prompts` if it is
-    missing, unreadable or holds none."""
+    missing, unreadable, not a regular file or holds none."""
+    if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():  # a FIFO would wait for a writer
+        raise FieldError("prompts", str(path), "is not a regular file (a FIFO, socket or device); give a text file "
+                         "with one prompt per line")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as e:

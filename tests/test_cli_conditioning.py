@@ -6,6 +6,7 @@ StableDiffusionPipeline through the drop-in scheduler with the images of the pro
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_tune_class_conditional_and_pixel_models(request, model, flags, tmp_path
     ("tiny_sd_dir", ("--prompt", "a", "--guidance-scale", "nan"), "--guidance-scale: nan is not a finite number"),
     ("tiny_sd_dir", ("--prompts", "missing.txt"), "--prompts: 'missing.txt' does not exist"),
     ("tiny_sd_dir", ("--prompts", "EMPTY"), "holds no prompt"),
+    ("tiny_sd_dir", ("--prompts", "FIFO"), "is not a regular file (a FIFO, socket or device)"),
     ("tiny_sd_dir", ("--prompt", "a", "--prompts", "missing.txt"), "--prompts: 'missing.txt' is given together with"),
     ("tiny_sd_dir", ("--prompt", "a", "--height", "18"), "--height: 18 is not a positive multiple of 4"),
     ("tiny_sd_dir", ("--prompt", "a", "--class-labels", "1"), "--class-labels: '1' is given together with a prompt"),
@@ -163,7 +165,9 @@ def test_tune_class_conditional_and_pixel_models(request, model, flags, tmp_path
 ])
 def test_bad_conditioning_flags_name_the_flag_the_value_and_the_rule(request, tmp_path, model, flags, line):
     (tmp_path / "empty.txt").write_text("\n\n")
-    flags = tuple({"EMPTY": str(tmp_path / "empty.txt"), "OUT": str(tmp_path / "l.npy")}.get(f, f) for f in flags)
+    os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer forever
+    files = {"EMPTY": tmp_path / "empty.txt", "FIFO": tmp_path / "fifo", "OUT": tmp_path / "l.npy"}
+    flags = tuple(str(files[f]) if f in files else f for f in flags)
     commands = ("sample",) if "--save-latents" in flags else ("sample", "eval") if "--monitor" in flags else (
         "sample", "eval", "tune")
     for command in commands:
