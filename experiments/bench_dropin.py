@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import re
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
-from harness import ROOT, environment, load_report, markdown_table, save_report
+from harness import ROOT, environment, load_report, markdown_table, save_report, timed
 from tqdm import tqdm
+from train_t2i import reconstruct
 
 from adaptive_sampler import use_schedule
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.cli.common import decode_rows, row_policy
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.metrics import score_samples
-from adaptive_sampler.metrics.backends import ScoringBatch, make_backend
+from adaptive_sampler.metrics import score_images, score_samples
 from adaptive_sampler.metrics.distribution import fid
 from adaptive_sampler.metrics.feature_net import FEATURE_DIM
 from adaptive_sampler.metrics.statistics import embedded_reference_statistics
@@ -138,8 +137,7 @@ def floors(args: argparse.Namespace, pipe: StableDiffusionPipeline, scores: Any)
                     "source": f"VAE reconstructions of those images, from {where}"}}
     real = to_model_range(train[-args.n:])
     with torch.inference_mode():
-        recon = torch.cat([pipe.vae.decode(pipe.vae.encode(real[i:i + 500]).latent_dist.mode()).sample
-                           for i in range(0, len(real), 500)]).clamp(-1, 1)
+        recon = reconstruct(pipe.vae, real)
     real_labels = [int(v) for v in train_labels[-args.n:]]
     return found | {
         "real_vs_real": scores(real, class_labels=real_labels) | {
@@ -170,7 +168,8 @@ def main() -> None:
     torch.manual_seed(0)
     loaded = load_model("embedded-t2i").with_conditions(Conditions(prompts=prompts,
                                                                    guidance_scale=args.guidance_scale))
-    rows_policy = row_policy("auto", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    rows_policy = row_policy("auto", cpu)
     adapter = loaded.adapter(network_rows=rows_policy)
     solver = make_solver(artifact.solver)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
@@ -202,11 +201,6 @@ def main() -> None:
                        latents=latents, output_type="pt", **call_kwargs)
         return (out.images * 2 - 1).float()
 
-    def timed(side: Any, first: int, count: int) -> tuple[torch.Tensor, float]:
-        start = time.perf_counter()
-        images = side(first, count)
-        return images, time.perf_counter() - start
-
     project_side(0, 2), dropin_side(0, 2)  # warm-up, untimed: first calls allocate and initialise
     done = {row["start"]: row for row in report["batches"] if (cache / f"{row['start']:07d}.npz").is_file()}
     report["batches"] = sorted(done.values(), key=lambda r: r["start"])
@@ -216,11 +210,11 @@ def main() -> None:
             continue
         count = min(args.batch_size, args.n - first)
         if number % 2 == 0:  # alternate which side runs first
-            ours, project_s = timed(project_side, first, count)
-            theirs, dropin_s = timed(dropin_side, first, count)
+            ours, project_s = timed(cpu, project_side, first, count)
+            theirs, dropin_s = timed(cpu, dropin_side, first, count)
         else:
-            theirs, dropin_s = timed(dropin_side, first, count)
-            ours, project_s = timed(project_side, first, count)
+            theirs, dropin_s = timed(cpu, dropin_side, first, count)
+            ours, project_s = timed(cpu, project_side, first, count)
         atomic_write_bytes(cache / f"{first:07d}.npz", npy_bytes(ours.numpy(), theirs.numpy()))
         report["batches"].append({"start": first, "count": count, "project_s": project_s, "dropin_s": dropin_s,
                                   "first": "project" if number % 2 == 0 else "dropin",
@@ -231,7 +225,6 @@ def main() -> None:
     ours = torch.from_numpy(np.concatenate([p["arr_0"] for p in parts]))
     theirs = torch.from_numpy(np.concatenate([p["arr_1"] for p in parts]))
     labels = [i % len(prompts) for i in range(args.n)]
-    label_backend = make_backend("label")
 
     def scores(images: torch.Tensor, wall_s: float | None = None, class_labels: list[int] | None = None
                ) -> dict[str, Any]:
@@ -239,17 +232,14 @@ def main() -> None:
         if len(images) > FEATURE_DIM:  # FID needs n above the feature dimension (a smoke run's n is not)
             metrics = {k: v for k, v in asdict(score_samples(images)).items() if v is not None}
         if class_labels is not None:
-            agreement = label_backend.per_sample(ScoringBatch(images, labels=class_labels))["label_agreement"]
-            metrics["label_agreement"] = float(agreement.mean())
+            metrics |= score_images(images, "label", labels=class_labels)
         if wall_s is not None:
             metrics |= {"wall_s": wall_s, "samples_per_s": len(images) / wall_s}
         return metrics
 
     project_s = sum(row["project_s"] for row in report["batches"])
     dropin_s = sum(row["dropin_s"] for row in report["batches"])
-    start = time.perf_counter()
-    loaded.with_conditions(Conditions(prompts=prompts, guidance_scale=args.guidance_scale))
-    encode_s = time.perf_counter() - start
+    _, encode_s = timed(cpu, loaded.with_conditions, Conditions(prompts=prompts, guidance_scale=args.guidance_scale))
     report["result"] = {
         "project": scores(ours, project_s, labels), "dropin": scores(theirs, dropin_s, labels),
         "wall_ratio": dropin_s / project_s,
