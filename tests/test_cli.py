@@ -151,7 +151,7 @@ def test_schedules_show_takes_a_schedule_file(tmp_path, monkeypatch, capsys):
     five = json.loads(invoke("schedules", "show", path, "--steps", 5, "--format", "diffusers").stdout)
     assert len(five) == 5 and five[0] == 999
     code, lines = run_main(monkeypatch, capsys, "schedules", "show", tmp_path / "missing.json")
-    assert code == 2 and lines == [f"error: NAME: {tmp_path / 'missing.json'}: does not exist"]
+    assert code == 2 and lines == [f"error: NAME: '{tmp_path / 'missing.json'}' is a schedule file that does not exist"]
 
 
 # ---------------------------------------------------------------- error paths through main()

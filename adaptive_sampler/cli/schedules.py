@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.schedules.artifact import ScheduleArtifact
-from adaptive_sampler.schedules.catalogue import interpolate, list_entries, load_entry
+from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 
 FORMATS = ("json", "diffusers", "sigmas", "comfyui")
 
@@ -34,9 +33,9 @@ def show_command(
         raise FieldError("format", format, f"is not one of {', '.join(FORMATS)}")
     path = name.removeprefix("file:")
     if name.startswith("file:") or path.endswith(".json") or Path(path).is_file():
-        artifact = ScheduleArtifact.read(path, field="policy", shown=name)
-        if steps is not None and steps != len(artifact.timesteps):
-            artifact = interpolate(artifact, steps)
+        from adaptive_sampler.policies.replay import FromFile  # imports torch: only for a file
+
+        artifact = FromFile(Path(path)).artifact(steps)
     else:
         artifact = load_entry(name, steps)
     text = {
