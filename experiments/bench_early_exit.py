@@ -78,7 +78,7 @@ from adaptive_sampler.monitors.calibration import (
     psnr_of,
     record_x0_trace,
 )
-from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT, split_space
+from adaptive_sampler.monitors.spec import BUDGET_NAMES, DEFAULTS_FORMAT, calibration_monitor
 from adaptive_sampler.pipeline import Conditions, read_prompts
 from adaptive_sampler.policies import STATIC_POLICIES, make_policy
 from adaptive_sampler.policies.builtin import Uniform
@@ -207,9 +207,7 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                 else:
                     try:
                         start = time.perf_counter()
-                        term, space = split_space(spec)
-                        head, sep, options = term.partition(",")
-                        monitor = monitor_from_spec(f"{_name(head)}:1{sep}{options}")  # the threshold is searched
+                        monitor, space = calibration_monitor(spec)
                         result = calibrate_threshold(monitor, _target(target), trace("calibration", space),
                                                      trace("heldout", space), feature_extractor=extractor)
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,

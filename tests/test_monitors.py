@@ -41,6 +41,7 @@ from adaptive_sampler.monitors import (
 )
 from adaptive_sampler.monitors import budget as budget_module
 from adaptive_sampler.monitors.calibration import PsnrTarget, calibrate_threshold, record_x0_trace
+from adaptive_sampler.monitors.spec import calibration_monitor
 from adaptive_sampler.sampler import sample
 from adaptive_sampler.step_info import StepInfo
 
@@ -604,3 +605,14 @@ def test_calibration_rejects_bad_requests(tiny):
         calibrate_threshold(Deadline(1.0), PsnrTarget(30), one, two)
     with pytest.raises(ValueError, match="^target_psnr: nan is not a finite number"):
         PsnrTarget(float("nan"))
+
+
+def test_calibration_monitor_keeps_guardrails_and_space_and_refuses_what_a_trace_cannot_price():
+    monitor, space = calibration_monitor("x0-l2:0.5,patience=2,space=image")  # a given threshold is searched anew
+    assert isinstance(monitor, ChangeMonitor) and monitor.threshold == 1 and space == "image"
+    assert monitor.guardrails.model_dump(exclude_defaults=True) == {"patience": 2}
+    assert calibration_monitor("sharpness").space == "latent"
+    with pytest.raises(ValueError, match=r"^monitor: 'x0-l2\|ssim' is a composite"):
+        calibration_monitor("x0-l2|ssim")
+    with pytest.raises(ValueError, match="^monitor: 'deadline' cannot be calibrated from recorded runs"):
+        calibration_monitor("deadline")

@@ -15,7 +15,7 @@ from adaptive_sampler.errors import FieldError
 from adaptive_sampler.options import CalibrateOptions
 
 if TYPE_CHECKING:
-    from adaptive_sampler.monitors import CalibrationTarget, ThresholdMonitor
+    from adaptive_sampler.monitors import CalibrationTarget
 
 EXAMPLES = (
     "adaptive-sampler calibrate --model embedded --steps 20 --monitor x0-l2 --target-psnr 30",
@@ -35,30 +35,13 @@ def _target(options: CalibrateOptions) -> CalibrationTarget:
     return DistributionTarget("kid", options.target_kid_pct)
 
 
-def _monitor(spec: str) -> tuple[ThresholdMonitor, str]:
-    """The monitor of `--monitor NAME[,KEY=VALUE...]` at a placeholder threshold (the search sets it), and its
-    space; FieldError("monitor") for a composite, a steering monitor or a wall-clock budget."""
-    from adaptive_sampler.monitors import ThresholdMonitor, monitor_from_spec
-    from adaptive_sampler.monitors.spec import split_space
-
-    if any(joiner in spec for joiner in "|&"):
-        raise FieldError("monitor", spec, "is a composite; calibrate its monitors one at a time")
-    term, space = split_space(spec)
-    head, sep, guardrails = term.partition(",")
-    name = head.partition(":")[0].strip()
-    monitor = monitor_from_spec(f"{name}:1{sep}{guardrails}")  # a valid threshold for every calibratable monitor
-    if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable or monitor.steers:
-        raise FieldError("monitor", spec, "cannot be calibrated from recorded runs (a wall-clock budget or a steering "
-                                          "monitor); give its number directly")
-    return monitor, space
-
-
 @options_command(CalibrateOptions)
 def calibrate_command(options: CalibrateOptions) -> None:
     """Find the threshold of a --monitor that exits earliest while meeting one target on the calibration seed,
     report what it gives on the held-out seed, and print the calibrated --monitor spec."""
     from adaptive_sampler.models import load_model, resolve_device
     from adaptive_sampler.monitors import calibrate_threshold, record_x0_trace
+    from adaptive_sampler.monitors.spec import calibration_monitor
     from adaptive_sampler.policies import check_solver, make_policy
     from adaptive_sampler.solvers import make_solver
 
@@ -66,7 +49,7 @@ def calibrate_command(options: CalibrateOptions) -> None:
     if options.policy.startswith(("adaptive", "steered", "explicit")):
         raise FieldError("policy", options.policy, "is not a named static list; calibrate a built-in, learned: or "
                                                    "file: policy (a threshold holds for one list)")
-    monitor, space = _monitor(options.monitor)
+    monitor, space = calibration_monitor(options.monitor)
     target = _target(options)
     device = resolve_device(options.device)
     rows = row_policy(options.network_rows, device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -216,3 +216,30 @@ def monitor_from_spec(spec: str, *, model: str | None = None, num_steps: int | N
     if len(monitors) == 1:
         return monitors[0]
     return AnyOf(*monitors) if joiner == "|" else AllOf(*monitors)
+
+
+class CalibrationMonitor(NamedTuple):
+    """A monitor to calibrate, at a placeholder threshold, and the space (`latent` or `image`) it reads x̂0 in."""
+
+    monitor: ThresholdMonitor
+    space: str
+
+
+def calibration_monitor(spec: str) -> CalibrationMonitor:
+    """The monitor of `NAME[:THRESHOLD][,KEY=VALUE...]` with its guardrails at a placeholder threshold (calibration
+    searches it; one in the spec is ignored), and its space; FieldError("monitor") for a composite, a steering
+    monitor or a wall-clock budget.
+
+    Args:
+        spec: a monitor term, e.g. `lpips,patience=2,space=image`.
+    """
+    if any(joiner in spec for joiner in "|&"):
+        raise FieldError("monitor", spec, "is a composite; calibrate its monitors one at a time")
+    term, space = split_space(spec)
+    head, sep, guardrails = term.partition(",")
+    name = head.partition(":")[0].strip()
+    monitor = monitor_from_spec(f"{name}:1{sep}{guardrails}")  # a valid threshold for every calibratable monitor
+    if not isinstance(monitor, ThresholdMonitor) or not monitor.calibratable or monitor.steers:
+        raise FieldError("monitor", spec, "cannot be calibrated from recorded runs (a wall-clock budget or a steering "
+                                          "monitor); give its number directly")
+    return CalibrationMonitor(monitor, space)
