@@ -16,7 +16,14 @@ from diffusers.schedulers import AysSchedules
 from pydantic import ValidationError
 
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.policies import CatalogueEntry, FromFile, check_model, interpolated_from, make_policy
+from adaptive_sampler.policies import (
+    CatalogueEntry,
+    FromFile,
+    check_model,
+    check_solver,
+    interpolated_from,
+    make_policy,
+)
 from adaptive_sampler.schedules.artifact import ConditionsRecord, ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
 from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
@@ -347,9 +354,9 @@ def test_a_file_made_for_another_model_is_refused_naming_both_unless_allowed(tmp
     # a file without a weights hash is compared by its noise schedule; one that records neither, not at all
     make_artifact(model=ModelIdentity(name="tiny")).save(path)
     with pytest.raises(ValueError, match=r"\(beta_end 0\.012\); this run samples 'mine' \(beta_end 0\.02\)"):
-        check_model(policy, _model("cd" * 32, beta_end=0.02))
+        check_model(FromFile(path), _model("cd" * 32, beta_end=0.02))  # a new policy: one reads its file once
     make_artifact(model=ModelIdentity(name="tiny"), noise_schedule=None).save(path)
-    assert check_model(policy, _model("cd" * 32, beta_end=0.02)) is None
+    assert check_model(FromFile(path), _model("cd" * 32, beta_end=0.02)) is None
 
 
 def test_a_catalogue_entry_that_records_a_hash_is_refused_on_another_model():
@@ -367,3 +374,15 @@ def test_interpolated_from_names_the_length_a_list_was_stretched_from(tmp_path):
     assert interpolated_from(CatalogueEntry("fashion-mnist/ddim-6"), 7) == 6
     assert interpolated_from(CatalogueEntry("fashion-mnist/ddim-6"), 8) is None  # its sibling ddim-8, as it is
     assert interpolated_from(make_policy("uniform"), 8) is None
+
+
+def test_a_policy_object_reads_its_schedule_file_once(tmp_path, monkeypatch):
+    """A run asks the policy for its artifact in check_solver, check_model, interpolated_from and timesteps."""
+    path = tmp_path / "five.json"
+    make_artifact().save(path)
+    reads, read = [], ScheduleArtifact.read
+    monkeypatch.setattr(ScheduleArtifact, "read", lambda *args, **kwargs: reads.append(args) or read(*args, **kwargs))
+    policy = FromFile(path)
+    check_solver(policy, "ddim")
+    assert check_model(policy, _model()) is None and interpolated_from(policy, 8) == 5
+    assert len(policy.timesteps(8, SD)) == 8 and len(reads) == 1

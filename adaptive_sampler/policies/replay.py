@@ -3,7 +3,7 @@ schedule file (`file:<path>`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,29 @@ def _checked(artifact: ScheduleArtifact, schedule: NoiseSchedule, source: str, k
 
 
 @dataclass(frozen=True)
-class CatalogueEntry:
+class _Replay:
+    """A policy that replays a schedule artifact. Each step count's artifact is read once per policy object: a run
+    asks for it in `check_solver`, `check_model`, `interpolated_from` and `timesteps`."""
+
+    _artifacts: dict[int | None, ScheduleArtifact] = field(default_factory=dict, init=False, compare=False,
+                                                            repr=False)
+
+    @property
+    def source(self) -> str:
+        raise NotImplementedError
+
+    def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
+        """The artifact at `num_steps` (None: as stored)."""
+        if num_steps not in self._artifacts:
+            self._artifacts[num_steps] = self._read(num_steps)
+        return self._artifacts[num_steps]
+
+    def _read(self, num_steps: int | None) -> ScheduleArtifact:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CatalogueEntry(_Replay):
     """A catalogue entry (`<model>/<family>-<N>`); another step count is its family's file of that length, or an
     interpolation (see `schedules.catalogue.load_entry`)."""
 
@@ -37,8 +59,7 @@ class CatalogueEntry:
     def source(self) -> str:
         return f"learned:{self.name}"
 
-    def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
-        """The entry's artifact at `num_steps` (None: the entry's own)."""
+    def _read(self, num_steps: int | None) -> ScheduleArtifact:
         return load_entry(self.name, num_steps)
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
@@ -46,7 +67,7 @@ class CatalogueEntry:
 
 
 @dataclass(frozen=True)
-class FromFile:
+class FromFile(_Replay):
     """A ScheduleArtifact JSON file; another step count interpolates it. Errors in the file name `policy`, the file
     and the field inside it (`FileFieldError`)."""
 
@@ -56,16 +77,15 @@ class FromFile:
     def source(self) -> str:
         return f"file:{self.path}"
 
-    def artifact(self, num_steps: int | None = None) -> ScheduleArtifact:
-        """The file's artifact, interpolated to `num_steps` when given and different from its length."""
+    def _read(self, num_steps: int | None) -> ScheduleArtifact:
+        if num_steps is not None:  # the file, read once, interpolated when its length differs
+            stored = self.artifact()
+            return interpolate(stored, num_steps) if num_steps != len(stored.timesteps) else stored
         if str(self.path) in ("", "."):
             raise FieldError("policy", "file:", "names no file; use file:PATH (a schedule JSON file)")
         if not Path(self.path).exists():
             raise FieldError("policy", str(self.path), "is a schedule file that does not exist")
-        artifact = ScheduleArtifact.read(self.path, field="policy", shown=self.source)
-        if num_steps is not None and num_steps != len(artifact.timesteps):
-            return interpolate(artifact, num_steps)
-        return artifact
+        return ScheduleArtifact.read(self.path, field="policy", shown=self.source)
 
     def timesteps(self, num_steps: int | None, schedule: NoiseSchedule) -> torch.Tensor:
         return _checked(self.artifact(num_steps), schedule, str(self.path), "schedule file")
@@ -84,7 +104,7 @@ def check_model(policy: object, model: LoadedModel, *, allow_other_model: bool =
     Returns:
         With `allow_other_model` and another model, the warning to show; else None.
     """
-    if not isinstance(policy, (CatalogueEntry, FromFile)):
+    if not isinstance(policy, _Replay):
         return None
     artifact = policy.artifact()
     made_for, own = artifact.model, NoiseScheduleSpec.from_config(model.scheduler_config)
@@ -105,7 +125,7 @@ def check_model(policy: object, model: LoadedModel, *, allow_other_model: bool =
 def interpolated_from(policy: object, num_steps: int | None) -> int | None:
     """The length of the list a schedule file or catalogue entry had when `num_steps` makes the run interpolate it
     to another length (`schedules.catalogue.interpolate`); None when the run replays a stored list as it is."""
-    if num_steps is None or not isinstance(policy, (CatalogueEntry, FromFile)):
+    if num_steps is None or not isinstance(policy, _Replay):
         return None
     own = len(policy.artifact().timesteps)
     return own if own != num_steps and policy.artifact(num_steps).interpolated else None
@@ -119,7 +139,7 @@ def check_solver(policy: object, solver: str) -> None:
         policy: any policy; only a CatalogueEntry or FromFile is checked.
         solver: the run's solver name.
     """
-    if not isinstance(policy, (CatalogueEntry, FromFile)):
+    if not isinstance(policy, _Replay):
         return
     made_for = policy.artifact().solver
     if made_for != solver:
