@@ -24,7 +24,13 @@ from adaptive_sampler.policies import (
     interpolated_from,
     make_policy,
 )
-from adaptive_sampler.schedules.artifact import ConditionsRecord, ModelIdentity, NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.schedules.artifact import (
+    ConditionsRecord,
+    ModelIdentity,
+    NoiseScheduleSpec,
+    ScheduleArtifact,
+    noise_schedule_mismatch,
+)
 from adaptive_sampler.schedules.catalogue import catalogue_dir, interpolate, list_entries, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
@@ -357,6 +363,18 @@ def test_a_file_made_for_another_model_is_refused_naming_both_unless_allowed(tmp
         check_model(FromFile(path), _model("cd" * 32, beta_end=0.02))  # a new policy: one reads its file once
     make_artifact(model=ModelIdentity(name="tiny"), noise_schedule=None).save(path)
     assert check_model(FromFile(path), _model("cd" * 32, beta_end=0.02)) is None
+
+
+def test_noise_schedule_mismatch_compares_what_both_sides_describe():
+    artifact = make_artifact()
+    assert noise_schedule_mismatch(artifact, SD_SPEC) == {}
+    assert noise_schedule_mismatch(artifact, {**SD_SPEC, "beta_end": 0.02, "rescale_betas_zero_snr": True}) == {
+        "beta_end": (0.012, 0.02), "rescale_betas_zero_snr": (False, True)}
+    assert noise_schedule_mismatch(artifact, {**SD_SPEC, "prediction_type": "v_prediction"}) == {}  # not β keys
+    # a config the spec cannot describe (a β key missing, trained betas) or an artifact without one: not compared
+    assert noise_schedule_mismatch(artifact, {k: v for k, v in SD_SPEC.items() if k != "beta_start"}) == {}
+    assert noise_schedule_mismatch(artifact, {**SD_SPEC, "beta_end": 0.02, "trained_betas": [0.1] * 1000}) == {}
+    assert noise_schedule_mismatch(make_artifact(noise_schedule=None), {**SD_SPEC, "beta_end": 0.02}) == {}
 
 
 def test_a_catalogue_entry_that_records_a_hash_is_refused_on_another_model():

@@ -10,7 +10,7 @@ from adaptive_sampler.dropins.ddim import AdaptiveDDIMScheduler
 from adaptive_sampler.dropins.dpmpp_2m import AdaptiveDPMSolverMultistepScheduler
 from adaptive_sampler.dropins.unipc import AdaptiveUniPCMultistepScheduler
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.schedules.artifact import ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ScheduleArtifact, noise_schedule_mismatch
 
 DROPINS: dict[str, type[SchedulerMixin]] = {
     "ddim": AdaptiveDDIMScheduler,
@@ -31,9 +31,6 @@ SOLVER_SETTINGS: dict[str, dict[str, Any]] = {
               "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_flow_sigmas": False},
 }
 
-_BETA_FIELDS = ("beta_schedule", "beta_start", "beta_end", "rescale_betas_zero_snr")
-
-
 def use_schedule(pipe: Any, artifact: ScheduleArtifact, solver: str | None = None) -> dict[str, Any]:
     """Install on `pipe` the drop-in of `artifact.solver` and return the keyword arguments that run the artifact's
     list: `pipe(prompt, **use_schedule(pipe, artifact))`.
@@ -53,12 +50,9 @@ def use_schedule(pipe: Any, artifact: ScheduleArtifact, solver: str | None = Non
     if total != artifact.num_train_timesteps:
         raise FieldError("num_train_timesteps", artifact.num_train_timesteps, "is the artifact's, made for another "
                          f"model: the pipeline's scheduler has num_train_timesteps={total}")
-    if artifact.noise_schedule is not None:
-        for key in _BETA_FIELDS:
-            ours, theirs = getattr(artifact.noise_schedule, key), config.get(key, False)
-            if ours != theirs:
-                raise FieldError(f"noise_schedule.{key}", ours, f"differs from the pipeline's {key}={theirs!r}; the "
-                                 "list was made for another noise schedule")
+    for key, (ours, theirs) in noise_schedule_mismatch(artifact, config).items():  # the first one is refused
+        raise FieldError(f"noise_schedule.{key}", ours, f"differs from the pipeline's {key}={theirs!r}; the list "
+                         "was made for another noise schedule")
     if artifact.solver == "ddim" and artifact.fractional:
         raise FieldError("timesteps", artifact.timesteps, "is fractional; the DDIM drop-in indexes ᾱ by integer t "
                          "(round it: artifact.to_diffusers_timesteps())")

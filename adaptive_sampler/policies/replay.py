@@ -11,7 +11,7 @@ import torch
 
 from adaptive_sampler.errors import FieldError, FileFieldError
 from adaptive_sampler.noise_schedule import NoiseSchedule
-from adaptive_sampler.schedules.artifact import NoiseScheduleSpec, ScheduleArtifact
+from adaptive_sampler.schedules.artifact import ScheduleArtifact, noise_schedule_mismatch
 from adaptive_sampler.schedules.catalogue import interpolate, load_entry
 from adaptive_sampler.timesteps import validate_timesteps
 
@@ -107,12 +107,11 @@ def check_model(policy: object, model: LoadedModel, *, allow_other_model: bool =
     if not isinstance(policy, _Replay):
         return None
     artifact = policy.artifact()
-    made_for, own = artifact.model, NoiseScheduleSpec.from_config(model.scheduler_config)
+    made_for, mismatch = artifact.model, noise_schedule_mismatch(artifact, model.scheduler_config)
     if made_for.weights_sha256 is not None and made_for.weights_sha256 != model.weights_sha256:
         theirs, ours = (f"weights SHA-256 {h[:12]}…" for h in (made_for.weights_sha256, model.weights_sha256))
-    elif artifact.noise_schedule is not None and own is not None and artifact.noise_schedule != own:
-        keys = [k for k, v in artifact.noise_schedule if v != getattr(own, k)]
-        theirs, ours = (", ".join(f"{k} {getattr(spec, k)}" for k in keys) for spec in (artifact.noise_schedule, own))
+    elif mismatch:
+        theirs, ours = (", ".join(f"{k} {values[side]}" for k, values in mismatch.items()) for side in (0, 1))
     else:
         return None
     what = f"was made for model {made_for.name!r} ({theirs}); this run samples {model.name!r} ({ours})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -82,7 +82,7 @@ class NoiseScheduleSpec(BaseModel):
     rescale_betas_zero_snr: bool = False
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NoiseScheduleSpec | None:
+    def from_config(cls, config: Mapping[str, Any]) -> NoiseScheduleSpec | None:
         """The spec of a diffusers scheduler config; None for one it cannot describe (`trained_betas`, bad values)."""
         if config.get("trained_betas") is not None:
             return None
@@ -95,6 +95,16 @@ class NoiseScheduleSpec(BaseModel):
         from adaptive_sampler.noise_schedule import NoiseSchedule  # torch and diffusers: only for the σ exports
 
         return NoiseSchedule.from_config(self.model_dump())
+
+
+def noise_schedule_mismatch(artifact: ScheduleArtifact, config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The β-schedule settings in which the noise schedule `artifact` records differs from a diffusers scheduler
+    `config`'s: {key: (the artifact's value, the config's)}, empty when they agree. Nothing is compared when the
+    artifact records no noise schedule or `NoiseScheduleSpec.from_config` cannot describe the config."""
+    recorded, own = artifact.noise_schedule, NoiseScheduleSpec.from_config(config)
+    if recorded is None or own is None:
+        return {}
+    return {key: (value, getattr(own, key)) for key, value in recorded if value != getattr(own, key)}
 
 
 class ConditionsRecord(BaseModel):
