@@ -75,6 +75,7 @@ from adaptive_sampler.monitors.calibration import (
     PsnrTarget,
     X0Trace,
     calibrate_threshold,
+    default_entry_of,
     psnr_of,
     record_x0_trace,
 )
@@ -211,7 +212,7 @@ def calibrate_all(model: LoadedModel, adapter: Any, solver: str, args: argparse.
                         result = calibrate_threshold(monitor, _target(target), trace("calibration", space),
                                                      trace("heldout", space), feature_extractor=extractor)
                         done = {"spec": result.monitor, "calibrated": True, "seconds": time.perf_counter() - start,
-                                **result.to_json(), "default_entry": result.default_entry()}
+                                **result.to_json()}
                     except LPIPSWeightsMissingError as e:
                         done = {"spec": spec, "skipped": f"{type(e).__name__}: {e}"}
                 report.put("calibration", section, key, done)
@@ -490,10 +491,7 @@ def write_defaults(model: LoadedModel, report: Report, args: argparse.Namespace)
     monitors = {}
     for key, cal in report.data["calibration"].get(_section("ddim", args.steps), {}).items():
         if key.endswith(f"@{_target_label(target)}") and cal.get("calibrated") and cal["name"] not in BUDGET_NAMES:
-            if "default_entry" not in cal:
-                raise SystemExit(f"--write-defaults: {key} in {args.json} was calibrated by an older version of "
-                                 "this script; calibrate again (--restart)")
-            monitors[cal["name"]] = cal["default_entry"]
+            monitors[cal["name"]] = default_entry_of(cal)
     entry["steps"][str(args.steps)] = {
         "policy": "uniform", "solver": "ddim", "eta": 0.0, "network_rows": args.network_rows,
         "calibration_seeds": args.calibration_seeds, "heldout_seeds": args.heldout_seeds,

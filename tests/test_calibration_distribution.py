@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from adaptive_sampler.monitors import (
     monitor_from_spec,
     record_x0_trace,
 )
+from adaptive_sampler.monitors.calibration import default_entry_of
 from adaptive_sampler.sampler import sample
 from helpers import build_tiny_unet, tiny_scheduler_config
 
@@ -82,6 +84,17 @@ def test_a_stricter_distribution_target_never_exits_earlier(traces):
     loose, strict = calibrate(traces, "fid", 50.0), calibrate(traces, "fid", 0.0)
     assert strict.calibration.nfe_mean >= loose.calibration.nfe_mean
     assert loose.calibration.nfe_mean < len(TIMESTEPS)  # the loose target lets samples exit: not vacuous
+
+
+def test_the_defaults_entry_derives_from_the_results_record_an_older_one_included(traces):
+    result = calibrate(traces, "kid", 10.0)
+    record = json.loads(json.dumps(result.to_json()))  # as bench_early_exit.py's results file holds it
+    assert default_entry_of(record) == result.default_entry()
+    assert result.default_entry()["heldout_distribution"] == result.heldout.distribution is not None
+    del record["target_distribution"], record["heldout"]["distribution"]  # written before distribution targets
+    older = default_entry_of(record)
+    assert older["target_distribution"] is None and older["heldout_distribution"] is None
+    assert older["threshold"] == result.threshold and older["heldout_psnr"] == result.heldout.psnr
 
 
 @pytest.mark.parametrize("build, field, rule", [

@@ -337,16 +337,27 @@ class CalibrationResult:
         return data
 
     def default_entry(self) -> dict[str, Any]:
-        """The record `calibrated_defaults.json` keeps for this monitor."""
-        return {
-            "threshold": self.threshold, "guardrails": self.guardrails, "target_psnr": self.target_psnr,
-            "target_feature_distance": self.target_feature_distance,
-            "target_distribution": self.target_distribution, "heldout_distribution": self.heldout.distribution,
-            "calibration_nfe_mean": self.calibration.nfe_mean, "heldout_nfe_mean": self.heldout.nfe_mean,
-            "heldout_psnr": self.heldout.psnr, "heldout_psnr_p10": self.heldout.psnr_p10,
-            "heldout_feature_distance": self.heldout.feature_distance,
-            "n_calibration": self.n_calibration, "n_heldout": self.n_heldout,
-        }
+        """The record `calibrated_defaults.json` keeps for this monitor (`default_entry_of` its `to_json()`)."""
+        return default_entry_of(self.to_json())
+
+
+def default_entry_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The record `calibrated_defaults.json` keeps for a monitor, from its `CalibrationResult.to_json()` as a
+    results file holds it (one written before the distribution targets existed gives None for those).
+
+    Args:
+        result: a `CalibrationResult.to_json()`.
+    """
+    held = result["heldout"]
+    return {
+        "threshold": result["threshold"], "guardrails": result["guardrails"], "target_psnr": result["target_psnr"],
+        "target_feature_distance": result["target_feature_distance"],
+        "target_distribution": result.get("target_distribution"), "heldout_distribution": held.get("distribution"),
+        "calibration_nfe_mean": result["calibration"]["nfe_mean"], "heldout_nfe_mean": held["nfe_mean"],
+        "heldout_psnr": held["psnr"], "heldout_psnr_p10": held["psnr_p10"],
+        "heldout_feature_distance": held["feature_distance"],
+        "n_calibration": result["n_calibration"], "n_heldout": result["n_heldout"],
+    }
 
 
 def _candidates(monitor: ThresholdMonitor, scores: torch.Tensor, num_steps: int, grid_size: int) -> list[float]:
@@ -452,6 +463,6 @@ def calibrate_threshold(monitor: ThresholdMonitor, target: CalibrationTarget, ca
 
 __all__ = [
     "CalibrationResult", "CalibrationTarget", "DistributionScorer", "DistributionTarget", "ExitSimulation",
-    "FeatureDistanceTarget", "PsnrTarget", "X0Trace", "calibrate_threshold", "feature_distance_matrix",
-    "mse_matrix", "psnr_of", "record_x0_trace",
+    "FeatureDistanceTarget", "PsnrTarget", "X0Trace", "calibrate_threshold", "default_entry_of",
+    "feature_distance_matrix", "mse_matrix", "psnr_of", "record_x0_trace",
 ]
