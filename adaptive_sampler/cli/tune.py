@@ -6,10 +6,16 @@ that model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from adaptive_sampler.cli.common import CliError, options_command
 from adaptive_sampler.tuning.settings import TuneOptions
+
+if TYPE_CHECKING:  # the command imports torch and optuna only when it runs, not for --help
+    from adaptive_sampler.tuning.export import HeldoutScore
+    from adaptive_sampler.tuning.runner import TunePlan
 
 
 @options_command(TuneOptions)
@@ -38,22 +44,33 @@ def tune_command(options: TuneOptions) -> None:
     finished: dict[str, int] = {}
     bar = tqdm(total=0, desc="tuning", unit="trial", disable=True)
 
-    def on_start(tuner: Tuner, marked: dict[str, list[int]]) -> None:
+    plans: list[TunePlan] = []
+    walls: list[tuple[float, int | None]] = []  # this process's trials: wall time, steps of a complete one
+
+    def on_start(tuner: Tuner, marked: dict[str, list[int]], plan: TunePlan) -> None:
         nonlocal bar
         for name, numbers in marked.items():
             if numbers:
                 typer.echo(f"{name}: marked running trials {numbers} as failed")
         started.append(tuner)
+        plans.append(plan)
         finished.update(tuner.finished_counts())
         total = settings.trials * len(finished)
         typer.echo(f"{tuner.model.name}: {settings.mode} tuning of {settings.space} schedules for steps "
                    f"{list(settings.steps)} ({settings.objective}, {tuner.tuning_seeds.n} samples per trial, solver "
                    f"{settings.solver}); storage {where}; {sum(finished.values())}/{total} trials already finished")
+        if sum(finished.values()) < total:
+            typer.echo(plan_line(plan, settings.method))
         bar = tqdm(total=total, initial=min(sum(finished.values()), total), desc="tuning", unit="trial")
 
     def on_trial(report: TrialReport) -> None:
         finished[report.study_name] = report.finished
         bar.n = min(sum(finished.values()), bar.total)
+        if report.wall_s is not None:
+            walls.append((report.wall_s, report.steps if report.state == "complete" else None))
+            left = time_left(plans[0], walls, bar.total - bar.n)
+            if left is not None:
+                bar.set_postfix_str(left)
         bar.refresh()
         value = f"{report.value:.4g}" if report.value is not None else "-"
         warm = f"  [warm start: {report.warm_start}]" if report.warm_start else ""
@@ -101,13 +118,55 @@ def tune_command(options: TuneOptions) -> None:
         return
     typer.echo(f"held-out {settings.objective} (seed {tuner.heldout_seeds.seed}, n={tuner.heldout_seeds.n}):")
     for score in exported.learned:
-        rivals = [b for b in exported.baselines if b.steps == score.steps]
-        better = max if tuner.objective.direction == "maximize" else min
-        best_builtin = better(rivals, key=lambda b: b.evaluation.value) if rivals else None
-        uniform = next((b for b in rivals if b.label == "uniform"), None)
-        versus = (f"; uniform {uniform.evaluation.value:.4g}" if uniform is not None else "") + (
-            f"; best built-in {best_builtin.label} {best_builtin.evaluation.value:.4g}"
-            if best_builtin is not None else "")
-        typer.echo(f"  {score.steps:>3} steps: learned {score.evaluation.value:.4g}{versus} "
+        typer.echo(f"  {score.steps:>3} steps: {heldout_line(score, exported.baselines, tuner.objective.direction)} "
                    f"-> {exported.schedules[score.steps]}")
     typer.echo(f"plots: {exported.pareto_png}, {exported.timesteps_png}; report: {exported.report_json}")
+
+
+def plan_line(plan: TunePlan, method: str) -> str:
+    """The plan of a run in one line: warm starts and search trials per study, and the held-out scoring."""
+    if plan.search_trials == 0:
+        head = (f"plan: only warm starts run: --trials {plan.trials} <= {plan.warm_starts} warm starts per study, so "
+                f"no search trial (give --trials above {plan.warm_starts} to search)")
+    else:
+        search = {"cmaes": "CMA-ES", "tpe+cmaes": "TPE then CMA-ES", "ld3": "LD3"}.get(method, "TPE")
+        head = f"plan per study: {plan.warm_starts} warm starts, then {plan.search_trials} {search} trials"
+    head += f"; {plan.tuning_n} tuning samples per trial"
+    if plan.heldout_n is not None:
+        head += (f"; then the best list and {plan.heldout_lists - 1} built-ins per budget on {plan.heldout_n} "
+                 "held-out samples" + (f" (reference: {plan.reference_steps} steps)" if plan.reference_steps else ""))
+    return head
+
+
+def time_left(plan: TunePlan, walls: list[tuple[float, int | None]], trials_left: int) -> str | None:
+    """"≈ N min left": the remaining trials at this process's mean trial time, plus the held-out scoring at the
+    seconds per sample and step of its complete trials (None before a trial has completed)."""
+    per_pass = [wall / (plan.tuning_n * steps) for wall, steps in walls if steps]
+    if not per_pass:
+        return None
+    search = trials_left * sum(wall for wall, _ in walls) / len(walls)
+    heldout = plan.heldout_sample_steps() * sorted(per_pass)[len(per_pass) // 2]
+    return f"≈ {(search + heldout) / 60:.1f} min left" + (" incl. held-out scoring" if heldout else "")
+
+
+def heldout_line(learned: HeldoutScore, baselines: list[HeldoutScore], direction: str) -> str:
+    """The learned list's held-out score against uniform, the best built-in policy and the other baselines (AYS) of
+    its step count, each with the learned list's change (a percentage for a score to minimise, else a difference)."""
+    from adaptive_sampler.policies import STATIC_POLICIES
+
+    maximize = direction == "maximize"
+
+    def versus(rival: HeldoutScore) -> str:
+        mine, theirs = learned.evaluation.value, rival.evaluation.value
+        change = f"{mine - theirs:+.3g}" if maximize else f"{(mine / theirs - 1) * 100:+.0f} %" if theirs else "-"
+        return f"{rival.label} {theirs:.4g} (learned {change})"
+
+    rivals = [b for b in baselines if b.steps == learned.steps]
+    policies = [b for b in rivals if b.label in STATIC_POLICIES]
+    best = max(policies, key=lambda b: b.evaluation.value if maximize else -b.evaluation.value, default=None)
+    shown = [b for b in policies if b.label == "uniform"] + ([best] if best and best.label != "uniform" else [])
+    line = f"learned {learned.evaluation.value:.4g}"
+    if shown:
+        line += "; vs " + ", best built-in ".join(versus(b) for b in shown)
+    others = [b for b in rivals if b.label not in STATIC_POLICIES]
+    return line + "".join(f"; {versus(b)}" for b in others)

@@ -43,6 +43,7 @@ class ExportResult:
     """Files written by `export_best` and the held-out scores behind them."""
 
     schedules: dict[int, Path]
+    artifacts: dict[int, ScheduleArtifact]
     learned: list[HeldoutScore]
     baselines: list[HeldoutScore]
     pareto_png: Path | None
@@ -145,13 +146,14 @@ def export_best(
         return HeldoutScore(label, steps, list(ts), cache[key])
 
     schedules: dict[int, Path] = {}
+    artifacts: dict[int, ScheduleArtifact] = {}
     learned = []
     for b in best:
         scored = score("learned", b.steps, b.timesteps)
         learned.append(scored)
-        path = schedule_path(export_dir, tuner.model.name, s.solver, b.steps)
-        schedule_artifact(tuner, b, scored.evaluation, prompts_file).save(path)  # atomic
-        schedules[b.steps] = path
+        schedules[b.steps] = schedule_path(export_dir, tuner.model.name, s.solver, b.steps)
+        artifacts[b.steps] = schedule_artifact(tuner, b, scored.evaluation, prompts_file)
+        artifacts[b.steps].save(schedules[b.steps])  # atomic
     baseline_scores = [score(name, b.steps, ts.tolist()) for b in best
                        for name, ts in baseline_lists(tuner, b.steps).items()] if baselines else []
     pareto_png = timesteps_png = report_json = None
@@ -171,7 +173,7 @@ def export_best(
             "baselines": [_score_json(x) for x in baseline_scores],
         }
         atomic_write_bytes(report_json, (json.dumps(report, indent=2) + "\n").encode())
-    return ExportResult(schedules, learned, baseline_scores, pareto_png, timesteps_png, report_json)
+    return ExportResult(schedules, artifacts, learned, baseline_scores, pareto_png, timesteps_png, report_json)
 
 
 def _score_json(score: HeldoutScore) -> dict[str, Any]:

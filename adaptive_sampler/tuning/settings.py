@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.options import ModelOptions
 
 if TYPE_CHECKING:
     from adaptive_sampler.tuning.objectives import Objective
+
+
+QUICK_N, QUICK_HELDOUT_N = 256, 64  # `--quick`: a first try in minutes
 
 
 class TuneSettings(BaseModel):
@@ -55,7 +58,10 @@ class TuneSettings(BaseModel):
     heldout_seed: int = Field(1_000_000, ge=0, description="seed of the held-out samples (never used for tuning)")
     reference_steps: int = Field(200, ge=2, description="steps of the fidelity reference (cached)")
     warm_start: bool = Field(True, description=(
-        "enqueue the DP initialiser, every built-in policy and AYS as the first trials"))
+        "enqueue the DP initialiser, the shipped catalogue list, every built-in policy and AYS as the first trials"))
+    catalogue_warm_start: bool = Field(True, description=(
+        "with --warm-start, also start from the catalogue's shipped list for this model, solver and budget; "
+        "--no-catalogue-warm-start: any win over the built-ins is this search's own"))
     dp_grid: int = Field(50, ge=2, description="timesteps in the DP initialiser's grid")
     dp_trajectories: int = Field(8, ge=1, description="reference trajectories behind the DP cost matrix")
     dp_fine_steps: int = Field(200, ge=2, description="steps of the DP initialiser's reference trajectories")
@@ -136,11 +142,11 @@ class TuneOptions(TuneSettings, ModelOptions):
     help_panels: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model and conditioning": ("model", "prompt", "prompts", "negative_prompt", "guidance_scale", "class_labels",
                                    "classes", "height", "width", "allow_pickle"),
-        "Search": ("steps", "trials", "solver", "space", "mode", "method", "seed", "n", "warm_start", "dp_grid",
-                   "dp_trajectories", "dp_fine_steps", "sampler_seed", "pruner_startup_trials", "cmaes_sigma0",
-                   "ld3_iterations", "ld3_train_n", "ld3_batch_size"),
+        "Search": ("steps", "trials", "solver", "space", "mode", "method", "seed", "n", "warm_start",
+                   "catalogue_warm_start", "dp_grid", "dp_trajectories", "dp_fine_steps", "sampler_seed",
+                   "pruner_startup_trials", "cmaes_sigma0", "ld3_iterations", "ld3_train_n", "ld3_batch_size"),
         "Scoring": ("objective", "features", "reference", "fid_limit", "heldout_n", "heldout_seed", "reference_steps",
-                    "baselines"),
+                    "baselines", "quick"),
         "Storage and export": ("study_name", "storage", "export", "plots", "cache_dir", "fail_running"),
         "Devices": ("device", "network_rows", "batch_size"),
     }
@@ -156,11 +162,28 @@ class TuneOptions(TuneSettings, ModelOptions):
     plots: Path | None = Field(None, description=(
         "folder for pareto.png, timesteps.png and report.json when exporting; default runs/tune/<study>"))
     baselines: bool = Field(True, description="score every built-in policy on the held-out seeds for the Pareto plot")
+    quick: bool = Field(False, description=(
+        f"a first try: at most {QUICK_N} tuning samples per trial unless --n, {QUICK_HELDOUT_N} held-out samples "
+        "unless --heldout-n, and no baselines"))
     cache_dir: Path = Field(Path("runs/cache"), description="cache of fidelity references and DP cost matrices")
     fail_running: bool = Field(False, description=(
         "first mark trials left RUNNING by a killed worker as failed (only when no other worker is alive); needed "
         "only for a journal on a disk shared between machines: RDB storages do this by heartbeat, and a run on "
         "the killed worker's machine by itself"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("quick"):
+            return data
+        from adaptive_sampler.tuning.objectives import get_objective
+
+        try:
+            default_n = get_objective(data.get("objective", "fid")).default_n
+        except FieldError:
+            return data  # the objective's own validator says what is wrong with it
+        return data | {"n": data.get("n") or min(default_n, QUICK_N),
+                       "heldout_n": data.get("heldout_n") or QUICK_HELDOUT_N, "baselines": False}
 
     def settings(self) -> TuneSettings:
         """The part of the options that decides the search."""

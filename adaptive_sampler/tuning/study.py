@@ -140,6 +140,8 @@ class Tuner:
         self.evaluator = ScheduleEvaluator(model, self.objective, self.tuning_seeds, solver=settings.solver,
                                            reference_steps=settings.reference_steps, batch_size=settings.batch_size,
                                            cache_dir=cache_dir, adapter=self.adapter)
+        if settings.method in ("cmaes", "tpe+cmaes"):  # before any trial: tpe+cmaes needs it only halfway
+            require_extra("cmaes", "cmaes", f"--method {settings.method}")
         if settings.method != "tpe" and settings.mode == "pareto":
             raise FieldError("method", settings.method, "needs --mode per-budget: CMA-ES and LD3 optimise one "
                                                         "objective per budget")
@@ -193,7 +195,6 @@ class Tuner:
             # start from a whole population; a local search from one known good list needs exactly x0 and sigma0
             warnings.simplefilter("ignore", FutureWarning)
             if cmaes_from is not None:  # {}: no trial to start from, CMA-ES starts at the centre of the space
-                require_extra("cmaes", "cmaes", f"--method {self.settings.method}")
                 return optuna.samplers.CmaEsSampler(x0=cmaes_from or None, sigma0=self.settings.cmaes_sigma0,
                                                     seed=self.settings.sampler_seed, warn_independent_sampling=False)
             return optuna.samplers.TPESampler(seed=self.settings.sampler_seed, multivariate=True, group=True,
@@ -237,11 +238,12 @@ class Tuner:
             merged.setdefault(tuple(decoded.tolist()), []).append(tag)
         return {"+".join(tags): torch.tensor(ts) for ts, tags in merged.items()}
 
-    def _warm_starts(self, steps_list: Sequence[int], pareto: bool) -> list[WarmStart]:
+    def warm_starts(self, steps_list: Sequence[int], pareto: bool) -> list[WarmStart]:
+        """The warm-start trials a new study enqueues for `steps_list` (its budgets), in order."""
         out = []
         for n in steps_list:
             prefix = f"n{n}." if pareto else ""
-            for tag, ts in self.warm_start_lists(n).items():
+            for tag, ts in self.warm_start_lists(n, shipped=self.settings.catalogue_warm_start).items():
                 params: dict[str, Any] = encode_params(self.space, ts, self.schedule, prefix)
                 if pareto:
                     params = {"steps": n, **params}
@@ -328,7 +330,7 @@ class Tuner:
         if s.method == "ld3" and steps is not None:
             warm = functools.partial(self._ld3_warm_start, steps)
         elif s.warm_start:
-            warm = functools.partial(self._warm_starts, budgets, pareto)
+            warm = functools.partial(self.warm_starts, budgets, pareto)
         return open_study(self.storage, name, self._directions(), config=self._config(steps),
                           provenance={"settings": s.model_dump(mode="json")}, sampler=self._sampler(cmaes_from),
                           pruner=pruner, warm_starts=warm).study
@@ -371,7 +373,7 @@ class Tuner:
             if steps is not None and s.method in ("cmaes", "tpe+cmaes"):
                 # CMA-ES is a local search: it starts from the best trial so far (the best warm start for cmaes,
                 # the best of TPE's first half for tpe+cmaes), with a small step size
-                warm_count = len(self._warm_starts([steps], False)) if s.warm_start else 0
+                warm_count = len(self.warm_starts([steps], False)) if s.warm_start else 0
                 handover = warm_count if s.method == "cmaes" else max(s.trials // 2, warm_count)
                 run(study, objective, min(handover, s.trials))
                 best = _best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
@@ -380,7 +382,7 @@ class Tuner:
             workers[name] = run(study, objective, s.trials)
         return TuneRun(workers=workers, best=self.best(), wall_s=time.perf_counter() - start)
 
-    def _stored(self) -> dict[int | None, optuna.Study]:
+    def stored_studies(self) -> dict[int | None, optuna.Study]:
         """The studies of `study_names` that exist, by step count."""
         names = set(optuna.study.get_all_study_names(self.storage))
         return {steps: optuna.load_study(study_name=name, storage=self.storage)
@@ -388,7 +390,7 @@ class Tuner:
 
     def trial_counts(self) -> dict[str, TrialCounts]:
         """Trials per state of each study now (all zero for studies that do not exist yet)."""
-        stored = self._stored()
+        stored = self.stored_studies()
         return {name: trial_counts(stored[steps]) if steps in stored else TrialCounts(0, 0, 0, 0)
                 for steps, name in self.study_names().items()}
 
@@ -400,7 +402,7 @@ class Tuner:
         """The best complete trial per step count, from the stored studies (budgets without one are left out)."""
         maximize = self.objective.direction == "maximize"
         out = []
-        for steps, study in self._stored().items():
+        for steps, study in self.stored_studies().items():
             complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                         if "timesteps" in t.user_attrs]
             for n in ([steps] if steps is not None else list(self.settings.steps)):
