@@ -25,7 +25,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import command, environment, load_report, markdown_table, save_report
+from harness import environment, load_report, markdown_table, save_report
 from tqdm.auto import tqdm
 
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -168,7 +168,8 @@ def main() -> None:
     config = {"n": args.n, "seed": args.seed, "calibration_n": args.calibration_n,
               "calibration_seed": args.calibration_seed}
     results = load_report(args.json, {"config": config, "calibration": {}, "rows": {}}, "config")
-    results["command"], results["environment"] = command(), environment()
+    results.pop("command", None)  # an older file's; environment() records the command
+    results["environment"] = environment()
 
     def save() -> None:
         save_report(args.json, results)

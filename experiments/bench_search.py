@@ -30,7 +30,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from harness import RESULTS, command, environment, load_report, markdown_table, save_report
+from harness import RESULTS, environment, load_report, markdown_table, save_report
 
 from adaptive_sampler import sample
 from adaptive_sampler.metrics.evaluation import score_samples
@@ -282,7 +282,8 @@ def main() -> None:
         print(markdown(args.json) + "\n\n" + catalogue_markdown())
         return
     results = load_report(args.json, {"combos": {}})
-    results["command"], results["environment"] = command(), environment()
+    results.pop("command", None)  # an older file's; environment() records the command
+    results["environment"] = environment()
     results["floors"] = floors()
     model = load_model("embedded")
     if args.ship:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import ROOT, command, environment, save_report
+from harness import ROOT, environment, save_report
 
 
 def contenders(cli_group: str) -> dict[str, list[str]]:
@@ -56,7 +56,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<34} median {row['median_s']:6.2f} s  min {row['min_s']:6.2f} s  "
               f"{row['vs_import_torch']:5.2f}x import torch")
-    save_report(args.json, {"repo": str(args.repo), "repeats": args.repeats, "rows": rows, "command": command(),
+    save_report(args.json, {"repo": str(args.repo), "repeats": args.repeats, "rows": rows,
                             "environment": environment()})
 
 
