@@ -80,6 +80,13 @@ class NoiseSchedule:
         lam = self.log_snr(timesteps.device)
         return torch.lerp(lam[low], lam[(low + 1).clamp(max=self.num_train_timesteps - 1)], t - low)
 
+    def sigma_at(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """σ_t (float64) at integer or fractional timesteps in [0, T-1]: an integer t reads `sigmas()`; a floating one
+        is e^{-λ/2}, λ interpolated in log-SNR (`log_snr_at`) as the sampler interpolates ᾱ."""
+        if not timesteps.is_floating_point():
+            return self.sigmas().to(timesteps.device)[timesteps]
+        return (-self.log_snr_at(timesteps) / 2).exp()
+
     def sigmas(self) -> torch.Tensor:
         """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) in float64, the noise level of σ-parameterised samplers (Karras et al. 2022)."""
         a = self.alphas_cumprod.double()

@@ -34,6 +34,15 @@ def test_alpha_bar_at_whole_floats_is_the_table_and_between_steps_is_log_snr_int
     assert a.dtype == torch.float64 and SCHEDULE.alpha_bar(torch.tensor([1.5])).dtype == torch.float32
 
 
+def test_sigma_at_reads_the_table_at_integers_and_matches_the_interpolated_alpha_bar_between_them():
+    steps = torch.tensor([999, 450, 0])
+    assert torch.equal(SCHEDULE.sigma_at(steps), SCHEDULE.sigmas()[steps])
+    t = torch.tensor([999.0, 450.5, 12.25, 0.0], dtype=torch.float64)
+    sigma, a = SCHEDULE.sigma_at(t), SCHEDULE.alpha_bar(t).double()
+    assert sigma.dtype == torch.float64 and bool((sigma[:-1] > sigma[1:]).all())
+    torch.testing.assert_close(sigma, ((1 - a) / a).sqrt(), rtol=1e-5, atol=0)  # ᾱ is float32 (1 - ᾱ: ~1e-6)
+
+
 def test_diffusers_unet_takes_float_timesteps_through_its_sinusoidal_embedding():
     unet = build_tiny_unet()
     x = torch.randn(2, *TINY_SHAPE, generator=torch.Generator().manual_seed(0))

@@ -69,16 +69,13 @@ def timesteps_of_sigmas(sigmas: ListInput, schedule: NoiseSchedule) -> list[int 
     return [int(w) if abs(v - w) < _SNAP else float(v) for v, w in zip(t, whole, strict=True)]
 
 
-def multistep_sigmas(listed: torch.Tensor, alphas_cumprod: torch.Tensor, config: Any) -> torch.Tensor:
+def multistep_sigmas(listed: torch.Tensor, schedule: NoiseSchedule, config: Any) -> torch.Tensor:
     """σ at each listed t then the final σ (`config.final_sigmas_type`), float32, as diffusers' multistep schedulers
-    keep them: an integer t reads their σ table; a fractional t takes σ = e^{-λ/2}, λ interpolated in log-SNR as the
-    project's sampler does."""
-    a = alphas_cumprod
+    keep them: an integer t reads their σ table; a fractional t takes `schedule.sigma_at` (λ interpolated in log-SNR
+    as the project's sampler does)."""
+    a = schedule.alphas_cumprod
     table = ((1 - a) / a) ** 0.5  # float32, computed as diffusers computes it
-    if listed.is_floating_point():
-        sigmas = (-NoiseSchedule(alphas_cumprod).log_snr_at(listed.cpu()) / 2).exp().float()
-    else:
-        sigmas = table[listed.cpu()]
+    sigmas = schedule.sigma_at(listed.cpu()) if listed.is_floating_point() else table[listed.cpu()]
     if config.final_sigmas_type == "zero":
         last = torch.zeros(1)
     elif config.final_sigmas_type == "sigma_min":
@@ -96,10 +93,12 @@ def _refuse_other_sigma_spacings(config: Any, keys: Sequence[str]) -> None:
                              f"set {key}=False")
 
 
-def _install_list(scheduler: Any, listed: torch.Tensor, device: str | torch.device | None) -> None:
+def _install_list(scheduler: Any, listed: torch.Tensor, schedule: NoiseSchedule,
+                  device: str | torch.device | None) -> None:
     """Replace the list and σs of a multistep scheduler on which its parent's `set_timesteps` has just run for the
-    same number of steps (so its history, step and begin index are reset as diffusers resets them)."""
-    scheduler.sigmas = multistep_sigmas(listed, scheduler.alphas_cumprod, scheduler.config)
+    same number of steps (so its history, step and begin index are reset as diffusers resets them); `schedule` is
+    the scheduler's own."""
+    scheduler.sigmas = multistep_sigmas(listed, schedule, scheduler.config)
     dtype = torch.float32 if listed.is_floating_point() else torch.int64
     scheduler.timesteps = listed.to(device=device, dtype=dtype)
     scheduler.num_inference_steps = len(listed)
@@ -111,11 +110,11 @@ def plan_pass(scheduler: Any, parent_set_timesteps: Callable[[int | None], None]
     """The `set_timesteps` of the multistep drop-ins: a step count is spaced by the diffusers parent; a list runs
     the parent for as many steps (which resets the history as diffusers resets it), then replaces its timesteps and
     σs. A list refuses the config keys in `sigma_spacings`, which set the σs themselves."""
-    listed = custom_list(scheduler.config.num_train_timesteps, num_inference_steps, timesteps, sigmas,
-                         NoiseSchedule(scheduler.alphas_cumprod))
+    schedule = NoiseSchedule(scheduler.alphas_cumprod)
+    listed = custom_list(scheduler.config.num_train_timesteps, num_inference_steps, timesteps, sigmas, schedule)
     if listed is None:
         parent_set_timesteps(num_inference_steps)
         return
     _refuse_other_sigma_spacings(scheduler.config, sigma_spacings)
     parent_set_timesteps(len(listed))
-    _install_list(scheduler, listed, device)
+    _install_list(scheduler, listed, schedule, device)

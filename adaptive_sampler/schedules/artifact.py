@@ -204,18 +204,16 @@ class ScheduleArtifact(BaseModel):
         return rounded
 
     def to_sigmas(self, schedule: NoiseSchedule | None = None) -> list[float]:
-        """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) at each timestep plus the final 0, for σ-based schedulers' `sigmas=`."""
+        """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) at each timestep plus the final 0, for σ-based schedulers' `sigmas=`; a
+        fractional list's σ interpolates in log-SNR (`NoiseSchedule.sigma_at`)."""
         schedule = schedule or self._own_schedule()
         if schedule.num_train_timesteps != self.num_train_timesteps:
             raise FieldError("schedule", schedule.num_train_timesteps, "training timesteps differ from the "
                              f"artifact's num_train_timesteps={self.num_train_timesteps}")
-        if not self.fractional:
-            sigmas = schedule.sigmas().numpy()[np.asarray(self.timesteps)]
-        else:  # σ = exp(-λ/2), λ interpolated between training steps as the sampler does
-            import torch
+        import torch
 
-            sigmas = (-schedule.log_snr_at(torch.tensor(self.timesteps, dtype=torch.float64)) / 2).exp().numpy()
-        return [float(s) for s in sigmas] + [0.0]
+        t = torch.tensor(self.timesteps, dtype=torch.float64 if self.fractional else torch.int64)
+        return [*schedule.sigma_at(t).tolist(), 0.0]
 
     def to_comfyui_sigmas(self, schedule: NoiseSchedule | None = None) -> str:
         """ComfyUI SIGMAS as text: comma-separated σ values ending in 0 (for string-to-SIGMAS nodes)."""
