@@ -43,14 +43,12 @@ DEFAULT_FINISH = Finish()
 _FINISH_RULE = "write x0, tail, tail:K or tail:K:SPACING with K an integer in [1, 10] and SPACING logsnr or t"
 
 
-def parse_finish(finish: str | Finish | None) -> Finish:
-    """`x0` | `tail` | `tail:K` | `tail:K:SPACING` (or a Finish; None = `DEFAULT_FINISH`) -> Finish."""
+def parse_finish(finish: str | None) -> Finish:
+    """`x0` | `tail` | `tail:K` | `tail:K:SPACING` (None = `DEFAULT_FINISH`) -> Finish."""
     if finish is None:
         return DEFAULT_FINISH
-    if isinstance(finish, Finish):
-        return finish
     if not isinstance(finish, str):
-        raise FieldError("finish", finish, f"is neither a string nor a Finish; {_FINISH_RULE}")
+        raise FieldError("finish", finish, f"is not a string; {_FINISH_RULE}")
     mode, *rest = [part.strip() for part in finish.split(":")]
     if mode == "x0" and not rest:
         return Finish(mode="x0")

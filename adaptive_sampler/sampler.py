@@ -276,6 +276,7 @@ def sample(
             `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.
         finish: how an ended sample finishes: `Finish(mode="x0")` returns x̂0 of that evaluation, `Finish(steps=K,
             spacing=...)` takes K more steps to t = 0 with the run's solver, counted in NFE; None: `DEFAULT_FINISH`.
+            Anything else (a string: `finish.parse_finish` reads one) is a FieldError.
         noise: [n, *shape], replaces the initial draws (e.g. a pipeline's `latents`); η-noise still comes from
             (seed, i).
         grad: keep the autograd graph instead of running in inference mode, so that a loss on the samples reaches
@@ -286,6 +287,9 @@ def sample(
         raise FieldError("noise", tuple(noise.shape), f"is not the shape of {n} samples of {tuple(shape)}")
     model.check_conditioning(conditioning)
     planner = plan if isinstance(plan, Planner) else StaticPlan(plan, model.schedule.num_train_timesteps)
+    if finish is not None and not isinstance(finish, Finish):
+        raise FieldError("finish", finish, "is not a Finish; pass Finish(mode=\"x0\"), Finish(steps=K, spacing=\"t\") "
+                         f"or None ({DEFAULT_FINISH.spec()}); finish.parse_finish turns a string such as 'x0' into one")
     finish_mode = finish if finish is not None else DEFAULT_FINISH
     if monitor is not None and finish_mode.mode == "tail":
         planner = FinishingPlan(planner, finish_mode)

@@ -53,11 +53,19 @@ def test_tail_timesteps_are_descending_end_at_zero_and_pad_with_minus_one(adapte
 def test_finish_strings_and_their_errors():
     assert parse_finish("x0") == Finish(mode="x0") and parse_finish("tail") == Finish()
     assert parse_finish("tail:3:t") == Finish(steps=3, spacing="t") and parse_finish("tail:1").steps == 1
-    assert parse_finish(Finish(steps=2)).spec() == "tail:2:t" and Finish().spec() == "tail:3:t"
-    for bad in ("tail:0", "tail:x", "tail:2:sigma", "stop", "x0:1", 3):
+    assert Finish(steps=2).spec() == "tail:2:t" and Finish().spec() == "tail:3:t"
+    for bad in ("tail:0", "tail:x", "tail:2:sigma", "stop", "x0:1", 3, Finish()):
         with pytest.raises(FieldError) as err:
             parse_finish(bad)  # type: ignore[arg-type]
         assert err.value.field == "finish"
+
+
+@pytest.mark.parametrize("finish", ["x0", "tail:3:t", 3])
+def test_sample_refuses_a_finish_that_is_not_a_finish(adapter, finish):
+    with pytest.raises(FieldError) as err:
+        sample(adapter, LIST, TINY_SHAPE, 1, finish=finish)
+    assert (err.value.field, err.value.value) == ("finish", finish)
+    assert 'pass Finish(mode="x0")' in err.value.rule and "parse_finish" in err.value.rule
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
