@@ -86,6 +86,22 @@ def test_a_stricter_distribution_target_never_exits_earlier(traces):
     assert loose.calibration.nfe_mean < len(TIMESTEPS)  # the loose target lets samples exit: not vacuous
 
 
+def test_each_trace_is_featurised_once_for_the_distribution_and_the_feature_distance(traces):
+    images_seen: list[int] = []
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        images_seen.append(len(images))
+        return pooled(images)
+
+    for metric in ("fid", "kid"):  # a second target on the same traces extracts no trace features again
+        calibrate_threshold(ChangeMonitor("l2", 0.0), DistributionTarget(
+            metric, 10.0, feature_extractor=counting, reference_features=REFERENCE), *traces,
+            feature_extractor=counting)
+    # each trace: every step's x̂0 and the final samples once; each call: the held-out exits' fidelity (two calls)
+    assert len(images_seen) == 2 * (len(TIMESTEPS) + 1) + 2 * 2
+    assert all(trace.features[id(counting)].distance is not None for trace in traces)
+
+
 def test_the_defaults_entry_derives_from_the_results_record_an_older_one_included(traces):
     result = calibrate(traces, "kid", 10.0)
     record = json.loads(json.dumps(result.to_json()))  # as bench_early_exit.py's results file holds it

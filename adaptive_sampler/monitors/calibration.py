@@ -13,6 +13,7 @@ latent or decoded x̂0 (`space=`); the `CalibrationTarget` is always measured on
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,10 +39,22 @@ _PSNR_EPS = 1e-8
 
 
 @dataclass
+class TraceFeatures:
+    """What `extractor` makes of a trace, on the CPU as it returns them: `steps` [n, K, d] of x̂0 at every step,
+    `final` [n, d] of the final samples, and `distance` [n, K] between the two (`feature_distance_matrix`)."""
+
+    extractor: FeatureExtractor  # held, so that its id, the key of `X0Trace.features`, is not reused
+    steps: torch.Tensor
+    final: torch.Tensor
+    distance: torch.Tensor | None = None
+
+
+@dataclass
 class X0Trace:
     """x̂0 of every step of full runs: `x0` [n, K, *shape] on the CPU in the monitor's `space`, the final `samples`,
     the `timesteps` [K] and each row's (seed, index). Traced in a latent model's latent space, `images` and
-    `image_samples` hold the decoded copies the fidelity is measured on (None: `x0` and `samples` are images)."""
+    `image_samples` hold the decoded copies the fidelity is measured on (None: `x0` and `samples` are images).
+    `cache` (`mse_matrix`) and `features` (`trace_features`, per extractor) keep what calibration derives once."""
 
     x0: torch.Tensor
     samples: torch.Tensor
@@ -53,6 +66,7 @@ class X0Trace:
     cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     images: torch.Tensor | None = None
     image_samples: torch.Tensor | None = None
+    features: dict[int, TraceFeatures] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_x0(self) -> torch.Tensor:
@@ -166,14 +180,29 @@ def psnr_of(mse: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.double() + _PSNR_EPS)
 
 
+def trace_features(trace: X0Trace, extractor: FeatureExtractor) -> TraceFeatures:
+    """The features of `trace` under `extractor`, extracted on its first call for that pair (`trace.features`)."""
+    found = trace.features.get(id(extractor))
+    if found is None:
+        steps = torch.stack([extractor(trace.image_x0[:, k]).cpu() for k in range(trace.num_steps)], dim=1)
+        found = trace.features[id(extractor)] = TraceFeatures(extractor, steps, extractor(trace.final_images).cpu())
+    return found
+
+
+@functools.cache
+def _embedded_extractor() -> EmbeddedFeatureExtractor:
+    """The one embedded feature net of every default, so that a trace's features under it are extracted once."""
+    return EmbeddedFeatureExtractor()
+
+
 def feature_distance_matrix(trace: X0Trace, feature_extractor: FeatureExtractor) -> torch.Tensor:
     """L2 distance [n, K] between features of x̂0 of every step and of the final sample (cached per extractor)."""
-    key = f"features-{id(feature_extractor)}"
-    if key not in trace.cache:
-        target = feature_extractor(trace.final_images).float().cpu()
-        trace.cache[key] = torch.stack([(feature_extractor(trace.image_x0[:, k]).float().cpu() - target).norm(dim=1)
-                                        for k in range(trace.num_steps)], dim=1)
-    return trace.cache[key]
+    found = trace_features(trace, feature_extractor)
+    if found.distance is None:
+        final = found.final.float()
+        found.distance = torch.stack([(found.steps[:, k].float() - final).norm(dim=1)
+                                      for k in range(trace.num_steps)], dim=1)
+    return found.distance
 
 
 class CalibrationTarget(abc.ABC):
@@ -253,7 +282,7 @@ class DistributionTarget(CalibrationTarget):
 
     def distribution(self, trace: X0Trace) -> DistributionScorer:
         reference = embedded_reference_features() if self.reference_features is None else self.reference_features
-        return DistributionScorer(self.metric, self.feature_extractor or EmbeddedFeatureExtractor(),
+        return DistributionScorer(self.metric, self.feature_extractor or _embedded_extractor(),
                                   reference.double().cpu(), trace)
 
     def met(self, simulation: ExitSimulation, full_distribution: float | None) -> bool:
@@ -266,7 +295,7 @@ class DistributionTarget(CalibrationTarget):
 
 
 class DistributionScorer:
-    """FID or KID of any choice of one x̂0 per sample of a trace (features computed once), and `full`'s."""
+    """FID or KID of any choice of one x̂0 per sample of a trace (`trace_features`), and `full`'s."""
 
     def __init__(self, metric: Literal["fid", "kid"], extractor: FeatureExtractor, reference: torch.Tensor,
                  trace: X0Trace) -> None:
@@ -274,10 +303,10 @@ class DistributionScorer:
         if metric == "fid" and trace.n <= dim:
             raise FieldError("samples_per_seed", trace.n, f"samples per seed set are too few for FID in a {dim}-"
                              f"dimensional feature space; give more than {dim}, or use a KID target")
-        self.features = torch.stack([extractor(trace.image_x0[:, k]).double().cpu()
-                                     for k in range(trace.num_steps)], dim=1)  # [n, K, d]
+        found = trace_features(trace, extractor)
+        self.features = found.steps  # [n, K, d]
         self.reference = FeatureStatistics.from_features(reference) if metric == "fid" else KidReference(reference)
-        self.full = self._score(extractor(trace.final_images).double().cpu())
+        self.full = self._score(found.final.double())
 
     def _score(self, features: torch.Tensor) -> float:
         if isinstance(self.reference, FeatureStatistics):
@@ -285,7 +314,7 @@ class DistributionScorer:
         return kid(features, self.reference)
 
     def __call__(self, exit_step: torch.Tensor) -> float:
-        return self._score(self.features[torch.arange(len(exit_step)), exit_step])
+        return self._score(self.features[torch.arange(len(exit_step)), exit_step].double())
 
 
 @dataclass(frozen=True)
@@ -426,7 +455,7 @@ def calibrate_threshold(monitor: ThresholdMonitor, target: CalibrationTarget, ca
     if grid_size < 2:
         raise FieldError("grid_size", grid_size, "is below 2")
     if feature_extractor is None and isinstance(target, FeatureDistanceTarget):
-        feature_extractor = EmbeddedFeatureExtractor()
+        feature_extractor = _embedded_extractor()
     num_steps = calibration.num_steps
     cal_dist, held_dist = target.distribution(calibration), target.distribution(heldout)
     cal_full = None if cal_dist is None else cal_dist.full
@@ -463,6 +492,6 @@ def calibrate_threshold(monitor: ThresholdMonitor, target: CalibrationTarget, ca
 
 __all__ = [
     "CalibrationResult", "CalibrationTarget", "DistributionScorer", "DistributionTarget", "ExitSimulation",
-    "FeatureDistanceTarget", "PsnrTarget", "X0Trace", "calibrate_threshold", "default_entry_of",
-    "feature_distance_matrix", "mse_matrix", "psnr_of", "record_x0_trace",
+    "FeatureDistanceTarget", "PsnrTarget", "TraceFeatures", "X0Trace", "calibrate_threshold", "default_entry_of",
+    "feature_distance_matrix", "mse_matrix", "psnr_of", "record_x0_trace", "trace_features",
 ]
