@@ -126,9 +126,11 @@ class EvalOptions(DrawOptions):
         "number of samples; must exceed the feature dimension (128)"))
     bootstrap: int = Field(0, ge=0, le=10**5, description="bootstrap resamplings for 95% intervals of FID and KID")
     features: str = Field("embedded", description=(
-        "metric back-end: embedded (Fashion-MNIST features, shipped reference), inception:PATH (pytorch-fid weights "
-        "file), clip:PATH (transformers CLIP folder: FID features and CLIP score), fidelity[:lpips[:NET]] (PSNR/SSIM/"
-        "LPIPS to a many-step reference of the same noise) or label (class agreement)"))
+        "metric back-end: embedded (Fashion-MNIST features, shipped reference; FID/KID in the held-out space "
+        "beside), heldout (the held-out Fashion-MNIST features alone, which no search scores in), inception:PATH "
+        "(pytorch-fid weights file), clip:PATH (transformers CLIP folder: FID features and CLIP score), "
+        "fidelity[:lpips[:NET]] (PSNR/SSIM/LPIPS to a many-step reference of the same noise), label or "
+        "label:heldout (class agreement by either classifier)"))
     reference: Path | None = Field(None, description=(
         "reference statistics .npz (mu, sigma; from `adaptive-sampler stats`) in the --features space"))
     reference_steps: int = Field(200, description="steps of the many-step reference (--features fidelity)")

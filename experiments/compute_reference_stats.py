@@ -7,6 +7,7 @@ Writes into --out (default: the package's embedded/ folder):
   real_test_images.safetensors          the first 20 test images (uint8 [20, 28, 28]) and labels, for tests
 
     python experiments/compute_reference_stats.py --data /usr/share/datasets/fashion-mnist
+    python experiments/compute_reference_stats.py --data /usr/share/datasets/fashion-mnist --space heldout
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from tqdm import tqdm
 
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
 from adaptive_sampler.metrics.distribution import fid
+from adaptive_sampler.metrics.feature_net import SPACES
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor
-from adaptive_sampler.metrics.statistics import EMBEDDED_DIR, FeatureStatistics
+from adaptive_sampler.metrics.statistics import (
+    EMBEDDED_DIR,
+    FeatureStatistics,
+    reference_features_path,
+    reference_statistics_path,
+)
 
 N_REFERENCE = 10_000
 N_TEST_IMAGES = 20
@@ -38,19 +45,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None, help="folder with the four Fashion-MNIST idx files")
     p.add_argument("--out", type=Path, default=EMBEDDED_DIR)
+    p.add_argument("--space", choices=SPACES, default="searched")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    extractor = EmbeddedFeatureExtractor(device=args.device)
+    extractor = EmbeddedFeatureExtractor(device=args.device, space=args.space)
 
     stats = {}
     for split in ("test", "train"):
         images, labels = load_fashion_mnist(split, args.data)
         features = features_of(images[:N_REFERENCE], extractor, split).cpu()
         stats[split] = FeatureStatistics.from_features(features)
-        stats[split].save(args.out / f"reference_stats_{split}.safetensors")
+        stats[split].save(args.out / reference_statistics_path(split, args.space).name)
         if split == "test":
-            save_file({"features": features.half().contiguous()}, str(args.out / "reference_features_test.safetensors"))
+            save_file({"features": features.half().contiguous()},
+                      str(args.out / reference_features_path(args.space).name))
             save_file(
                 {
                     "images": torch.from_numpy(images[:N_TEST_IMAGES].copy()),
@@ -59,7 +68,7 @@ def main() -> None:
                 str(args.out / "real_test_images.safetensors"),
             )
     floor = fid(stats["train"], stats["test"])
-    print(f"real-vs-real FID floor (first {N_REFERENCE} train vs {N_REFERENCE} test): {floor:.4f}")
+    print(f"{args.space} space: real-vs-real FID floor (first {N_REFERENCE} train vs {N_REFERENCE} test): {floor:.4f}")
 
 
 if __name__ == "__main__":

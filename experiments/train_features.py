@@ -1,6 +1,9 @@
-"""Train the embedded feature network (a Fashion-MNIST classifier) and write its weights as safetensors.
+"""Train an embedded feature network (a Fashion-MNIST classifier, training split only) and write its weights as
+safetensors: the searched space (`--arch searched`, feature_net.safetensors) or the held-out one (`--arch heldout`,
+heldout_feature_net.safetensors: another architecture and seed, never used by a search).
 
     python experiments/train_features.py --out runs/features --epochs 15
+    python experiments/train_features.py --arch heldout --seed 1 --epochs 8 --out runs/heldout_features
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from adaptive_sampler.datasets import load_fashion_mnist, to_model_range
-from adaptive_sampler.metrics.feature_net import FashionFeatureNet
+from adaptive_sampler.metrics.feature_net import FashionFeatureNet, HeldoutFeatureNet
+
+ARCHITECTURES = {"searched": (FashionFeatureNet, "feature_net.safetensors"),
+                 "heldout": (HeldoutFeatureNet, "heldout_feature_net.safetensors")}
 
 
-def accuracy(net: FashionFeatureNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     net.eval()
     with torch.inference_mode():
         correct = sum((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
@@ -34,6 +40,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit-images", type=int, default=None, help="train on the first N images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="searched")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +55,8 @@ def main() -> None:
     x_test = to_model_range(test_images).to(device)
     y_test = torch.from_numpy(test_labels.astype("int64")).to(device)
 
-    net = FashionFeatureNet().to(device)
+    architecture, filename = ARCHITECTURES[args.arch]
+    net = architecture().to(device)
     steps_per_epoch = (len(x) + args.batch_size - 1) // args.batch_size
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
@@ -70,7 +78,7 @@ def main() -> None:
         acc = accuracy(net, x_test, y_test)
         logging.info("epoch %d loss %.4f test_acc %.4f", epoch + 1, loss.item(), acc)
         print(f"epoch {epoch + 1}: test accuracy {acc:.4f}")
-    save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(args.out / "feature_net.safetensors"))
+    save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(args.out / filename))
 
 
 if __name__ == "__main__":

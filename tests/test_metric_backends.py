@@ -115,7 +115,7 @@ def test_inception_backend_errors_name_features(tmp_path):
 
 @pytest.mark.parametrize("spec", ["inception", "clip", "fidelity:ssim", "lpips", "Embedded", "embedded:x", ""])
 def test_unknown_backend_names_features(spec):
-    with pytest.raises(FieldError, match=r"^features: .* is not a metric back-end; use one of embedded, "
+    with pytest.raises(FieldError, match=r"^features: .* is not a metric back-end; use one of embedded, heldout, "
                                          r"inception:PATH, clip:PATH"):
         make_backend(spec)
 

@@ -4,6 +4,7 @@ Fashion-MNIST feature space: FID/KID/precision/recall) against reference statist
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,13 +29,14 @@ _COLUMNS = {"fid": ("FID", ".3f"), "kid": ("KID", ".4f"), "precision": ("precisi
 
 @options_command(EvalOptions)
 def eval_command(options: EvalOptions) -> None:
-    """Sample, then score them: FID/KID/precision/recall in the embedded Fashion-MNIST feature space by default,
-    or with another metric back-end (--features) against reference statistics (--reference)."""
+    """Sample, then score them: FID/KID/precision/recall in the embedded Fashion-MNIST feature space by default
+    (with FID and KID in the held-out space beside them), or with another metric back-end (--features) against
+    reference statistics (--reference)."""
     from rich.console import Console
     from rich.table import Table
 
     from adaptive_sampler import distributed
-    from adaptive_sampler.metrics.evaluation import EvaluationReport, check_embedded_space
+    from adaptive_sampler.metrics.evaluation import EvaluationReport, check_embedded_space, score_samples
 
     outputs = OutputPaths.check(save=options.save, json=options.json_path)  # before any work; all-or-nothing
     if options.features != "embedded" or options.reference is not None:
@@ -46,13 +48,19 @@ def eval_command(options: EvalOptions) -> None:
     metrics = distributed.score(images, bootstrap=options.bootstrap, seed=seed)  # torchrun: features gathered
     if not distributed.is_main():  # under torchrun, rank 0 writes and prints
         return
+    # the held-out space: no search or calibration scores in it, so a list that fits the searched one shows here
+    heldout = score_samples(images, bootstrap=options.bootstrap, seed=seed, space="heldout")
     report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
-    table = Table(title=f"{drawn.loaded.name}: {solver}, {drawn.policy}, {drawn.steps_text}, η={eta}")
-    for column in ("FID", "KID", "precision", "recall", "NFE", "n", "wall s"):
+    table = Table(title=f"{drawn.loaded.name}: {solver}, {drawn.policy}, {drawn.steps_text}, η={eta}; "
+                        f"NFE {result.nfe_mean:.1f}, n {n}, {result.wall_s:.1f} s")
+    table.add_column("feature space")
+    for column in ("FID", "KID", "precision", "recall"):
         table.add_column(column, justify="right")
-    table.add_row(f"{metrics.fid:.3f}", f"{metrics.kid:.4f}", f"{metrics.precision:.3f}", f"{metrics.recall:.3f}",
-                  f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
-    _write(outputs, images, {**drawn.report(solver=solver, eta=eta), **report.to_json()})
+    for space, scores in (("searched (embedded)", metrics), ("held-out", heldout)):
+        table.add_row(space, f"{scores.fid:.3f}", f"{scores.kid:.4f}", f"{scores.precision:.3f}",
+                      f"{scores.recall:.3f}")
+    heldout_json = {k: v for k, v in asdict(heldout).items() if v is not None}
+    _write(outputs, images, {**drawn.report(solver=solver, eta=eta), **report.to_json(heldout_space=heldout_json)})
     Console().print(table)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.clip import ClipFeatureExtractor, LocalClip
-from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, Space
 from adaptive_sampler.metrics.features import (
     FID_INCEPTION_FILENAME,
     FID_INCEPTION_URL,
@@ -27,7 +27,8 @@ from adaptive_sampler.metrics.features import (
 )
 from adaptive_sampler.metrics.fidelity import fidelity_per_sample
 
-BACKEND_SPECS = ("embedded", "inception:PATH", "clip:PATH", "fidelity", "fidelity:lpips[:alex|vgg|squeeze]", "label")
+BACKEND_SPECS = ("embedded", "heldout", "inception:PATH", "clip:PATH", "fidelity", "fidelity:lpips[:alex|vgg|squeeze]",
+                 "label", "label:heldout")
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,13 @@ def _check_embedded_shape(spec: str, sample_shape: Sequence[int]) -> None:
 
 
 class EmbeddedBackend(MetricBackend):
-    """The shipped Fashion-MNIST classifier's features; its reference is shipped too (`scoring.embedded_reference`)."""
+    """A shipped Fashion-MNIST classifier's features, `embedded` (the searched space) or `heldout` (the held-out
+    one, which no search objective takes); the references are shipped too (`scoring.embedded_reference`)."""
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.spec = "embedded"
-        self.feature_extractor = EmbeddedFeatureExtractor(device=device)
+    def __init__(self, device: torch.device | str | None = None, space: Space = "searched") -> None:
+        self.spec = "embedded" if space == "searched" else space
+        self.space = space
+        self.feature_extractor = EmbeddedFeatureExtractor(device=device, space=space)
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
         _check_embedded_shape(self.spec, sample_shape)
@@ -166,14 +169,15 @@ class FidelityBackend(MetricBackend):
 
 
 class LabelBackend(MetricBackend):
-    """Whether the embedded Fashion-MNIST classifier puts each sample in the class it was asked for."""
+    """Whether an embedded Fashion-MNIST classifier (the searched space's, or with `label:heldout` the held-out
+    one's) puts each sample in the class it was asked for."""
 
     metric_names = ("label_agreement",)
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.spec = "label"
+    def __init__(self, device: torch.device | str | None = None, space: Space = "searched") -> None:
+        self.spec = "label" if space == "searched" else f"label:{space}"
         self.device = torch.device(device) if device is not None else None
-        self.classifier = load_embedded_feature_net()
+        self.classifier = load_embedded_feature_net(space)
 
     def check_shape(self, sample_shape: Sequence[int]) -> None:
         _check_embedded_shape(self.spec, sample_shape)
@@ -202,10 +206,10 @@ def make_backend(spec: str, device: torch.device | str | None = None) -> MetricB
         device: where its network runs.
     """
     name, _, arg = spec.partition(":")
-    if spec == "embedded":
-        return EmbeddedBackend(device)
-    if spec == "label":
-        return LabelBackend(device)
+    if spec in ("embedded", "heldout"):
+        return EmbeddedBackend(device, "searched" if spec == "embedded" else "heldout")
+    if spec in ("label", "label:heldout"):
+        return LabelBackend(device, "searched" if spec == "label" else "heldout")
     if spec == "fidelity":
         return FidelityBackend()
     if name in ("inception", "clip") and arg:

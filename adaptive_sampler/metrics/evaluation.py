@@ -9,7 +9,7 @@ import torch
 
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.distribution import DistributionMetrics, distribution_metrics
-from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, Space
 from adaptive_sampler.metrics.features import EmbeddedFeatureExtractor
 from adaptive_sampler.metrics.statistics import embedded_reference_features, embedded_reference_statistics
 
@@ -47,14 +47,16 @@ def check_embedded_space(sample_shape: tuple[int, ...], n: int) -> None:
                          f"FID needs n > {FEATURE_DIM}")
 
 
-def score_samples(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0) -> DistributionMetrics:
+def score_samples(samples: torch.Tensor, bootstrap: int = 0, seed: int = 0,
+                  space: Space = "searched") -> DistributionMetrics:
     """FID/KID/precision/recall of samples [n, 1, 32, 32] in [-1, 1] against the Fashion-MNIST test set.
 
     Args:
         samples: [n, 1, 32, 32] in [-1, 1].
         bootstrap: resamplings for FID/KID intervals (0: none).
         seed: the bootstrap's seed.
+        space: the embedded feature space, searched (the default, the one tuning scores in) or heldout.
     """
-    features = EmbeddedFeatureExtractor()(samples)
-    return distribution_metrics(features, embedded_reference_features(), embedded_reference_statistics("test"),
-                                bootstrap=bootstrap, seed=seed)
+    features = EmbeddedFeatureExtractor(space=space)(samples)
+    return distribution_metrics(features, embedded_reference_features(space),
+                                embedded_reference_statistics("test", space), bootstrap=bootstrap, seed=seed)

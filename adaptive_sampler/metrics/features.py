@@ -1,6 +1,7 @@
 """Feature extractors: images in [-1, 1] -> feature vectors [n, dim], the space FID/KID/precision-recall live in.
 
-The shipped Fashion-MNIST classifier (128-d) and pytorch-fid's InceptionV3 from a weights file the user supplies;
+The shipped Fashion-MNIST classifiers (128-d; the searched space and the held-out one, see `feature_net`) and
+pytorch-fid's InceptionV3 from a weights file the user supplies;
 CLIP image features live in `clip`. Nothing here downloads.
 """
 
@@ -16,10 +17,18 @@ from torch import nn
 from torchvision.models import inception_v3
 
 from adaptive_sampler.errors import FieldError
-from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM, FashionFeatureNet
+from adaptive_sampler.metrics.feature_net import (
+    EMBEDDED_IMAGE_SHAPE,
+    FEATURE_DIM,
+    SPACES,
+    FashionFeatureNet,
+    HeldoutFeatureNet,
+    Space,
+)
 from adaptive_sampler.metrics.resize import check_images, clean_preprocess
 
 EMBEDDED_FEATURE_NET = Path(__file__).resolve().parent.parent / "embedded" / "feature_net.safetensors"
+HELDOUT_FEATURE_NET = EMBEDDED_FEATURE_NET.with_name("heldout_feature_net.safetensors")
 FID_INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_INCEPTION_FILENAME}"
 INCEPTION_FEATURE_DIM = 2048
@@ -51,15 +60,18 @@ def _check_batch_size(batch_size: int) -> None:
         raise FieldError("batch_size", batch_size, "is not a positive integer")
 
 
-def load_embedded_feature_net() -> FashionFeatureNet:
-    """The shipped Fashion-MNIST classifier (94.05 % test accuracy), in eval mode on the CPU."""
-    net = FashionFeatureNet()
-    net.load_state_dict(load_file(EMBEDDED_FEATURE_NET))
+def load_embedded_feature_net(space: Space = "searched") -> FashionFeatureNet | HeldoutFeatureNet:
+    """A shipped Fashion-MNIST classifier, in eval mode on the CPU: the searched space's (94.05 % test accuracy) or
+    the held-out space's (another architecture and seed, never used by a search or a calibration)."""
+    if space not in SPACES:
+        raise FieldError("space", space, f"is not one of {', '.join(SPACES)}")
+    net = FashionFeatureNet() if space == "searched" else HeldoutFeatureNet()
+    net.load_state_dict(load_file(EMBEDDED_FEATURE_NET if space == "searched" else HELDOUT_FEATURE_NET))
     return net.eval()
 
 
 class _PenultimateFeatures(nn.Module):
-    def __init__(self, net: FashionFeatureNet) -> None:
+    def __init__(self, net: FashionFeatureNet | HeldoutFeatureNet) -> None:
         super().__init__()
         self.net = net
 
@@ -68,15 +80,17 @@ class _PenultimateFeatures(nn.Module):
 
 
 class EmbeddedFeatureExtractor:
-    """Penultimate features (128-d) of the shipped classifier for images [n, 1, 32, 32] in [-1, 1], clamped first
-    as saving them would; computed on `device` (default: the images')."""
+    """Penultimate features (128-d) of a shipped classifier (`space`: searched or heldout) for images
+    [n, 1, 32, 32] in [-1, 1], clamped first as saving them would; computed on `device` (default: the images')."""
 
-    def __init__(self, device: torch.device | str | None = None, batch_size: int = 1000) -> None:
+    def __init__(self, device: torch.device | str | None = None, batch_size: int = 1000,
+                 space: Space = "searched") -> None:
         _check_batch_size(batch_size)
+        self.space = space
         self.dim = FEATURE_DIM
         self.device = torch.device(device) if device is not None else None
         self.batch_size = batch_size
-        self._net = _PenultimateFeatures(load_embedded_feature_net())
+        self._net = _PenultimateFeatures(load_embedded_feature_net(space))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != EMBEDDED_IMAGE_SHAPE:

@@ -16,6 +16,7 @@ import torch
 from adaptive_sampler.errors import FieldError
 from adaptive_sampler.metrics.backends import EmbeddedBackend, MetricBackend, ScoringBatch, make_backend
 from adaptive_sampler.metrics.distribution import KidReference, distribution_metrics, fid, kid
+from adaptive_sampler.metrics.feature_net import Space
 from adaptive_sampler.metrics.statistics import (
     FeatureStatistics,
     embedded_reference_features,
@@ -41,11 +42,17 @@ class Reference:
         return KidReference(self.features) if self.features is not None else None
 
 
-@functools.lru_cache(maxsize=1)
-def embedded_reference() -> Reference:
-    """The shipped embedded features and moments of the 10,000 Fashion-MNIST test images."""
-    return Reference(embedded_reference_statistics("test"), "embedded:fashion-mnist-test",
-                     embedded_reference_features())
+def embedded_reference(space: Space = "searched") -> Reference:
+    """The shipped features and moments of the 10,000 Fashion-MNIST test images in an embedded feature space (read
+    once per space)."""
+    return _embedded_reference(space)
+
+
+@functools.lru_cache(maxsize=2)  # one per embedded space
+def _embedded_reference(space: Space) -> Reference:
+    return Reference(embedded_reference_statistics("test", space),
+                     f"{'embedded' if space == 'searched' else space}:fashion-mnist-test",
+                     embedded_reference_features(space))
 
 
 def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Reference | None:
@@ -57,7 +64,7 @@ def resolve_reference(backend: MetricBackend, path: Path | str | None) -> Refere
         path: an npz file, or None.
     """
     if path is None:
-        return embedded_reference() if isinstance(backend, EmbeddedBackend) else None
+        return embedded_reference(backend.space) if isinstance(backend, EmbeddedBackend) else None
     if backend.dim is None:
         raise FieldError("reference", str(path), f"is given, but the back-end {backend.spec!r} has no feature space "
                                                  "to compare it in (use embedded, inception:PATH or clip:PATH)")

@@ -19,17 +19,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.metrics.feature_net import Space
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
-REFERENCE_FEATURES_PATH = EMBEDDED_DIR / "reference_features_test.safetensors"
 _FORMAT = "adaptive_sampler.FeatureStatistics"
+_PREFIX = {"searched": "", "heldout": "heldout_"}  # file names of each embedded space's reference
 
 
-def reference_statistics_path(split: Literal["test", "train"]) -> Path:
-    """Where the shipped moments of `split` (test or train) live."""
+def reference_statistics_path(split: Literal["test", "train"], space: Space = "searched") -> Path:
+    """Where the shipped moments of `split` (test or train) in the embedded `space` live."""
     if split not in ("test", "train"):
         raise FieldError("split", split, "is not one of 'test', 'train'")
-    return EMBEDDED_DIR / f"reference_stats_{split}.safetensors"
+    return EMBEDDED_DIR / f"{_PREFIX[space]}reference_stats_{split}.safetensors"
+
+
+def reference_features_path(space: Space = "searched") -> Path:
+    """Where the shipped features of the Fashion-MNIST test images in the embedded `space` live."""
+    return EMBEDDED_DIR / f"{_PREFIX[space]}reference_features_test.safetensors"
 
 
 @dataclass(frozen=True)
@@ -122,15 +128,19 @@ class FeatureStatistics:
         return cls(mean=tensors["mean"].double(), cov=tensors["cov"].double(), n=int(metadata["n"]))
 
 
-def embedded_reference_statistics(split: Literal["test", "train"] = "test") -> FeatureStatistics:
-    """Shipped embedded-feature moments of Fashion-MNIST: all 10,000 `test` images or the first 10,000 `train`.
+def embedded_reference_statistics(split: Literal["test", "train"] = "test",
+                                  space: Space = "searched") -> FeatureStatistics:
+    """Shipped moments of Fashion-MNIST in an embedded feature space: all 10,000 `test` images or the first 10,000
+    `train`.
 
     Args:
         split: test or train.
+        space: searched or heldout (see `metrics.feature_net`).
     """
-    return FeatureStatistics.load(reference_statistics_path(split))
+    return FeatureStatistics.load(reference_statistics_path(split, space))
 
 
-def embedded_reference_features() -> torch.Tensor:
-    """Shipped embedded features [10000, 128] of the Fashion-MNIST test images (for KID and precision-recall)."""
-    return load_file(REFERENCE_FEATURES_PATH)["features"].float()
+def embedded_reference_features(space: Space = "searched") -> torch.Tensor:
+    """Shipped features [10000, 128] of the Fashion-MNIST test images in an embedded space (for KID and
+    precision-recall)."""
+    return load_file(reference_features_path(space))["features"].float()

@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.metrics.evaluation import score_samples
+from adaptive_sampler.metrics.feature_net import EMBEDDED_IMAGE_SHAPE, FEATURE_DIM
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter
 from adaptive_sampler.models import LoadedModel
 from adaptive_sampler.policies import Uniform
@@ -54,7 +56,9 @@ class ScheduleEvaluator:
     `objective` is a registered objective's name or an `Objective` (e.g. a `configured` one). `reference(chunk)` is
     the many-step result of a chunk (`reference_steps` uniform steps of the same solver from the same noise), cached
     under `cache_dir` (None: in memory only). `conditioning` goes to the sampler for every chunk, and sample i of a
-    chunk is scored against `prompts[i % P]` and `labels[i % L]`.
+    chunk is scored against `prompts[i % P]` and `labels[i % L]`. With `heldout_space` (for the export's held-out
+    scores, never for a search), samples of the embedded Fashion-MNIST shape are also scored with FID and KID in the
+    held-out feature space (`heldout_space_fid`, `heldout_space_kid` in the metrics).
     """
 
     model: LoadedModel
@@ -69,6 +73,7 @@ class ScheduleEvaluator:
     conditioning: Conditioning | None = None
     prompts: Sequence[str] | None = None
     labels: Sequence[int] | None = None
+    heldout_space: bool = False
     _references: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,10 +146,24 @@ class ScheduleEvaluator:
         """
         ts = validate_timesteps(timesteps, self.model_adapter.schedule.num_train_timesteps)
         start = time.perf_counter()
-        chunks = ((chunk, self.sample(ts, chunk)) for chunk in range(len(self.seeds.chunks)))
+        audit = (self.heldout_space and tuple(self.model.image_shape) == EMBEDDED_IMAGE_SHAPE
+                 and self.seeds.n > FEATURE_DIM)
+        kept: list[torch.Tensor] = []
+
+        def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+            for chunk in range(len(self.seeds.chunks)):
+                images = self.sample(ts, chunk)
+                if audit:
+                    kept.append(images)
+                yield chunk, images
+
         score = Score(float("nan"), {})
-        for rung, score in zip(self.seeds.rungs, self.scorer.evaluate(chunks, self), strict=False):
+        for rung, score in zip(self.seeds.rungs, self.scorer.evaluate(chunks(), self), strict=False):
             if on_rung is not None and rung >= self.scorer.min_n and rung < self.seeds.n:
                 on_rung(rung, score.value)
-        return Evaluation(value=score.value, metrics=score.metrics, n=self.seeds.n, nfe=float(len(ts)),
+        metrics = dict(score.metrics)
+        if audit:
+            heldout = score_samples(torch.cat(kept), space="heldout")
+            metrics |= {"heldout_space_fid": heldout.fid, "heldout_space_kid": heldout.kid}
+        return Evaluation(value=score.value, metrics=metrics, n=self.seeds.n, nfe=float(len(ts)),
                           wall_s=time.perf_counter() - start)

@@ -134,7 +134,7 @@ def export_best(
     s = tuner.settings  # the tuner's objective on its held-out seeds
     evaluator = ScheduleEvaluator(tuner.model, tuner.objective, tuner.heldout_seeds, solver=s.solver,
                                   reference_steps=s.reference_steps, batch_size=s.batch_size,
-                                  cache_dir=tuner.cache_dir, adapter=tuner.adapter)
+                                  cache_dir=tuner.cache_dir, adapter=tuner.adapter, heldout_space=True)
     cache: dict[tuple[int, ...], Evaluation] = {}
 
     def score(label: str, steps: int, ts: list[int]) -> HeldoutScore:
