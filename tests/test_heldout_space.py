@@ -74,3 +74,18 @@ def test_eval_reports_fid_and_kid_in_both_spaces(tmp_path: Path) -> None:
     assert report["fid"] > 0 and report["heldout_space"]["fid"] > 0 and report["heldout_space"]["kid"] is not None
     assert report["heldout_space"]["fid"] != report["fid"]
     assert "held-out" in run.out  # the table's columns (rich may wrap their titles)
+
+
+def test_the_exports_evaluator_scores_in_the_heldout_space_and_a_searchs_does_not(tmp_path: Path) -> None:
+    from adaptive_sampler.models import load_model
+    from adaptive_sampler.tuning.evaluator import ScheduleEvaluator
+    from adaptive_sampler.tuning.seeds import SeedSet
+
+    model = load_model("embedded")
+    seeds = SeedSet(1_000_000, (130,))  # FID needs more samples than the 128 feature dimensions
+    searched = ScheduleEvaluator(model, "kid", seeds, batch_size=130, cache_dir=tmp_path)
+    audited = ScheduleEvaluator(model, "kid", seeds, batch_size=130, cache_dir=tmp_path, heldout_space=True)
+    plain, both = searched.evaluate([999, 500]), audited.evaluate([999, 500])
+    assert "heldout_space_fid" not in plain.metrics  # a search's evaluator never looks at the held-out space
+    assert both.value == plain.value and both.metrics["kid"] == plain.metrics["kid"]
+    assert both.metrics["heldout_space_fid"] > 0 and both.metrics["heldout_space_kid"] != both.metrics["kid"]
