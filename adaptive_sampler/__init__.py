@@ -20,7 +20,7 @@ _EXPORTS = {
     "Conditioning": "model_adapter", "ModelAdapter": "model_adapter", "Prediction": "model_adapter",
     "X0Processing": "model_adapter",
     "LoadedModel": "models", "embedded_model_dir": "models", "embedded_t2i_dir": "models", "load_model": "models",
-    "Conditions": "pipeline",
+    "Conditions": "pipeline", "GuidanceInterval": "guidance",
     "NoiseSchedule": "noise_schedule",
     "Finish": "finish", "Planner": "planner", "StaticPlan": "planner", "StepDecision": "planner",
     "StepObservation": "planner",
@@ -38,12 +38,12 @@ _EXPORTS = {
 }
 __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
     "AdaptiveDDIMScheduler", "AdaptiveDPMSolverMultistepScheduler", "AdaptiveUniPCMultistepScheduler", "Conditioning",
-    "Conditions", "DDIM", "FieldError", "Finish", "LoadedModel", "ModelAdapter", "ModelIdentity", "NoiseSchedule",
-    "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy", "Prediction", "SampleResult", "SamplingOptions",
-    "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan", "StepDecision", "StepInfo", "StepObservation",
-    "StepSizeControl", "TuneOptions", "TuneResult", "X0Processing", "ddim_sigma", "ddim_step", "discretize",
-    "embedded_model_dir", "embedded_t2i_dir", "interpolate", "list_entries", "load_entry", "load_model", "make_policy",
-    "make_solver", "sample", "tune", "use_schedule", "validate_timesteps",
+    "Conditions", "DDIM", "FieldError", "Finish", "GuidanceInterval", "LoadedModel", "ModelAdapter", "ModelIdentity",
+    "NoiseSchedule", "NoiseScheduleSpec", "NonFiniteOutputError", "Planner", "Policy", "Prediction", "SampleResult",
+    "SamplingOptions", "ScheduleArtifact", "Solver", "StaticPlan", "SteeredPlan", "StepDecision", "StepInfo",
+    "StepObservation", "StepSizeControl", "TuneOptions", "TuneResult", "X0Processing", "ddim_sigma", "ddim_step",
+    "discretize", "embedded_model_dir", "embedded_t2i_dir", "interpolate", "list_entries", "load_entry", "load_model",
+    "make_policy", "make_solver", "sample", "tune", "use_schedule", "validate_timesteps",
 ]
 
 
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     )
     from adaptive_sampler.errors import FieldError
     from adaptive_sampler.finish import Finish
+    from adaptive_sampler.guidance import GuidanceInterval
     from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, Prediction, X0Processing
     from adaptive_sampler.models import LoadedModel, embedded_model_dir, embedded_t2i_dir, load_model
     from adaptive_sampler.noise_schedule import NoiseSchedule

@@ -52,6 +52,9 @@ class ModelOptions(BaseModel):
     guidance_scale: float | None = Field(None, description=(
         "classifier-free guidance scale >= 1; default: the model's recommended scale (3 for embedded-t2i), else 7.5 "
         "for text-to-image models, 1 (no guidance) otherwise"))
+    guidance_interval: str | None = Field(None, description=(
+        "HIGH:LOW, e.g. 700:200: guidance only at the timesteps t with LOW <= t <= HIGH (text-to-image models with "
+        "guidance); outside it a step skips the unconditional rows and costs 1 network evaluation per sample, not 2"))
     class_labels: str | None = Field(None, description=(
         "class labels of a class-conditional model, e.g. 0,3,7; sample i takes label i mod L"))
     classes: str | None = Field(None, description=(
@@ -63,6 +66,15 @@ class ModelOptions(BaseModel):
         "bitwise batch-size invariant), buckets[:MIN] (padded to a power of two), all or 0 (no padding)"))
     device: str = Field("auto", description="auto, cpu, cuda, …")
     allow_pickle: bool = Field(False, description="allow pickled .bin/.pt weights (they can run code)")
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _valid_guidance_interval(cls, value: str | None) -> str | None:
+        from adaptive_sampler.guidance import GuidanceInterval  # no torch
+
+        if value is not None:
+            GuidanceInterval.parse(value)  # FieldError naming guidance_interval; the model's range: when bound
+        return value
 
     @field_validator("network_rows")
     @classmethod
@@ -79,7 +91,7 @@ class ModelOptions(BaseModel):
 
         return Conditions.from_flags(prompt=self.prompt, prompts=self.prompts, negative_prompt=self.negative_prompt,
                                      guidance_scale=self.guidance_scale, class_labels=self.class_labels,
-                                     classes=self.classes)
+                                     classes=self.classes, guidance_interval=self.guidance_interval)
 
 
 class DrawOptions(ModelOptions):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from adaptive_sampler.errors import FieldError
+from adaptive_sampler.guidance import GuidanceInterval
 from adaptive_sampler.model_adapter import Conditioning, ModelAdapter, RowSpec
 
 DEFAULT_TEXT_GUIDANCE = 7.5  # StableDiffusionPipeline's default
@@ -164,7 +165,9 @@ class Conditions:
     classifier-free guidance (default: the empty prompt), or class `labels` (sample i takes label i mod L), or
     `all_classes` (label i mod the model's class count). `guidance_scale` >= 1 (None: the model's recommended
     guidance, 3 for embedded-t2i, 7.5 for other text-to-image models, 1 otherwise; 1 runs no unconditional branch).
-    A class-conditional model given nothing takes `all_classes`.
+    `guidance_interval` applies guidance only at the timesteps inside it (`GuidanceInterval(high=700, low=200)`;
+    a text-to-image model with guidance only: a class-conditional UNet has no null class). A class-conditional
+    model given nothing takes `all_classes`.
     """
 
     prompts: tuple[str, ...] | None = None
@@ -172,14 +175,16 @@ class Conditions:
     labels: tuple[int, ...] | None = None
     all_classes: bool = False
     guidance_scale: float | None = None
+    guidance_interval: GuidanceInterval | None = None
 
     @classmethod
     def from_flags(cls, *, prompt: str | None = None, prompts: str | Path | None = None,
                    negative_prompt: str | None = None, guidance_scale: float | None = None,
-                   class_labels: str | None = None, classes: str | None = None) -> Conditions:
+                   class_labels: str | None = None, classes: str | None = None,
+                   guidance_interval: str | None = None) -> Conditions:
         """The conditions of the command-line flags, checked on their own (a missing or empty prompts file, two
-        flags that exclude each other, labels that are not integers, guidance below 1 or NaN): FieldError naming
-        the flag.
+        flags that exclude each other, labels that are not integers, guidance below 1 or NaN, an interval that is
+        not HIGH:LOW): FieldError naming the flag.
 
         Args:
             prompt: --prompt, one prompt for every sample.
@@ -188,6 +193,7 @@ class Conditions:
             guidance_scale: --guidance-scale.
             class_labels: --class-labels, e.g. `0,3,7`.
             classes: --classes, `all` or None.
+            guidance_interval: --guidance-interval, `HIGH:LOW` (e.g. `700:200`).
         """
         if prompt is not None and prompts is not None:
             raise FieldError("prompts", str(prompts), "is given together with --prompt; give one of them")
@@ -207,6 +213,7 @@ class Conditions:
             labels=parse_labels(class_labels) if class_labels is not None else None,
             all_classes=classes == "all",
             guidance_scale=None if guidance_scale is None else float(guidance_scale),
+            guidance_interval=None if guidance_interval is None else GuidanceInterval.parse(guidance_interval),
         )
 
     def _flag(self) -> tuple[str, Any]:
@@ -243,6 +250,17 @@ class Conditions:
         if scale is not None and scale != 1 and not text:
             raise FieldError("guidance_scale", scale, "needs an unconditional branch, which only a text-to-image "
                              "model has (the empty or negative prompt); use 1 here")
+        if self.guidance_interval is not None:
+            interval = GuidanceInterval.from_value(self.guidance_interval)
+            if not text:
+                raise FieldError("guidance_interval", str(interval), "needs classifier-free guidance, which only a "
+                                 f"text-to-image model has (the empty or negative prompt); model {model.name!r} has "
+                                 "no unconditional branch (a class-conditional UNet has no null class, so guidance "
+                                 "is out of scope there)")
+            if self.resolved_guidance(model) == 1:
+                raise FieldError("guidance_interval", str(interval), "has no effect without guidance: it says where "
+                                 "--guidance-scale applies, and the scale is 1; give a scale above 1 or drop it")
+            interval.check(int(model.scheduler_config.get("num_train_timesteps", 1000)))
         if self.negative_prompt is not None and (not text or self.resolved_guidance(model) == 1):
             raise FieldError("negative_prompt", self.negative_prompt, "has no effect without guidance: it is the "
                              "unconditional branch of a text-to-image model under --guidance-scale > 1")
@@ -268,8 +286,10 @@ class Conditions:
             uncond = None
             if guidance != 1:
                 uncond = {"encoder_hidden_states": model.text_encoder.encode([self.negative_prompt or ""], dtype)}
-            conditioning = RowConditioning({"encoder_hidden_states": states}, uncond, guidance, index)
-            return BoundConditions(self.prompts, None, self.negative_prompt, guidance, conditioning)
+            interval = None if self.guidance_interval is None else GuidanceInterval.from_value(self.guidance_interval)
+            conditioning = RowConditioning({"encoder_hidden_states": states}, uncond, guidance, index,
+                                           guidance_interval=interval)
+            return BoundConditions(self.prompts, None, self.negative_prompt, guidance, conditioning, interval)
         if model.num_classes is not None:
             labels = self.labels if self.labels is not None else tuple(range(model.num_classes))
             device = next(model.network.parameters()).device
@@ -288,6 +308,7 @@ class BoundConditions:
     negative_prompt: str | None
     guidance_scale: float
     conditioning: RowConditioning
+    guidance_interval: GuidanceInterval | None = None
 
     def prompts_for(self, indices: Sequence[int]) -> list[str] | None:
         """The prompt of each sample index (i mod P), or None for a model without prompts."""
@@ -299,12 +320,15 @@ class BoundConditions:
 
     def identity(self) -> dict[str, Any]:
         """What the samples depend on besides the model and the schedule (for study configs and cache keys)."""
-        what = {"prompts": self.prompts, "labels": self.labels, "negative_prompt": self.negative_prompt,
-                "guidance_scale": self.guidance_scale}
-        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        what: dict[str, Any] = {"prompts": self.prompts, "labels": self.labels, "negative_prompt":
+                                self.negative_prompt, "guidance_scale": self.guidance_scale}
+        interval: dict[str, Any] = {}  # only when given: identities from before the interval stay as they were
+        if self.guidance_interval is not None:
+            interval = {"guidance_interval": str(self.guidance_interval)}
+        digest = hashlib.sha256(json.dumps({**what, **interval}, sort_keys=True).encode()).hexdigest()
         return {"prompts": None if self.prompts is None else len(self.prompts),
                 "labels": None if self.labels is None else len(self.labels),
-                "guidance_scale": self.guidance_scale, "sha256": digest}
+                "guidance_scale": self.guidance_scale, **interval, "sha256": digest}
 
 
 __all__ = ["BoundConditions", "Conditions", "LatentDecoder", "LoadedModel", "RowConditioning", "TextEncoder",

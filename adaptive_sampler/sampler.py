@@ -3,6 +3,8 @@
 Each iteration evaluates the network once on every active row at its own t; the planner accepts or rejects each
 row's step and picks its next timestep, and a monitor ends or steers rows through it (see `planner`, `finish`).
 The solver steps from the last accepted point, so a rejected evaluation costs NFE but leaves no trace in the sample.
+NFE counts evaluations (steps); `evals` counts the rows a sample sent through the network: 2 for a guided step
+(conditional + unconditional), 1 otherwise, rejected steps included.
 Rows that reach -1 leave the batch, and every per-row tensor is compacted with them.
 """
 
@@ -53,18 +55,26 @@ class SamplingOptions(BaseModel):
 @dataclass
 class SampleResult:
     """Samples in the model's output range, and per sample: its accepted timesteps, its NFE (every evaluation,
-    rejected ones included) and how many of those were rejected steps; wall time; the optional trace."""
+    rejected ones included), how many of those were rejected steps, and its network evaluations
+    (`evals_per_sample`: the rows it sent through the network, 2 per guided step and 1 per unguided one, rejected
+    ones included; equal to NFE without guidance); wall time; the optional trace."""
 
     samples: torch.Tensor
     timesteps: list[list[int]]
     nfe: torch.Tensor
     rejected: torch.Tensor
+    evals_per_sample: torch.Tensor
     wall_s: float
     trace: list[StepInfo] | None = None
 
     @property
     def nfe_mean(self) -> float:
         return float(self.nfe.double().mean()) if self.nfe.numel() else 0.0
+
+    @property
+    def evals_mean(self) -> float:
+        """The mean network evaluations per sample (the cost of a guided run; NFE counts its steps)."""
+        return float(self.evals_per_sample.double().mean()) if self.evals_per_sample.numel() else 0.0
 
     @classmethod
     def join(cls, parts: Sequence[SampleResult | _Batch], shape: Sequence[int], wall_s: float,
@@ -76,6 +86,7 @@ class SampleResult:
             timesteps=[ts for p in parts for ts in p.timesteps],
             nfe=torch.cat([p.nfe for p in parts]) if parts else empty,
             rejected=torch.cat([p.rejected for p in parts]) if parts else empty,
+            evals_per_sample=torch.cat([p.evals_per_sample for p in parts]) if parts else empty,
             wall_s=wall_s,
             trace=trace,
         )
@@ -99,6 +110,7 @@ class _Batch:
     timesteps: list[list[int]]
     nfe: torch.Tensor
     rejected: torch.Tensor
+    evals_per_sample: torch.Tensor
     first_bad: torch.Tensor  # per row: the first evaluation with a non-finite output, or -1
     bad_t: torch.Tensor  # per row: its timestep there
 
@@ -150,6 +162,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
     out = torch.empty_like(x)
     nfe = torch.zeros(rows, dtype=torch.int64, device=device)
     rejected = torch.zeros_like(nfe)
+    evals = torch.zeros_like(nfe)  # rows through the network: 2 per guided evaluation
     first_bad = torch.full_like(nfe, -1)
     active, active_host = torch.arange(rows, device=device), torch.arange(rows)
     cond = conditioning.select(indices) if conditioning is not None else None
@@ -166,6 +179,7 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
     while len(active_host):
         pred = model(x, t, cond, capacity=rows)  # a bucket never outgrows the batch
         nfe[active] += 1
+        evals[active] += pred.evals
         bad = pred.nonfinite_rows()
         new_bad = bad & (first_bad[active] < 0)
         first_bad[active] = torch.where(new_bad, step, first_bad[active])
@@ -223,7 +237,8 @@ def _run_batch(model: ModelAdapter, planner: Planner, solver: Solver, indices: t
             cond = conditioning.select(indices[active_host])  # type: ignore[union-attr]
         if monitor is not None and hasattr(monitor, "keep"):
             monitor.keep(going)
-    return _Batch(out, _accepted_timesteps(log, rows), nfe.cpu(), rejected.cpu(), first_bad.cpu(), bad_t.cpu())
+    return _Batch(out, _accepted_timesteps(log, rows), nfe.cpu(), rejected.cpu(), evals.cpu(), first_bad.cpu(),
+                  bad_t.cpu())
 
 
 def _accepted_timesteps(log: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rows: int) -> list[list[int]]:
@@ -269,8 +284,9 @@ def sample(
         solver: DDIM (the default, Song et al. 2021), DPM-Solver++(2M) or UniPC (`make_solver`).
         monitor: may end samples early (see `StepMonitor`) and steer their step size
             (`MonitorDecision.step_factor`, for planners with a step size: `StepSizeControl`, `SteeredPlan`).
-        conditioning: the network's extra inputs per sample, and classifier-free guidance (a loaded model's
-            `conditioning` after `with_conditions`); FieldError if it lacks one the network needs.
+        conditioning: the network's extra inputs per sample, and classifier-free guidance, optionally only in a
+            `guidance_interval` of t (a loaded model's `conditioning` after `with_conditions`); FieldError if it
+            lacks one the network needs, or has an interval without guidance or outside the model's timesteps.
         trace: keep every step's `StepInfo` in the result.
         start: the run draws samples start … start + n - 1 of a larger one (a shard, see
             `adaptive_sampler.distributed`): their seeds, `conditioning` rows and monitor indices are the global ones.

@@ -58,8 +58,20 @@ class Drawn:
     def steps_text(self) -> str:
         return f"{self.steps} steps" if self.steps is not None else "per-sample steps"
 
+    @property
+    def guided(self) -> bool:
+        """Whether the run used classifier-free guidance (then evals, not NFE, is its cost)."""
+        conditioning = self.loaded.conditioning
+        return conditioning is not None and conditioning.guided
+
+    def cost_text(self) -> str:
+        """"NFE mean 20.0", with ", evals mean 30.0" (rows through the network) under guidance."""
+        text = f"NFE mean {self.result.nfe_mean:.1f}"
+        return f"{text}, evals mean {self.result.evals_mean:.1f}" if self.guided else text
+
     def report(self, **extra: Any) -> dict[str, Any]:
-        """The run's JSON report (`--json`): timesteps, NFE, stopping monitors, wall time, model, policy, `extra`."""
+        """The run's JSON report (`--json`): timesteps, NFE and network evaluations (2 per guided step), stopping
+        monitors, wall time, model, policy, `extra`."""
         result = self.result
         if self.planned is None:
             timesteps = {"timesteps_per_sample": result.timesteps, "rejected_per_sample": result.rejected.tolist()}
@@ -69,7 +81,9 @@ class Drawn:
         conditioned: dict[str, Any] = {}
         if self.prompts is not None and conditions is not None:
             conditioned = {"prompts": self.prompts, "negative_prompt": conditions.negative_prompt,
-                           "guidance_scale": conditions.guidance_scale}
+                           "guidance_scale": conditions.guidance_scale,
+                           "guidance_interval": None if conditions.guidance_interval is None
+                           else str(conditions.guidance_interval)}
         elif self.labels is not None:
             conditioned = {"labels": self.labels}
         if self.loaded.decoder is not None:
@@ -78,6 +92,7 @@ class Drawn:
                                decode_s=self.decode_s, monitor_decoded_rows=self.monitor_decode[0],
                                monitor_decode_s=self.monitor_decode[1])
         return {**timesteps, "nfe_per_sample": result.nfe.tolist(), "nfe_mean": result.nfe_mean,
+                "evals_per_sample": result.evals_per_sample.tolist(), "evals_mean": result.evals_mean,
                 "stopped_by": self.stopped_by, "finish": self.finish, "wall_s": result.wall_s,
                 "model": {"name": self.loaded.name, "weights_sha256": self.loaded.weights_sha256},
                 "policy": self.policy, "steps": self.steps, "interpolated_from": self.interpolated_from,
@@ -131,6 +146,7 @@ def no_exit_note(options: DrawOptions, planned: list[int] | None) -> str:
         return note
     same = (("model", options.model, None), ("prompt", options.prompt, None), ("prompts", options.prompts, None),
             ("negative-prompt", options.negative_prompt, None), ("guidance-scale", options.guidance_scale, None),
+            ("guidance-interval", options.guidance_interval, None),
             ("monitor", name + sep + keys, None), ("steps", len(planned), None), ("policy", options.policy, "uniform"),
             ("solver", options.solver, "ddim"))
     command = "".join(f" --{flag} {shlex.quote(str(value))}" for flag, value, default in same

@@ -51,8 +51,9 @@ def eval_command(options: EvalOptions) -> None:
     # the held-out space: no search or calibration scores in it, so a list that fits the searched one shows here
     heldout = score_samples(images, bootstrap=options.bootstrap, seed=seed, space="heldout")
     report = EvaluationReport(metrics, result.nfe_mean, n, seed, result.wall_s)
+    evals = f", evals {result.evals_mean:.1f}" if drawn.guided else ""
     table = Table(title=f"{drawn.loaded.name}: {solver}, {drawn.policy}, {drawn.steps_text}, η={eta}; "
-                        f"NFE {result.nfe_mean:.1f}, n {n}, {result.wall_s:.1f} s")
+                        f"NFE {result.nfe_mean:.1f}{evals}, n {n}, {result.wall_s:.1f} s")
     table.add_column("feature space")
     for column in ("FID", "KID", "precision", "recall"):
         table.add_column(column, justify="right")
@@ -145,10 +146,12 @@ def _eval_with_backend(outputs: OutputPaths, options: EvalOptions) -> None:
     shown = [name for name in _COLUMNS if name in values]
     for name in shown:
         table.add_column(_COLUMNS[name][0], justify="right")
-    for column in ("NFE", "n", "wall s"):
+    cost = ("NFE", "evals") if drawn.guided else ("NFE",)  # evals: rows through the network, 2 per guided step
+    for column in (*cost, "n", "wall s"):
         table.add_column(column, justify="right")
     table.add_row(*(format(values[name], _COLUMNS[name][1]) for name in shown),
-                  f"{result.nfe_mean:.1f}", str(n), f"{result.wall_s:.1f}")
+                  *(f"{v:.1f}" for v in (result.nfe_mean, result.evals_mean)[:len(cost)]), str(n),
+                  f"{result.wall_s:.1f}")
     report = {**drawn.report(solver=solver, eta=eta), "features": backend.spec,
               "reference": ref.source if ref is not None else None, **values, "nfe_mean": result.nfe_mean, "n": n,
               "seed": options.seed, "wall_s": result.wall_s}

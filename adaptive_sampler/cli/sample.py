@@ -52,4 +52,4 @@ def sample_command(options: SampleOptions) -> None:
         contents["json"] = (json.dumps(report, indent=2) + "\n").encode()
     outputs.write(contents)
     typer.echo(f"{n} samples, {drawn.steps_text} ({drawn.policy}, {options.solver}), "
-               f"NFE mean {result.nfe_mean:.1f}, {result.wall_s:.1f} s ({samples_per_s:.1f} samples/s)")
+               f"{drawn.cost_text()}, {result.wall_s:.1f} s ({samples_per_s:.1f} samples/s)")

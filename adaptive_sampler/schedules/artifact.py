@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from adaptive_sampler.atomic_write import atomic_write_bytes
 from adaptive_sampler.errors import FieldError, FileFieldError, validation_parts
+from adaptive_sampler.guidance import GuidanceInterval
 from adaptive_sampler.timesteps import check_timesteps, discretize, is_fractional
 
 if TYPE_CHECKING:
@@ -109,15 +110,24 @@ def noise_schedule_mismatch(artifact: ScheduleArtifact, config: Mapping[str, Any
 
 class ConditionsRecord(BaseModel):
     """The conditions a schedule was tuned under: a text-to-image model's prompts (the SHA-256 of the JSON list, and
-    the prompts file's name if they came from one), negative prompt and guidance scale, or a class-conditional
-    model's labels (guidance 1)."""
+    the prompts file's name if they came from one), negative prompt, guidance scale and guidance interval
+    ([HIGH, LOW]: guidance only where LOW <= t <= HIGH; None: every step, as in files from before it was recorded),
+    or a class-conditional model's labels (guidance 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     prompts_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     prompts_file: str | None = None
     negative_prompt: str | None = None
     guidance_scale: float | None = Field(None, ge=1)
+    guidance_interval: tuple[float, float] | None = None
     labels: list[int] | None = None
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _valid_guidance_interval(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            GuidanceInterval(*value)  # FieldError naming guidance_interval: HIGH > LOW >= 0, finite
+        return value
 
     @staticmethod
     def prompts_digest(prompts: Sequence[str]) -> str:

@@ -75,6 +75,7 @@ def conditions_record(conditions: BoundConditions | None, prompts_file: Path | N
         prompts_sha256=None if prompts is None else ConditionsRecord.prompts_digest(prompts),
         prompts_file=None if prompts is None or prompts_file is None else Path(prompts_file).name,
         negative_prompt=conditions.negative_prompt, guidance_scale=conditions.guidance_scale,
+        guidance_interval=None if (interval := conditions.guidance_interval) is None else (interval.high, interval.low),
         labels=None if conditions.labels is None else list(conditions.labels))
 
 

@@ -140,8 +140,8 @@ class TuneOptions(TuneSettings, ModelOptions):
 
     # the groups of `tune --help` (a field in none is listed under "Options")
     help_panels: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Model and conditioning": ("model", "prompt", "prompts", "negative_prompt", "guidance_scale", "class_labels",
-                                   "classes", "height", "width", "allow_pickle"),
+        "Model and conditioning": ("model", "prompt", "prompts", "negative_prompt", "guidance_scale",
+                                   "guidance_interval", "class_labels", "classes", "height", "width", "allow_pickle"),
         "Search": ("steps", "trials", "solver", "space", "mode", "method", "seed", "n", "warm_start",
                    "catalogue_warm_start", "dp_grid", "dp_trajectories", "dp_fine_steps", "sampler_seed",
                    "pruner_startup_trials", "cmaes_sigma0", "ld3_iterations", "ld3_train_n", "ld3_batch_size"),
