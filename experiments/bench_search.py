@@ -191,16 +191,19 @@ def markdown(path: Path) -> str:
                                         "list"], best_rows))
 
 
-def catalogue_markdown(quality_path: Path = RESULTS / "bench_quality.json") -> str:
+def catalogue_markdown(quality_path: Path = RESULTS / "bench_quality.json",
+                       heldout_path: Path = RESULTS / "bench_heldout_space.json") -> str:
     """The shipped fashion-mnist lists with their held-out FID beside uniform and the best built-in at the same N
-    and seeds.
+    and seeds, and their gain in the held-out feature space over the best of uniform, karras and trailing.
 
     Args:
         quality_path: the bench_quality.py results file of those seeds.
+        heldout_path: the bench_heldout_space.py results file.
     """
     from adaptive_sampler.schedules.catalogue import list_entries, load_entry
 
     rows = json.loads(quality_path.read_text())["rows"]
+    heldout = json.loads(heldout_path.read_text())["rows"]
     table = []
     for name in sorted((n for n in list_entries() if n.startswith("fashion-mnist/")), key=combo_key):
         artifact = load_entry(name)
@@ -215,11 +218,14 @@ def catalogue_markdown(quality_path: Path = RESULTS / "bench_quality.json") -> s
         warm = re.search(r"the best was warm start '([^']+)'", artifact.method)
         if warm:
             found.append(f"its best trial the {warm[1]} warm start")
+        rivals = [heldout[f"fashion-mnist/{artifact.solver}-{steps}/{r}"]["heldout_fid"]
+                  for r in ("uniform", "karras", "trailing")]
+        space_gain = heldout[f"{name}/learned"]["heldout_fid"] / min(rivals) - 1
         table.append([f"`learned:{name}`", f"{fid:.2f}", f"{uniform:.2f}", f"{builtin['policy']} {builtin['fid']:.2f}",
-                      f"{100 * (fid / min(uniform, builtin['fid']) - 1):+.0f} %", ", ".join(found),
-                      ", ".join(f"{t:g}" for t in artifact.timesteps)])
+                      f"{100 * (fid / min(uniform, builtin['fid']) - 1):+.0f} %", f"{100 * space_gain:+.0f} %",
+                      ", ".join(found), ", ".join(f"{t:g}" for t in artifact.timesteps)])
     return markdown_table(["entry", "held-out FID", "uniform", "best built-in", "vs the better of the two",
-                           "found by", "list"], table)
+                           "held-out space, vs the best of uniform/karras/trailing", "found by", "list"], table)
 
 
 def won_by(row: dict) -> str:

@@ -102,7 +102,7 @@ def cli_reference() -> str:
 BENCH_TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "quality": ("quality_table", "markdown", ("quality_table.json",)),
     "t2i-quality": ("t2i_quality_table", "markdown", ("t2i_quality_table.json",)),
-    "catalogue": ("bench_search", "catalogue_markdown", ("bench_quality.json",)),
+    "catalogue": ("bench_search", "catalogue_markdown", ("bench_quality.json", "bench_heldout_space.json")),
     "search-methods": ("bench_search", "markdown", ("bench_search.json",)),
     "search-n2048": ("bench_search", "markdown", ("bench_search_n2048.json",)),
     "solvers": ("bench_quality", "markdown", ("bench_quality.json",)),
@@ -112,6 +112,7 @@ BENCH_TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                           ("early_exit_ddim.timing.json", "early_exit_dpmpp-2m.timing.json")),
     "throughput": ("bench_throughput", "markdown", ("bench_throughput.json",)),
     "dropin": ("bench_dropin", "markdown", ("bench_dropin.json",)),
+    "heldout-space": ("bench_heldout_space", "markdown", ("bench_heldout_space.json",)),
 }
 # Marker name -> the renderer of a table that no bench renders.
 OWN_TABLES: dict[str, Callable[[], str]] = {

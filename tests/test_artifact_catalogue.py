@@ -209,7 +209,9 @@ def test_catalogue_ships_the_published_ays_lists():
 
 # a searched list for every solver and budget, each of which beat uniform and the best built-in held out
 # (experiments/bench_search.py --ship)
-FASHION_MNIST_LISTS = {f"{solver}-{steps}" for solver in ("ddim", "dpmpp-2m", "unipc") for steps in (4, 5, 6, 8, 10)}
+# ddim-4 was withdrawn under the shipping rule (tests/test_shipping_rule.py): worse than trailing in the held-out space
+FASHION_MNIST_LISTS = {f"{solver}-{steps}" for solver in ("ddim", "dpmpp-2m", "unipc")
+                       for steps in (4, 5, 6, 8, 10)} - {"ddim-4"}
 
 
 def test_the_embedded_models_learned_lists_are_made_for_their_weights_and_scored_held_out():
