@@ -44,31 +44,31 @@ def tune_command(options: TuneOptions) -> None:
     finished: dict[str, int] = {}
     bar = tqdm(total=0, desc="tuning", unit="trial", disable=True)
 
-    plans: list[TunePlan] = []
+    plan: TunePlan | None = None
     walls: list[tuple[float, int | None]] = []  # this process's trials: wall time, steps of a complete one
 
-    def on_start(tuner: Tuner, marked: dict[str, list[int]], plan: TunePlan) -> None:
-        nonlocal bar
+    def on_start(tuner: Tuner, marked: dict[str, list[int]], run_plan: TunePlan) -> None:
+        nonlocal bar, plan
         for name, numbers in marked.items():
             if numbers:
                 typer.echo(f"{name}: marked running trials {numbers} as failed")
         started.append(tuner)
-        plans.append(plan)
+        plan = run_plan
         finished.update(tuner.finished_counts())
         total = settings.trials * len(finished)
         typer.echo(f"{tuner.model.name}: {settings.mode} tuning of {settings.space} schedules for steps "
                    f"{list(settings.steps)} ({settings.objective}, {tuner.tuning_seeds.n} samples per trial, solver "
                    f"{settings.solver}); storage {where}; {sum(finished.values())}/{total} trials already finished")
         if sum(finished.values()) < total:
-            typer.echo(plan_line(plan, settings.method))
+            typer.echo(plan_line(run_plan, settings.method))
         bar = tqdm(total=total, initial=min(sum(finished.values()), total), desc="tuning", unit="trial")
 
     def on_trial(report: TrialReport) -> None:
         finished[report.study_name] = report.finished
         bar.n = min(sum(finished.values()), bar.total)
-        if report.wall_s is not None:
+        if report.wall_s is not None and plan is not None:
             walls.append((report.wall_s, report.steps if report.state == "complete" else None))
-            left = time_left(plans[0], walls, bar.total - bar.n)
+            left = time_left(plan, walls, bar.total - bar.n)
             if left is not None:
                 bar.set_postfix_str(left)
         bar.refresh()

@@ -72,14 +72,7 @@ class TunePlan:
 def plan(tuner: Tuner, options: TuneOptions) -> TunePlan:
     """The plan of `tune(options)` on `tuner` (the warm starts are counted as the studies will enqueue them)."""
     s = tuner.settings
-    if s.method == "ld3":
-        warm = 1
-    elif not s.warm_start:
-        warm = 0
-    elif s.mode == "pareto":
-        warm = len(tuner.warm_starts(list(s.steps), pareto=True))
-    else:
-        warm = max(len(tuner.warm_starts([n], pareto=False)) for n in s.steps)
+    warm = max(tuner.warm_start_count(steps) for steps in tuner.study_names())
     return TunePlan(trials=s.trials, warm_starts=warm, tuning_n=tuner.tuning_seeds.n,
                     heldout_n=tuner.heldout_seeds.n if options.export is not None else None,
                     heldout_lists=1 + (len(baseline_lists(tuner, s.steps[0])) if options.baselines else 0),

@@ -250,6 +250,15 @@ class Tuner:
                 out.append(WarmStart(tag=f"{tag}@{n}" if pareto else tag, params=params))
         return out
 
+    def warm_start_count(self, steps: int | None) -> int:
+        """How many warm-start trials the study of `steps` (None: the pareto study) enqueues when it is created."""
+        s = self.settings
+        if s.method == "ld3" and steps is not None:
+            return len(self._ld3_warm_start(steps))
+        if not s.warm_start:
+            return 0
+        return len(self.warm_starts(list(s.steps) if steps is None else [steps], pareto=steps is None))
+
     # --- objectives --------------------------------------------------------------------------------------------
     def _score(self, trial: optuna.Trial, timesteps: Sequence[float] | torch.Tensor, prune: bool = True) -> Evaluation:
         """Evaluate `timesteps` for `trial`, reporting each rung to its pruner (with `prune`)."""
@@ -373,7 +382,7 @@ class Tuner:
             if steps is not None and s.method in ("cmaes", "tpe+cmaes"):
                 # CMA-ES is a local search: it starts from the best trial so far (the best warm start for cmaes,
                 # the best of TPE's first half for tpe+cmaes), with a small step size
-                warm_count = len(self.warm_starts([steps], False)) if s.warm_start else 0
+                warm_count = self.warm_start_count(steps)
                 handover = warm_count if s.method == "cmaes" else max(s.trials // 2, warm_count)
                 run(study, objective, min(handover, s.trials))
                 best = _best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
